@@ -1,0 +1,137 @@
+//! The failure taxonomy: how a worker's end is described, on the wire and in JSON.
+//!
+//! Kinds and phases are stable: new ones are added at the end of their enum (postcard
+//! encodes variants by position), and their JSON names never change.
+
+use serde::{Deserialize, Serialize};
+
+use crate::message::Telemetry;
+
+/// What went wrong, by its evidence (see DESIGN.md, "Failure taxonomy").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum FailureKind {
+    /// The preflight refused to load: the estimate does not fit the budget.
+    InsufficientMemory,
+    /// SIGABRT with MLX's Metal out-of-memory text on stderr.
+    MetalOutOfMemory,
+    /// An MLX allocation error, or SIGSEGV with the footprint near the limit (CPU backend).
+    AllocationFailed,
+    /// The worker's soft guard refused a step; the worker is alive.
+    MemoryBudgetExceeded,
+    /// The supervisor killed the worker for its footprint.
+    MemoryCeilingExceeded,
+    /// SIGKILL that the supervisor did not send (jetsam, the OOM killer).
+    KilledByOs,
+    /// Another fatal signal without out-of-memory evidence.
+    Crashed,
+    /// The heartbeat stopped; the supervisor killed the worker.
+    Unresponsive,
+    /// A non-zero exit.
+    Exited,
+    /// The worker could not load the model (structured error from the worker).
+    LoadFailed,
+    /// A bad frame, a version mismatch, an oversized frame.
+    ProtocolError,
+}
+
+impl FailureKind {
+    /// Every kind, in wire order.
+    pub const ALL: [FailureKind; 11] = [
+        FailureKind::InsufficientMemory,
+        FailureKind::MetalOutOfMemory,
+        FailureKind::AllocationFailed,
+        FailureKind::MemoryBudgetExceeded,
+        FailureKind::MemoryCeilingExceeded,
+        FailureKind::KilledByOs,
+        FailureKind::Crashed,
+        FailureKind::Unresponsive,
+        FailureKind::Exited,
+        FailureKind::LoadFailed,
+        FailureKind::ProtocolError,
+    ];
+
+    /// The snake_case name used in JSON and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::InsufficientMemory => "insufficient_memory",
+            FailureKind::MetalOutOfMemory => "metal_out_of_memory",
+            FailureKind::AllocationFailed => "allocation_failed",
+            FailureKind::MemoryBudgetExceeded => "memory_budget_exceeded",
+            FailureKind::MemoryCeilingExceeded => "memory_ceiling_exceeded",
+            FailureKind::KilledByOs => "killed_by_os",
+            FailureKind::Crashed => "crashed",
+            FailureKind::Unresponsive => "unresponsive",
+            FailureKind::Exited => "exited",
+            FailureKind::LoadFailed => "load_failed",
+            FailureKind::ProtocolError => "protocol_error",
+        }
+    }
+}
+
+impl std::fmt::Display for FailureKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where in a worker's life something happened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Spawn,
+    Handshake,
+    Load,
+    Prefill,
+    Decode,
+    Idle,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Spawn => "spawn",
+            Phase::Handshake => "handshake",
+            Phase::Load => "load",
+            Phase::Prefill => "prefill",
+            Phase::Decode => "decode",
+            Phase::Idle => "idle",
+        }
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A worker failure with its evidence and a line of advice for a person.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Failure {
+    pub kind: FailureKind,
+    pub phase: Phase,
+    /// The model folder, when one was being served.
+    pub model: Option<String>,
+    pub exit_code: Option<i32>,
+    /// Signal name (`SIGABRT`), when a signal ended the worker.
+    pub signal: Option<String>,
+    pub core_dumped: bool,
+    /// Whether the supervisor itself sent the fatal signal.
+    pub signal_sent_by_supervisor: bool,
+    /// Highest memory seen: the worker's own peak, its rusage max RSS, or the last samples.
+    pub peak_bytes: Option<u64>,
+    /// The last telemetry samples before the end, oldest first.
+    pub last_telemetry: Vec<Telemetry>,
+    /// What the preflight estimated the model would need, and the budget it was given.
+    pub estimate_bytes: Option<u64>,
+    pub budget_bytes: Option<u64>,
+    /// The worker's last error message, when it sent one.
+    pub message: Option<String>,
+    /// The end of the worker's stderr (bounded).
+    pub stderr_tail: String,
+    /// From spawn to the failure.
+    pub duration_ms: u64,
+    pub advice: String,
+}

@@ -1,0 +1,153 @@
+//! Framing: a 4-byte big-endian length, then a postcard body, with a hard maximum.
+//!
+//! The async side is tokio-util's `LengthDelimitedCodec` behind a thin [`FrameCodec`] that
+//! turns its failures into [`ProtocolError`]s; the blocking side ([`read_sync`],
+//! [`write_sync`]) reads and writes the very same bytes for the worker.
+
+use std::io::{self, Read, Write};
+
+use bytes::{Bytes, BytesMut};
+use serde::{de::DeserializeOwned, Serialize};
+use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
+
+use crate::error::ProtocolError;
+
+/// The largest frame body either side accepts or sends: 16 MiB.
+pub const MAX_FRAME: usize = 16 * 1024 * 1024;
+const HEADER: usize = 4;
+
+/// Serializes a message into a frame body.
+pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, ProtocolError> {
+    let body = postcard::to_allocvec(msg)?;
+    if body.len() > MAX_FRAME {
+        return Err(ProtocolError::FrameTooLarge {
+            len: body.len(),
+            max: MAX_FRAME,
+        });
+    }
+    Ok(body)
+}
+
+/// Deserializes a frame body; bytes left over after the message are an error.
+pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, ProtocolError> {
+    let (msg, rest) = postcard::take_from_bytes(body)?;
+    if !rest.is_empty() {
+        return Err(ProtocolError::Unexpected(format!(
+            "{} bytes after the end of the message",
+            rest.len()
+        )));
+    }
+    Ok(msg)
+}
+
+/// The async codec: length-delimited frames of at most [`MAX_FRAME`] bytes.
+#[derive(Debug)]
+pub struct FrameCodec {
+    inner: LengthDelimitedCodec,
+}
+
+impl Default for FrameCodec {
+    fn default() -> Self {
+        FrameCodec {
+            inner: LengthDelimitedCodec::builder()
+                .length_field_length(HEADER)
+                .max_frame_length(MAX_FRAME)
+                .new_codec(),
+        }
+    }
+}
+
+impl Decoder for FrameCodec {
+    type Item = BytesMut;
+    type Error = ProtocolError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<BytesMut>, ProtocolError> {
+        // Check the announced length before the inner codec reserves room for it.
+        if src.len() >= HEADER {
+            let len = u32::from_be_bytes([src[0], src[1], src[2], src[3]]) as usize;
+            if len > MAX_FRAME {
+                return Err(ProtocolError::FrameTooLarge {
+                    len,
+                    max: MAX_FRAME,
+                });
+            }
+        }
+        Ok(self.inner.decode(src)?)
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<BytesMut>, ProtocolError> {
+        match self.decode(src)? {
+            Some(frame) => Ok(Some(frame)),
+            None if src.is_empty() => Ok(None),
+            None => Err(ProtocolError::Truncated {
+                buffered: src.len(),
+            }),
+        }
+    }
+}
+
+impl Encoder<Bytes> for FrameCodec {
+    type Error = ProtocolError;
+
+    fn encode(&mut self, body: Bytes, dst: &mut BytesMut) -> Result<(), ProtocolError> {
+        if body.len() > MAX_FRAME {
+            return Err(ProtocolError::FrameTooLarge {
+                len: body.len(),
+                max: MAX_FRAME,
+            });
+        }
+        Ok(self.inner.encode(body, dst)?)
+    }
+}
+
+/// Writes one message as a frame (blocking).
+pub fn write_sync<T: Serialize>(w: &mut impl Write, msg: &T) -> Result<(), ProtocolError> {
+    let body = encode(msg)?;
+    let mut buf = Vec::with_capacity(HEADER + body.len());
+    buf.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    buf.extend_from_slice(&body);
+    w.write_all(&buf)?;
+    w.flush()?;
+    Ok(())
+}
+
+/// Reads one message (blocking). `Ok(None)` is a clean end of stream between frames.
+pub fn read_sync<T: DeserializeOwned>(r: &mut impl Read) -> Result<Option<T>, ProtocolError> {
+    let mut header = [0u8; HEADER];
+    let got = read_full(r, &mut header)?;
+    if got == 0 {
+        return Ok(None);
+    }
+    if got < HEADER {
+        return Err(ProtocolError::Truncated { buffered: got });
+    }
+    let len = u32::from_be_bytes(header) as usize;
+    if len > MAX_FRAME {
+        return Err(ProtocolError::FrameTooLarge {
+            len,
+            max: MAX_FRAME,
+        });
+    }
+    let mut body = vec![0u8; len];
+    let got = read_full(r, &mut body)?;
+    if got < len {
+        return Err(ProtocolError::Truncated {
+            buffered: HEADER + got,
+        });
+    }
+    decode(&body).map(Some)
+}
+
+/// Reads until `buf` is full or the stream ends; returns how much was read.
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match r.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}

@@ -1,0 +1,24 @@
+//! The mlxsup wire protocol: every message that crosses a process boundary, its framing,
+//! the version handshake, and a small async client/server helper.
+//!
+//! Supervisor, worker and third-party clients depend on this crate and on nothing else of
+//! each other. Frames are a 4-byte big-endian length followed by a postcard body
+//! ([`frame`]); the first message each way is a [`Hello`] ([`handshake`]), whose enum
+//! variant stays at discriminant 0 forever so that any two versions can at least tell
+//! each other apart.
+
+pub mod client;
+pub mod error;
+pub mod failure;
+pub mod fault;
+pub mod frame;
+pub mod handshake;
+pub mod message;
+pub mod version;
+
+pub use error::ProtocolError;
+pub use failure::{Failure, FailureKind, Phase};
+pub use fault::{Fault, FaultAction, FaultPoint};
+pub use handshake::{Hello, Role};
+pub use message::*;
+pub use version::Version;

@@ -1,0 +1,292 @@
+//! The messages of the worker protocol (supervisor ⇄ worker).
+//!
+//! Postcard encodes enum variants by position: variant 0 of each direction is the
+//! handshake, forever, and new variants or fields come only with a new version, at the
+//! end. Every request carries an id; replies and stream events name the request.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    failure::Phase,
+    fault::Fault,
+    handshake::{Handshake, Hello},
+};
+
+/// Identifies a request on one connection.
+pub type RequestId = u64;
+
+/// Supervisor → worker.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ToWorker {
+    /// Since 1.0. Always variant 0.
+    Hello(Hello),
+    /// Since 1.0.
+    Request { id: RequestId, body: Request },
+    /// Since 1.0: stop the request `id` at the next step; it ends with `Cancelled`.
+    Cancel { id: RequestId },
+    /// Since 1.0: free everything and exit 0.
+    Shutdown,
+}
+
+/// Worker → supervisor.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum FromWorker {
+    /// Since 1.0. Always variant 0.
+    Hello(Hello),
+    /// Since 1.0: the final answer to a request.
+    Reply { id: RequestId, body: Reply },
+    /// Since 1.0: something that happened while serving `id` (or between requests).
+    Event { id: Option<RequestId>, event: Event },
+}
+
+impl Handshake for ToWorker {
+    fn hello(hello: Hello) -> Self {
+        ToWorker::Hello(hello)
+    }
+    fn as_hello(&self) -> Option<&Hello> {
+        match self {
+            ToWorker::Hello(h) => Some(h),
+            _ => None,
+        }
+    }
+}
+
+impl Handshake for FromWorker {
+    fn hello(hello: Hello) -> Self {
+        FromWorker::Hello(hello)
+    }
+    fn as_hello(&self) -> Option<&Hello> {
+        match self {
+            FromWorker::Hello(h) => Some(h),
+            _ => None,
+        }
+    }
+}
+
+/// What the supervisor asks of a worker.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Request {
+    /// MLX version, device and memory facts.
+    SystemInfo,
+    /// A real MLX computation whose result the caller can check: the sum of `A·B` for
+    /// the `size`×`size` matrices `A[i][j] = (i + 2j) mod 7`, `B[i][j] = (3i + j) mod 5`.
+    Matmul { size: u32 },
+    /// Load a model folder under memory limits.
+    Load(LoadRequest),
+    /// Generate from the loaded model, streaming `Token` events.
+    Generate(GenerateRequest),
+    /// Drop the loaded model and free MLX's caches.
+    Unload,
+    /// Write a random-weight model folder (MLX quantizes it, so the format is MLX's).
+    MakeModel(ModelSpec),
+}
+
+/// The worker's final answer to a request.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Reply {
+    SystemInfo(SystemInfo),
+    Matmul { size: u32, sum: f64, ms: f64 },
+    Loaded(LoadInfo),
+    Done(DoneInfo),
+    Unloaded,
+    ModelMade { dir: String, weight_bytes: u64 },
+    Error(WorkerError),
+}
+
+/// Things that happen while a request is served.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Event {
+    /// A memory sample; doubles as the heartbeat.
+    Telemetry(Telemetry),
+    /// Newly decoded text (possibly empty while a UTF-8 sequence is incomplete).
+    Token { id: u32, text: String },
+    /// The worker entered a phase.
+    Phase(Phase),
+    /// Loading progress, in bytes of weights.
+    Progress { done: u64, total: u64 },
+}
+
+/// Facts about the worker's MLX and machine.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SystemInfo {
+    pub mlx_version: String,
+    /// `cpu` or `gpu`.
+    pub device: String,
+    /// `cpu`, `metal` or `cuda`: the wheel the worker was linked against.
+    pub backend: String,
+    pub total_memory: u64,
+    /// MLX's memory limit in force.
+    pub memory_limit: u64,
+    /// Metal's recommended working set (macOS only).
+    pub recommended_working_set: Option<u64>,
+    /// Largest single buffer the device allows, when the backend says.
+    pub max_buffer_length: Option<u64>,
+    pub pid: u32,
+}
+
+/// Memory limits applied before the first allocation.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Limits {
+    /// `mlx::set_memory_limit` (a guideline for MLX, not a cap).
+    pub memory_limit: Option<u64>,
+    /// `mlx::set_cache_limit`.
+    pub cache_limit: Option<u64>,
+    /// `mlx::set_wired_limit` (Metal only).
+    pub wired_limit: Option<u64>,
+    /// The soft guard's budget: a step whose predicted memory would pass it is refused.
+    pub soft_budget: Option<u64>,
+}
+
+/// Load a model.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LoadRequest {
+    pub model_dir: String,
+    pub limits: Limits,
+    /// Prompt tokens per prefill step.
+    pub prefill_chunk: u32,
+    /// Telemetry sampling interval.
+    pub telemetry_interval_ms: u32,
+    /// Tests only: fail on purpose, the way real failures happen.
+    pub fault: Option<Fault>,
+}
+
+/// What a load produced.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LoadInfo {
+    pub architecture: String,
+    pub load_ms: u64,
+    pub weight_bytes: u64,
+    pub active_bytes: u64,
+    pub peak_bytes: u64,
+    pub vocab_size: u32,
+}
+
+/// A prompt.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Prompt {
+    /// Plain text, tokenized as is.
+    Text(String),
+    /// Chat messages, rendered with the model's chat template.
+    Chat(Vec<ChatMessage>),
+    /// Token ids, used as they are.
+    Tokens(Vec<u32>),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    pub role: String,
+    pub content: String,
+}
+
+/// Sampling parameters; temperature 0 is greedy.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Sampling {
+    pub temperature: f32,
+    pub top_p: f32,
+    pub seed: Option<u64>,
+}
+
+impl Default for Sampling {
+    fn default() -> Self {
+        Sampling {
+            temperature: 0.0,
+            top_p: 1.0,
+            seed: None,
+        }
+    }
+}
+
+/// Generate text.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GenerateRequest {
+    pub prompt: Prompt,
+    pub max_tokens: u32,
+    pub sampling: Sampling,
+    /// Generation ends when the text ends with one of these (not included).
+    pub stop: Vec<String>,
+    /// Tests only: fail on purpose at prefill or at a decode step.
+    pub fault: Option<Fault>,
+}
+
+/// Why generation ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// `max_tokens` reached.
+    Length,
+    /// An end-of-sequence token.
+    Eos,
+    /// A stop sequence.
+    Stop,
+    /// Cancelled by the client.
+    Cancelled,
+}
+
+/// A finished generation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DoneInfo {
+    pub prompt_tokens: u32,
+    pub generated_tokens: u32,
+    pub prompt_tps: f64,
+    pub generation_tps: f64,
+    pub peak_bytes: u64,
+    pub finish: FinishReason,
+}
+
+/// A memory sample of the worker.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Telemetry {
+    /// Milliseconds since the worker started.
+    pub t_ms: u64,
+    pub phase: Phase,
+    /// MLX's active, peak and cache memory.
+    pub active_bytes: u64,
+    pub peak_bytes: u64,
+    pub cache_bytes: u64,
+    /// The process's footprint: RSS on Linux, phys_footprint on macOS.
+    pub footprint_bytes: u64,
+}
+
+/// A recoverable error: the worker is alive and can serve the next request.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct WorkerError {
+    pub kind: WorkerErrorKind,
+    pub message: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkerErrorKind {
+    /// The model folder could not be loaded (unsupported architecture, bad weights).
+    LoadFailed,
+    /// The soft guard refused a step; caches were freed.
+    MemoryBudgetExceeded,
+    /// An MLX operation reported an allocation failure.
+    AllocationFailed,
+    /// The request was cancelled.
+    Cancelled,
+    /// Nothing is loaded, or the request does not fit the worker's state.
+    BadRequest,
+    /// Anything else (an MLX error, an I/O error).
+    Internal,
+}
+
+/// A random-weight model to write (`mlxsup make-model`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelSpec {
+    pub dir: String,
+    /// `llama`, `mistral`, `qwen2` or `qwen3`.
+    pub arch: String,
+    pub hidden: u32,
+    pub layers: u32,
+    pub heads: u32,
+    pub kv_heads: u32,
+    pub intermediate: u32,
+    pub vocab: u32,
+    /// `bf16`, `f16` or `f32`.
+    pub dtype: String,
+    pub quant_bits: Option<u32>,
+    pub group_size: u32,
+    pub seed: u64,
+}

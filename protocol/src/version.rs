@@ -1,0 +1,49 @@
+//! Protocol versions: what each side speaks and when two sides can talk.
+//!
+//! Rule: the major versions must be equal. A minor version adds messages or variants at
+//! the end of an enum; a peer never sends what the other side's minor does not know.
+
+use serde::{Deserialize, Serialize};
+
+/// Version 1.0: handshake, system info, shutdown, load, generate, cancel, unload,
+/// telemetry, faults.
+pub const V1_0: Version = Version { major: 1, minor: 0 };
+
+/// The version this build speaks.
+pub const CURRENT: Version = V1_0;
+
+/// A protocol version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Version {
+    pub major: u16,
+    pub minor: u16,
+}
+
+impl std::fmt::Display for Version {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.major, self.minor)
+    }
+}
+
+/// How a peer's version compares with ours.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compat {
+    /// Same major version: the two can talk.
+    Compatible,
+    /// The peer's major version is older than ours.
+    PeerTooOld,
+    /// The peer's major version is newer than ours.
+    PeerTooNew,
+}
+
+impl Version {
+    /// Whether a peer speaking `peer` can talk to us (speaking `self`).
+    pub fn compat(self, peer: Version) -> Compat {
+        use std::cmp::Ordering::*;
+        match peer.major.cmp(&self.major) {
+            Equal => Compat::Compatible,
+            Less => Compat::PeerTooOld,
+            Greater => Compat::PeerTooNew,
+        }
+    }
+}
