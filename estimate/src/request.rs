@@ -1,0 +1,361 @@
+//! `estimate` for a `Request`: weights + KV cache + activations + overhead, the verdict
+//! against the budget, and advice. `Estimate` serializes to the `inspect --json` object of
+//! CONTRACT.md (with more fields).
+use serde::Serialize;
+
+use crate::activation::{
+    activation_bytes, overhead_bytes, vision_activation_bytes, Activation, DEFAULT_PREFILL_CHUNK,
+};
+use crate::bytes::Bytes;
+use crate::kv_cache::{kv_cache, KvCache};
+use crate::model::{Model, WeightSource};
+use crate::verdict::{Verdict, TIGHT_FRACTION};
+use crate::weights::WeightParts;
+
+/// Default context when the request gives none: the model's `max_position_embeddings`,
+/// capped here. 32768 tokens covers real use on one machine; a model's 128K–1M maximum
+/// would make every estimate a refusal. The cap is shown (`context_capped`).
+pub const DEFAULT_CONTEXT_CAP: u64 = 32_768;
+
+/// Context used when the config names no maximum.
+pub const FALLBACK_CONTEXT: u64 = 4096;
+
+/// Quantization bits tried, best quality first, when advising how to fit.
+pub const ADVICE_BITS: [u8; 5] = [8, 6, 4, 3, 2];
+
+/// What is being asked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Request {
+    /// Context tokens; `None` = the model's maximum capped at [`DEFAULT_CONTEXT_CAP`].
+    pub context: Option<u64>,
+    /// Sequences generated together.
+    pub batch: u64,
+    /// Quantized KV cache bits (4 or 8), or `None` for the model dtype.
+    pub kv_bits: Option<u8>,
+    /// Images in the prompt.
+    pub images: u64,
+    /// What-if: weights quantized with MLX affine at this many bits (group 64).
+    pub quant_bits: Option<u8>,
+    /// Prefill chunk in tokens.
+    pub prefill_chunk: u64,
+    /// Bytes the model may use.
+    pub budget: Bytes,
+}
+
+impl Default for Request {
+    fn default() -> Request {
+        Request {
+            context: None,
+            batch: 1,
+            kv_bits: None,
+            images: 0,
+            quant_bits: None,
+            prefill_chunk: DEFAULT_PREFILL_CHUNK,
+            budget: Bytes(0),
+        }
+    }
+}
+
+/// The weights part of an estimate.
+#[derive(Clone, Debug, Serialize)]
+pub struct WeightsReport {
+    /// Bytes used in the total.
+    pub bytes: u64,
+    /// `safetensors_header`, `index_total_size` or `config`.
+    pub source: WeightSource,
+    /// The checkpoint's quantization.
+    pub quantization: String,
+    /// When set, `bytes` is the what-if at this many bits (`--quant-bits`).
+    pub quant_bits: Option<u8>,
+    /// The checkpoint's own bytes (before any what-if).
+    pub stored_bytes: u64,
+    /// Sum over the shard headers, when present.
+    pub header_bytes: Option<u64>,
+    /// The index's `total_size`, when present.
+    pub index_total_size: Option<u64>,
+    /// The analytic figure from the config, when available.
+    pub analytic_bytes: Option<u64>,
+    /// Analytic bytes per component.
+    pub analytic_parts: Option<WeightParts>,
+    /// Vision tower and projector bytes (included in `bytes`).
+    pub vision_bytes: u64,
+}
+
+/// Image activations (`--images`).
+#[derive(Clone, Debug, Serialize)]
+pub struct VisionReport {
+    /// Images.
+    pub images: u64,
+    /// Tokens each image adds to the context.
+    pub tokens_per_image: u64,
+    /// Encoder activation bytes for all images.
+    pub activation_bytes: u64,
+}
+
+/// The estimate: the `inspect --json` object.
+#[derive(Clone, Debug, Serialize)]
+pub struct Estimate {
+    /// The model folder.
+    pub model: String,
+    /// The config's `model_type`.
+    pub architecture: String,
+    /// Weights.
+    pub weights: WeightsReport,
+    /// KV cache.
+    pub kv_cache: KvCache,
+    /// Activations of one prefill chunk (text and images).
+    pub activation_bytes: u64,
+    /// Fixed runtime overhead.
+    pub overhead_bytes: u64,
+    /// Weights + KV cache + activations + overhead.
+    pub total_bytes: u64,
+    /// The budget compared against.
+    pub budget_bytes: u64,
+    /// `fits`, `tight` or `does_not_fit`.
+    pub verdict: Verdict,
+    /// One line for a person.
+    pub advice: String,
+    /// The text activation terms.
+    pub activation: Activation,
+    /// Image activations, when images were asked for.
+    pub vision: Option<VisionReport>,
+    /// The model's `max_position_embeddings`.
+    pub max_position_embeddings: Option<u64>,
+    /// Whether the default context was capped at [`DEFAULT_CONTEXT_CAP`].
+    pub context_capped: bool,
+    /// Budget fraction above which the verdict is `tight`.
+    pub tight_fraction: f64,
+    /// Where the activation constants come from.
+    pub calibration: &'static str,
+    /// Disagreements between sources and assumptions made.
+    pub warnings: Vec<String>,
+}
+
+/// The activation model's provenance, as reported.
+pub const CALIBRATION: &str =
+    "fitted to 3 mlx-lm 0.32.2 CPU peaks (bf16 qwen2, 246M params); recalibrated from worker measurements later";
+
+/// Totals for one configuration, used for the estimate and for advice searches.
+struct Totals {
+    kv: KvCache,
+    act: Activation,
+    vision_act: u64,
+    total: u64,
+}
+
+fn totals(model: &Model, weights: u64, context: u64, req: &Request) -> Totals {
+    let batch = req.batch.max(1);
+    let kv = kv_cache(
+        &model.kv_layers,
+        context,
+        batch,
+        model.kv_dtype_bytes(),
+        req.kv_bits,
+    );
+    let chunk = if req.prefill_chunk == 0 {
+        DEFAULT_PREFILL_CHUNK
+    } else {
+        req.prefill_chunk
+    };
+    let act = activation_bytes(&model.activation, chunk, context, batch);
+    let vision_act = match (&model.vision, req.images) {
+        (Some(v), n) if n > 0 => {
+            vision_activation_bytes(n, v.patches_per_image, v.width, v.intermediate, v.heads)
+        }
+        _ => 0,
+    };
+    let total = weights
+        .saturating_add(kv.bytes)
+        .saturating_add(act.bytes)
+        .saturating_add(vision_act)
+        .saturating_add(overhead_bytes());
+    Totals {
+        kv,
+        act,
+        vision_act,
+        total,
+    }
+}
+
+/// Estimates `model` under `req`.
+pub fn estimate(model: &Model, req: &Request) -> Estimate {
+    let (default_context, capped) = match model.max_position_embeddings {
+        Some(m) if m > DEFAULT_CONTEXT_CAP => (DEFAULT_CONTEXT_CAP, true),
+        Some(m) if m > 0 => (m, false),
+        _ => (FALLBACK_CONTEXT, false),
+    };
+    let context = req.context.unwrap_or(default_context).max(1);
+    let mut warnings = model.warnings.clone();
+    if let (Some(c), Some(m)) = (req.context, model.max_position_embeddings) {
+        if c > m {
+            warnings.push(format!(
+                "context {c} is beyond the model's max_position_embeddings {m}"
+            ));
+        }
+    }
+    let what_if = req
+        .quant_bits
+        .and_then(|b| model.weights_at_bits(b).map(|w| (b, w)));
+    if req.quant_bits.is_some() && what_if.is_none() {
+        warnings.push("--quant-bits ignored: the config cannot be modelled".to_string());
+    }
+    let weights = what_if.map_or(model.weights.bytes, |(_, w)| w);
+    let t = totals(model, weights, context, req);
+    let budget = req.budget.0;
+    let verdict = Verdict::of(t.total, budget);
+    let advice = advise(model, req, weights, context, t.total, verdict);
+    let vision = (req.images > 0).then(|| VisionReport {
+        images: req.images,
+        tokens_per_image: model.vision.map_or(0, |v| v.tokens_per_image),
+        activation_bytes: t.vision_act,
+    });
+    if req.images > 0 && model.vision.is_none() {
+        warnings.push("--images given but the model has no vision tower".to_string());
+    }
+    Estimate {
+        model: model.dir.display().to_string(),
+        architecture: model.architecture.clone(),
+        weights: WeightsReport {
+            bytes: weights,
+            source: model.weights.source,
+            quantization: model.quantization.describe(),
+            quant_bits: what_if.map(|(b, _)| b),
+            stored_bytes: model.weights.bytes,
+            header_bytes: model.weights.header_bytes,
+            index_total_size: model.weights.index_total_size,
+            analytic_bytes: model.weights.analytic_bytes,
+            analytic_parts: model.weights.analytic_parts.clone(),
+            vision_bytes: model.weights.vision_bytes,
+        },
+        kv_cache: t.kv,
+        activation_bytes: t.act.bytes + t.vision_act,
+        overhead_bytes: overhead_bytes(),
+        total_bytes: t.total,
+        budget_bytes: budget,
+        verdict,
+        advice,
+        activation: t.act,
+        vision,
+        max_position_embeddings: model.max_position_embeddings,
+        context_capped: capped && req.context.is_none(),
+        tight_fraction: TIGHT_FRACTION,
+        calibration: CALIBRATION,
+        warnings,
+    }
+}
+
+/// The largest context in `1..=upto` whose total stays within `limit`.
+pub fn largest_context_within(
+    model: &Model,
+    req: &Request,
+    weights: u64,
+    upto: u64,
+    limit: u64,
+) -> Option<u64> {
+    let fits = |c: u64| totals(model, weights, c, req).total <= limit;
+    if upto == 0 || !fits(1) {
+        return None;
+    }
+    if fits(upto) {
+        return Some(upto);
+    }
+    let (mut lo, mut hi) = (1, upto);
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if fits(mid) {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    Some(lo)
+}
+
+fn advise(
+    model: &Model,
+    req: &Request,
+    weights: u64,
+    context: u64,
+    total: u64,
+    verdict: Verdict,
+) -> String {
+    let budget = req.budget.0;
+    let pct = if budget > 0 {
+        total as f64 / budget as f64 * 100.0
+    } else {
+        f64::INFINITY
+    };
+    match verdict {
+        Verdict::Fits => format!(
+            "fits: {} of {} ({pct:.0}%) at context {context}",
+            Bytes(total),
+            Bytes(budget)
+        ),
+        Verdict::Tight => {
+            let comfy = (TIGHT_FRACTION * budget as f64) as u64;
+            match largest_context_within(model, req, weights, context, comfy) {
+                Some(c) if c >= 256 => format!(
+                    "tight: {pct:.0}% of the budget, expect slowness or swapping; --context {c} stays under {:.0}%",
+                    TIGHT_FRACTION * 100.0
+                ),
+                _ => format!("tight: {pct:.0}% of the budget, expect slowness or swapping; a smaller quantization would help"),
+            }
+        }
+        Verdict::DoesNotFit => {
+            if let Some(c) =
+                largest_context_within(model, req, weights, context, budget).filter(|&c| c >= 256)
+            {
+                let mut s = format!(
+                    "does not fit: needs {} of {}; the largest context that fits is {c} (--context {c})",
+                    Bytes(total),
+                    Bytes(budget)
+                );
+                if req.kv_bits.is_none() {
+                    let q = Request {
+                        kv_bits: Some(4),
+                        ..req.clone()
+                    };
+                    if totals(model, weights, context, &q).total <= budget {
+                        s.push_str(&format!(", or keep context {context} with --kv-bits 4"));
+                    }
+                }
+                return s;
+            }
+            let current_bits = req.quant_bits.map(u64::from);
+            for bits in ADVICE_BITS {
+                if current_bits.is_some_and(|b| u64::from(bits) >= b) {
+                    continue;
+                }
+                let Some(w) = model.weights_at_bits(bits) else {
+                    break;
+                };
+                if w >= weights {
+                    continue;
+                }
+                let t = totals(model, w, context, req).total;
+                if t <= budget {
+                    return format!(
+                        "does not fit: needs {} of {}; quantized to {bits}-bit it would need {} (--quant-bits {bits})",
+                        Bytes(total),
+                        Bytes(budget),
+                        Bytes(t)
+                    );
+                }
+                if let Some(c) =
+                    largest_context_within(model, req, w, context, budget).filter(|&c| c >= 256)
+                {
+                    return format!(
+                        "does not fit: needs {} of {}; quantized to {bits}-bit it fits up to context {c} (--quant-bits {bits} --context {c})",
+                        Bytes(total),
+                        Bytes(budget)
+                    );
+                }
+            }
+            format!(
+                "does not fit: needs {} of {}, and no context or quantization brings it within the budget",
+                Bytes(total),
+                Bytes(budget)
+            )
+        }
+    }
+}

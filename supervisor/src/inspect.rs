@@ -1,0 +1,238 @@
+//! `mlxsup inspect`: the estimate of a model folder, for people (a breakdown table) and as
+//! JSON (`--json`, the object of CONTRACT.md). Exit 0 whatever the verdict, 5 when the
+//! model cannot be read, 2 on usage errors (clap), 1 when the budget cannot be determined.
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+
+use estimate::{estimate, Bytes, Estimate, Model, Request, Verdict, DEFAULT_PREFILL_CHUNK};
+
+use crate::budget::{budget, Budget};
+use crate::exit::Exit;
+
+#[derive(clap::Args)]
+pub struct InspectArgs {
+    /// Model folder (Hugging Face / mlx-community layout).
+    model: PathBuf,
+    /// Context tokens [default: the model's maximum, capped at 32768].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    context: Option<u64>,
+    /// Sequences generated together.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    batch: u64,
+    /// Quantize the KV cache to 4 or 8 bits.
+    #[arg(long, value_parser = parse_kv_bits)]
+    kv_bits: Option<u8>,
+    /// Images in the prompt (VLMs).
+    #[arg(long, default_value_t = 0)]
+    images: u64,
+    /// What if the weights were quantized to B bits (MLX affine, group 64)?
+    #[arg(long, value_parser = parse_quant_bits)]
+    quant_bits: Option<u8>,
+    /// Memory the model may use (512MiB, 8GiB, 1.5GB, bytes) [default: this machine's].
+    #[arg(long)]
+    budget: Option<Bytes>,
+    /// Prefill chunk in tokens.
+    #[arg(long, default_value_t = DEFAULT_PREFILL_CHUNK, value_parser = clap::value_parser!(u64).range(1..))]
+    prefill_chunk: u64,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_kv_bits(s: &str) -> Result<u8, String> {
+    match s {
+        "4" => Ok(4),
+        "8" => Ok(8),
+        _ => Err(format!("`{s}` is not 4 or 8")),
+    }
+}
+
+fn parse_quant_bits(s: &str) -> Result<u8, String> {
+    match s.parse::<u8>() {
+        Ok(b @ (2 | 3 | 4 | 5 | 6 | 8)) => Ok(b),
+        _ => Err(format!(
+            "`{s}` is not one of 2, 3, 4, 5, 6, 8 (MLX affine bits)"
+        )),
+    }
+}
+
+pub fn run(args: InspectArgs) -> Exit {
+    let model = match Model::open(&args.model) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("mlxsup: cannot read model: {e}");
+            return Exit::BadModel;
+        }
+    };
+    let budget = match budget(args.budget) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("mlxsup: {e}");
+            return Exit::Internal;
+        }
+    };
+    let req = Request {
+        context: args.context,
+        batch: args.batch,
+        kv_bits: args.kv_bits,
+        images: args.images,
+        quant_bits: args.quant_bits,
+        prefill_chunk: args.prefill_chunk,
+        budget: budget.bytes,
+    };
+    let est = estimate(&model, &req);
+    let mut out = std::io::stdout().lock();
+    let written = if args.json {
+        json(&est, &budget).and_then(|s| writeln!(out, "{s}").map_err(|e| e.to_string()))
+    } else {
+        let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+        writeln!(out, "{}", table(&est, &model, &budget, color)).map_err(|e| e.to_string())
+    };
+    match written {
+        Ok(()) => Exit::Ok,
+        Err(e) if e.contains("Broken pipe") => Exit::Ok,
+        Err(e) => {
+            eprintln!("mlxsup: cannot write the report: {e}");
+            Exit::Internal
+        }
+    }
+}
+
+/// The CONTRACT.md object, plus `budget_source`.
+fn json(est: &Estimate, budget: &Budget) -> Result<String, String> {
+    let mut v = serde_json::to_value(est).map_err(|e| e.to_string())?;
+    if let Some(o) = v.as_object_mut() {
+        o.insert(
+            "budget_source".into(),
+            serde_json::Value::String(budget.source.clone()),
+        );
+    }
+    serde_json::to_string_pretty(&v).map_err(|e| e.to_string())
+}
+
+/// The human breakdown.
+fn table(est: &Estimate, model: &Model, budget: &Budget, color: bool) -> String {
+    let mut rows: Vec<(String, String, String)> = Vec::new();
+    let mut row = |k: &str, v: String, note: String| rows.push((k.to_string(), v, note));
+    let w = &est.weights;
+    let mut wnote = format!("{}, {}, {}", w.source.as_str(), model.dtype, w.quantization);
+    if let Some(b) = w.quant_bits {
+        wnote = format!("what-if {b}-bit (stored: {})", Bytes(w.stored_bytes));
+    }
+    row("weights", Bytes(w.bytes).to_string(), wnote);
+    if let Some(p) = &w.analytic_parts {
+        let check = match w.source {
+            estimate::WeightSource::Config => String::new(),
+            _ => format!(" (analytic {})", Bytes(p.total())),
+        };
+        row(
+            "  layers",
+            Bytes(p.layers).to_string(),
+            format!("{} layers{check}", model.dims.layers),
+        );
+        row(
+            "  embeddings",
+            Bytes(p.embedding).to_string(),
+            String::new(),
+        );
+        row(
+            "  lm_head",
+            Bytes(p.lm_head).to_string(),
+            if p.lm_head == 0 {
+                "tied".into()
+            } else {
+                String::new()
+            },
+        );
+        if p.extra > 0 {
+            row("  mtp/extra", Bytes(p.extra).to_string(), String::new());
+        }
+    }
+    if w.vision_bytes > 0 {
+        row(
+            "  vision",
+            Bytes(w.vision_bytes).to_string(),
+            "tower + projector".into(),
+        );
+    }
+    let kv = &est.kv_cache;
+    let capped = if est.context_capped {
+        format!(
+            " (capped from {})",
+            est.max_position_embeddings.unwrap_or(0)
+        )
+    } else {
+        String::new()
+    };
+    let kvq = kv.kv_bits.map_or(String::new(), |b| format!(", {b}-bit"));
+    row(
+        "kv cache",
+        Bytes(kv.bytes).to_string(),
+        format!(
+            "context {}{capped} × batch {}, {}/token{kvq}",
+            kv.context,
+            kv.batch,
+            Bytes(kv.bytes_per_token)
+        ),
+    );
+    row(
+        "activations",
+        Bytes(est.activation_bytes).to_string(),
+        format!(
+            "prefill chunk {}: scores {}, mlp {}",
+            est.activation.chunk,
+            Bytes(est.activation.scores_bytes),
+            Bytes(est.activation.mlp_bytes)
+        ),
+    );
+    if let Some(v) = &est.vision {
+        row(
+            "  images",
+            Bytes(v.activation_bytes).to_string(),
+            format!("{} × {} tokens", v.images, v.tokens_per_image),
+        );
+    }
+    row(
+        "overhead",
+        Bytes(est.overhead_bytes).to_string(),
+        "runtime".into(),
+    );
+    row("total", Bytes(est.total_bytes).to_string(), String::new());
+    row(
+        "budget",
+        Bytes(est.budget_bytes).to_string(),
+        budget.source.clone(),
+    );
+
+    let mut s = format!("{} ({})\n", est.model, est.architecture);
+    let vw = rows.iter().map(|r| r.1.len()).max().unwrap_or(0);
+    for (k, v, note) in &rows {
+        s.push_str(format!("  {k:<13} {v:>vw$}  {note}").trim_end());
+        s.push('\n');
+    }
+    let pct = if est.budget_bytes > 0 {
+        format!(
+            " ({:.0}% of budget)",
+            est.total_bytes as f64 / est.budget_bytes as f64 * 100.0
+        )
+    } else {
+        String::new()
+    };
+    let verdict = est.verdict.as_str();
+    let verdict = if color {
+        let code = match est.verdict {
+            Verdict::Fits => "32",
+            Verdict::Tight => "33",
+            Verdict::DoesNotFit => "31",
+        };
+        format!("\x1b[1;{code}m{verdict}\x1b[0m")
+    } else {
+        verdict.to_string()
+    };
+    s.push_str(&format!("  {:<13} {verdict}{pct}\n", "verdict"));
+    s.push_str(&format!("  {:<13} {}", "advice", est.advice));
+    for w in &est.warnings {
+        s.push_str(&format!("\n  warning: {w}"));
+    }
+    s
+}
