@@ -111,7 +111,7 @@ fn json(est: &Estimate, budget: &Budget) -> Result<String, String> {
 }
 
 /// The human breakdown.
-fn table(est: &Estimate, model: &Model, budget: &Budget, color: bool) -> String {
+pub fn table(est: &Estimate, model: &Model, budget: &Budget, color: bool) -> String {
     let mut rows: Vec<(String, String, String)> = Vec::new();
     let mut row = |k: &str, v: String, note: String| rows.push((k.to_string(), v, note));
     let w = &est.weights;

@@ -1,0 +1,249 @@
+//! Turning the evidence of a worker's end into a failure kind and advice for a person.
+//!
+//! Order matters: what the supervisor did itself comes first (it knows why it killed),
+//! then a structured error from a live worker, then signals with their stderr signatures,
+//! then exit codes. See DESIGN.md, "Failure taxonomy".
+
+use estimate::Bytes;
+use nix::sys::signal::Signal;
+use protocol::{FailureKind, Phase, WorkerError, WorkerErrorKind};
+
+use crate::supervise::reap::ExitInfo;
+
+/// Why the supervisor itself killed the worker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KillReason {
+    /// Its footprint passed the hard ceiling.
+    Ceiling,
+    /// The heartbeat stopped.
+    Unresponsive,
+    /// It sent bytes that are not the protocol.
+    ProtocolError,
+    /// The user interrupted and it did not stop in time, or it did not exit on shutdown.
+    Stop,
+}
+
+/// What is known when a worker's request ends badly.
+pub struct Evidence<'a> {
+    /// How the process ended; `None` while it is alive (a structured error).
+    pub exit: Option<&'a ExitInfo>,
+    /// The supervisor's own fatal kill, if it made one.
+    pub killed_for: Option<KillReason>,
+    /// The worker's last structured error.
+    pub worker_error: Option<&'a WorkerError>,
+    pub stderr: &'a str,
+    /// The last footprint sample was near a memory limit the worker ran under.
+    pub near_limit: bool,
+}
+
+/// What MLX writes when Metal runs out of memory for a command buffer.
+const METAL_OOM: [&str; 2] = [
+    "Insufficient Memory",
+    "kIOGPUCommandBufferCallbackErrorOutOfMemory",
+];
+/// What MLX writes when an allocation is refused.
+const ALLOC_FAILED: [&str; 4] = [
+    "[metal::malloc]",
+    "Attempting to allocate",
+    "[malloc] Unable to allocate",
+    "std::bad_alloc",
+];
+
+pub fn classify(ev: &Evidence<'_>) -> FailureKind {
+    match ev.killed_for {
+        Some(KillReason::Ceiling) => return FailureKind::MemoryCeilingExceeded,
+        Some(KillReason::Unresponsive) => return FailureKind::Unresponsive,
+        Some(KillReason::ProtocolError) => return FailureKind::ProtocolError,
+        Some(KillReason::Stop) | None => {}
+    }
+    let has = |pats: &[&str]| pats.iter().any(|p| ev.stderr.contains(p));
+    let Some(exit) = ev.exit else {
+        return match ev.worker_error.map(|e| e.kind) {
+            Some(WorkerErrorKind::MemoryBudgetExceeded) => FailureKind::MemoryBudgetExceeded,
+            Some(WorkerErrorKind::AllocationFailed) => FailureKind::AllocationFailed,
+            Some(WorkerErrorKind::LoadFailed) => FailureKind::LoadFailed,
+            _ => FailureKind::Exited,
+        };
+    };
+    if let Some(sig) = exit.signal {
+        if has(&METAL_OOM) {
+            return FailureKind::MetalOutOfMemory;
+        }
+        if has(&ALLOC_FAILED) {
+            return FailureKind::AllocationFailed;
+        }
+        return match sig {
+            Signal::SIGSEGV | Signal::SIGBUS if ev.near_limit => FailureKind::AllocationFailed,
+            Signal::SIGKILL if ev.killed_for.is_none() => FailureKind::KilledByOs,
+            _ => FailureKind::Crashed,
+        };
+    }
+    if has(&ALLOC_FAILED) {
+        return FailureKind::AllocationFailed;
+    }
+    match ev.worker_error.map(|e| e.kind) {
+        Some(WorkerErrorKind::LoadFailed) => FailureKind::LoadFailed,
+        Some(WorkerErrorKind::AllocationFailed) => FailureKind::AllocationFailed,
+        _ => FailureKind::Exited,
+    }
+}
+
+/// Facts the advice may use.
+#[derive(Clone, Debug, Default)]
+pub struct AdviceFacts {
+    pub phase: Option<Phase>,
+    pub estimate_bytes: Option<u64>,
+    pub budget_bytes: Option<u64>,
+    pub context: Option<u64>,
+    pub ceiling_bytes: Option<u64>,
+    pub peak_bytes: Option<u64>,
+    pub exit: Option<String>,
+    pub message: Option<String>,
+    pub heartbeat_timeout_ms: Option<u64>,
+}
+
+/// One line for a person: what happened and what to try.
+pub fn advice(kind: FailureKind, f: &AdviceFacts) -> String {
+    let b = |v: Option<u64>| v.map_or("?".to_string(), |v| Bytes(v).to_string());
+    let need = match (f.estimate_bytes, f.context) {
+        (Some(e), Some(c)) => format!("the model needed ~{} at context {c}", Bytes(e)),
+        (Some(e), None) => format!("the model needed ~{}", Bytes(e)),
+        _ => "the model needed more memory than was free".into(),
+    };
+    let smaller = f
+        .context
+        .map(|c| format!("try --context {}", (c / 2).max(256)))
+        .unwrap_or_else(|| "try a shorter context".into());
+    let phase = f.phase.map_or(String::new(), |p| format!(" during {p}"));
+    match kind {
+        FailureKind::InsufficientMemory => format!(
+            "{need}; the budget is {}: {smaller} or a 4-bit model (--force loads anyway)",
+            b(f.budget_bytes)
+        ),
+        FailureKind::MetalOutOfMemory => format!(
+            "Metal ran out of memory{phase}: {need}; the budget is {}: {smaller}, a 4-bit model, or close other GPU apps",
+            b(f.budget_bytes)
+        ),
+        FailureKind::AllocationFailed => format!(
+            "MLX could not allocate memory{phase} (peak {}): {need}; {smaller} or a 4-bit model",
+            b(f.peak_bytes)
+        ),
+        FailureKind::MemoryBudgetExceeded => format!(
+            "the next step would pass the worker's budget of {}: {smaller}, a shorter prompt, or a larger --budget",
+            b(f.budget_bytes)
+        ),
+        FailureKind::MemoryCeilingExceeded => format!(
+            "the worker's footprint reached {}, over the ceiling of {}{phase}; it was stopped before the system ran short: {smaller}, a 4-bit model, or a higher --memory-ceiling",
+            b(f.peak_bytes),
+            b(f.ceiling_bytes)
+        ),
+        FailureKind::KilledByOs => format!(
+            "the operating system killed the worker{phase} (SIGKILL not sent by mlxsup: out of memory, most likely) at a footprint of {}: {smaller} or a 4-bit model",
+            b(f.peak_bytes)
+        ),
+        FailureKind::Crashed => format!(
+            "the worker crashed{phase} with {}: a bug in MLX or mlxsup, not your model; the stderr tail has the details",
+            f.exit.as_deref().unwrap_or("a signal")
+        ),
+        FailureKind::Unresponsive => format!(
+            "the worker stopped answering{phase} for {} ms and was stopped; try again, and report it if it repeats",
+            f.heartbeat_timeout_ms.unwrap_or(0)
+        ),
+        FailureKind::Exited => format!(
+            "the worker ended{phase} with {}{}",
+            f.exit.as_deref().unwrap_or("an error"),
+            f.message.as_deref().map_or(String::new(), |m| format!(": {m}"))
+        ),
+        FailureKind::LoadFailed => format!(
+            "the model could not be loaded: {}",
+            f.message.as_deref().unwrap_or("see the stderr tail")
+        ),
+        FailureKind::ProtocolError => format!(
+            "the worker sent something that is not the mlxsup protocol ({}); is mlxsup-worker from the same build as mlxsup?",
+            f.message.as_deref().unwrap_or("malformed data")
+        ),
+        _ => f.message.clone().unwrap_or_else(|| kind.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+
+    fn exit(code: Option<i32>, signal: Option<Signal>) -> ExitInfo {
+        ExitInfo {
+            code,
+            signal,
+            core_dumped: false,
+            max_rss_bytes: 0,
+            at: Instant::now(),
+        }
+    }
+
+    fn ev<'a>(exit: Option<&'a ExitInfo>, stderr: &'a str) -> Evidence<'a> {
+        Evidence {
+            exit,
+            killed_for: None,
+            worker_error: None,
+            stderr,
+            near_limit: false,
+        }
+    }
+
+    #[test]
+    fn signals_with_their_signatures() {
+        let abrt = exit(None, Some(Signal::SIGABRT));
+        let kill = exit(None, Some(Signal::SIGKILL));
+        let segv = exit(None, Some(Signal::SIGSEGV));
+        let oom = "libc++abi: ... [METAL] Command buffer execution failed: Insufficient Memory (00000008:kIOGPUCommandBufferCallbackErrorOutOfMemory)";
+        assert_eq!(classify(&ev(Some(&abrt), oom)), FailureKind::MetalOutOfMemory);
+        assert_eq!(classify(&ev(Some(&abrt), "")), FailureKind::Crashed);
+        assert_eq!(
+            classify(&ev(Some(&abrt), "[metal::malloc] Attempting to allocate 9 bytes")),
+            FailureKind::AllocationFailed
+        );
+        assert_eq!(classify(&ev(Some(&kill), "")), FailureKind::KilledByOs);
+        let mut e = ev(Some(&kill), "");
+        e.killed_for = Some(KillReason::Ceiling);
+        assert_eq!(classify(&e), FailureKind::MemoryCeilingExceeded);
+        e.killed_for = Some(KillReason::Unresponsive);
+        assert_eq!(classify(&e), FailureKind::Unresponsive);
+        assert_eq!(classify(&ev(Some(&segv), "")), FailureKind::Crashed);
+        let mut e = ev(Some(&segv), "");
+        e.near_limit = true;
+        assert_eq!(classify(&e), FailureKind::AllocationFailed);
+    }
+
+    #[test]
+    fn exits_and_live_errors() {
+        let x = exit(Some(7), None);
+        assert_eq!(classify(&ev(Some(&x), "")), FailureKind::Exited);
+        let load = WorkerError {
+            kind: WorkerErrorKind::LoadFailed,
+            message: "unsupported model_type `mamba`".into(),
+        };
+        let mut e = ev(None, "");
+        e.worker_error = Some(&load);
+        assert_eq!(classify(&e), FailureKind::LoadFailed);
+        let budget = WorkerError {
+            kind: WorkerErrorKind::MemoryBudgetExceeded,
+            message: String::new(),
+        };
+        e.worker_error = Some(&budget);
+        assert_eq!(classify(&e), FailureKind::MemoryBudgetExceeded);
+    }
+
+    #[test]
+    fn advice_names_numbers() {
+        let f = AdviceFacts {
+            estimate_bytes: Some(3 << 30),
+            budget_bytes: Some(2 << 30),
+            context: Some(4096),
+            ..Default::default()
+        };
+        let a = advice(FailureKind::MetalOutOfMemory, &f);
+        assert!(a.contains("3.0 GiB") && a.contains("2.0 GiB") && a.contains("--context 2048"), "{a}");
+    }
+}

@@ -1,0 +1,13 @@
+//! mlxsup, the supervisor: the command line, the supervision core, and (later) the
+//! daemon. It never links MLX: everything that runs MLX runs in a worker process.
+
+pub mod budget;
+pub mod classify;
+pub mod demo;
+pub mod exit;
+pub mod info;
+pub mod inspect;
+pub mod make_model;
+pub mod output;
+pub mod run;
+pub mod supervise;

@@ -1,0 +1,161 @@
+//! `mlxsup make-model`: a deterministic random-weight model folder, written by a worker
+//! (MLX quantizes it, so the format is exactly MLX's; the supervisor never links MLX).
+
+use std::path::{Path, PathBuf};
+
+use estimate::Bytes;
+use protocol::{ModelSpec, Reply, Request};
+
+use crate::{exit::Exit, supervise::{Options, Worker}};
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct MakeModelArgs {
+    /// Folder to write (must not exist, or be empty).
+    pub dir: PathBuf,
+    #[arg(long, value_parser = ["llama", "mistral", "qwen2", "qwen3"])]
+    pub arch: String,
+    #[arg(long, default_value_t = 256)]
+    pub hidden: u32,
+    #[arg(long, default_value_t = 4)]
+    pub layers: u32,
+    #[arg(long, default_value_t = 4)]
+    pub heads: u32,
+    #[arg(long, default_value_t = 2)]
+    pub kv_heads: u32,
+    #[arg(long, default_value_t = 512)]
+    pub intermediate: u32,
+    #[arg(long, default_value_t = 512)]
+    pub vocab: u32,
+    #[arg(long, default_value = "bf16", value_parser = ["bf16", "f16", "f32"])]
+    pub dtype: String,
+    #[arg(long, value_parser = ["2", "3", "4", "6", "8"])]
+    pub quant_bits: Option<String>,
+    #[arg(long, default_value_t = 64)]
+    pub group_size: u32,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// One JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl MakeModelArgs {
+    pub fn spec(&self, dir: &Path) -> ModelSpec {
+        ModelSpec {
+            dir: dir.display().to_string(),
+            arch: self.arch.clone(),
+            hidden: self.hidden,
+            layers: self.layers,
+            heads: self.heads,
+            kv_heads: self.kv_heads,
+            intermediate: self.intermediate,
+            vocab: self.vocab,
+            dtype: self.dtype.clone(),
+            quant_bits: self.quant_bits.as_deref().and_then(|b| b.parse().ok()),
+            group_size: self.group_size,
+            seed: self.seed,
+        }
+    }
+}
+
+/// Checks the shape of the model before any worker runs.
+fn validate(a: &MakeModelArgs) -> Result<(), String> {
+    if a.heads == 0 || a.kv_heads == 0 || a.layers == 0 || a.hidden == 0 || a.vocab == 0 || a.intermediate == 0 {
+        return Err("sizes must be at least 1".into());
+    }
+    if a.hidden % a.heads != 0 {
+        return Err(format!("--hidden {} is not a multiple of --heads {}", a.hidden, a.heads));
+    }
+    if a.heads % a.kv_heads != 0 {
+        return Err(format!("--heads {} is not a multiple of --kv-heads {}", a.heads, a.kv_heads));
+    }
+    if ![32, 64, 128].contains(&a.group_size) {
+        return Err(format!("--group-size {} is not 32, 64 or 128", a.group_size));
+    }
+    if a.quant_bits.is_some() && (a.hidden % a.group_size != 0 || a.intermediate % a.group_size != 0) {
+        return Err(format!(
+            "quantizing needs --hidden and --intermediate to be multiples of --group-size {}",
+            a.group_size
+        ));
+    }
+    Ok(())
+}
+
+pub fn main(args: MakeModelArgs) -> Exit {
+    if let Err(e) = validate(&args) {
+        eprintln!("mlxsup: make-model: {e}");
+        return Exit::Usage;
+    }
+    if let Ok(mut entries) = std::fs::read_dir(&args.dir) {
+        if entries.next().is_some() {
+            eprintln!(
+                "mlxsup: make-model: {} exists and is not empty; nothing was written (choose another folder or remove it)",
+                args.dir.display()
+            );
+            return Exit::Usage;
+        }
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("mlxsup: cannot start the async runtime: {e}");
+            return Exit::Internal;
+        }
+    };
+    match rt.block_on(make(&args, &args.dir)) {
+        Ok(bytes) => {
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"dir": args.dir.display().to_string(), "weight_bytes": bytes})
+                );
+            } else {
+                println!("wrote {} ({} of weights)", args.dir.display(), Bytes(bytes));
+            }
+            Exit::Ok
+        }
+        Err((exit, msg)) => {
+            eprintln!("mlxsup: make-model: {msg}");
+            exit
+        }
+    }
+}
+
+/// Writes the model into `dir` through a worker, via a sibling temporary folder renamed
+/// into place, so a failure never leaves half a model behind.
+pub async fn make(args: &MakeModelArgs, dir: &Path) -> Result<u64, (Exit, String)> {
+    let parent = dir
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent)
+        .map_err(|e| (Exit::Internal, format!("cannot create {}: {e}", parent.display())))?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".mlxsup-make-model-")
+        .tempdir_in(parent)
+        .map_err(|e| (Exit::Internal, format!("cannot create a folder in {}: {e}", parent.display())))?;
+    let mut worker = Worker::spawn(Options::utility())
+        .await
+        .map_err(|f| (Exit::WorkerFailed, format!("the worker failed: {}: {}", f.kind, f.advice)))?;
+    let reply = worker.request(Request::MakeModel(args.spec(tmp.path())), |_| {}).await;
+    let bytes = match reply {
+        Ok(Reply::ModelMade { weight_bytes, .. }) => weight_bytes,
+        Ok(Reply::Error(e)) => {
+            worker.shutdown().await;
+            return Err((Exit::WorkerFailed, e.message));
+        }
+        Ok(other) => {
+            worker.shutdown().await;
+            return Err((Exit::Internal, format!("unexpected reply {other:?}")));
+        }
+        Err(f) => return Err((Exit::WorkerFailed, format!("the worker failed: {}: {}", f.kind, f.advice))),
+    };
+    worker.shutdown().await;
+    let _ = std::fs::remove_dir(dir);
+    let kept = tmp.keep();
+    std::fs::rename(&kept, dir).map_err(|e| {
+        let _ = std::fs::remove_dir_all(&kept);
+        (Exit::Internal, format!("cannot move the model into {}: {e}", dir.display()))
+    })?;
+    Ok(bytes)
+}
