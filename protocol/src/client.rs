@@ -6,7 +6,7 @@ use std::{io, path::Path};
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use interprocess::local_socket::{
-    tokio::{prelude::*, Listener, Stream as LocalStream},
+    tokio::{prelude::*, Listener},
     GenericFilePath, ListenerOptions,
 };
 use serde::{de::DeserializeOwned, Serialize};
@@ -14,6 +14,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::codec::Framed;
 
 use crate::{error::ProtocolError, frame};
+
+/// The stream of a local socket (Unix domain socket).
+pub type LocalStream = interprocess::local_socket::tokio::Stream;
 
 /// A framed, typed connection over any byte stream.
 pub struct Connection<S> {

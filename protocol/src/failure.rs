@@ -135,3 +135,38 @@ pub struct Failure {
     pub duration_ms: u64,
     pub advice: String,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::FailureKind;
+
+    /// `ALL` lists every kind exactly once. The match has no wildcard (possible only
+    /// inside this crate, the enum being `non_exhaustive`): a new kind does not compile
+    /// until it is given a slot here, and then this fails until it is in `ALL`.
+    #[test]
+    fn all_has_every_kind() {
+        fn slot(k: FailureKind) -> usize {
+            match k {
+                FailureKind::InsufficientMemory => 0,
+                FailureKind::MetalOutOfMemory => 1,
+                FailureKind::AllocationFailed => 2,
+                FailureKind::MemoryBudgetExceeded => 3,
+                FailureKind::MemoryCeilingExceeded => 4,
+                FailureKind::KilledByOs => 5,
+                FailureKind::Crashed => 6,
+                FailureKind::Unresponsive => 7,
+                FailureKind::Exited => 8,
+                FailureKind::LoadFailed => 9,
+                FailureKind::ProtocolError => 10,
+            }
+        }
+        const N: usize = 11;
+        assert_eq!(FailureKind::ALL.len(), N);
+        let mut seen = [false; N];
+        for k in FailureKind::ALL {
+            assert!(!seen[slot(k)], "{k} twice in ALL");
+            seen[slot(k)] = true;
+        }
+        assert!(seen.iter().all(|s| *s));
+    }
+}

@@ -17,6 +17,8 @@ pub enum FaultAction {
     Hang,
     /// Allocates and evaluates a real MLX array of this many bytes, and holds it.
     Alloc(u64),
+    /// Writes bytes that are not the protocol on the socket, then keeps running.
+    Garbage,
 }
 
 /// When the worker does it.
@@ -48,7 +50,8 @@ impl Fault {
                 "segv" => FaultAction::Segv,
                 "kill" => FaultAction::Kill,
                 "hang" => FaultAction::Hang,
-                _ => return Err(format!("unknown fault kind `{kind}` (abort-metal-oom, segv, kill, exit:N, hang, alloc:SIZE)")),
+                "garbage" => FaultAction::Garbage,
+                _ => return Err(format!("unknown fault kind `{kind}` (abort-metal-oom, segv, kill, exit:N, hang, alloc:SIZE, garbage)")),
             },
             Some(("exit", n)) => FaultAction::Exit(
                 n.parse()
@@ -69,7 +72,11 @@ impl Fault {
                     .filter(|n| *n >= 1)
                     .ok_or_else(|| format!("decode step `{n}` is not a number from 1"))?,
             ),
-            _ => return Err(format!("unknown fault phase `{phase}` (load, prefill, decode:N)")),
+            _ => {
+                return Err(format!(
+                    "unknown fault phase `{phase}` (load, prefill, decode:N)"
+                ))
+            }
         };
         Ok(Fault { action, point })
     }

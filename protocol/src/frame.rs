@@ -62,15 +62,23 @@ impl Decoder for FrameCodec {
     type Error = ProtocolError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<BytesMut>, ProtocolError> {
-        // Check the announced length before the inner codec reserves room for it.
-        if src.len() >= HEADER {
-            let len = u32::from_be_bytes([src[0], src[1], src[2], src[3]]) as usize;
-            if len > MAX_FRAME {
-                return Err(ProtocolError::FrameTooLarge {
-                    len,
-                    max: MAX_FRAME,
-                });
-            }
+        // Check the announced length before the inner codec reserves room for it, and
+        // hand the inner codec whole frames only: it consumes the header as soon as it
+        // sees one, after which `src` starts with body bytes that must not be read as a
+        // length on the next call.
+        if src.len() < HEADER {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes([src[0], src[1], src[2], src[3]]) as usize;
+        if len > MAX_FRAME {
+            return Err(ProtocolError::FrameTooLarge {
+                len,
+                max: MAX_FRAME,
+            });
+        }
+        if src.len() < HEADER + len {
+            src.reserve(HEADER + len - src.len());
+            return Ok(None);
         }
         Ok(self.inner.decode(src)?)
     }

@@ -70,24 +70,44 @@ pub fn check_peer(ours: &Hello, peer: &Hello) -> Result<(), ProtocolError> {
     };
     match ours.version.compat(peer.version) {
         Compat::Compatible => Ok(()),
-        Compat::PeerTooOld => detail(|ours, peer, our_role, peer_role, peer_build| {
-            ProtocolError::PeerTooOld {
-                ours,
-                peer,
-                our_role,
-                peer_role,
-                peer_build,
-            }
-        }),
-        Compat::PeerTooNew => detail(|ours, peer, our_role, peer_role, peer_build| {
-            ProtocolError::PeerTooNew {
-                ours,
-                peer,
-                our_role,
-                peer_role,
-                peer_build,
-            }
-        }),
+        Compat::PeerTooOld => {
+            detail(
+                |ours, peer, our_role, peer_role, peer_build| ProtocolError::PeerTooOld {
+                    ours,
+                    peer,
+                    our_role,
+                    peer_role,
+                    peer_build,
+                },
+            )
+        }
+        Compat::PeerTooNew => {
+            detail(
+                |ours, peer, our_role, peer_role, peer_build| ProtocolError::PeerTooNew {
+                    ours,
+                    peer,
+                    our_role,
+                    peer_role,
+                    peer_build,
+                },
+            )
+        }
+    }
+}
+
+/// A peer that went away shows as end of stream, EPIPE or ECONNRESET depending on when
+/// it went; before the handshake all three are the same event.
+fn gone(e: ProtocolError) -> ProtocolError {
+    match &e {
+        ProtocolError::Io(io)
+            if matches!(
+                io.kind(),
+                io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+            ) =>
+        {
+            ProtocolError::ClosedBeforeHandshake
+        }
+        _ => e,
     }
 }
 
@@ -109,10 +129,11 @@ where
     Out: Handshake + Serialize,
     In: Handshake + DeserializeOwned,
 {
-    conn.send(&Out::hello(ours.clone())).await?;
+    conn.send(&Out::hello(ours.clone())).await.map_err(gone)?;
     let first = tokio::time::timeout(timeout, conn.recv::<In>())
         .await
-        .map_err(|_| ProtocolError::Timeout(timeout))??;
+        .map_err(|_| ProtocolError::Timeout(timeout))?
+        .map_err(gone)?;
     peer_hello(&ours, first)
 }
 
@@ -126,7 +147,7 @@ where
     Out: Handshake + Serialize,
     In: Handshake + DeserializeOwned,
 {
-    frame::write_sync(writer, &Out::hello(ours.clone()))?;
-    let first = frame::read_sync::<In>(reader)?;
+    frame::write_sync(writer, &Out::hello(ours.clone())).map_err(gone)?;
+    let first = frame::read_sync::<In>(reader).map_err(gone)?;
     peer_hello(&ours, first)
 }
