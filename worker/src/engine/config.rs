@@ -1,0 +1,381 @@
+//! `config.json` (+ `generation_config.json`) of a model folder, read into one struct.
+
+use std::path::Path;
+
+use protocol::WorkerError;
+use serde_json::Value;
+
+use super::error::load_failed;
+
+/// The `model_type`s this engine can run.
+pub const SUPPORTED: &[&str] = &["llama", "mistral", "qwen2", "qwen3"];
+
+/// The decoder families, each a switch in the one shared decoder.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    Llama,
+    Mistral,
+    Qwen2,
+    Qwen3,
+}
+
+/// How rotary position embeddings are computed.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RopeKind {
+    /// `nn.RoPE` with a position scale (1.0, or 1/factor for `linear`).
+    Default { scale: f32 },
+    /// Llama 3.x frequency smoothing.
+    Llama3 {
+        factor: f32,
+        low_freq_factor: f32,
+        high_freq_factor: f32,
+        original_max_position_embeddings: f32,
+    },
+}
+
+/// Quantization of one linear or embedding layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QuantParams {
+    pub group_size: i32,
+    pub bits: i32,
+}
+
+/// The model's configuration, as far as the engine needs it.
+#[derive(Clone, Debug)]
+pub struct ModelConfig {
+    pub model_type: String,
+    pub family: Family,
+    pub hidden_size: i32,
+    pub num_layers: usize,
+    pub intermediate_size: i32,
+    pub num_heads: i32,
+    pub num_kv_heads: i32,
+    pub head_dim: i32,
+    pub rms_norm_eps: f32,
+    pub vocab_size: i32,
+    pub rope_theta: f32,
+    pub rope_traditional: bool,
+    pub rope: RopeKind,
+    /// `None`: decide from the presence of `lm_head.weight`.
+    pub tie_word_embeddings: Option<bool>,
+    pub attention_bias: bool,
+    pub mlp_bias: bool,
+    pub sliding_window: Option<usize>,
+    /// Per layer: does it use the sliding window?
+    pub sliding_layers: Vec<bool>,
+    pub eos_token_ids: Vec<u32>,
+    /// The default quantization (`quantization` in config.json).
+    pub quantization: Option<QuantParams>,
+    /// The raw `quantization` object, for per-layer overrides.
+    pub quantization_raw: Option<serde_json::Map<String, Value>>,
+}
+
+fn num(v: &Value, key: &str) -> Option<f64> {
+    v.get(key).and_then(Value::as_f64)
+}
+
+fn int(v: &Value, key: &str) -> Option<i64> {
+    v.get(key).and_then(Value::as_i64)
+}
+
+fn ids(v: Option<&Value>) -> Vec<u32> {
+    match v {
+        Some(Value::Number(n)) => n.as_u64().map(|n| vec![n as u32]).unwrap_or_default(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(Value::as_u64)
+            .map(|n| n as u32)
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn read_json(path: &Path) -> Result<Value, WorkerError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| load_failed(format!("cannot read {}: {e}", path.display())))?;
+    serde_json::from_str(&text)
+        .map_err(|e| load_failed(format!("{} is not valid JSON: {e}", path.display())))
+}
+
+impl ModelConfig {
+    /// Reads `config.json` and, if present, `generation_config.json` from `dir`.
+    pub fn load(dir: &Path) -> Result<ModelConfig, WorkerError> {
+        let path = dir.join("config.json");
+        let v = read_json(&path)?;
+        let mut cfg = Self::from_value(&v, &path.display().to_string())?;
+        let gen_path = dir.join("generation_config.json");
+        if gen_path.exists() {
+            let g = read_json(&gen_path)?;
+            for id in ids(g.get("eos_token_id")) {
+                if !cfg.eos_token_ids.contains(&id) {
+                    cfg.eos_token_ids.push(id);
+                }
+            }
+        }
+        Ok(cfg)
+    }
+
+    /// Parses a config object; `source` names it in errors.
+    pub fn from_value(v: &Value, source: &str) -> Result<ModelConfig, WorkerError> {
+        let model_type = v
+            .get("model_type")
+            .and_then(Value::as_str)
+            .ok_or_else(|| load_failed(format!("{source} has no model_type")))?
+            .to_string();
+        let family = match model_type.as_str() {
+            "llama" => Family::Llama,
+            "mistral" => Family::Mistral,
+            "qwen2" => Family::Qwen2,
+            "qwen3" => Family::Qwen3,
+            other => {
+                return Err(load_failed(format!(
+                    "unsupported model_type {other:?} in {source}; supported: {}",
+                    SUPPORTED.join(", ")
+                )))
+            }
+        };
+        let need = |key: &str| -> Result<i64, WorkerError> {
+            int(v, key).filter(|n| *n > 0).ok_or_else(|| {
+                load_failed(format!(
+                    "{source}: {key} is missing or not a positive integer"
+                ))
+            })
+        };
+        let hidden_size = need("hidden_size")?;
+        let num_layers = need("num_hidden_layers")?;
+        let intermediate_size = need("intermediate_size")?;
+        let num_heads = need("num_attention_heads")?;
+        let vocab_size = need("vocab_size")?;
+        let num_kv_heads = int(v, "num_key_value_heads").unwrap_or(num_heads);
+        let head_dim = match int(v, "head_dim") {
+            Some(h) if h > 0 => h,
+            _ => hidden_size / num_heads,
+        };
+        if num_kv_heads <= 0 || num_heads % num_kv_heads != 0 {
+            return Err(load_failed(format!(
+                "{source}: num_attention_heads {num_heads} is not a multiple of num_key_value_heads {num_kv_heads}"
+            )));
+        }
+        let rope_params = v.get("rope_parameters").filter(|p| p.is_object());
+        let default_theta = match family {
+            Family::Qwen2 => 1_000_000.0,
+            _ => 10_000.0,
+        };
+        let rope_theta = num(v, "rope_theta")
+            .or_else(|| rope_params.and_then(|p| num(p, "rope_theta")))
+            .unwrap_or(default_theta) as f32;
+        let scaling = v
+            .get("rope_scaling")
+            .filter(|s| s.is_object())
+            .or(rope_params);
+        let rope = parse_rope(scaling, source)?;
+        let sliding_window = int(v, "sliding_window")
+            .filter(|w| *w > 0)
+            .map(|w| w as usize);
+        let sliding_layers =
+            sliding_layers(v, family, num_layers as usize, sliding_window, source)?;
+        let (quantization, quantization_raw) = match v.get("quantization") {
+            Some(Value::Object(q)) => {
+                let mode = q.get("mode").and_then(Value::as_str).unwrap_or("affine");
+                if mode != "affine" {
+                    return Err(load_failed(format!(
+                        "{source}: quantization mode {mode:?} is not supported (only MLX affine quantization)"
+                    )));
+                }
+                let gs = q.get("group_size").and_then(Value::as_i64).unwrap_or(64) as i32;
+                let bits = q.get("bits").and_then(Value::as_i64).unwrap_or(4) as i32;
+                (
+                    Some(QuantParams {
+                        group_size: gs,
+                        bits,
+                    }),
+                    Some(q.clone()),
+                )
+            }
+            _ => (None, None),
+        };
+        let flag = |key: &str| v.get(key).and_then(Value::as_bool).unwrap_or(false);
+        Ok(ModelConfig {
+            model_type,
+            family,
+            hidden_size: hidden_size as i32,
+            num_layers: num_layers as usize,
+            intermediate_size: intermediate_size as i32,
+            num_heads: num_heads as i32,
+            num_kv_heads: num_kv_heads as i32,
+            head_dim: head_dim as i32,
+            rms_norm_eps: num(v, "rms_norm_eps").unwrap_or(1e-6) as f32,
+            vocab_size: vocab_size as i32,
+            rope_theta,
+            rope_traditional: family != Family::Qwen3 && flag("rope_traditional"),
+            rope,
+            tie_word_embeddings: v.get("tie_word_embeddings").and_then(Value::as_bool),
+            attention_bias: match family {
+                Family::Qwen2 => true,
+                Family::Qwen3 => false,
+                _ => flag("attention_bias"),
+            },
+            mlp_bias: matches!(family, Family::Llama | Family::Mistral) && flag("mlp_bias"),
+            sliding_window,
+            sliding_layers,
+            eos_token_ids: ids(v.get("eos_token_id")),
+            quantization,
+            quantization_raw,
+        })
+    }
+
+    /// Quantization of the layer at `path` (e.g. `model.layers.0.self_attn.q_proj`):
+    /// a per-layer override if there is one, else the default.
+    pub fn quant_for(&self, path: &str) -> Option<QuantParams> {
+        let raw = self.quantization_raw.as_ref()?;
+        match raw.get(path) {
+            Some(Value::Bool(false)) => None,
+            Some(Value::Object(o)) => Some(QuantParams {
+                group_size: o
+                    .get("group_size")
+                    .and_then(Value::as_i64)
+                    .map(|g| g as i32)
+                    .or(self.quantization.map(|q| q.group_size))?,
+                bits: o
+                    .get("bits")
+                    .and_then(Value::as_i64)
+                    .map(|b| b as i32)
+                    .or(self.quantization.map(|q| q.bits))?,
+            }),
+            _ => self.quantization,
+        }
+    }
+}
+
+fn parse_rope(scaling: Option<&Value>, source: &str) -> Result<RopeKind, WorkerError> {
+    let Some(s) = scaling else {
+        return Ok(RopeKind::Default { scale: 1.0 });
+    };
+    let kind = s
+        .get("type")
+        .or_else(|| s.get("rope_type"))
+        .and_then(Value::as_str)
+        .unwrap_or("default");
+    let factor = num(s, "factor");
+    match kind {
+        "default" => Ok(RopeKind::Default { scale: 1.0 }),
+        "linear" => {
+            let f = factor.ok_or_else(|| load_failed(format!("{source}: linear rope_scaling needs a factor")))?;
+            Ok(RopeKind::Default { scale: (1.0 / f) as f32 })
+        }
+        "llama3" => Ok(RopeKind::Llama3 {
+            factor: factor.ok_or_else(|| load_failed(format!("{source}: llama3 rope_scaling needs a factor")))? as f32,
+            low_freq_factor: num(s, "low_freq_factor").unwrap_or(1.0) as f32,
+            high_freq_factor: num(s, "high_freq_factor").unwrap_or(4.0) as f32,
+            original_max_position_embeddings: num(s, "original_max_position_embeddings").unwrap_or(8192.0) as f32,
+        }),
+        other => Err(load_failed(format!(
+            "{source}: rope scaling type {other:?} is not supported (supported: default, linear, llama3)"
+        ))),
+    }
+}
+
+/// Which layers use the sliding window: `layer_types` if the config has it; otherwise
+/// every layer of a Mistral with a `sliding_window` (Hugging Face's meaning), none else.
+fn sliding_layers(
+    v: &Value,
+    family: Family,
+    layers: usize,
+    window: Option<usize>,
+    source: &str,
+) -> Result<Vec<bool>, WorkerError> {
+    if let Some(types) = v.get("layer_types").and_then(Value::as_array) {
+        if types.len() != layers {
+            return Err(load_failed(format!(
+                "{source}: layer_types has {} entries for {layers} layers",
+                types.len()
+            )));
+        }
+        let sliding: Vec<bool> = types
+            .iter()
+            .map(|t| t.as_str() == Some("sliding_attention"))
+            .collect();
+        if sliding.iter().any(|s| *s) && window.is_none() {
+            return Err(load_failed(format!(
+                "{source}: sliding_attention layers but no sliding_window"
+            )));
+        }
+        return Ok(sliding);
+    }
+    Ok(vec![family == Family::Mistral && window.is_some(); layers])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn base(model_type: &str) -> Value {
+        json!({"model_type": model_type, "hidden_size": 64, "num_hidden_layers": 2,
+               "intermediate_size": 128, "num_attention_heads": 4, "num_key_value_heads": 2,
+               "vocab_size": 300, "eos_token_id": [5, 6]})
+    }
+
+    #[test]
+    fn unsupported_model_type_names_it_and_the_supported_ones() {
+        let e = ModelConfig::from_value(&base("gpt2"), "config.json").unwrap_err();
+        assert_eq!(e.kind, protocol::WorkerErrorKind::LoadFailed);
+        assert!(e.message.contains("\"gpt2\""), "{}", e.message);
+        for s in SUPPORTED {
+            assert!(e.message.contains(s), "{}", e.message);
+        }
+    }
+
+    #[test]
+    fn family_switches() {
+        let q2 = ModelConfig::from_value(&base("qwen2"), "c").unwrap();
+        assert!(q2.attention_bias);
+        assert_eq!(q2.eos_token_ids, vec![5, 6]);
+        assert_eq!(q2.head_dim, 16);
+        let mut m = base("mistral");
+        m["sliding_window"] = json!(32);
+        assert_eq!(
+            ModelConfig::from_value(&m, "c").unwrap().sliding_layers,
+            vec![true, true]
+        );
+        m["layer_types"] = json!(["full_attention", "sliding_attention"]);
+        assert_eq!(
+            ModelConfig::from_value(&m, "c").unwrap().sliding_layers,
+            vec![false, true]
+        );
+        let mut l = base("llama");
+        l["rope_scaling"] = json!({"rope_type": "llama3", "factor": 8.0});
+        assert!(matches!(
+            ModelConfig::from_value(&l, "c").unwrap().rope,
+            RopeKind::Llama3 { .. }
+        ));
+        l["rope_scaling"] = json!({"rope_type": "yarn", "factor": 8.0});
+        assert!(ModelConfig::from_value(&l, "c").is_err());
+    }
+
+    #[test]
+    fn per_layer_quantization_overrides() {
+        let mut c = base("llama");
+        c["quantization"] = json!({"group_size": 64, "bits": 4, "mode": "affine",
+            "model.layers.0.mlp.down_proj": {"group_size": 32, "bits": 8},
+            "lm_head": false});
+        let cfg = ModelConfig::from_value(&c, "c").unwrap();
+        assert_eq!(
+            cfg.quant_for("model.layers.1.mlp.down_proj"),
+            Some(QuantParams {
+                group_size: 64,
+                bits: 4
+            })
+        );
+        assert_eq!(
+            cfg.quant_for("model.layers.0.mlp.down_proj"),
+            Some(QuantParams {
+                group_size: 32,
+                bits: 8
+            })
+        );
+        assert_eq!(cfg.quant_for("lm_head"), None);
+        c["quantization"]["mode"] = json!("mxfp4");
+        assert!(ModelConfig::from_value(&c, "c").is_err());
+    }
+}

@@ -1,0 +1,269 @@
+//! The generation loop, shaped like mlx-lm's `generate_step`: the prompt but its last
+//! token is prefilled in chunks (only the cache is evaluated between chunks); the last
+//! prompt token gives the first generated token; greedy decoding queues step n+1 on the
+//! device before reading token n, so the host never waits on an idle device.
+
+use std::time::Instant;
+
+use mlx_rs::{
+    error::Exception,
+    ops::{self},
+    transforms::{async_eval, eval},
+    Array, Dtype,
+};
+use protocol::{DoneInfo, FinishReason, GenerateRequest, Phase, WorkerError};
+
+use super::cache::LayerCache;
+use super::error::{bad_request, MlxResultExt};
+use super::memory::step_bytes;
+use super::model::Model;
+use super::sample::Sampler;
+use super::stop::{StopMatcher, StopStep};
+use super::tokenizer::{StreamDecoder, Tokenizer};
+use super::Engine;
+use super::Hooks;
+
+/// Knobs for tests and benchmarks; the defaults are what the protocol asks for.
+#[derive(Clone, Debug, Default)]
+pub struct GenerateOptions {
+    /// Keep going past end-of-sequence tokens (benchmarks, reference tests).
+    pub ignore_eos: bool,
+    /// Keep the first step's log-probabilities ([`Engine::first_logprobs`]).
+    pub keep_first_logprobs: bool,
+}
+
+/// One decode step in flight: its log-probabilities and, when greedy, its argmax.
+struct Step {
+    logprobs: Array,
+    token: Option<Array>,
+}
+
+fn forward(
+    model: &Model,
+    caches: &mut [LayerCache],
+    input: &Array,
+    greedy: bool,
+) -> Result<Step, Exception> {
+    let h = model.hidden(input, caches)?;
+    let logits = model.logits(&h)?.reshape(&[1, -1])?;
+    let logprobs = logits.subtract(logits.logsumexp(true)?)?;
+    let token = if greedy {
+        Some(ops::indexing::argmax_axis(&logprobs, -1, false)?)
+    } else {
+        None
+    };
+    let outs: Vec<&Array> = token.iter().chain(std::iter::once(&logprobs)).collect();
+    async_eval(outs)?;
+    Ok(Step { logprobs, token })
+}
+
+fn elem_bytes(dtype: Dtype) -> u64 {
+    match dtype {
+        Dtype::Float16 | Dtype::Bfloat16 => 2,
+        Dtype::Float64 => 8,
+        _ => 4,
+    }
+}
+
+/// Streams text through the stop matcher and the hooks.
+struct Output<'a> {
+    tok: &'a Tokenizer,
+    detok: StreamDecoder,
+    stop: StopMatcher,
+}
+
+impl Output<'_> {
+    /// Everything still held back, at the end.
+    fn tail(&mut self) -> String {
+        let rest = self.detok.flush(self.tok);
+        match self.stop.push(&rest) {
+            StopStep::Stop(t) => t,
+            StopStep::Emit(t) => t + &self.stop.flush(),
+        }
+    }
+}
+
+pub(super) fn run(
+    engine: &mut Engine,
+    prompt: &[u32],
+    req: &GenerateRequest,
+    opts: &GenerateOptions,
+    hooks: &mut dyn Hooks,
+) -> Result<DoneInfo, WorkerError> {
+    let model = &engine.model;
+    let cfg = &model.cfg;
+    let vocab = cfg.vocab_size as u32;
+    if prompt.is_empty() {
+        return Err(bad_request("the prompt is empty"));
+    }
+    if let Some(bad) = prompt.iter().find(|&&t| t >= vocab) {
+        return Err(bad_request(format!(
+            "prompt token {bad} is outside the vocabulary of {vocab}"
+        )));
+    }
+    let started = Instant::now();
+    let max = req.max_tokens;
+    let done = |generated: u32, prompt_secs: f64, gen_secs: f64, finish| DoneInfo {
+        prompt_tokens: prompt.len() as u32,
+        generated_tokens: generated,
+        prompt_tps: if prompt_secs > 0.0 {
+            prompt.len() as f64 / prompt_secs
+        } else {
+            0.0
+        },
+        generation_tps: if gen_secs > 0.0 {
+            generated as f64 / gen_secs
+        } else {
+            0.0
+        },
+        peak_bytes: mlx_rs::memory::peak_memory().unwrap_or(0) as u64,
+        finish,
+    };
+    if max == 0 {
+        return Ok(done(0, 0.0, 0.0, FinishReason::Length));
+    }
+    let elem = elem_bytes(model.dtype());
+    let mut caches = model.make_cache();
+    let chunk = engine.opts.prefill_chunk;
+
+    hooks.phase(Phase::Prefill);
+    let n = prompt.len();
+    let mut pos = 0;
+    let mut chunk_idx = 0u32;
+    loop {
+        let take = (n - pos - 1).min(chunk);
+        if take == 0 && chunk_idx > 0 {
+            break;
+        }
+        hooks.before_step(
+            Phase::Prefill,
+            chunk_idx,
+            step_bytes(cfg, &caches, elem, take.max(1) as i32, false),
+        )?;
+        if take == 0 {
+            break;
+        }
+        let ids: Vec<i32> = prompt[pos..pos + take].iter().map(|&t| t as i32).collect();
+        let input = Array::from_slice(&ids, &[1, take as i32]);
+        model.hidden(&input, &mut caches).ctx("prefill")?;
+        eval(caches.iter().flat_map(|c| c.state())).ctx("prefill")?;
+        let _ = mlx_rs::memory::clear_cache();
+        pos += take;
+        chunk_idx += 1;
+    }
+
+    hooks.phase(Phase::Decode);
+    let mut sampler = Sampler::new(&req.sampling);
+    let greedy = sampler.is_greedy();
+    let eos: &[u32] = if opts.ignore_eos {
+        &[]
+    } else {
+        &cfg.eos_token_ids
+    };
+    let mut out = Output {
+        tok: &engine.tokenizer,
+        detok: StreamDecoder::new(),
+        stop: StopMatcher::new(&req.stop),
+    };
+    let mut first_logprobs = None;
+
+    hooks.before_step(Phase::Decode, 1, step_bytes(cfg, &caches, elem, 1, true))?;
+    let last = Array::from_slice(&[prompt[n - 1] as i32], &[1, 1]);
+    let mut cur = forward(model, &mut caches, &last, greedy).ctx("decode")?;
+    let mut generated = 0u32;
+    let (mut prompt_secs, mut gen_start) = (0.0, Instant::now());
+    let finish = loop {
+        let want_more = generated + 1 < max;
+        let mut next = None;
+        let mut refused = None;
+        if want_more && greedy {
+            match hooks.before_step(
+                Phase::Decode,
+                generated + 2,
+                step_bytes(cfg, &caches, elem, 1, true),
+            ) {
+                Ok(()) => {
+                    let input = cur
+                        .token
+                        .as_ref()
+                        .map(|t| t.reshape(&[1, 1]))
+                        .transpose()
+                        .ctx("decode")?;
+                    let input = input.ok_or_else(|| bad_request("greedy step without a token"))?;
+                    next = Some(forward(model, &mut caches, &input, true).ctx("decode")?);
+                }
+                Err(e) => refused = Some(e),
+            }
+        }
+        let id = match &cur.token {
+            Some(t) => t.try_item_exact::<u32>().ctx("decode")?,
+            None => {
+                let lp = cur.logprobs.as_type::<f32>().ctx("decode")?;
+                lp.eval().ctx("decode")?;
+                sampler.sample(
+                    lp.try_as_slice::<f32>()
+                        .map_err(|e| bad_request(e.to_string()))?,
+                )
+            }
+        };
+        if generated == 0 {
+            prompt_secs = started.elapsed().as_secs_f64();
+            gen_start = Instant::now();
+            if opts.keep_first_logprobs {
+                let lp = cur.logprobs.as_type::<f32>().ctx("decode")?;
+                lp.eval().ctx("decode")?;
+                first_logprobs = Some(
+                    lp.try_as_slice::<f32>()
+                        .map_err(|e| bad_request(e.to_string()))?
+                        .to_vec(),
+                );
+            }
+        }
+        if eos.contains(&id) {
+            let text = out.tail();
+            if !text.is_empty() {
+                hooks.token(id, &text);
+            }
+            break FinishReason::Eos;
+        }
+        generated += 1;
+        let piece = out.detok.push(out.tok, id);
+        match out.stop.push(&piece) {
+            StopStep::Stop(text) => {
+                hooks.token(id, &text);
+                break FinishReason::Stop;
+            }
+            StopStep::Emit(mut text) => {
+                if generated >= max {
+                    text += &out.tail();
+                }
+                hooks.token(id, &text);
+            }
+        }
+        if generated >= max {
+            break FinishReason::Length;
+        }
+        if let Some(e) = refused {
+            return Err(e);
+        }
+        if generated % 256 == 0 {
+            let _ = mlx_rs::memory::clear_cache();
+        }
+        cur = match next {
+            Some(step) => step,
+            None => {
+                hooks.before_step(
+                    Phase::Decode,
+                    generated + 1,
+                    step_bytes(cfg, &caches, elem, 1, true),
+                )?;
+                let input = Array::from_slice(&[id], &[1, 1]);
+                forward(model, &mut caches, &input, greedy).ctx("decode")?
+            }
+        };
+    };
+    let gen_secs = gen_start.elapsed().as_secs_f64();
+    drop(caches);
+    engine.first_logprobs = first_logprobs;
+    Ok(done(generated, prompt_secs, gen_secs, finish))
+}

@@ -1,0 +1,324 @@
+//! The building blocks of the decoder — linear (dense or MLX-quantized), embedding,
+//! RMS norm and rotary embedding — each computed exactly as mlx-lm's `mlx.nn` layers do.
+
+use mlx_rs::{
+    error::Exception,
+    fast,
+    ops::{self, indexing::take_axis},
+    Array,
+};
+use protocol::WorkerError;
+
+use super::config::{ModelConfig, QuantParams, RopeKind};
+use super::error::{load_failed, MlxResultExt};
+use super::weights::WeightStore;
+
+type R<T> = Result<T, Exception>;
+
+/// An affine-quantized matrix (`mx.quantize` layout: packed `uint32` weight, scales, biases).
+pub struct QuantMatrix {
+    pub w: Array,
+    pub scales: Array,
+    pub biases: Option<Array>,
+    pub params: QuantParams,
+}
+
+impl QuantMatrix {
+    fn take(
+        store: &mut WeightStore,
+        prefix: &str,
+        cfg: &ModelConfig,
+        in_dim: i32,
+    ) -> Result<Option<QuantMatrix>, WorkerError> {
+        let scales_name = format!("{prefix}.scales");
+        let overridden = cfg
+            .quantization_raw
+            .as_ref()
+            .is_some_and(|q| q.contains_key(prefix));
+        let params = if overridden {
+            cfg.quant_for(prefix)
+        } else if let (Some(s), Some(w)) = (
+            store.shape(&scales_name),
+            store.shape(&format!("{prefix}.weight")),
+        ) {
+            // As mlx-lm's infer_quant_config: recover the packing from the shapes.
+            let (s_cols, w_cols) = (*s.last().unwrap_or(&0), *w.last().unwrap_or(&0));
+            if s_cols <= 0 || in_dim % s_cols != 0 || (w_cols * 32) % in_dim != 0 {
+                return Err(load_failed(format!(
+                    "{prefix}: quantized shapes weight {w:?} / scales {s:?} do not fit an input size of {in_dim} (in {})",
+                    store.dir().display()
+                )));
+            }
+            Some(QuantParams {
+                group_size: in_dim / s_cols,
+                bits: w_cols * 32 / in_dim,
+            })
+        } else {
+            None
+        };
+        let Some(params) = params else {
+            return Ok(None);
+        };
+        if !store.has(&scales_name) {
+            return Err(load_failed(format!(
+                "{prefix} is quantized per config.json but {scales_name} is missing (in {})",
+                store.dir().display()
+            )));
+        }
+        Ok(Some(QuantMatrix {
+            w: store.take(&format!("{prefix}.weight"))?,
+            scales: store.take(&scales_name)?,
+            biases: store.take_opt(&format!("{prefix}.biases")),
+            params,
+        }))
+    }
+
+    fn matmul_t(&self, x: &Array) -> R<Array> {
+        ops::quantized_matmul(
+            x,
+            &self.w,
+            &self.scales,
+            self.biases.as_ref(),
+            true,
+            self.params.group_size,
+            self.params.bits,
+        )
+    }
+}
+
+/// `nn.Linear` or `nn.QuantizedLinear`.
+pub enum Linear {
+    Dense { w: Array, bias: Option<Array> },
+    Quant { q: QuantMatrix, bias: Option<Array> },
+}
+
+impl Linear {
+    /// Loads `{prefix}.weight` (+ `.scales`/`.biases` if quantized, `.bias` if `bias`).
+    pub fn load(
+        store: &mut WeightStore,
+        prefix: &str,
+        cfg: &ModelConfig,
+        in_dim: i32,
+        out_dim: i32,
+        bias: bool,
+    ) -> Result<Linear, WorkerError> {
+        let b = if bias {
+            Some(store.take_shaped(&format!("{prefix}.bias"), &[out_dim])?)
+        } else {
+            None
+        };
+        if let Some(q) = QuantMatrix::take(store, prefix, cfg, in_dim)? {
+            return Ok(Linear::Quant { q, bias: b });
+        }
+        let w = store.take_shaped(&format!("{prefix}.weight"), &[out_dim, in_dim])?;
+        Ok(Linear::Dense { w, bias: b })
+    }
+
+    /// `x @ W.T + b`, as mlx.nn does it (`addmm` when there is a bias).
+    pub fn forward(&self, x: &Array) -> R<Array> {
+        match self {
+            Linear::Dense { w, bias: Some(b) } => ops::addmm(b, x, w.t(), None, None),
+            Linear::Dense { w, bias: None } => x.matmul(w.t()),
+            Linear::Quant { q, bias } => {
+                let y = q.matmul_t(x)?;
+                match bias {
+                    Some(b) => y.add(b),
+                    None => Ok(y),
+                }
+            }
+        }
+    }
+
+    /// Bytes held.
+    pub fn nbytes(&self) -> usize {
+        match self {
+            Linear::Dense { w, bias } => w.nbytes() + bias.as_ref().map_or(0, Array::nbytes),
+            Linear::Quant { q, bias } => {
+                q.w.nbytes()
+                    + q.scales.nbytes()
+                    + q.biases.as_ref().map_or(0, Array::nbytes)
+                    + bias.as_ref().map_or(0, Array::nbytes)
+            }
+        }
+    }
+}
+
+/// `nn.Embedding` or `nn.QuantizedEmbedding`.
+pub enum Embedding {
+    Dense(Array),
+    Quant(QuantMatrix),
+}
+
+impl Embedding {
+    /// Loads `{prefix}.weight` (+ quantization).
+    pub fn load(
+        store: &mut WeightStore,
+        prefix: &str,
+        cfg: &ModelConfig,
+    ) -> Result<Embedding, WorkerError> {
+        if let Some(q) = QuantMatrix::take(store, prefix, cfg, cfg.hidden_size)? {
+            return Ok(Embedding::Quant(q));
+        }
+        Ok(Embedding::Dense(store.take_shaped(
+            &format!("{prefix}.weight"),
+            &[cfg.vocab_size, cfg.hidden_size],
+        )?))
+    }
+
+    /// `weight[ids]` (dequantized for a quantized table).
+    pub fn forward(&self, ids: &Array) -> R<Array> {
+        match self {
+            Embedding::Dense(w) => take_axis(w, ids, 0),
+            Embedding::Quant(q) => ops::dequantize(
+                take_axis(&q.w, ids, 0)?,
+                take_axis(&q.scales, ids, 0)?,
+                q.biases
+                    .as_ref()
+                    .map(|b| take_axis(b, ids, 0))
+                    .transpose()?
+                    .as_ref(),
+                q.params.group_size,
+                q.params.bits,
+            ),
+        }
+    }
+
+    /// The tied output projection, `x @ weight.T`.
+    pub fn as_linear(&self, x: &Array) -> R<Array> {
+        match self {
+            Embedding::Dense(w) => x.matmul(w.t()),
+            Embedding::Quant(q) => q.matmul_t(x),
+        }
+    }
+
+    /// The dtype of the embedded vectors.
+    pub fn dtype(&self) -> mlx_rs::Dtype {
+        match self {
+            Embedding::Dense(w) => w.dtype(),
+            Embedding::Quant(q) => q.scales.dtype(),
+        }
+    }
+
+    /// Bytes held.
+    pub fn nbytes(&self) -> usize {
+        match self {
+            Embedding::Dense(w) => w.nbytes(),
+            Embedding::Quant(q) => {
+                q.w.nbytes() + q.scales.nbytes() + q.biases.as_ref().map_or(0, Array::nbytes)
+            }
+        }
+    }
+}
+
+/// `nn.RMSNorm`.
+pub struct RmsNorm {
+    pub weight: Array,
+    pub eps: f32,
+}
+
+impl RmsNorm {
+    pub fn load(
+        store: &mut WeightStore,
+        name: &str,
+        dim: i32,
+        eps: f32,
+    ) -> Result<RmsNorm, WorkerError> {
+        Ok(RmsNorm {
+            weight: store.take_shaped(name, &[dim])?,
+            eps,
+        })
+    }
+
+    pub fn forward(&self, x: &Array) -> R<Array> {
+        fast::rms_norm(x, Some(&self.weight), self.eps)
+    }
+}
+
+/// Rotary position embedding (`nn.RoPE`, or mlx-lm's `Llama3RoPE`).
+pub struct Rope {
+    dims: i32,
+    traditional: bool,
+    base: Option<f32>,
+    scale: f32,
+    freqs: Option<Array>,
+}
+
+impl Rope {
+    pub fn new(cfg: &ModelConfig) -> Result<Rope, WorkerError> {
+        let dims = cfg.head_dim;
+        match cfg.rope {
+            RopeKind::Default { scale } => Ok(Rope {
+                dims,
+                traditional: cfg.rope_traditional,
+                base: Some(cfg.rope_theta),
+                scale,
+                freqs: None,
+            }),
+            RopeKind::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            } => {
+                let freqs = llama3_freqs(
+                    dims,
+                    cfg.rope_theta,
+                    factor,
+                    low_freq_factor,
+                    high_freq_factor,
+                    original_max_position_embeddings,
+                )
+                .ctx("computing llama3 rope frequencies")?;
+                Ok(Rope {
+                    dims,
+                    traditional: cfg.rope_traditional,
+                    base: None,
+                    scale: 1.0,
+                    freqs: Some(freqs),
+                })
+            }
+        }
+    }
+
+    pub fn forward(&self, x: &Array, offset: i32) -> R<Array> {
+        fast::rope(
+            x,
+            self.dims,
+            self.traditional,
+            self.base,
+            self.scale,
+            offset,
+            self.freqs.as_ref(),
+        )
+    }
+}
+
+/// mlx-lm's `Llama3RoPE` frequencies, op for op (float32).
+fn llama3_freqs(dims: i32, base: f32, factor: f32, low: f32, high: f32, old_ctx: f32) -> R<Array> {
+    let f = |v: f64| Array::from_f32(v as f32);
+    let low_wavelen = old_ctx as f64 / low as f64;
+    let high_wavelen = old_ctx as f64 / high as f64;
+    let idx = ops::arange::<_, i32>(0, dims, 2)?.divide(Array::from_int(dims))?;
+    let freqs = ops::power(f(base as f64), &idx)?;
+    let wavelens = f(2.0 * std::f64::consts::PI).multiply(&freqs)?;
+    let freqs = ops::select(
+        &wavelens.gt(f(low_wavelen))?,
+        freqs.multiply(f(factor as f64))?,
+        &freqs,
+    )?;
+    let is_medium = wavelens
+        .gt(f(high_wavelen))?
+        .logical_and(wavelens.lt(f(low_wavelen))?)?;
+    let smooth = f(old_ctx as f64)
+        .divide(&wavelens)?
+        .subtract(f(low as f64))?
+        .divide(f(high as f64 - low as f64))?;
+    let denom = f(1.0)
+        .subtract(&smooth)?
+        .divide(f(factor as f64))?
+        .add(&smooth)?;
+    let smooth_freqs = freqs.divide(&denom)?;
+    let out = ops::select(&is_medium, &smooth_freqs, &freqs)?;
+    out.eval()?;
+    Ok(out)
+}

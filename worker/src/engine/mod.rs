@@ -1,0 +1,186 @@
+//! The inference engine: one loaded model, and generation from it, with mlx-rs.
+//!
+//! The engine knows nothing of sockets. The serve loop drives it and is told what
+//! happens through [`Hooks`]: before every prefill chunk and decode step the engine asks
+//! [`Hooks::before_step`] whether to go on, which is where the serve loop checks for
+//! cancellation, injects test faults and applies the in-worker soft memory guard.
+//!
+//! The computation mirrors mlx-lm 0.32 op for op (same fast kernels, same casts, same
+//! cache layout, same prefill chunking), so greedy decoding gives the same tokens.
+
+mod cache;
+mod chat;
+mod config;
+mod error;
+mod generate;
+mod layers;
+mod memory;
+mod model;
+mod sample;
+mod stop;
+mod tokenizer;
+mod weights;
+
+use std::path::Path;
+
+use protocol::{DoneInfo, GenerateRequest, Phase, WorkerError};
+
+pub use cache::{causal_mask, KvCache, LayerCache, Mask, RotatingKvCache};
+pub use config::{ModelConfig, SUPPORTED};
+pub use generate::GenerateOptions;
+pub use memory::activation_bytes;
+pub use sample::{Rng, Sampler};
+pub use stop::{StopMatcher, StopStep};
+pub use tokenizer::{StreamDecoder, Tokenizer};
+
+/// How to load a model.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// Prompt tokens per prefill step.
+    pub prefill_chunk: usize,
+}
+
+/// What the serve loop is told, and asked, while the engine works.
+pub trait Hooks {
+    /// Loading progress, in bytes of weights read.
+    fn progress(&mut self, _done: u64, _total: u64) {}
+    /// The engine entered a phase (`Prefill`, `Decode`).
+    fn phase(&mut self, _phase: Phase) {}
+    /// Called before each prefill chunk (`step` = chunk index from 0) and before each
+    /// decode step (`step` = 1-based index of the token about to be generated), with the
+    /// engine's prediction of how many bytes the step will add on top of what MLX holds.
+    /// An `Err` ends the request with that error; the engine frees its caches first.
+    fn before_step(
+        &mut self,
+        phase: Phase,
+        step: u32,
+        predicted_bytes: u64,
+    ) -> Result<(), WorkerError>;
+    /// A newly generated token and the text it completes (possibly empty while a UTF-8
+    /// sequence is incomplete).
+    fn token(&mut self, id: u32, text: &str);
+}
+
+/// A loaded model.
+pub struct Engine {
+    model: model::Model,
+    tokenizer: Tokenizer,
+    prompts: chat::TokenizerConfig,
+    opts: LoadOptions,
+    weight_bytes: u64,
+    first_logprobs: Option<Vec<f32>>,
+}
+
+impl Engine {
+    /// Loads a model folder (config.json, safetensors shards, tokenizer files).
+    pub fn load(
+        dir: &Path,
+        opts: &LoadOptions,
+        hooks: &mut dyn Hooks,
+    ) -> Result<Engine, WorkerError> {
+        let cfg = ModelConfig::load(dir)?;
+        let tokenizer = Tokenizer::load(dir)?;
+        let prompts = chat::TokenizerConfig::load(dir)?;
+        let mut store =
+            weights::WeightStore::open(dir, &mut |done, total| hooks.progress(done, total))?;
+        let mut cfg = cfg;
+        if cfg.eos_token_ids.is_empty() {
+            if let Some(id) = prompts
+                .eos_token
+                .as_deref()
+                .and_then(|t| tokenizer.token_id(t))
+            {
+                cfg.eos_token_ids.push(id);
+            }
+        }
+        let model = model::Model::load(cfg, &mut store)?;
+        drop(store);
+        let weight_bytes = model.weight_bytes();
+        let _ = mlx_rs::memory::clear_cache();
+        Ok(Engine {
+            model,
+            tokenizer,
+            prompts,
+            opts: LoadOptions {
+                prefill_chunk: opts.prefill_chunk.max(1),
+            },
+            weight_bytes,
+            first_logprobs: None,
+        })
+    }
+
+    /// The config's `model_type`.
+    pub fn architecture(&self) -> &str {
+        &self.model.cfg.model_type
+    }
+
+    /// Bytes of weights held by MLX.
+    pub fn weight_bytes(&self) -> u64 {
+        self.weight_bytes
+    }
+
+    pub fn vocab_size(&self) -> u32 {
+        self.model.cfg.vocab_size as u32
+    }
+
+    /// The end-of-sequence token ids (config.json and generation_config.json).
+    pub fn eos_token_ids(&self) -> &[u32] {
+        &self.model.cfg.eos_token_ids
+    }
+
+    /// The tokenizer.
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// The parsed model configuration.
+    pub fn config(&self) -> &ModelConfig {
+        &self.model.cfg
+    }
+
+    /// The prompt's token ids, as `generate` would feed them.
+    pub fn prompt_ids(&self, prompt: &protocol::Prompt) -> Result<Vec<u32>, WorkerError> {
+        match prompt {
+            protocol::Prompt::Text(t) => self.tokenizer.encode(t, true),
+            protocol::Prompt::Chat(messages) => {
+                let text = self.prompts.render(messages)?;
+                self.tokenizer.encode(&text, false)
+            }
+            protocol::Prompt::Tokens(ids) => Ok(ids.clone()),
+        }
+    }
+
+    /// The log-probabilities of the first generated token of the last generation run
+    /// with [`GenerateOptions::keep_first_logprobs`].
+    pub fn first_logprobs(&self) -> Option<&[f32]> {
+        self.first_logprobs.as_deref()
+    }
+
+    /// Generates, streaming through `hooks`, until max tokens, an eos token, a stop
+    /// sequence, or an `Err` from `hooks.before_step`.
+    pub fn generate(
+        &mut self,
+        req: &GenerateRequest,
+        hooks: &mut dyn Hooks,
+    ) -> Result<DoneInfo, WorkerError> {
+        self.generate_with(req, &GenerateOptions::default(), hooks)
+    }
+
+    /// [`Engine::generate`] with options for tests and benchmarks.
+    pub fn generate_with(
+        &mut self,
+        req: &GenerateRequest,
+        opts: &GenerateOptions,
+        hooks: &mut dyn Hooks,
+    ) -> Result<DoneInfo, WorkerError> {
+        let prompt = self.prompt_ids(&req.prompt)?;
+        let result = generate::run(self, &prompt, req, opts, hooks);
+        if result.is_err() {
+            let _ = mlx_rs::memory::clear_cache();
+        }
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,146 @@
+//! Reading the safetensors of a model folder (one file or shards) into MLX arrays.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+use mlx_rs::Array;
+use protocol::WorkerError;
+
+use super::error::load_failed;
+
+/// The weights of a model folder, taken out one by one as the model is built.
+pub struct WeightStore {
+    map: HashMap<String, Array>,
+    dir: PathBuf,
+}
+
+/// The safetensors files of `dir`: those the index names, else `model*.safetensors`,
+/// else any `*.safetensors`.
+pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, WorkerError> {
+    let index = dir.join("model.safetensors.index.json");
+    if index.exists() {
+        let text = std::fs::read_to_string(&index)
+            .map_err(|e| load_failed(format!("cannot read {}: {e}", index.display())))?;
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| load_failed(format!("{} is not valid JSON: {e}", index.display())))?;
+        let map = v
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| load_failed(format!("{} has no weight_map", index.display())))?;
+        let files: BTreeSet<&str> = map.values().filter_map(|f| f.as_str()).collect();
+        let files: Vec<PathBuf> = files.into_iter().map(|f| dir.join(f)).collect();
+        if let Some(missing) = files.iter().find(|f| !f.exists()) {
+            return Err(load_failed(format!(
+                "{} names {}, which is missing",
+                index.display(),
+                missing.display()
+            )));
+        }
+        return Ok(files);
+    }
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| load_failed(format!("cannot read {}: {e}", dir.display())))?;
+    let mut all: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .collect();
+    all.sort();
+    let model: Vec<PathBuf> = all
+        .iter()
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("model"))
+        })
+        .cloned()
+        .collect();
+    let files = if model.is_empty() { all } else { model };
+    if files.is_empty() {
+        return Err(load_failed(format!(
+            "no .safetensors files in {}",
+            dir.display()
+        )));
+    }
+    Ok(files)
+}
+
+impl WeightStore {
+    /// Opens every weight file of `dir`; `progress(done, total)` is told the bytes read.
+    pub fn open(
+        dir: &Path,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<WeightStore, WorkerError> {
+        let files = weight_files(dir)?;
+        let sizes: Vec<u64> = files
+            .iter()
+            .map(|f| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0))
+            .collect();
+        let total: u64 = sizes.iter().sum();
+        let mut done = 0;
+        let mut map = HashMap::new();
+        progress(0, total);
+        for (file, size) in files.iter().zip(sizes) {
+            let arrays = Array::load_safetensors(file).map_err(|e| {
+                load_failed(format!("cannot read weights from {}: {e}", file.display()))
+            })?;
+            for (name, array) in arrays {
+                array.eval().map_err(|e| {
+                    load_failed(format!(
+                        "cannot read tensor {name} of {}: {e}",
+                        file.display()
+                    ))
+                })?;
+                map.insert(name, array);
+            }
+            done += size;
+            progress(done, total);
+        }
+        Ok(WeightStore {
+            map,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// True if the tensor is present.
+    pub fn has(&self, name: &str) -> bool {
+        self.map.contains_key(name)
+    }
+
+    /// The shape of a tensor, if present.
+    pub fn shape(&self, name: &str) -> Option<Vec<i32>> {
+        self.map.get(name).map(|a| a.shape().to_vec())
+    }
+
+    /// Takes a tensor out; a missing one is a `load_failed` naming it.
+    pub fn take(&mut self, name: &str) -> Result<Array, WorkerError> {
+        self.map.remove(name).ok_or_else(|| {
+            load_failed(format!(
+                "tensor {name} is missing from the weights in {}",
+                self.dir.display()
+            ))
+        })
+    }
+
+    /// Takes a tensor out if present.
+    pub fn take_opt(&mut self, name: &str) -> Option<Array> {
+        self.map.remove(name)
+    }
+
+    /// Takes a tensor and checks its shape.
+    pub fn take_shaped(&mut self, name: &str, shape: &[i32]) -> Result<Array, WorkerError> {
+        let a = self.take(name)?;
+        if a.shape() != shape {
+            return Err(load_failed(format!(
+                "tensor {name} in {} has shape {:?}, the config implies {shape:?}",
+                self.dir.display(),
+                a.shape()
+            )));
+        }
+        Ok(a)
+    }
+
+    /// The folder the weights came from, for messages.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}

@@ -1,0 +1,241 @@
+//! Our engine against mlx-lm 0.32.2 on the same MLX: for each family, in bf16 and 4-bit
+//! (group 64), a `make_model` folder gives the identical 64 greedy tokens, and the first
+//! step's log-probabilities agree within [`LOGPROB_TOLERANCE`]. Also f32 and f16 once
+//! each, a sliding-window Mistral (rotating cache), and the prompt's tokenization and
+//! chat template against transformers' (which mlx-lm uses).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use protocol::{ChatMessage, GenerateRequest, ModelSpec, Phase, Prompt, Sampling, WorkerError};
+use serde_json::{json, Value};
+use worker::engine::{Engine, GenerateOptions, Hooks, LoadOptions};
+
+/// Largest allowed |ours − mlx-lm| over the first step's log-probabilities. The two
+/// run the same MLX kernels in the same order, so this is expected to be exactly 0; the
+/// tolerance only allows for a different kernel choice on another backend.
+const LOGPROB_TOLERANCE: f32 = 1e-3;
+const MAX_TOKENS: u32 = 64;
+const PREFILL_CHUNK: usize = 16;
+const PROMPT: &str = "Hello, world! The model runs out of memory — ça va? Tokens stream one by one as the supervisor watches the machine and 42 numbers.";
+
+struct Collect(Vec<u32>);
+
+impl Hooks for Collect {
+    fn before_step(&mut self, _: Phase, _: u32, _: u64) -> Result<(), WorkerError> {
+        Ok(())
+    }
+    fn token(&mut self, id: u32, _: &str) {
+        self.0.push(id);
+    }
+}
+
+fn python() -> PathBuf {
+    let py = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
+    assert!(
+        py.exists(),
+        "{} is missing: the mlx-lm reference needs the project's Python environment; run make setup",
+        py.display()
+    );
+    py
+}
+
+struct Case {
+    name: String,
+    dir: PathBuf,
+}
+
+fn spec(dir: &Path, arch: &str, quant: Option<u32>, seed: u64) -> ModelSpec {
+    ModelSpec {
+        dir: dir.display().to_string(),
+        arch: arch.into(),
+        hidden: 128,
+        layers: 2,
+        heads: 4,
+        kv_heads: 2,
+        intermediate: 256,
+        vocab: 512,
+        dtype: "bf16".into(),
+        quant_bits: quant,
+        group_size: 64,
+        seed,
+    }
+}
+
+/// Turns a Mistral folder into one whose first layer uses a 32-position sliding window
+/// (mlx-lm honours `layer_types`), so the rotating cache is checked against mlx-lm too.
+fn make_sliding(dir: &Path) {
+    let path = dir.join("config.json");
+    let mut cfg: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    cfg["sliding_window"] = json!(32);
+    cfg["layer_types"] = json!(["sliding_attention", "full_attention"]);
+    std::fs::write(&path, serde_json::to_string_pretty(&cfg).unwrap()).unwrap();
+}
+
+fn run_python(jobs: &Value) -> Vec<Value> {
+    let mut child = Command::new(python())
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mlx_lm_reference.py"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the mlx-lm reference");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(jobs.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "mlx-lm reference failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("reference output is JSON")
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_u64().unwrap() as u32)
+        .collect()
+}
+
+#[test]
+fn greedy_tokens_match_mlx_lm() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cases = Vec::new();
+    for (k, arch) in ["llama", "mistral", "qwen2", "qwen3"]
+        .into_iter()
+        .enumerate()
+    {
+        for quant in [None, Some(4)] {
+            let name = format!("{arch}-{}", if quant.is_some() { "q4" } else { "bf16" });
+            let dir = tmp.path().join(&name);
+            worker::make_model::make_model(&spec(&dir, arch, quant, 1000 + k as u64)).unwrap();
+            cases.push(Case { name, dir });
+        }
+    }
+    // The other float dtypes, once each.
+    for (arch, dtype) in [("llama", "f32"), ("qwen3", "f16")] {
+        let name = format!("{arch}-{dtype}");
+        let dir = tmp.path().join(&name);
+        let mut s = spec(&dir, arch, None, 77);
+        s.dtype = dtype.into();
+        worker::make_model::make_model(&s).unwrap();
+        cases.push(Case { name, dir });
+    }
+    let dir = tmp.path().join("mistral-swa32-bf16");
+    worker::make_model::make_model(&spec(&dir, "mistral", None, 7)).unwrap();
+    make_sliding(&dir);
+    cases.push(Case {
+        name: "mistral-swa32-bf16".into(),
+        dir,
+    });
+
+    let chat = vec![ChatMessage {
+        role: "user".into(),
+        content: "Hi there, ça va?".into(),
+    }];
+    let mut ours = Vec::new();
+    let mut jobs = Vec::new();
+    for case in &cases {
+        let mut engine = Engine::load(
+            &case.dir,
+            &LoadOptions {
+                prefill_chunk: PREFILL_CHUNK,
+            },
+            &mut Collect(vec![]),
+        )
+        .unwrap();
+        let prompt = engine.prompt_ids(&Prompt::Text(PROMPT.into())).unwrap();
+        let chat_ids = engine.prompt_ids(&Prompt::Chat(chat.clone())).unwrap();
+        let req = GenerateRequest {
+            prompt: Prompt::Tokens(prompt.clone()),
+            max_tokens: MAX_TOKENS,
+            sampling: Sampling::default(),
+            stop: vec![],
+            fault: None,
+        };
+        let opts = GenerateOptions {
+            ignore_eos: true,
+            keep_first_logprobs: true,
+        };
+        let mut hooks = Collect(vec![]);
+        let done = engine.generate_with(&req, &opts, &mut hooks).unwrap();
+        assert_eq!(done.generated_tokens, MAX_TOKENS, "{}", case.name);
+        let logprobs = engine.first_logprobs().unwrap().to_vec();
+        jobs.push(json!({
+            "model": case.dir, "prompt_text": PROMPT, "prompt_tokens": prompt,
+            "max_tokens": MAX_TOKENS, "prefill_step": PREFILL_CHUNK,
+            "chat": [{"role": "user", "content": chat[0].content}],
+        }));
+        ours.push((prompt, chat_ids, hooks.0, logprobs));
+    }
+    let reference = run_python(&Value::Array(jobs));
+
+    let mut failures = Vec::new();
+    for ((case, (prompt, chat_ids, tokens, logprobs)), r) in cases.iter().zip(&ours).zip(&reference)
+    {
+        if &ids(&r["prompt_tokens"]) != prompt {
+            failures.push(format!(
+                "{}: prompt tokenization differs: ours {prompt:?}, mlx-lm {:?}",
+                case.name, r["prompt_tokens"]
+            ));
+        }
+        if &ids(&r["chat_tokens"]) != chat_ids {
+            failures.push(format!(
+                "{}: chat template tokens differ: ours {chat_ids:?}, mlx-lm {:?}",
+                case.name, r["chat_tokens"]
+            ));
+        }
+        let theirs = ids(&r["tokens"]);
+        if &theirs != tokens {
+            let at = tokens.iter().zip(&theirs).position(|(a, b)| a != b);
+            failures.push(format!(
+                "{}: tokens differ at {at:?}:\n  ours   {tokens:?}\n  mlx-lm {theirs:?}",
+                case.name
+            ));
+        }
+        let ref_lp: Vec<f32> = r["first_logprobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect();
+        assert_eq!(ref_lp.len(), logprobs.len(), "{}", case.name);
+        let max_diff = logprobs
+            .iter()
+            .zip(&ref_lp)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        eprintln!(
+            "{}: {} tokens identical: {}, max |Δ logprob| = {max_diff:e}, {} distinct",
+            case.name,
+            tokens.len(),
+            &theirs == tokens,
+            tokens
+                .iter()
+                .collect::<std::collections::BTreeSet<_>>()
+                .len()
+        );
+        if max_diff > LOGPROB_TOLERANCE {
+            failures.push(format!(
+                "{}: first-step logprobs differ by {max_diff} > {LOGPROB_TOLERANCE}",
+                case.name
+            ));
+        }
+        let distinct: std::collections::BTreeSet<_> = tokens.iter().collect();
+        if distinct.len() < 8 {
+            failures.push(format!(
+                "{}: degenerate generation ({} distinct tokens)",
+                case.name,
+                distinct.len()
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
