@@ -88,6 +88,28 @@ pub fn classify(ev: &Evidence<'_>) -> FailureKind {
     }
 }
 
+/// The worker's last words on a fatal memory signal (its `fatal_signal` handler):
+/// virtual size and RSS in bytes at the moment of the fault.
+pub fn fatal_memory(stderr: &str) -> Option<(u64, u64)> {
+    let line = stderr
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("mlxsup-worker: fatal "))?;
+    let field = |name: &str| -> Option<u64> {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(name))
+            .and_then(|v| v.parse().ok())
+    };
+    Some((field("vm=")?, field("rss=")?))
+}
+
+/// Whether memory was near a limit the worker ran under: its virtual size within 10% of
+/// `RLIMIT_AS`, or its footprint over 70% of the ceiling.
+pub fn near_limit(vm: u64, footprint: u64, rlimit_as: Option<u64>, ceiling: Option<u64>) -> bool {
+    rlimit_as.is_some_and(|l| vm.saturating_mul(10) >= l.saturating_mul(9))
+        || ceiling.is_some_and(|c| footprint.saturating_mul(10) >= c.saturating_mul(7))
+}
+
 /// Facts the advice may use.
 #[derive(Clone, Debug, Default)]
 pub struct AdviceFacts {
@@ -198,10 +220,16 @@ mod tests {
         let kill = exit(None, Some(Signal::SIGKILL));
         let segv = exit(None, Some(Signal::SIGSEGV));
         let oom = "libc++abi: ... [METAL] Command buffer execution failed: Insufficient Memory (00000008:kIOGPUCommandBufferCallbackErrorOutOfMemory)";
-        assert_eq!(classify(&ev(Some(&abrt), oom)), FailureKind::MetalOutOfMemory);
+        assert_eq!(
+            classify(&ev(Some(&abrt), oom)),
+            FailureKind::MetalOutOfMemory
+        );
         assert_eq!(classify(&ev(Some(&abrt), "")), FailureKind::Crashed);
         assert_eq!(
-            classify(&ev(Some(&abrt), "[metal::malloc] Attempting to allocate 9 bytes")),
+            classify(&ev(
+                Some(&abrt),
+                "[metal::malloc] Attempting to allocate 9 bytes"
+            )),
             FailureKind::AllocationFailed
         );
         assert_eq!(classify(&ev(Some(&kill), "")), FailureKind::KilledByOs);
@@ -236,6 +264,17 @@ mod tests {
     }
 
     #[test]
+    fn last_words_are_read() {
+        let s = "noise\nmlxsup-worker: fatal SIGSEGV addr=0x0 vm=1500000000 rss=400000000\n";
+        assert_eq!(fatal_memory(s), Some((1_500_000_000, 400_000_000)));
+        assert_eq!(fatal_memory("mlxsup-worker: fatal SIGSEGV addr=0x8"), None);
+        assert!(near_limit(1_400_000_000, 0, Some(1_500_000_000), None));
+        assert!(!near_limit(700_000_000, 0, Some(1_500_000_000), None));
+        assert!(near_limit(0, 800, None, Some(1000)));
+        assert!(!near_limit(0, 100, None, Some(1000)));
+    }
+
+    #[test]
     fn advice_names_numbers() {
         let f = AdviceFacts {
             estimate_bytes: Some(3 << 30),
@@ -244,6 +283,9 @@ mod tests {
             ..Default::default()
         };
         let a = advice(FailureKind::MetalOutOfMemory, &f);
-        assert!(a.contains("3.0 GiB") && a.contains("2.0 GiB") && a.contains("--context 2048"), "{a}");
+        assert!(
+            a.contains("3.0 GiB") && a.contains("2.0 GiB") && a.contains("--context 2048"),
+            "{a}"
+        );
     }
 }

@@ -76,7 +76,10 @@ fn run_args(model: PathBuf, max_tokens: u32) -> RunArgs {
 }
 
 pub fn main(args: DemoArgs) -> Exit {
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("mlxsup: cannot start the async runtime: {e}");
@@ -94,7 +97,11 @@ async fn demo(args: DemoArgs) -> Exit {
     } else {
         let spec = demo_model(dir.clone());
         match make_model::make(&spec, &dir).await {
-            Ok(bytes) => println!("made {} ({} of bf16 weights, by MLX in a worker)", dir.display(), Bytes(bytes)),
+            Ok(bytes) => println!(
+                "made {} ({} of bf16 weights, by MLX in a worker)",
+                dir.display(),
+                Bytes(bytes)
+            ),
             Err((exit, msg)) => {
                 eprintln!("mlxsup demo: making the model: {msg}");
                 return exit;

@@ -5,7 +5,11 @@ use estimate::Bytes;
 use protocol::{Reply, Request, SystemInfo};
 use serde::Serialize;
 
-use crate::{budget, exit::Exit, supervise::{Options, Worker}};
+use crate::{
+    budget,
+    exit::Exit,
+    supervise::{Options, SpawnError, Worker},
+};
 
 #[derive(clap::Args, Debug)]
 pub struct InfoArgs {
@@ -51,7 +55,10 @@ pub fn expected_matmul_sum(n: u32) -> f64 {
 }
 
 pub fn main(args: InfoArgs) -> Exit {
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("mlxsup: cannot start the async runtime: {e}");
@@ -71,8 +78,12 @@ async fn run(args: InfoArgs) -> Exit {
     };
     let mut worker = match Worker::spawn(Options::utility()).await {
         Ok(w) => w,
-        Err(f) => {
-            eprintln!("mlxsup: the worker failed: {}: {}", f.kind, f.advice);
+        Err(SpawnError::Setup(m)) => {
+            eprintln!("mlxsup: {m}");
+            return Exit::Internal;
+        }
+        Err(e) => {
+            eprintln!("mlxsup: {e}");
             return Exit::WorkerFailed;
         }
     };
@@ -80,7 +91,10 @@ async fn run(args: InfoArgs) -> Exit {
         Ok(Reply::SystemInfo(s)) => s,
         other => return unexpected(other),
     };
-    let (sum, ms) = match worker.request(Request::Matmul { size: args.matmul }, |_| {}).await {
+    let (sum, ms) = match worker
+        .request(Request::Matmul { size: args.matmul }, |_| {})
+        .await
+    {
         Ok(Reply::Matmul { sum, ms, .. }) => (sum, ms),
         other => return unexpected(other),
     };
@@ -100,7 +114,11 @@ async fn run(args: InfoArgs) -> Exit {
             expected,
             ok: sum == expected,
             ms,
-            gflops: if ms > 0.0 { 2.0 * n * n * n / (ms * 1e6) } else { 0.0 },
+            gflops: if ms > 0.0 {
+                2.0 * n * n * n / (ms * 1e6)
+            } else {
+                0.0
+            },
         },
     };
     if args.json {
@@ -113,13 +131,27 @@ async fn run(args: InfoArgs) -> Exit {
         }
     } else {
         let s = &report.system;
-        println!("worker      {} (protocol {}, pid {})", report.worker, report.protocol, s.pid);
-        println!("MLX         {} on {} ({} backend)", s.mlx_version, s.device, s.backend);
-        println!("memory      {} total, MLX limit {}", Bytes(s.total_memory), Bytes(s.memory_limit));
+        println!(
+            "worker      {} (protocol {}, pid {})",
+            report.worker, report.protocol, s.pid
+        );
+        println!(
+            "MLX         {} on {} ({} backend)",
+            s.mlx_version, s.device, s.backend
+        );
+        println!(
+            "memory      {} total, MLX limit {}",
+            Bytes(s.total_memory),
+            Bytes(s.memory_limit)
+        );
         if let Some(w) = s.recommended_working_set {
             println!("Metal       recommended working set {}", Bytes(w));
         }
-        println!("budget      {} ({})", Bytes(report.budget_bytes), report.budget_source);
+        println!(
+            "budget      {} ({})",
+            Bytes(report.budget_bytes),
+            report.budget_source
+        );
         let m = &report.matmul;
         println!(
             "check       {0}×{0} f32 matmul in MLX: sum {1} (expected {2}) {3}, {4:.2} ms, {5:.1} GFLOP/s",

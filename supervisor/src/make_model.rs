@@ -6,7 +6,10 @@ use std::path::{Path, PathBuf};
 use estimate::Bytes;
 use protocol::{ModelSpec, Reply, Request};
 
-use crate::{exit::Exit, supervise::{Options, Worker}};
+use crate::{
+    exit::Exit,
+    supervise::{Options, SpawnError, Worker},
+};
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct MakeModelArgs {
@@ -60,19 +63,36 @@ impl MakeModelArgs {
 
 /// Checks the shape of the model before any worker runs.
 fn validate(a: &MakeModelArgs) -> Result<(), String> {
-    if a.heads == 0 || a.kv_heads == 0 || a.layers == 0 || a.hidden == 0 || a.vocab == 0 || a.intermediate == 0 {
+    if a.heads == 0
+        || a.kv_heads == 0
+        || a.layers == 0
+        || a.hidden == 0
+        || a.vocab == 0
+        || a.intermediate == 0
+    {
         return Err("sizes must be at least 1".into());
     }
     if a.hidden % a.heads != 0 {
-        return Err(format!("--hidden {} is not a multiple of --heads {}", a.hidden, a.heads));
+        return Err(format!(
+            "--hidden {} is not a multiple of --heads {}",
+            a.hidden, a.heads
+        ));
     }
     if a.heads % a.kv_heads != 0 {
-        return Err(format!("--heads {} is not a multiple of --kv-heads {}", a.heads, a.kv_heads));
+        return Err(format!(
+            "--heads {} is not a multiple of --kv-heads {}",
+            a.heads, a.kv_heads
+        ));
     }
     if ![32, 64, 128].contains(&a.group_size) {
-        return Err(format!("--group-size {} is not 32, 64 or 128", a.group_size));
+        return Err(format!(
+            "--group-size {} is not 32, 64 or 128",
+            a.group_size
+        ));
     }
-    if a.quant_bits.is_some() && (a.hidden % a.group_size != 0 || a.intermediate % a.group_size != 0) {
+    if a.quant_bits.is_some()
+        && (a.hidden % a.group_size != 0 || a.intermediate % a.group_size != 0)
+    {
         return Err(format!(
             "quantizing needs --hidden and --intermediate to be multiples of --group-size {}",
             a.group_size
@@ -95,7 +115,10 @@ pub fn main(args: MakeModelArgs) -> Exit {
             return Exit::Usage;
         }
     }
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("mlxsup: cannot start the async runtime: {e}");
@@ -128,16 +151,30 @@ pub async fn make(args: &MakeModelArgs, dir: &Path) -> Result<u64, (Exit, String
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent)
-        .map_err(|e| (Exit::Internal, format!("cannot create {}: {e}", parent.display())))?;
+    std::fs::create_dir_all(parent).map_err(|e| {
+        (
+            Exit::Internal,
+            format!("cannot create {}: {e}", parent.display()),
+        )
+    })?;
     let tmp = tempfile::Builder::new()
         .prefix(".mlxsup-make-model-")
         .tempdir_in(parent)
-        .map_err(|e| (Exit::Internal, format!("cannot create a folder in {}: {e}", parent.display())))?;
+        .map_err(|e| {
+            (
+                Exit::Internal,
+                format!("cannot create a folder in {}: {e}", parent.display()),
+            )
+        })?;
     let mut worker = Worker::spawn(Options::utility())
         .await
-        .map_err(|f| (Exit::WorkerFailed, format!("the worker failed: {}: {}", f.kind, f.advice)))?;
-    let reply = worker.request(Request::MakeModel(args.spec(tmp.path())), |_| {}).await;
+        .map_err(|e| match e {
+            SpawnError::Setup(m) => (Exit::Internal, m),
+            e => (Exit::WorkerFailed, e.to_string()),
+        })?;
+    let reply = worker
+        .request(Request::MakeModel(args.spec(tmp.path())), |_| {})
+        .await;
     let bytes = match reply {
         Ok(Reply::ModelMade { weight_bytes, .. }) => weight_bytes,
         Ok(Reply::Error(e)) => {
@@ -148,14 +185,22 @@ pub async fn make(args: &MakeModelArgs, dir: &Path) -> Result<u64, (Exit, String
             worker.shutdown().await;
             return Err((Exit::Internal, format!("unexpected reply {other:?}")));
         }
-        Err(f) => return Err((Exit::WorkerFailed, format!("the worker failed: {}: {}", f.kind, f.advice))),
+        Err(f) => {
+            return Err((
+                Exit::WorkerFailed,
+                format!("the worker failed: {}: {}", f.kind, f.advice),
+            ))
+        }
     };
     worker.shutdown().await;
     let _ = std::fs::remove_dir(dir);
     let kept = tmp.keep();
     std::fs::rename(&kept, dir).map_err(|e| {
         let _ = std::fs::remove_dir_all(&kept);
-        (Exit::Internal, format!("cannot move the model into {}: {e}", dir.display()))
+        (
+            Exit::Internal,
+            format!("cannot move the model into {}: {e}", dir.display()),
+        )
     })?;
     Ok(bytes)
 }

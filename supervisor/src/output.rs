@@ -177,7 +177,10 @@ impl Output {
             return;
         }
         let ratio = if estimate_bytes > 0 {
-            format!(" ({:.0}% of it)", d.peak_bytes as f64 / estimate_bytes as f64 * 100.0)
+            format!(
+                " ({:.0}% of it)",
+                d.peak_bytes as f64 / estimate_bytes as f64 * 100.0
+            )
         } else {
             String::new()
         };
@@ -209,16 +212,21 @@ impl Output {
             (None, Some(c)) => format!("exit code {c}"),
             (None, None) => "still alive".into(),
         };
-        let mut lines = vec![
-            format!("mlxsup: {head} during {} after {} ms ({how})", f.phase, f.duration_ms),
-        ];
+        let mut lines = vec![format!(
+            "mlxsup: {head} during {} after {} ms ({how})",
+            f.phase, f.duration_ms
+        )];
         if let Some(m) = &f.message {
             lines.push(format!("  message:  {m}"));
         }
         let peak = f.peak_bytes.map_or("?".into(), |p| Bytes(p).to_string());
-        let est = f.estimate_bytes.map_or("?".into(), |p| Bytes(p).to_string());
+        let est = f
+            .estimate_bytes
+            .map_or("?".into(), |p| Bytes(p).to_string());
         let budget = f.budget_bytes.map_or("?".into(), |p| Bytes(p).to_string());
-        lines.push(format!("  memory:   peak {peak}, estimate {est}, budget {budget}"));
+        lines.push(format!(
+            "  memory:   peak {peak}, estimate {est}, budget {budget}"
+        ));
         if let Some(t) = f.last_telemetry.last() {
             lines.push(format!(
                 "  last sample at {} ms: MLX active {}, footprint {}",
@@ -229,7 +237,15 @@ impl Output {
         }
         if !f.stderr_tail.is_empty() {
             lines.push("  stderr tail:".into());
-            for l in f.stderr_tail.lines().rev().take(6).collect::<Vec<_>>().into_iter().rev() {
+            for l in f
+                .stderr_tail
+                .lines()
+                .rev()
+                .take(6)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+            {
                 lines.push(format!("    {l}"));
             }
         }

@@ -1,15 +1,12 @@
 //! `mlxsup run`: preflight, then load and generate in a sandboxed worker, streaming
 //! tokens and telemetry, and turning any failure into a report and an exit code.
 
-use std::{
-    path::PathBuf,
-    time::Duration,
-};
+use std::{path::PathBuf, time::Duration};
 
 use estimate::{Bytes, Estimate, Model, Verdict, DEFAULT_PREFILL_CHUNK};
 use protocol::{
-    ChatMessage, Event, Failure, FailureKind, Fault, FaultPoint, GenerateRequest, LoadRequest,
-    Limits, Phase, Prompt, Reply, Request, Sampling, WorkerErrorKind,
+    ChatMessage, Event, Failure, FailureKind, Fault, FaultPoint, GenerateRequest, Limits,
+    LoadRequest, Phase, Prompt, Reply, Request, Sampling, WorkerErrorKind,
 };
 use tokio::sync::watch;
 
@@ -18,7 +15,7 @@ use crate::{
     classify::{self, AdviceFacts},
     exit::Exit,
     output::Output,
-    supervise::{self, runtime_dir, Options, Worker},
+    supervise::{self, runtime_dir, Options, SpawnError, Worker},
 };
 
 #[derive(clap::Args, Clone, Debug)]
@@ -110,7 +107,10 @@ impl Outcome {
 
 pub fn main(args: RunArgs) -> Exit {
     let mut out = Output::new(args.json);
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("mlxsup: cannot start the async runtime: {e}");
@@ -173,7 +173,9 @@ pub async fn execute(args: &RunArgs, out: &mut Output) -> Outcome {
             out.failure(&refusal(&est));
             return Outcome::Refused;
         }
-        Verdict::DoesNotFit => out.note("mlxsup: warning: it does not fit; loading anyway (--force)"),
+        Verdict::DoesNotFit => {
+            out.note("mlxsup: warning: it does not fit; loading anyway (--force)")
+        }
         Verdict::Tight => out.note(&format!(
             "mlxsup: warning: tight: over {:.0}% of the budget; expect swapping or slowness",
             est.tight_fraction * 100.0
@@ -199,7 +201,8 @@ pub async fn execute(args: &RunArgs, out: &mut Output) -> Outcome {
 
     let (int_tx, int_rx) = watch::channel(false);
     let listener = tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
@@ -262,7 +265,11 @@ async fn drive(
     let budget = est.budget_bytes;
     let mut worker = match Worker::spawn(opts).await {
         Ok(w) => w,
-        Err(f) => {
+        Err(SpawnError::Setup(m)) => {
+            eprintln!("mlxsup: {m}");
+            return Outcome::Internal;
+        }
+        Err(SpawnError::Failed(f)) => {
             out.failure(&f);
             return Outcome::Failed(f.kind);
         }

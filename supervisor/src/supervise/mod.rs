@@ -23,8 +23,9 @@ use std::{
 
 use nix::{sys::signal::Signal, unistd::Pid};
 use protocol::{
-    client::{Connection, LocalStream}, Event, Failure, FailureKind, FromWorker, Hello, Phase, ProtocolError,
-    Reply, Request, RequestId, Role, Telemetry, ToWorker, WorkerError,
+    client::{Connection, LocalStream},
+    Event, Failure, FailureKind, FromWorker, Hello, Phase, ProtocolError, Reply, Request,
+    RequestId, Role, Telemetry, ToWorker, WorkerError,
 };
 use tokio::sync::{oneshot, watch};
 
@@ -94,6 +95,24 @@ pub fn default_worker_exe() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("mlxsup-worker"))
 }
 
+/// Why a worker could not be started.
+#[derive(Debug)]
+pub enum SpawnError {
+    /// mlxsup's own side failed (socket directory, the worker binary): exit 1.
+    Setup(String),
+    /// The worker started and failed (died before connecting, bad handshake).
+    Failed(Box<Failure>),
+}
+
+impl std::fmt::Display for SpawnError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SpawnError::Setup(m) => f.write_str(m),
+            SpawnError::Failed(x) => write!(f, "the worker failed: {}: {}", x.kind, x.advice),
+        }
+    }
+}
+
 /// A signal the supervisor sent, and why.
 #[derive(Clone, Debug)]
 pub struct Sent {
@@ -118,6 +137,8 @@ pub struct Worker {
     started: Instant,
     next_id: RequestId,
     phase: Phase,
+    /// The last working phase (not idle) of the current request: where it failed.
+    request_phase: Phase,
     telemetry: VecDeque<Telemetry>,
     last_heard: Instant,
     last_error: Option<WorkerError>,
@@ -144,45 +165,46 @@ impl Drop for Worker {
 
 impl Worker {
     /// Spawns a worker, accepts its connection, and exchanges the handshake.
-    pub async fn spawn(opts: Options) -> Result<Worker, Box<Failure>> {
+    pub async fn spawn(opts: Options) -> Result<Worker, SpawnError> {
         let started = Instant::now();
-        let fail_early = |kind: FailureKind, phase: Phase, message: String, stderr: String, exit: Option<&ExitInfo>| {
-            let facts = AdviceFacts {
-                phase: Some(phase),
-                message: Some(message.clone()),
-                exit: exit.map(ExitInfo::describe),
-                ..Default::default()
-            };
-            Box::new(Failure {
-                kind,
-                phase,
-                model: opts.model.clone(),
-                exit_code: exit.and_then(|e| e.code),
-                signal: exit.and_then(ExitInfo::signal_name),
-                core_dumped: exit.is_some_and(|e| e.core_dumped),
-                signal_sent_by_supervisor: false,
-                peak_bytes: exit.map(|e| e.max_rss_bytes),
-                last_telemetry: vec![],
-                estimate_bytes: opts.estimate_bytes,
-                budget_bytes: opts.budget_bytes,
-                message: Some(message),
-                stderr_tail: stderr,
-                duration_ms: started.elapsed().as_millis() as u64,
-                advice: classify::advice(kind, &facts),
-            })
-        };
-        let spawned = spawn::spawn(&opts).await.map_err(|(msg, stderr, exit)| {
-            let kind = if exit.is_some() {
-                FailureKind::Exited
-            } else {
-                FailureKind::ProtocolError
-            };
-            let phase = if msg.contains("handshake") {
-                Phase::Handshake
-            } else {
-                Phase::Spawn
-            };
-            fail_early(kind, phase, msg, stderr, exit.as_ref())
+        let spawned = spawn::spawn(&opts).await.map_err(|e| match e {
+            spawn::SpawnError::Setup(msg) => SpawnError::Setup(msg),
+            spawn::SpawnError::Died {
+                message,
+                stderr,
+                exit,
+            } => {
+                let kind = classify::classify(&Evidence {
+                    exit: exit.as_ref(),
+                    killed_for: None,
+                    worker_error: None,
+                    stderr: &stderr,
+                    near_limit: false,
+                });
+                let facts = AdviceFacts {
+                    phase: Some(Phase::Spawn),
+                    message: Some(message.clone()),
+                    exit: exit.as_ref().map(ExitInfo::describe),
+                    ..Default::default()
+                };
+                SpawnError::Failed(Box::new(Failure {
+                    kind,
+                    phase: Phase::Spawn,
+                    model: opts.model.clone(),
+                    exit_code: exit.as_ref().and_then(|e| e.code),
+                    signal: exit.as_ref().and_then(ExitInfo::signal_name),
+                    core_dumped: exit.as_ref().is_some_and(|e| e.core_dumped),
+                    signal_sent_by_supervisor: false,
+                    peak_bytes: exit.as_ref().map(|e| e.max_rss_bytes),
+                    last_telemetry: vec![],
+                    estimate_bytes: opts.estimate_bytes,
+                    budget_bytes: opts.budget_bytes,
+                    message: Some(message),
+                    stderr_tail: stderr,
+                    duration_ms: started.elapsed().as_millis() as u64,
+                    advice: classify::advice(kind, &facts),
+                }))
+            }
         })?;
         let spawn::Spawned {
             pid,
@@ -209,6 +231,7 @@ impl Worker {
             started,
             next_id: 1,
             phase: Phase::Handshake,
+            request_phase: Phase::Handshake,
             telemetry: VecDeque::new(),
             last_heard: Instant::now(),
             last_error: None,
@@ -222,7 +245,10 @@ impl Worker {
             interrupt: None,
             peer: Hello::ours(Role::Worker, ""),
         };
-        let ours = Hello::ours(Role::Supervisor, concat!("mlxsup ", env!("CARGO_PKG_VERSION")));
+        let ours = Hello::ours(
+            Role::Supervisor,
+            concat!("mlxsup ", env!("CARGO_PKG_VERSION")),
+        );
         let timeout = worker.opts.handshake_timeout;
         let hs = protocol::handshake::handshake::<_, ToWorker, FromWorker>(
             &mut worker.conn,
@@ -237,12 +263,18 @@ impl Worker {
                 Ok(worker)
             }
             Err(e) => {
-                let kind_reason = if e.is_malformed() || matches!(e, ProtocolError::PeerTooNew { .. } | ProtocolError::PeerTooOld { .. }) {
+                let kind_reason = if e.is_malformed()
+                    || matches!(
+                        e,
+                        ProtocolError::PeerTooNew { .. } | ProtocolError::PeerTooOld { .. }
+                    ) {
                     Some(KillReason::ProtocolError)
                 } else {
                     None
                 };
-                Err(Box::new(worker.fail(kind_reason, Some(e.to_string())).await))
+                Err(SpawnError::Failed(Box::new(
+                    worker.fail(kind_reason, Some(e.to_string())).await,
+                )))
             }
         }
     }
@@ -272,8 +304,12 @@ impl Worker {
     ) -> Result<Reply, Box<Failure>> {
         let id = self.next_id;
         self.next_id += 1;
+        self.request_phase = Phase::Idle;
         if let Err(e) = self.conn.send(&ToWorker::Request { id, body }).await {
-            return Err(Box::new(self.fail(None, Some(format!("sending the request: {e}"))).await));
+            return Err(Box::new(
+                self.fail(None, Some(format!("sending the request: {e}")))
+                    .await,
+            ));
         }
         self.last_heard = Instant::now();
         let mut cancel_sent = false;
@@ -363,6 +399,14 @@ impl Worker {
 
     /// Records a streamed event's facts.
     fn note(&mut self, event: &Event) {
+        let phase = match event {
+            Event::Telemetry(t) => Some(t.phase),
+            Event::Phase(p) => Some(*p),
+            _ => None,
+        };
+        if let Some(p) = phase.filter(|p| *p != Phase::Idle) {
+            self.request_phase = p;
+        }
         match event {
             Event::Telemetry(t) => {
                 self.phase = t.phase;
@@ -379,10 +423,15 @@ impl Worker {
     /// Reads whatever the dead worker still had in flight, briefly.
     async fn drain(&mut self) {
         let until = tokio::time::Instant::now() + Duration::from_millis(50);
-        while let Ok(Ok(Some(msg))) = tokio::time::timeout_at(until, self.conn.recv::<FromWorker>()).await {
+        while let Ok(Ok(Some(msg))) =
+            tokio::time::timeout_at(until, self.conn.recv::<FromWorker>()).await
+        {
             match msg {
                 FromWorker::Event { event, .. } => self.note(&event),
-                FromWorker::Reply { body: Reply::Error(e), .. } => self.last_error = Some(e),
+                FromWorker::Reply {
+                    body: Reply::Error(e),
+                    ..
+                } => self.last_error = Some(e),
                 _ => {}
             }
         }
@@ -455,18 +504,32 @@ impl Worker {
         let fatal_signal_ours = exit
             .and_then(|e| e.signal)
             .is_some_and(|sig| sent_by_us.iter().any(|s| s.signal == sig));
-        let limit = self.opts.rlimit_as.or(self.opts.memory_ceiling);
-        let last_fp = footprints.back().map(|f| f.1).unwrap_or(0);
-        let near_limit = limit.is_some_and(|l| last_fp.max(exit.map_or(0, |e| e.max_rss_bytes)) * 10 >= l * 7);
+        // Memory at the moment of death: the worker's last words when it wrote them,
+        // else the last sample and the kernel's peak RSS.
+        let (vm, fp) = classify::fatal_memory(&stderr).unwrap_or_else(|| {
+            let last = footprints.back().map_or(0, |f| f.1);
+            (0, last.max(exit.map_or(0, |e| e.max_rss_bytes)))
+        });
+        let near_limit =
+            classify::near_limit(vm, fp, self.opts.rlimit_as, self.opts.memory_ceiling);
         let worker_error = self.last_error.as_ref();
         let kind = classify::classify(&Evidence {
             exit,
-            killed_for: if fatal_signal_ours || exit.is_none() { killed_for } else { None },
+            killed_for: if fatal_signal_ours || exit.is_none() {
+                killed_for
+            } else {
+                None
+            },
             worker_error,
             stderr: &stderr,
             near_limit,
         });
-        let mlx_peak = self.telemetry.iter().map(|t| t.peak_bytes).max().unwrap_or(0);
+        let mlx_peak = self
+            .telemetry
+            .iter()
+            .map(|t| t.peak_bytes)
+            .max()
+            .unwrap_or(0);
         let peak = mlx_peak
             .max(max_footprint)
             .max(exit.map_or(0, |e| e.max_rss_bytes));
@@ -527,7 +590,7 @@ impl Worker {
         });
         let peak = self.telemetry.iter().map(|t| t.peak_bytes).max();
         let facts = AdviceFacts {
-            phase: Some(self.phase),
+            phase: Some(self.request_phase),
             estimate_bytes: self.opts.estimate_bytes,
             budget_bytes: self.opts.budget_bytes,
             context: self.opts.context,
@@ -537,7 +600,7 @@ impl Worker {
         };
         Failure {
             kind,
-            phase: self.phase,
+            phase: self.request_phase,
             model: self.opts.model.clone(),
             exit_code: None,
             signal: None,

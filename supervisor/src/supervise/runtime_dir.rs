@@ -4,8 +4,7 @@
 //! this user, and not readable or writable by others, else it is refused with the reason.
 
 use std::{
-    fs,
-    io,
+    fs, io,
     os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt},
     path::{Path, PathBuf},
 };
@@ -99,7 +98,10 @@ mod tests {
         fs::write(&file, b"")?;
         assert!(matches!(ensure(&file), Err(RuntimeDirError::NotDir(_))));
         let long = "x".repeat(120);
-        assert!(matches!(socket_path(&d, &long), Err(RuntimeDirError::TooLong(_))));
+        assert!(matches!(
+            socket_path(&d, &long),
+            Err(RuntimeDirError::TooLong(_))
+        ));
         Ok(())
     }
 }

@@ -29,11 +29,20 @@ pub struct Spawned {
     pub stderr_done: oneshot::Receiver<()>,
 }
 
-/// What went wrong before a connection existed: message, stderr tail, exit (if it died).
-pub type SpawnError = (String, String, Option<ExitInfo>);
+/// What went wrong before a connection existed.
+pub enum SpawnError {
+    /// Our side: the socket directory, the socket, starting the binary.
+    Setup(String),
+    /// The worker ran but never connected.
+    Died {
+        message: String,
+        stderr: String,
+        exit: Option<ExitInfo>,
+    },
+}
 
 pub async fn spawn(opts: &Options) -> Result<Spawned, SpawnError> {
-    let plain = |m: String| (m, String::new(), None);
+    let plain = SpawnError::Setup;
     let dir = runtime_dir::ensure(&opts.runtime_dir).map_err(|e| plain(e.to_string()))?;
     let name = format!(
         "w-{}-{}.sock",
@@ -96,7 +105,11 @@ pub async fn spawn(opts: &Options) -> Result<Spawned, SpawnError> {
             let _ = tokio::time::timeout(Duration::from_millis(200), &mut stderr_done).await;
             let exit = exit.ok();
             let how = exit.as_ref().map_or("an unknown status".into(), ExitInfo::describe);
-            return Err((format!("the worker ended with {how} before connecting"), tail.text(), exit));
+            return Err(SpawnError::Died {
+                message: format!("the worker ended with {how} before connecting"),
+                stderr: tail.text(),
+                exit,
+            });
         }
         _ = tokio::time::sleep(opts.handshake_timeout) => {
             Err(format!("the worker did not connect within {:?}", opts.handshake_timeout))
@@ -114,8 +127,15 @@ pub async fn spawn(opts: &Options) -> Result<Spawned, SpawnError> {
         }),
         Err(msg) => {
             let _ = nix::sys::signal::killpg(pid, nix::sys::signal::Signal::SIGKILL);
-            let exit = tokio::time::timeout(Duration::from_secs(2), exit_rx).await.ok().and_then(Result::ok);
-            Err((msg, tail.text(), exit))
+            let exit = tokio::time::timeout(Duration::from_secs(2), exit_rx)
+                .await
+                .ok()
+                .and_then(Result::ok);
+            Err(SpawnError::Died {
+                message: msg,
+                stderr: tail.text(),
+                exit,
+            })
         }
     }
 }

@@ -30,12 +30,20 @@ impl Tail {
     /// The kept lines, joined.
     pub fn text(&self) -> String {
         let lines = self.lines.lock().unwrap_or_else(|p| p.into_inner());
-        lines.iter().map(String::as_str).collect::<Vec<_>>().join("\n")
+        lines
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 }
 
 /// Reads `pipe` to its end on a thread; `done` fires at EOF.
-pub fn collect(pipe: impl Read + Send + 'static, tail: Tail, done: tokio::sync::oneshot::Sender<()>) {
+pub fn collect(
+    pipe: impl Read + Send + 'static,
+    tail: Tail,
+    done: tokio::sync::oneshot::Sender<()>,
+) {
     std::thread::spawn(move || {
         let mut reader = BufReader::new(pipe);
         let mut buf = Vec::new();

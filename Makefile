@@ -1,0 +1,38 @@
+# The README's commands. Each sets up what a fresh machine lacks first (scripts/setup.sh,
+# idempotent: a second run does nothing and takes milliseconds).
+SHELL := bash
+CARGO ?= cargo
+export MLX_BACKEND ?= cpu
+
+.PHONY: setup build demo test lint bench clean
+
+setup:
+	@scripts/setup.sh
+
+build: setup
+	$(CARGO) build --release --bins
+
+## The main job on an embedded default: make a small model, estimate, run it sandboxed,
+## then show a contained Metal-OOM crash.
+demo: build
+	target/release/mlxsup demo
+
+## Everything CI checks: formatting, lints, and all tests (real worker processes, real MLX,
+## the mlx-lm peer from .venv).
+test: setup
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) build --workspace --bins
+	$(CARGO) test --workspace
+
+lint: setup
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## Side-by-side numbers against mlx-lm on the same libmlx (writes bench-out/, see BENCHMARKS.md).
+bench: build
+	scripts/bench.sh
+
+clean:
+	$(CARGO) clean
+	rm -rf .mlx .venv .setup-stamp bench-out

@@ -1,0 +1,226 @@
+//! Helpers for the end-to-end tests: the real `mlxsup` and `mlxsup-worker` binaries from
+//! this build, a tiny model made once per test binary, runs read as JSON Lines with the
+//! time each line arrived, and checks that nothing was left behind.
+#![allow(clippy::unwrap_used)] // Test scaffolding: a failure here is a test failure.
+
+use std::{
+    io::{BufRead, BufReader, Read},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::OnceLock,
+    time::{Duration, SystemTime},
+};
+
+use serde_json::Value;
+
+/// The directory holding this build's binaries (`target/debug`).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // target/debug/deps/<test>-<hash>
+    exe.parent().and_then(Path::parent).unwrap().to_path_buf()
+}
+
+/// A binary of this build; fails with the command to run when it is missing.
+pub fn bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(
+        p.is_file(),
+        "{} is missing: run `cargo build --workspace --bins` first (make test does)",
+        p.display()
+    );
+    p
+}
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// One finished `mlxsup` run.
+#[derive(Debug)]
+pub struct Run {
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+    /// JSON Lines from stdout, each with the time it arrived.
+    pub events: Vec<(SystemTime, Value)>,
+    pub stdout: String,
+    pub stderr: String,
+    /// The private runtime dir the run used (kept until the Run is dropped).
+    pub runtime_dir: tempfile::TempDir,
+}
+
+impl Run {
+    /// The events named `name`.
+    pub fn named(&self, name: &str) -> Vec<&Value> {
+        self.events
+            .iter()
+            .filter(|(_, e)| e["event"] == name)
+            .map(|(_, e)| e)
+            .collect()
+    }
+
+    /// The one `failure` event and when it arrived.
+    pub fn failure(&self) -> Option<(SystemTime, &Value)> {
+        self.events
+            .iter()
+            .find(|(_, e)| e["event"] == "failure")
+            .map(|(t, e)| (*t, e))
+    }
+
+    /// Socket files left in the runtime dir.
+    pub fn leftover_sockets(&self) -> Vec<String> {
+        std::fs::read_dir(self.runtime_dir.path().join("r"))
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Processes still alive whose command line names this run's runtime dir (its
+    /// workers), after waiting up to a second for them to go.
+    pub fn orphans(&self) -> Vec<i32> {
+        let needle = self.runtime_dir.path().to_string_lossy().into_owned();
+        for _ in 0..20 {
+            let found = processes_mentioning(&needle);
+            if found.is_empty() {
+                return found;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        processes_mentioning(&needle)
+    }
+}
+
+/// Live (non-zombie) processes whose command line contains `needle`.
+pub fn processes_mentioning(needle: &str) -> Vec<i32> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in dir.filter_map(|e| e.ok()) {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        let zombie = stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|r| r.trim_start().starts_with('Z'));
+        if !zombie && String::from_utf8_lossy(&cmd).contains(needle) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Runs `mlxsup ARGS` with a fresh private runtime dir; stdout lines that are JSON are
+/// collected with their arrival time.
+pub fn mlxsup(args: &[&str]) -> Run {
+    mlxsup_env(args, &[])
+}
+
+pub fn mlxsup_env(args: &[&str], env: &[(&str, &str)]) -> Run {
+    let runtime_dir = tempfile::Builder::new()
+        .prefix("rt")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let mut cmd = Command::new(bin("mlxsup"));
+    cmd.args(args)
+        .env("MLXSUP_RUNTIME_DIR", runtime_dir.path().join("r"))
+        .env_remove("LD_LIBRARY_PATH")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut err_pipe = child.stderr.take().unwrap();
+    let err_thread = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err_pipe.read_to_string(&mut s);
+        s
+    });
+    let mut events = Vec::new();
+    let mut stdout = String::new();
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        let at = SystemTime::now();
+        if let Ok(v) = serde_json::from_str::<Value>(&line) {
+            events.push((at, v));
+        }
+        stdout.push_str(&line);
+        stdout.push('\n');
+    }
+    let status = child.wait().unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    Run {
+        code: status.code(),
+        signal: status.signal(),
+        events,
+        stdout,
+        stderr: err_thread.join().unwrap(),
+        runtime_dir,
+    }
+}
+
+/// A tiny bf16 model (qwen3-shaped, ~0.3M parameters), made once per test binary with
+/// `mlxsup make-model`.
+pub fn tiny_model() -> &'static Path {
+    static MODEL: OnceLock<tempfile::TempDir> = OnceLock::new();
+    MODEL
+        .get_or_init(|| {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("tiny");
+            let run = mlxsup(&[
+                "make-model",
+                path.to_str().unwrap(),
+                "--arch",
+                "qwen3",
+                "--hidden",
+                "64",
+                "--layers",
+                "2",
+                "--heads",
+                "4",
+                "--kv-heads",
+                "2",
+                "--intermediate",
+                "128",
+                "--vocab",
+                "512",
+            ]);
+            assert_eq!(run.code, Some(0), "make-model failed: {}", run.stderr);
+            dir
+        })
+        .path()
+        .join("tiny")
+        .leak_static()
+}
+
+trait LeakStatic {
+    fn leak_static(self) -> &'static Path;
+}
+
+impl LeakStatic for PathBuf {
+    fn leak_static(self) -> &'static Path {
+        Box::leak(self.into_boxed_path())
+    }
+}
+
+/// The `unix_us=` timestamp the worker writes when it injects a fault.
+pub fn fault_time(stderr_tail: &str) -> Option<SystemTime> {
+    let us: u64 = stderr_tail
+        .lines()
+        .find_map(|l| l.split("unix_us=").nth(1))?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(SystemTime::UNIX_EPOCH + Duration::from_micros(us))
+}

@@ -1,0 +1,331 @@
+//! The sandbox, end to end: `mlxsup run` on a real model in a real worker, with faults
+//! injected for real (abort, invalid write, SIGKILL, exit, hang, allocation, garbage) at
+//! each phase. Every failure must come back classified, with the supervisor fine, the
+//! worker's processes gone and no socket file left.
+#![allow(clippy::unwrap_used)]
+
+use std::time::{Duration, SystemTime};
+
+use mlxsup_tests::{fault_time, mlxsup, tiny_model, Run};
+
+/// Runs the tiny model with `extra` arguments, JSON events on.
+fn run(extra: &[&str]) -> Run {
+    let model = tiny_model().to_str().unwrap().to_string();
+    let mut args = vec![
+        "run",
+        model.as_str(),
+        "--json",
+        "--prompt",
+        "The quick brown fox",
+    ];
+    for (flag, default) in [("--max-tokens", "8"), ("--context", "512")] {
+        if !extra.contains(&flag) {
+            args.extend_from_slice(&[flag, default]);
+        }
+    }
+    args.extend_from_slice(extra);
+    mlxsup(&args)
+}
+
+/// Asserts a contained failure of `kind` in `phase`, and returns its event.
+fn assert_failure(run: &Run, kind: &str, phase: &str) -> serde_json::Value {
+    let (_, f) = run.failure().unwrap_or_else(|| {
+        panic!(
+            "no failure event; stdout {} stderr {}",
+            run.stdout, run.stderr
+        )
+    });
+    assert_eq!(f["kind"], kind, "{f:#}");
+    assert_eq!(f["phase"], phase, "{f:#}");
+    assert!(f["advice"].as_str().is_some_and(|a| !a.is_empty()), "{f:#}");
+    assert_eq!(
+        run.code,
+        Some(4),
+        "the supervisor must exit 4, not die: {:?} {}",
+        run.signal,
+        run.stderr
+    );
+    assert!(run.orphans().is_empty(), "worker processes left behind");
+    assert!(
+        run.leftover_sockets().is_empty(),
+        "socket files left: {:?}",
+        run.leftover_sockets()
+    );
+    f.clone()
+}
+
+/// Milliseconds from the worker's injected death to the failure event's arrival.
+fn report_latency_ms(run: &Run) -> Option<f64> {
+    let (arrived, f) = run.failure()?;
+    let died = fault_time(f["stderr_tail"].as_str()?)?;
+    Some(arrived.duration_since(died).ok()?.as_secs_f64() * 1e3)
+}
+
+const PHASES: [(&str, &str); 3] = [
+    ("load", "load"),
+    ("prefill", "prefill"),
+    ("decode:3", "decode"),
+];
+
+fn matrix(kind_arg: &str, expected: &str, extra: &[&str]) -> Vec<f64> {
+    let mut latencies = Vec::new();
+    for (at, phase) in PHASES {
+        let fault = format!("{kind_arg}@{at}");
+        let mut args = vec!["--inject-fault", fault.as_str()];
+        args.extend_from_slice(extra);
+        let r = run(&args);
+        let f = assert_failure(&r, expected, phase);
+        if let Some(ms) = report_latency_ms(&r) {
+            latencies.push(ms);
+        }
+        // What a person needs to see is there.
+        assert!(
+            f["stderr_tail"]
+                .as_str()
+                .unwrap()
+                .contains("injecting fault"),
+            "{f:#}"
+        );
+        if phase == "decode" {
+            assert!(
+                !r.named("token").is_empty(),
+                "tokens before the decode fault"
+            );
+        }
+    }
+    eprintln!("{kind_arg}: death → failure event {latencies:.1?} ms");
+    latencies
+}
+
+#[test]
+fn metal_oom_abort_is_classified_at_every_phase() {
+    matrix("abort-metal-oom", "metal_out_of_memory", &[]);
+    let r = run(&["--inject-fault", "abort-metal-oom@decode:2"]);
+    let f = assert_failure(&r, "metal_out_of_memory", "decode");
+    assert_eq!(f["signal"], "SIGABRT");
+    assert!(f["stderr_tail"]
+        .as_str()
+        .unwrap()
+        .contains("Insufficient Memory"));
+}
+
+#[test]
+fn invalid_write_is_a_crash_at_every_phase() {
+    matrix("segv", "crashed", &[]);
+    let r = run(&["--inject-fault", "segv@prefill"]);
+    let f = assert_failure(&r, "crashed", "prefill");
+    assert_eq!(f["signal"], "SIGSEGV");
+    // The worker's last words name the fault address.
+    assert!(
+        f["stderr_tail"]
+            .as_str()
+            .unwrap()
+            .contains("fatal SIGSEGV addr=0x8"),
+        "{f:#}"
+    );
+}
+
+#[test]
+fn sigkill_not_sent_by_us_is_killed_by_os_at_every_phase() {
+    matrix("kill", "killed_by_os", &[]);
+    let r = run(&["--inject-fault", "kill@load"]);
+    let f = assert_failure(&r, "killed_by_os", "load");
+    assert_eq!(f["signal"], "SIGKILL");
+    assert_eq!(f["signal_sent_by_supervisor"], false);
+}
+
+#[test]
+fn nonzero_exit_is_exited_at_every_phase() {
+    matrix("exit:7", "exited", &[]);
+    let r = run(&["--inject-fault", "exit:7@decode:1"]);
+    let f = assert_failure(&r, "exited", "decode");
+    assert_eq!(f["exit_code"], 7);
+    assert!(f["signal"].is_null());
+}
+
+#[test]
+fn hang_is_unresponsive_within_the_heartbeat_timeout_at_every_phase() {
+    for (at, phase) in PHASES {
+        let fault = format!("hang@{at}");
+        let started = SystemTime::now();
+        let r = run(&["--inject-fault", &fault, "--heartbeat-timeout-ms", "800"]);
+        let f = assert_failure(&r, "unresponsive", phase);
+        let took = started.elapsed().unwrap();
+        assert!(f["signal_sent_by_supervisor"] == true, "{f:#}");
+        // 800 ms of silence, then SIGTERM (a hung worker dies of it), plus start-up.
+        assert!(took < Duration::from_secs(6), "took {took:?}");
+    }
+}
+
+#[test]
+fn allocation_over_the_ceiling_is_stopped_at_every_phase() {
+    for (at, phase) in PHASES {
+        let fault = format!("alloc:1GiB@{at}");
+        let r = run(&[
+            "--inject-fault",
+            &fault,
+            "--memory-ceiling",
+            "400MiB",
+            "--telemetry-ms",
+            "20",
+        ]);
+        let f = assert_failure(&r, "memory_ceiling_exceeded", phase);
+        assert_eq!(f["signal"], "SIGKILL");
+        assert_eq!(f["signal_sent_by_supervisor"], true);
+        // The climb is in the evidence: footprints rising toward the ceiling.
+        let samples = f["last_telemetry"].as_array().unwrap();
+        let fps: Vec<u64> = samples
+            .iter()
+            .map(|t| t["footprint_bytes"].as_u64().unwrap())
+            .collect();
+        assert!(fps.len() >= 2, "{fps:?}");
+        assert!(
+            fps.last().unwrap() > fps.first().unwrap(),
+            "no climb in {fps:?}"
+        );
+        assert!(f["peak_bytes"].as_u64().unwrap() > 400 << 20, "{f:#}");
+    }
+}
+
+#[test]
+fn allocation_under_the_ceiling_is_held_and_the_run_completes() {
+    let r = run(&[
+        "--inject-fault",
+        "alloc:64MiB@prefill",
+        "--memory-ceiling",
+        "2GiB",
+    ]);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    let done = r.named("done");
+    assert!(
+        done[0]["max_footprint_bytes"].as_u64().unwrap() > 64 << 20,
+        "{:#}",
+        done[0]
+    );
+}
+
+#[test]
+fn garbage_on_the_socket_is_a_protocol_error() {
+    for (at, phase) in [("load", "load"), ("decode:2", "decode")] {
+        let fault = format!("garbage@{at}");
+        let r = run(&["--inject-fault", &fault]);
+        let f = assert_failure(&r, "protocol_error", phase);
+        assert_eq!(f["signal_sent_by_supervisor"], true, "{f:#}");
+    }
+}
+
+#[test]
+fn a_normal_run_streams_tokens_telemetry_and_a_summary() {
+    let r = run(&["--telemetry-ms", "10", "--max-tokens", "24"]);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    let est = r.named("estimate");
+    assert_eq!(est.len(), 1);
+    assert_eq!(est[0]["architecture"], "qwen3");
+    let loaded = r.named("loaded");
+    assert!(loaded[0]["load_ms"].is_u64() && loaded[0]["peak_bytes"].is_u64());
+    let tokens = r.named("token");
+    let done = &r.named("done")[0];
+    assert_eq!(
+        done["generated_tokens"].as_u64().unwrap() as usize,
+        tokens.len()
+    );
+    assert!(done["prompt_tokens"].as_u64().unwrap() > 0);
+    assert!(!r.named("telemetry").is_empty());
+    for t in r.named("telemetry") {
+        for k in [
+            "t_ms",
+            "active_bytes",
+            "peak_bytes",
+            "cache_bytes",
+            "footprint_bytes",
+        ] {
+            assert!(t[k].is_u64(), "{k} in {t}");
+        }
+    }
+    assert!(r.orphans().is_empty());
+    assert!(r.leftover_sockets().is_empty());
+}
+
+#[test]
+fn preflight_refuses_what_does_not_fit_and_force_overrides() {
+    let r = run(&["--budget", "1MiB"]);
+    assert_eq!(r.code, Some(3), "{}", r.stderr);
+    let (_, f) = r.failure().unwrap();
+    assert_eq!(f["kind"], "insufficient_memory");
+    assert!(f["advice"].as_str().unwrap().contains("--force"), "{f:#}");
+    assert!(
+        r.named("token").is_empty(),
+        "nothing may run after a refusal"
+    );
+
+    // A budget that fits a short context but not the 512 asked: the advice names one that fits.
+    let r = run(&["--budget", "3MiB", "--context", "100000"]);
+    assert_eq!(r.code, Some(3), "{}", r.stderr);
+    let advice = r.failure().unwrap().1["advice"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(advice.contains("context"), "{advice}");
+
+    let r = run(&["--budget", "1MiB", "--force", "--memory-ceiling", "4GiB"]);
+    assert_eq!(r.code, Some(0), "--force must load anyway: {}", r.stderr);
+}
+
+#[test]
+fn real_exhaustion_under_rlimit_as_is_an_allocation_failure() {
+    // The worker's address space is capped far below what MLX needs to hold the array:
+    // MLX's CPU allocator gets NULL from the OS and writes through it (SIGSEGV).
+    let r = run(&[
+        "--inject-fault",
+        "alloc:3GiB@prefill",
+        "--force",
+        "--rlimit-as",
+        "2GiB",
+        "--memory-ceiling",
+        "8GiB",
+    ]);
+    let f = assert_failure(&r, "allocation_failed", "prefill");
+    assert!(
+        f["signal"] == "SIGSEGV" || f["signal"] == "SIGABRT" || f["exit_code"].is_number(),
+        "{f:#}"
+    );
+}
+
+#[test]
+fn bad_models_exit_5_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("config.json"), "{ not json").unwrap();
+    let r = mlxsup(&["run", dir.path().to_str().unwrap(), "--json"]);
+    assert_eq!(r.code, Some(5), "{}", r.stderr);
+    assert!(r.stderr.contains("config.json"), "{}", r.stderr);
+    let r = mlxsup(&["run", "/nonexistent/model"]);
+    assert_eq!(r.code, Some(5), "{}", r.stderr);
+    let r = mlxsup(&["run"]);
+    assert_eq!(r.code, Some(2));
+    let r = run(&["--inject-fault", "explode@load"]);
+    assert_eq!(r.code, Some(2), "{}", r.stderr);
+}
+
+#[test]
+fn an_unsupported_architecture_is_load_failed() {
+    let src = tiny_model();
+    let dir = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(src).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), dir.path().join(e.file_name())).unwrap();
+    }
+    let cfg = std::fs::read_to_string(dir.path().join("config.json")).unwrap();
+    let cfg = cfg.replace("\"qwen3\"", "\"mamba\"");
+    std::fs::write(dir.path().join("config.json"), cfg).unwrap();
+    let r = mlxsup(&[
+        "run",
+        dir.path().to_str().unwrap(),
+        "--json",
+        "--max-tokens",
+        "2",
+        "--context",
+        "256",
+    ]);
+    let f = assert_failure(&r, "load_failed", "load");
+    assert!(f["advice"].as_str().unwrap().contains("mamba"), "{f:#}");
+}
