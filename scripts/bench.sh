@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# `make bench`: measurements side by side, in one run, on this machine. Writes
+# bench-out/*.md; BENCHMARKS.md quotes them with the date and machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=bench-out
+mkdir -p "$out"
+py=.venv/bin/python
+bin=target/release
+median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+
+echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo), $(uname -sm), $(date -u +%F)" | tee "$out/machine.txt"
+
+echo "== 1. f32 matmul 1024² in the same libmlx: worker (OpenBLAS linked) vs Python mlx (wheel BLAS) vs Python + OpenBLAS preloaded"
+openblas=$(ls /usr/lib/*-linux-gnu/libopenblas.so.0 2>/dev/null | head -1 || true)
+{
+  echo "| runner | BLAS | median ms (5 cold processes) | GFLOP/s |"
+  echo "|---|---|---:|---:|"
+  w=(); p=(); q=()
+  for i in 1 2 3 4 5; do  # interleaved
+    w+=("$($bin/mlxsup info --json --matmul 1024 | $py -c 'import json,sys; print(json.load(sys.stdin)["matmul"]["ms"])')")
+    p+=("$($py scripts/bench_matmul.py 1024 | $py -c 'import json,sys; print(json.load(sys.stdin)["ms"])')")
+    if [[ -n $openblas ]]; then
+      q+=("$(LD_PRELOAD=$openblas $py scripts/bench_matmul.py 1024 | $py -c 'import json,sys; print(json.load(sys.stdin)["ms"])')")
+    fi
+  done
+  gf() { awk -v ms="$1" 'BEGIN {printf "%.1f", 2*1024^3/(ms*1e6)}'; }
+  m=$(printf '%s\n' "${w[@]}" | median); echo "| mlxsup-worker | Debian OpenBLAS (linked ahead) | $m | $(gf "$m") |"
+  m=$(printf '%s\n' "${p[@]}" | median); echo "| Python mlx 0.32.2 | wheel's reference BLAS | $m | $(gf "$m") |"
+  if [[ -n $openblas ]]; then
+    m=$(printf '%s\n' "${q[@]}" | median); echo "| Python mlx 0.32.2 | OpenBLAS via LD_PRELOAD | $m | $(gf "$m") |"
+  fi
+} | tee "$out/matmul.md"
+
+echo "== 2. death → failure report latency"
+model=$out/bench-tiny
+[[ -f $model/config.json ]] || $bin/mlxsup make-model "$model" --arch qwen3 --hidden 64 --layers 2 --heads 4 --kv-heads 2 --intermediate 128 --vocab 512 >/dev/null
+$py scripts/bench_failures.py "$bin/mlxsup" "$model" 10 | tee "$out/failures.md"
+
+echo "== 3. estimator: inspect of a 160-shard model (headers only)"
+cargo run -q --release -p mlxsup-estimate --example shard_bench | tee "$out/estimator.md"
+
+if [[ -x scripts/bench_generate.sh ]]; then
+  echo "== 4. generation vs mlx-lm"
+  scripts/bench_generate.sh | tee "$out/generate.md"
+fi
+echo "results in $out/"
