@@ -329,3 +329,33 @@ fn an_unsupported_architecture_is_load_failed() {
     let f = assert_failure(&r, "load_failed", "load");
     assert!(f["advice"].as_str().unwrap().contains("mamba"), "{f:#}");
 }
+
+#[test]
+fn ctrl_c_cancels_stops_the_worker_and_exits_130() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let rt = tempfile::tempdir().unwrap();
+    let rt_dir = rt.path().join("r");
+    let mut child = Command::new(mlxsup_tests::bin("mlxsup"))
+        .args(["run", tiny_model().to_str().unwrap(), "--json", "--max-tokens", "100000", "--context", "512"])
+        .env("MLXSUP_RUNTIME_DIR", &rt_dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    // Wait for generation to be under way, then interrupt as a terminal would.
+    for line in lines.by_ref() {
+        if line.unwrap().contains("\"event\":\"token\"") {
+            break;
+        }
+    }
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    for _ in lines {}
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{status:?}");
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(mlxsup_tests::processes_mentioning(rt_dir.to_str().unwrap()).is_empty());
+    assert_eq!(std::fs::read_dir(&rt_dir).unwrap().count(), 0, "socket files left");
+}

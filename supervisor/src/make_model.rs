@@ -72,13 +72,13 @@ fn validate(a: &MakeModelArgs) -> Result<(), String> {
     {
         return Err("sizes must be at least 1".into());
     }
-    if a.hidden % a.heads != 0 {
+    if !a.hidden.is_multiple_of(a.heads) {
         return Err(format!(
             "--hidden {} is not a multiple of --heads {}",
             a.hidden, a.heads
         ));
     }
-    if a.heads % a.kv_heads != 0 {
+    if !a.heads.is_multiple_of(a.kv_heads) {
         return Err(format!(
             "--heads {} is not a multiple of --kv-heads {}",
             a.heads, a.kv_heads
@@ -91,7 +91,7 @@ fn validate(a: &MakeModelArgs) -> Result<(), String> {
         ));
     }
     if a.quant_bits.is_some()
-        && (a.hidden % a.group_size != 0 || a.intermediate % a.group_size != 0)
+        && (!a.hidden.is_multiple_of(a.group_size) || !a.intermediate.is_multiple_of(a.group_size))
     {
         return Err(format!(
             "quantizing needs --hidden and --intermediate to be multiples of --group-size {}",

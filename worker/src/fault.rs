@@ -35,7 +35,7 @@ pub fn trigger(
         }
         FaultAction::Segv => {
             // A real invalid write: the null page is never mapped.
-            let bad = 8usize as *mut u64;
+            let bad = std::ptr::without_provenance_mut::<u64>(8);
             // SAFETY: none; this is the point. The write faults before anything is written.
             unsafe { std::ptr::write_volatile(bad, 0xdead) };
             std::process::abort();
