@@ -4,13 +4,12 @@
 #![allow(clippy::unwrap_used)]
 
 use std::{
-    os::unix::net::UnixListener,
-    process::{Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
-use mlxsup_tests::{bin, mlxsup};
-use protocol::{frame, handshake, FromWorker, Hello, Reply, Request, Role, ToWorker};
+use mlxsup_tests::{bin, mlxsup, start_worker};
+use protocol::{frame, FromWorker, Reply, Request, Role, ToWorker};
 
 #[test]
 fn worker_reports_mlx_version_without_ld_library_path() {
@@ -70,34 +69,6 @@ fn info_round_trips_through_a_real_worker() {
     assert!(run.leftover_sockets().is_empty());
 }
 
-/// Starts the worker on a socket of the test's own and handshakes with it.
-fn start_worker() -> (
-    std::process::Child,
-    std::os::unix::net::UnixStream,
-    tempfile::TempDir,
-) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("w.sock");
-    let listener = UnixListener::bind(&path).unwrap();
-    let child = Command::new(bin("mlxsup-worker"))
-        .arg("--socket")
-        .arg(&path)
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let (mut stream, _) = listener.accept().unwrap();
-    let mut reader = stream.try_clone().unwrap();
-    let peer = handshake::handshake_sync::<ToWorker, FromWorker>(
-        &mut reader,
-        &mut stream,
-        Hello::ours(Role::Supervisor, "test"),
-    )
-    .unwrap();
-    assert_eq!(peer.role, Role::Worker);
-    assert_eq!(peer.pid, child.id());
-    (child, stream, dir)
-}
-
 fn wait_exit(child: &mut std::process::Child, limit: Duration) -> Option<std::process::ExitStatus> {
     let start = Instant::now();
     while start.elapsed() < limit {
@@ -112,7 +83,9 @@ fn wait_exit(child: &mut std::process::Child, limit: Duration) -> Option<std::pr
 
 #[test]
 fn worker_answers_system_info_and_exits_on_shutdown() {
-    let (mut child, mut stream, _dir) = start_worker();
+    let (mut child, mut stream, _dir, peer) = start_worker();
+    assert_eq!(peer.role, Role::Worker);
+    assert_eq!(peer.pid, child.id());
     frame::write_sync(
         &mut stream,
         &ToWorker::Request {
@@ -147,7 +120,7 @@ fn worker_answers_system_info_and_exits_on_shutdown() {
 
 #[test]
 fn worker_exits_when_its_supervisor_goes_away() {
-    let (mut child, stream, _dir) = start_worker();
+    let (mut child, stream, _dir, _) = start_worker();
     drop(stream);
     let status = wait_exit(&mut child, Duration::from_secs(5)).expect("worker outlived its socket");
     assert!(status.success(), "{status:?}");

@@ -214,6 +214,35 @@ impl LeakStatic for PathBuf {
     }
 }
 
+/// Starts the real worker on a socket of the test's own and handshakes with it, as a
+/// supervisor would: (process, connected stream, the socket's directory, its hello).
+pub fn start_worker() -> (
+    std::process::Child,
+    std::os::unix::net::UnixStream,
+    tempfile::TempDir,
+    protocol::Hello,
+) {
+    use protocol::{handshake, FromWorker, Hello, Role, ToWorker};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("w.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let child = Command::new(bin("mlxsup-worker"))
+        .arg("--socket")
+        .arg(&path)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (mut stream, _) = listener.accept().unwrap();
+    let mut reader = stream.try_clone().unwrap();
+    let peer = handshake::handshake_sync::<ToWorker, FromWorker>(
+        &mut reader,
+        &mut stream,
+        Hello::ours(Role::Supervisor, "test"),
+    )
+    .unwrap();
+    (child, stream, dir, peer)
+}
+
 /// The `unix_us=` timestamp the worker writes when it injects a fault.
 pub fn fault_time(stderr_tail: &str) -> Option<SystemTime> {
     let us: u64 = stderr_tail

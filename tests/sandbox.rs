@@ -337,7 +337,15 @@ fn ctrl_c_cancels_stops_the_worker_and_exits_130() {
     let rt = tempfile::tempdir().unwrap();
     let rt_dir = rt.path().join("r");
     let mut child = Command::new(mlxsup_tests::bin("mlxsup"))
-        .args(["run", tiny_model().to_str().unwrap(), "--json", "--max-tokens", "100000", "--context", "512"])
+        .args([
+            "run",
+            tiny_model().to_str().unwrap(),
+            "--json",
+            "--max-tokens",
+            "100000",
+            "--context",
+            "512",
+        ])
         .env("MLXSUP_RUNTIME_DIR", &rt_dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -357,5 +365,9 @@ fn ctrl_c_cancels_stops_the_worker_and_exits_130() {
     assert_eq!(status.code(), Some(130), "{status:?}");
     std::thread::sleep(Duration::from_millis(100));
     assert!(mlxsup_tests::processes_mentioning(rt_dir.to_str().unwrap()).is_empty());
-    assert_eq!(std::fs::read_dir(&rt_dir).unwrap().count(), 0, "socket files left");
+    assert_eq!(
+        std::fs::read_dir(&rt_dir).unwrap().count(),
+        0,
+        "socket files left"
+    );
 }

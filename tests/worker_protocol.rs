@@ -3,15 +3,12 @@
 //! interval during a long generation; the reported peak is MLX's own.
 #![allow(clippy::unwrap_used)]
 
-use std::{
-    os::unix::net::{UnixListener, UnixStream},
-    process::{Child, Command, Stdio},
-};
+use std::{os::unix::net::UnixStream, process::Child};
 
-use mlxsup_tests::{bin, tiny_model};
+use mlxsup_tests::{start_worker, tiny_model};
 use protocol::{
-    frame, handshake, DoneInfo, Event, FromWorker, GenerateRequest, Hello, Limits, LoadInfo,
-    LoadRequest, Prompt, Reply, Request, Role, Sampling, Telemetry, ToWorker, WorkerErrorKind,
+    frame, DoneInfo, Event, FromWorker, GenerateRequest, Limits, LoadInfo, LoadRequest, Prompt,
+    Reply, Request, Sampling, Telemetry, ToWorker, WorkerErrorKind,
 };
 
 struct Session {
@@ -23,23 +20,7 @@ struct Session {
 
 impl Session {
     fn start() -> Session {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("w.sock");
-        let listener = UnixListener::bind(&path).unwrap();
-        let child = Command::new(bin("mlxsup-worker"))
-            .arg("--socket")
-            .arg(&path)
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let (mut stream, _) = listener.accept().unwrap();
-        let mut reader = stream.try_clone().unwrap();
-        handshake::handshake_sync::<ToWorker, FromWorker>(
-            &mut reader,
-            &mut stream,
-            Hello::ours(Role::Supervisor, "test"),
-        )
-        .unwrap();
+        let (child, stream, dir, _) = start_worker();
         Session {
             child,
             stream,
@@ -56,7 +37,10 @@ impl Session {
         let mut samples = Vec::new();
         let mut tokens = 0;
         loop {
-            match frame::read_sync::<FromWorker>(&mut self.stream).unwrap().unwrap() {
+            match frame::read_sync::<FromWorker>(&mut self.stream)
+                .unwrap()
+                .unwrap()
+            {
                 FromWorker::Reply { id: rid, body } if rid == id => return (body, samples, tokens),
                 FromWorker::Event {
                     event: Event::Telemetry(t),
@@ -88,7 +72,11 @@ impl Session {
         }
     }
 
-    fn generate(&mut self, prompt_tokens: usize, max_tokens: u32) -> (Reply, Vec<Telemetry>, usize) {
+    fn generate(
+        &mut self,
+        prompt_tokens: usize,
+        max_tokens: u32,
+    ) -> (Reply, Vec<Telemetry>, usize) {
         self.call(Request::Generate(GenerateRequest {
             prompt: Prompt::Tokens((0..prompt_tokens).map(|i| (i % 200) as u32 + 10).collect()),
             max_tokens,
@@ -135,7 +123,10 @@ fn over_the_soft_budget_a_request_fails_and_the_worker_serves_the_next() {
     // Same process, same model: a request that fits is served.
     let d = done(s.generate(8, 6).0);
     assert_eq!(d.generated_tokens, 6);
-    assert!(s.child.try_wait().unwrap().is_none(), "the worker must stay alive");
+    assert!(
+        s.child.try_wait().unwrap().is_none(),
+        "the worker must stay alive"
+    );
 }
 
 #[test]
@@ -151,13 +142,20 @@ fn telemetry_arrives_at_the_configured_interval_and_peak_is_mlx_own() {
         // tolerance for a loaded 2-core machine.
         let expected = span as f64 / 25.0;
         let got = samples.len() as f64;
-        assert!(got >= expected * 0.5 && got <= expected * 2.0 + 4.0, "{got} samples over {span} ms");
+        assert!(
+            got >= expected * 0.5 && got <= expected * 2.0 + 4.0,
+            "{got} samples over {span} ms"
+        );
     } else {
         assert!(!samples.is_empty());
     }
     // The done peak is MLX's peak_memory; every sample's peak is too, and never above it.
     let max_sample_peak = samples.iter().map(|t| t.peak_bytes).max().unwrap();
-    assert!(max_sample_peak <= d.peak_bytes, "{max_sample_peak} > {}", d.peak_bytes);
+    assert!(
+        max_sample_peak <= d.peak_bytes,
+        "{max_sample_peak} > {}",
+        d.peak_bytes
+    );
     assert!(d.peak_bytes >= samples.iter().map(|t| t.active_bytes).max().unwrap());
     assert!(samples.iter().all(|t| t.footprint_bytes > 0));
 }

@@ -284,7 +284,7 @@ mod tests {
         };
         let a = advice(FailureKind::MetalOutOfMemory, &f);
         assert!(
-            a.contains("3.0 GiB") && a.contains("2.0 GiB") && a.contains("--context 2048"),
+            a.contains("3 GiB") && a.contains("2 GiB") && a.contains("--context 2048"),
             "{a}"
         );
     }

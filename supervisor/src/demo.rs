@@ -76,17 +76,7 @@ fn run_args(model: PathBuf, max_tokens: u32) -> RunArgs {
 }
 
 pub fn main(args: DemoArgs) -> Exit {
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("mlxsup: cannot start the async runtime: {e}");
-            return Exit::Internal;
-        }
-    };
-    rt.block_on(demo(args))
+    crate::rt::block_on(demo(args))
 }
 
 async fn demo(args: DemoArgs) -> Exit {

@@ -55,17 +55,7 @@ pub fn expected_matmul_sum(n: u32) -> f64 {
 }
 
 pub fn main(args: InfoArgs) -> Exit {
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("mlxsup: cannot start the async runtime: {e}");
-            return Exit::Internal;
-        }
-    };
-    rt.block_on(run(args))
+    crate::rt::block_on(run(args))
 }
 
 async fn run(args: InfoArgs) -> Exit {

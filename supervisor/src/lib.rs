@@ -9,5 +9,6 @@ pub mod info;
 pub mod inspect;
 pub mod make_model;
 pub mod output;
+pub mod rt;
 pub mod run;
 pub mod supervise;

@@ -115,33 +115,23 @@ pub fn main(args: MakeModelArgs) -> Exit {
             return Exit::Usage;
         }
     }
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("mlxsup: cannot start the async runtime: {e}");
-            return Exit::Internal;
-        }
-    };
-    match rt.block_on(make(&args, &args.dir)) {
-        Ok(bytes) => {
-            if args.json {
-                println!(
-                    "{}",
-                    serde_json::json!({"dir": args.dir.display().to_string(), "weight_bytes": bytes})
-                );
-            } else {
-                println!("wrote {} ({} of weights)", args.dir.display(), Bytes(bytes));
+    crate::rt::block_on(async {
+        match make(&args, &args.dir).await {
+            Ok(bytes) => {
+                if args.json {
+                    let v = serde_json::json!({"dir": args.dir.display().to_string(), "weight_bytes": bytes});
+                    println!("{v}");
+                } else {
+                    println!("wrote {} ({} of weights)", args.dir.display(), Bytes(bytes));
+                }
+                Exit::Ok
             }
-            Exit::Ok
+            Err((exit, msg)) => {
+                eprintln!("mlxsup: make-model: {msg}");
+                exit
+            }
         }
-        Err((exit, msg)) => {
-            eprintln!("mlxsup: make-model: {msg}");
-            exit
-        }
-    }
+    })
 }
 
 /// Writes the model into `dir` through a worker, via a sibling temporary folder renamed

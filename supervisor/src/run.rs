@@ -107,17 +107,7 @@ impl Outcome {
 
 pub fn main(args: RunArgs) -> Exit {
     let mut out = Output::new(args.json);
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("mlxsup: cannot start the async runtime: {e}");
-            return Exit::Internal;
-        }
-    };
-    rt.block_on(execute(&args, &mut out)).exit()
+    crate::rt::block_on(async { execute(&args, &mut out).await.exit() })
 }
 
 /// The preflight: read the model and estimate it against the budget.
