@@ -148,13 +148,13 @@ fn check(spec: &ModelSpec) -> Result<(), WorkerError> {
     if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
         return Err(bad(format!("--{name} must be positive")));
     }
-    if spec.hidden % spec.heads != 0 || (spec.hidden / spec.heads) % 2 != 0 {
+    if !spec.hidden.is_multiple_of(spec.heads) || !(spec.hidden / spec.heads).is_multiple_of(2) {
         return Err(bad(format!(
             "hidden {} must be a multiple of heads {} with an even head size",
             spec.hidden, spec.heads
         )));
     }
-    if spec.heads % spec.kv_heads != 0 {
+    if !spec.heads.is_multiple_of(spec.kv_heads) {
         return Err(bad(format!(
             "heads {} must be a multiple of kv-heads {}",
             spec.heads, spec.kv_heads
@@ -709,6 +709,7 @@ pub fn make_model(spec: &ModelSpec) -> Result<u64, WorkerError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // Test scaffolding: a failure here is a test failure.
 mod tests {
     use super::*;
 

@@ -4,6 +4,8 @@
 //! each, a sliding-window Mistral (rotating cache), and the prompt's tokenization and
 //! chat template against transformers' (which mlx-lm uses).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Test scaffolding: a failure here is a test failure.
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

@@ -298,6 +298,7 @@ impl RotatingKvCache {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // Test scaffolding: a failure here is a test failure.
 mod tests {
     use super::*;
 

@@ -306,6 +306,7 @@ fn sliding_layers(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // Test scaffolding: a failure here is a test failure.
 mod tests {
     use super::*;
     use serde_json::json;

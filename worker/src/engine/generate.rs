@@ -246,7 +246,7 @@ pub(super) fn run(
         if let Some(e) = refused {
             return Err(e);
         }
-        if generated % 256 == 0 {
+        if generated.is_multiple_of(256) {
             let _ = mlx_rs::memory::clear_cache();
         }
         cur = match next {

@@ -126,6 +126,7 @@ pub fn argmax(v: &[f32]) -> u32 {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // Test scaffolding: a failure here is a test failure.
 mod tests {
     use super::*;
 

@@ -63,6 +63,7 @@ impl StopMatcher {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // Test scaffolding: a failure here is a test failure.
 mod tests {
     use super::*;
 
