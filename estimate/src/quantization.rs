@@ -209,7 +209,7 @@ impl Quantization {
                     Some((_, Some(bg))) => *bg,
                     None => (*bits, *group_size),
                 };
-                if group == 0 || inp % group != 0 {
+                if group == 0 || !inp.is_multiple_of(group) {
                     return dense;
                 }
                 out * inp * bits / 8 + 2 * out * (inp / group) * dtype_bytes

@@ -423,7 +423,7 @@ mod tests {
         #[test]
         fn valid_single_tensor_headers_parse_exactly(dtype in proptest::sample::select(Dtype::ALL.to_vec()), dims in proptest::collection::vec(1u64..6, 0..4)) {
             let numel: u64 = dims.iter().product();
-            prop_assume!((numel * dtype.bits()) % 8 == 0);
+            prop_assume!((numel * dtype.bits()).is_multiple_of(8));
             let bytes = numel * dtype.bits() / 8;
             let json = format!(r#"{{"t":{{"dtype":"{}","shape":{:?},"data_offsets":[0,{bytes}]}}}}"#, dtype.name(), dims);
             let b = shard(&json, bytes as usize);
