@@ -258,14 +258,36 @@ fn preflight_refuses_what_does_not_fit_and_force_overrides() {
         "nothing may run after a refusal"
     );
 
-    // A budget that fits a short context but not the 512 asked: the advice names one that fits.
-    let r = run(&["--budget", "3MiB", "--context", "100000"]);
+    // A budget that fits a short context but not the 100000 asked: the advice names the
+    // largest context that fits, and following it is accepted.
+    let r = run(&["--budget", "12MiB", "--context", "100000"]);
     assert_eq!(r.code, Some(3), "{}", r.stderr);
     let advice = r.failure().unwrap().1["advice"]
         .as_str()
         .unwrap()
         .to_string();
-    assert!(advice.contains("context"), "{advice}");
+    let n: u64 = advice
+        .split("--context ")
+        .nth(1)
+        .and_then(|t| t.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("no --context N in {advice}"));
+    assert!(n > 0 && n < 100_000, "{advice}");
+    let ctx = n.to_string();
+    let r = run(&[
+        "--budget",
+        "12MiB",
+        "--context",
+        &ctx,
+        "--memory-ceiling",
+        "4GiB",
+    ]);
+    assert_eq!(
+        r.code,
+        Some(0),
+        "the advised --context {n} must be accepted: {}",
+        r.stderr
+    );
 
     let r = run(&["--budget", "1MiB", "--force", "--memory-ceiling", "4GiB"]);
     assert_eq!(r.code, Some(0), "--force must load anyway: {}", r.stderr);

@@ -206,6 +206,12 @@ impl Output {
             self.emit("failure", f);
             return;
         }
+        if f.kind == protocol::FailureKind::InsufficientMemory {
+            let head = self.paint("1;31", "refused by the preflight: insufficient_memory");
+            let msg = f.message.as_deref().unwrap_or_default();
+            self.note(&format!("mlxsup: {head}: {msg}\n  advice:   {}", f.advice));
+            return;
+        }
         let head = self.paint("1;31", &format!("worker failed: {}", f.kind));
         let how = match (&f.signal, f.exit_code) {
             (Some(s), _) => format!("{s}{}", if f.core_dumped { " (core dumped)" } else { "" }),
