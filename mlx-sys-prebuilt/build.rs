@@ -129,12 +129,12 @@ fn find_prefix(os: &str) -> PathBuf {
         "lib/libmlx.so"
     };
     let wheel = match os {
-        "macos" => "mlx-metal",
-        _ => "mlx-cpu (or mlx-cuda-13 with MLX_BACKEND=cuda)",
+        "macos" => format!("mlx-metal=={PINNED_MLX}"),
+        _ => format!("mlx-cpu=={PINNED_MLX}, or mlx-cuda-13 with MLX_BACKEND=cuda"),
     };
     let hint = format!(
-        "run `make setup` in the repository (it installs {wheel}=={PINNED_MLX} into .mlx/), \
-         or set MLX_PREFIX to the `mlx` folder of such an installation"
+        "run `make setup` in the repository (it installs the MLX wheel, {wheel}, into \
+         .mlx/), or set MLX_PREFIX to the `mlx` folder of such an installation"
     );
     let Some(prefix) = env::var_os("MLX_PREFIX").map(PathBuf::from) else {
         fail(&format!("no MLX to link: MLX_PREFIX is not set; {hint}"));
