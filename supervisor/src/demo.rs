@@ -58,9 +58,11 @@ fn run_args(model: PathBuf, max_tokens: u32) -> RunArgs {
         prompt_file: None,
         max_tokens,
         context: Some(2048),
-        temp: 0.0,
-        top_p: 1.0,
-        seed: None,
+        // Random weights: greedy decoding repeats one token; seeded sampling shows the
+        // streaming better, and is just as reproducible.
+        temp: 0.9,
+        top_p: 0.95,
+        seed: Some(7),
         chat: false,
         stop: vec![],
         force: false,
@@ -126,6 +128,7 @@ async fn demo(args: DemoArgs) -> Exit {
     println!("{}", crate::inspect::table(&est, &model, &budget, false));
 
     println!("\n== 3. Run it in a sandboxed worker, with live memory telemetry ==");
+    println!("(random weights: the text is noise; the machinery around it is the point)");
     let mut out = Output::new(false);
     let outcome = run::execute(&base, &mut out).await;
     if !matches!(outcome, Outcome::Done) {
