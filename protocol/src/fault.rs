@@ -19,6 +19,9 @@ pub enum FaultAction {
     Alloc(u64),
     /// Writes bytes that are not the protocol on the socket, then keeps running.
     Garbage,
+    /// The main thread blocks forever while telemetry keeps flowing: a deadlock inside
+    /// MLX, as seen after an allocation failed under RLIMIT_AS.
+    Stall,
 }
 
 /// When the worker does it.
@@ -51,7 +54,8 @@ impl Fault {
                 "kill" => FaultAction::Kill,
                 "hang" => FaultAction::Hang,
                 "garbage" => FaultAction::Garbage,
-                _ => return Err(format!("unknown fault kind `{kind}` (abort-metal-oom, segv, kill, exit:N, hang, alloc:SIZE, garbage)")),
+                "stall" => FaultAction::Stall,
+                _ => return Err(format!("unknown fault kind `{kind}` (abort-metal-oom, segv, kill, exit:N, hang, stall, alloc:SIZE, garbage)")),
             },
             Some(("exit", n)) => FaultAction::Exit(
                 n.parse()

@@ -245,6 +245,10 @@ pub struct Telemetry {
     pub cache_bytes: u64,
     /// The process's footprint: RSS on Linux, phys_footprint on macOS.
     pub footprint_bytes: u64,
+    /// Units of work the worker's main thread has finished (steps, tokens, weights read,
+    /// phase changes). The supervisor's stall detector watches it: the sampler thread
+    /// can keep reporting while the main thread is stuck.
+    pub progress: u64,
 }
 
 /// A recoverable error: the worker is alive and can serve the next request.

@@ -34,6 +34,7 @@ fn valid_forms() {
         ("exit:-1@load", Exit(-1), Load),
         ("hang@decode", Hang, Decode(1)),
         ("garbage@decode:2", Garbage, Decode(2)),
+        ("stall@prefill", Stall, Prefill),
         ("hang@decode:1", Hang, Decode(1)),
         ("alloc:1048576@prefill", Alloc(1_048_576), Prefill),
         ("alloc:2GiB@load", Alloc(2 << 30), Load),

@@ -458,6 +458,7 @@ fn seed_bodies() -> Vec<Vec<u8>> {
                 peak_bytes: 3,
                 cache_bytes: 4,
                 footprint_bytes: 5,
+                progress: 6,
             }),
         },
         FromWorker::Event {

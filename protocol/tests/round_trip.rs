@@ -35,6 +35,7 @@ fn telemetry(phase: Phase) -> Telemetry {
         peak_bytes: 3 << 30,
         cache_bytes: 12345,
         footprint_bytes: u64::MAX,
+        progress: 99,
     }
 }
 
@@ -707,6 +708,7 @@ fn arb_telemetry() -> impl Strategy<Value = Telemetry> {
             peak_bytes: n[1],
             cache_bytes: n[2],
             footprint_bytes: n[3],
+            progress: n[0] ^ n[3],
         }
     })
 }

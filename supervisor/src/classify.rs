@@ -42,16 +42,21 @@ const METAL_OOM: [&str; 2] = [
     "kIOGPUCommandBufferCallbackErrorOutOfMemory",
 ];
 /// What MLX writes when an allocation is refused.
-const ALLOC_FAILED: [&str; 4] = [
+const ALLOC_FAILED: [&str; 5] = [
     "[metal::malloc]",
     "Attempting to allocate",
     "[malloc] Unable to allocate",
     "std::bad_alloc",
+    // Rust's own handler, before it aborts.
+    "memory allocation of ",
 ];
 
 pub fn classify(ev: &Evidence<'_>) -> FailureKind {
     match ev.killed_for {
         Some(KillReason::Ceiling) => return FailureKind::MemoryCeilingExceeded,
+        // A worker that stopped with its memory at a limit it ran under: an allocation
+        // failed and MLX never recovered (seen under RLIMIT_AS: a deadlock, no crash).
+        Some(KillReason::Unresponsive) if ev.near_limit => return FailureKind::AllocationFailed,
         Some(KillReason::Unresponsive) => return FailureKind::Unresponsive,
         Some(KillReason::ProtocolError) => return FailureKind::ProtocolError,
         Some(KillReason::Stop) | None => {}

@@ -72,6 +72,7 @@ fn run_args(model: PathBuf, max_tokens: u32) -> RunArgs {
         prefill_chunk: estimate::DEFAULT_PREFILL_CHUNK,
         inject_fault: None,
         heartbeat_timeout_ms: 10_000,
+        stall_timeout_ms: crate::supervise::DEFAULT_STALL.as_millis() as u64,
         telemetry_ms: 100,
         rlimit_as: None,
     }

@@ -70,6 +70,9 @@ pub struct RunArgs {
     /// Tests: milliseconds without a message before the worker is unresponsive.
     #[arg(long, hide = true, default_value_t = 10_000)]
     pub heartbeat_timeout_ms: u64,
+    /// Tests: milliseconds without progress and CPU before a request is stalled.
+    #[arg(long, hide = true, default_value_t = supervise::DEFAULT_STALL.as_millis() as u64)]
+    pub stall_timeout_ms: u64,
     /// Telemetry interval in milliseconds.
     #[arg(long, hide = true, default_value_t = 100)]
     pub telemetry_ms: u32,
@@ -180,6 +183,7 @@ pub async fn execute(args: &RunArgs, out: &mut Output) -> Outcome {
         runtime_dir: runtime_dir::default_path(),
         handshake_timeout: Duration::from_secs(10),
         heartbeat_timeout: Duration::from_millis(args.heartbeat_timeout_ms.max(1)),
+        stall_timeout: Duration::from_millis(args.stall_timeout_ms.max(1)),
         sample_interval: Duration::from_millis(50),
         memory_ceiling: Some(ceiling),
         rlimit_as: args.rlimit_as.map(|b| b.0),

@@ -60,6 +60,9 @@ pub fn trigger(
         FaultAction::Alloc(bytes) => alloc(bytes),
         // Needs the socket: carried out by the serve loop.
         FaultAction::Garbage => Ok(()),
+        FaultAction::Stall => loop {
+            std::thread::park();
+        },
     }
 }
 

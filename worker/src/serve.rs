@@ -47,6 +47,8 @@ pub struct Link {
     /// Set by the `hang` fault: nothing more is ever sent.
     silent: AtomicBool,
     interval_ms: AtomicU64,
+    /// Work the main thread finished; see `Telemetry::progress`.
+    progress: AtomicU64,
 }
 
 fn phase_from(n: u8) -> Phase {
@@ -91,11 +93,21 @@ impl Link {
         phase_from(self.phase.load(Ordering::SeqCst))
     }
 
+    /// The main thread finished a unit of work.
+    fn advance(&self) {
+        self.progress.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn sample(&self, phase: Phase) -> protocol::Telemetry {
+        telemetry::sample(self.start, phase, self.progress.load(Ordering::SeqCst))
+    }
+
     /// Enters a phase: tells the supervisor, with a memory sample at the boundary.
     fn set_phase(&self, phase: Phase) {
+        self.advance();
         self.phase.store(phase_to(phase), Ordering::SeqCst);
         self.event(Event::Phase(phase));
-        self.event(Event::Telemetry(telemetry::sample(self.start, phase)));
+        self.event(Event::Telemetry(self.sample(phase)));
     }
 
     fn reply(&self, id: RequestId, body: Reply) {
@@ -149,6 +161,7 @@ pub fn serve(stream: UnixStream) -> i32 {
         request: Mutex::new(None),
         silent: AtomicBool::new(false),
         interval_ms: AtomicU64::new(DEFAULT_INTERVAL_MS),
+        progress: AtomicU64::new(0),
     });
     let ours = Hello::ours(
         Role::Worker,
@@ -243,7 +256,7 @@ fn spawn_heartbeat(link: Arc<Link>) {
     thread::spawn(move || loop {
         let ms = link.interval_ms.load(Ordering::SeqCst).max(1);
         thread::sleep(Duration::from_millis(ms));
-        let sample = telemetry::sample(link.start, link.phase());
+        let sample = link.sample(link.phase());
         if link
             .send(&FromWorker::Event {
                 id: link.current(),
@@ -404,8 +417,47 @@ fn cancelled() -> WorkerError {
     }
 }
 
+/// When the process's address space is within 15% of its `RLIMIT_AS`, says so: any MLX
+/// error then most likely comes from an allocation the OS refused (MLX's CPU backend
+/// reports it as whatever failed next, e.g. "Unable to read from file").
+fn address_space_pressure() -> Option<String> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut lim) } != 0
+        || lim.rlim_cur == libc::RLIM_INFINITY
+    {
+        return None;
+    }
+    let limit: u64 = lim.rlim_cur;
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().next()?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let vm = pages * u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).ok()?;
+    (vm.saturating_mul(100) >= limit.saturating_mul(85)).then(|| {
+        format!(
+            "address space {} MiB of its {} MiB RLIMIT_AS: an allocation was refused",
+            vm >> 20,
+            limit >> 20
+        )
+    })
+}
+
 /// MLX reports allocation failures as ordinary errors; give them their own kind.
 fn mlx_error(e: WorkerError) -> WorkerError {
+    if matches!(
+        e.kind,
+        WorkerErrorKind::LoadFailed | WorkerErrorKind::Internal
+    ) {
+        if let Some(why) = address_space_pressure() {
+            return WorkerError {
+                kind: WorkerErrorKind::AllocationFailed,
+                message: format!("{} ({why})", e.message),
+            };
+        }
+    }
     let m = e.message.to_ascii_lowercase();
     let alloc = [
         "[metal::malloc]",
@@ -473,6 +525,7 @@ struct StepHooks<'a> {
 
 impl Hooks for StepHooks<'_> {
     fn progress(&mut self, done: u64, total: u64) {
+        self.link.advance();
         self.link.event(Event::Progress { done, total });
     }
 
@@ -486,6 +539,7 @@ impl Hooks for StepHooks<'_> {
         step: u32,
         predicted_bytes: u64,
     ) -> Result<(), WorkerError> {
+        self.link.advance();
         if self.control.is_cancelled(self.id) {
             return Err(cancelled());
         }
@@ -516,6 +570,7 @@ impl Hooks for StepHooks<'_> {
     }
 
     fn token(&mut self, id: u32, text: &str) {
+        self.link.advance();
         self.link.event(Event::Token {
             id,
             text: text.to_string(),

@@ -6,7 +6,7 @@ use protocol::{Phase, Telemetry};
 
 /// Takes one sample. MLX's counters are read through its allocator, which is safe to
 /// query while another thread computes.
-pub fn sample(start: Instant, phase: Phase) -> Telemetry {
+pub fn sample(start: Instant, phase: Phase, progress: u64) -> Telemetry {
     let mem = |r: Result<usize, _>| r.map(|v| v as u64).unwrap_or(0);
     Telemetry {
         t_ms: start.elapsed().as_millis() as u64,
@@ -15,6 +15,7 @@ pub fn sample(start: Instant, phase: Phase) -> Telemetry {
         peak_bytes: mem(mlx_rs::memory::peak_memory()),
         cache_bytes: mem(mlx_rs::memory::cache_memory()),
         footprint_bytes: footprint_bytes().unwrap_or(0),
+        progress,
     }
 }
 

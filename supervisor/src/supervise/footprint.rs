@@ -9,6 +9,29 @@ pub fn footprint(pid: i32) -> Option<u64> {
     Some(pages * page_size())
 }
 
+/// Virtual size of process `pid` in bytes (what `RLIMIT_AS` limits).
+#[cfg(target_os = "linux")]
+pub fn virtual_bytes(pid: i32) -> Option<u64> {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let pages: u64 = statm.split_whitespace().next()?.parse().ok()?;
+    Some(pages * page_size())
+}
+
+/// CPU time (user + system) process `pid` has used.
+#[cfg(target_os = "linux")]
+pub fn cpu_time(pid: i32) -> Option<std::time::Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start at field 3 (state).
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) })
+        .ok()?
+        .max(1);
+    Some(std::time::Duration::from_millis(ticks * 1000 / hz))
+}
+
 #[cfg(target_os = "linux")]
 fn page_size() -> u64 {
     // SAFETY: sysconf has no preconditions.
@@ -39,6 +62,17 @@ pub fn footprint(_pid: i32) -> Option<u64> {
     None
 }
 
+/// Not measured off Linux: the stall detector then decides on progress alone.
+#[cfg(not(target_os = "linux"))]
+pub fn virtual_bytes(_pid: i32) -> Option<u64> {
+    None
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn cpu_time(_pid: i32) -> Option<std::time::Duration> {
+    None
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -46,5 +80,24 @@ mod tests {
         let f = super::footprint(std::process::id() as i32).unwrap_or(0);
         assert!(f > 1 << 20 && f < 1 << 40, "footprint {f}");
         assert_eq!(super::footprint(i32::MAX), None);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn own_cpu_time_and_virtual_size() {
+        let me = std::process::id() as i32;
+        let before = super::cpu_time(me).unwrap_or_default();
+        let mut x = 0u64;
+        let start = std::time::Instant::now();
+        while start.elapsed() < std::time::Duration::from_millis(200) {
+            x = x.wrapping_mul(31).wrapping_add(7);
+        }
+        std::hint::black_box(x);
+        let after = super::cpu_time(me).unwrap_or_default();
+        assert!(
+            after >= before + std::time::Duration::from_millis(100),
+            "{before:?} → {after:?}"
+        );
+        assert!(super::virtual_bytes(me).unwrap_or(0) >= super::footprint(me).unwrap_or(0));
     }
 }

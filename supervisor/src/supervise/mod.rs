@@ -38,6 +38,10 @@ const KEEP_SAMPLES: usize = 20;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// SIGTERM → SIGKILL grace for an unresponsive worker.
 const TERM_GRACE: Duration = Duration::from_millis(500);
+/// Default stall timeout: long enough for one step of a huge model or a slow disk.
+pub const DEFAULT_STALL: Duration = Duration::from_secs(120);
+/// Below this share of one core over the stall window, a silent worker is stalled.
+const STALL_CPU_SHARE: f64 = 0.05;
 /// How long a cancelled request may take to end before the worker is stopped.
 const CANCEL_GRACE: Duration = Duration::from_secs(3);
 /// How long to wait for stderr to close after the worker died (a grandchild may hold it).
@@ -51,6 +55,9 @@ pub struct Options {
     pub handshake_timeout: Duration,
     /// No message (telemetry is the heartbeat) for this long → unresponsive.
     pub heartbeat_timeout: Duration,
+    /// A request whose worker finishes no work and uses almost no CPU for this long is
+    /// stalled (a deadlock inside MLX, say) → unresponsive.
+    pub stall_timeout: Duration,
     /// Footprint sampling period of the hard ceiling.
     pub sample_interval: Duration,
     /// Kill the worker when its footprint passes this.
@@ -73,6 +80,7 @@ impl Options {
             runtime_dir: runtime_dir::default_path(),
             handshake_timeout: Duration::from_secs(10),
             heartbeat_timeout: Duration::from_secs(30),
+            stall_timeout: DEFAULT_STALL,
             sample_interval: Duration::from_millis(100),
             memory_ceiling: None,
             rlimit_as: None,
@@ -127,6 +135,8 @@ struct Watch {
     /// (ms since spawn, footprint bytes)
     footprints: VecDeque<(u64, u64)>,
     max_footprint: u64,
+    /// The last virtual size sampled.
+    virtual_bytes: u64,
 }
 
 /// A running worker.
@@ -314,6 +324,7 @@ impl Worker {
         self.last_heard = Instant::now();
         let mut cancel_sent = false;
         let mut cancel_at: Option<Instant> = None;
+        let mut stall = Stall::new(self.pid.as_raw());
         let mut ceiling = self.ceiling_rx.clone();
         let mut interrupt = self.interrupt.clone();
         loop {
@@ -347,6 +358,11 @@ impl Worker {
                         Ok(Some(FromWorker::Event { event, .. })) => {
                             self.note(&event);
                             on_event(&event);
+                            if let Event::Telemetry(t) = &event {
+                                if let Some(m) = stall.check(t.progress, self.opts.stall_timeout) {
+                                    return Err(Box::new(self.fail(Some(KillReason::Unresponsive), Some(m)).await));
+                                }
+                            }
                         }
                         Ok(Some(FromWorker::Reply { id: rid, body })) if rid == id => {
                             if let Reply::Error(e) = &body {
@@ -493,9 +509,14 @@ impl Worker {
             let _ = tokio::time::timeout(STDERR_GRACE, done).await;
         }
         let stderr = self.stderr.text();
-        let (sent_by_us, max_footprint, footprints) = {
+        let (sent_by_us, max_footprint, footprints, last_vm) = {
             let w = self.watch.lock().unwrap_or_else(|p| p.into_inner());
-            (w.sent.clone(), w.max_footprint, w.footprints.clone())
+            (
+                w.sent.clone(),
+                w.max_footprint,
+                w.footprints.clone(),
+                w.virtual_bytes,
+            )
         };
         if killed_for.is_none() {
             killed_for = sent_by_us.last().map(|s| s.reason);
@@ -508,7 +529,7 @@ impl Worker {
         // else the last sample and the kernel's peak RSS.
         let (vm, fp) = classify::fatal_memory(&stderr).unwrap_or_else(|| {
             let last = footprints.back().map_or(0, |f| f.1);
-            (0, last.max(exit.map_or(0, |e| e.max_rss_bytes)))
+            (last_vm, last.max(exit.map_or(0, |e| e.max_rss_bytes)))
         });
         let near_limit =
             classify::near_limit(vm, fp, self.opts.rlimit_as, self.opts.memory_ceiling);
@@ -557,6 +578,7 @@ impl Worker {
                     peak_bytes: 0,
                     cache_bytes: 0,
                     footprint_bytes: f,
+                    progress: 0,
                 })
                 .collect();
         }
@@ -642,6 +664,7 @@ async fn sample_footprint(
         }
         w.footprints.push_back((t_ms, fp));
         w.max_footprint = w.max_footprint.max(fp);
+        w.virtual_bytes = footprint::virtual_bytes(pid.as_raw()).unwrap_or(w.virtual_bytes);
         if ceiling.is_some_and(|c| fp > c) {
             w.sent.push(Sent {
                 signal: Signal::SIGKILL,
@@ -652,5 +675,60 @@ async fn sample_footprint(
             let _ = over.send(true);
             return;
         }
+    }
+}
+
+/// Watches one request for a stall: no progress from the worker's main thread and almost
+/// no CPU used, for the stall timeout. Telemetry alone cannot tell: its thread keeps
+/// sampling while the main thread is stuck (seen: MLX deadlocked after an allocation
+/// failed under RLIMIT_AS).
+struct Stall {
+    pid: i32,
+    progress: Option<u64>,
+    since: Instant,
+    cpu_since: Option<Duration>,
+}
+
+impl Stall {
+    fn new(pid: i32) -> Stall {
+        Stall {
+            pid,
+            progress: None,
+            since: Instant::now(),
+            cpu_since: footprint::cpu_time(pid),
+        }
+    }
+
+    /// A description of the stall, once there is one.
+    fn check(&mut self, progress: u64, timeout: Duration) -> Option<String> {
+        if self.progress != Some(progress) {
+            self.progress = Some(progress);
+            self.since = Instant::now();
+            self.cpu_since = footprint::cpu_time(self.pid);
+            return None;
+        }
+        let quiet = self.since.elapsed();
+        if quiet < timeout {
+            return None;
+        }
+        let cpu = match (self.cpu_since, footprint::cpu_time(self.pid)) {
+            (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+            _ => None,
+        };
+        let share = cpu.map(|c| c.as_secs_f64() / quiet.as_secs_f64().max(1e-3));
+        if share.is_some_and(|s| s >= STALL_CPU_SHARE) {
+            // Busy in a long computation: not stalled. Look again after another window.
+            self.since = Instant::now();
+            self.cpu_since = footprint::cpu_time(self.pid);
+            return None;
+        }
+        Some(format!(
+            "the worker finished no work for {:.1} s{}: stalled",
+            quiet.as_secs_f64(),
+            share.map_or(String::new(), |s| format!(
+                " and used {:.1}% of a core",
+                s * 100.0
+            ))
+        ))
     }
 }
