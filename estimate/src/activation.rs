@@ -102,13 +102,19 @@ pub fn largest_chunk_within(
     max_chunk: u64,
 ) -> Option<u64> {
     let fits = |c: u64| activation_bytes(d, c, context, batch).bytes <= bytes;
-    if !fits(1) {
+    largest_fitting(max_chunk.max(1), fits)
+}
+
+/// The largest `x` in `1..=upto` for which `fits(x)` holds, `fits` being monotone
+/// (true up to some point, false after); `None` when even 1 does not fit.
+pub fn largest_fitting(upto: u64, fits: impl Fn(u64) -> bool) -> Option<u64> {
+    if upto == 0 || !fits(1) {
         return None;
     }
-    let (mut lo, mut hi) = (1, max_chunk.max(1));
-    if fits(hi) {
-        return Some(hi);
+    if fits(upto) {
+        return Some(upto);
     }
+    let (mut lo, mut hi) = (1, upto);
     while hi - lo > 1 {
         let mid = lo + (hi - lo) / 2;
         if fits(mid) {

@@ -252,23 +252,7 @@ pub fn largest_context_within(
     upto: u64,
     limit: u64,
 ) -> Option<u64> {
-    let fits = |c: u64| totals(model, weights, c, req).total <= limit;
-    if upto == 0 || !fits(1) {
-        return None;
-    }
-    if fits(upto) {
-        return Some(upto);
-    }
-    let (mut lo, mut hi) = (1, upto);
-    while hi - lo > 1 {
-        let mid = lo + (hi - lo) / 2;
-        if fits(mid) {
-            lo = mid;
-        } else {
-            hi = mid;
-        }
-    }
-    Some(lo)
+    crate::activation::largest_fitting(upto, |c| totals(model, weights, c, req).total <= limit)
 }
 
 fn advise(

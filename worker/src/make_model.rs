@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{BufWriter, Write};
 use std::path::Path;
 
+use crate::engine::sample::Rng;
 use half::{bf16, f16};
 use mlx_rs::{Array, Dtype};
 use protocol::{ModelSpec, WorkerError, WorkerErrorKind};
@@ -48,9 +49,9 @@ fn io(path: &Path, e: impl std::fmt::Display) -> WorkerError {
     )
 }
 
-/// splitmix64-seeded xoshiro256** with Box–Muller normals.
+/// Box–Muller normals from the engine's seeded generator, one stream per tensor.
 struct Gen {
-    s: [u64; 4],
+    rng: Rng,
 }
 
 impl Gen {
@@ -60,33 +61,13 @@ impl Gen {
         for b in name.bytes() {
             h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
         }
-        let mut x = seed ^ h;
-        let mut next = || {
-            x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = x;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^ (z >> 31)
-        };
         Gen {
-            s: [next(), next(), next(), next()],
+            rng: Rng::new(seed ^ h),
         }
     }
 
-    fn next_u64(&mut self) -> u64 {
-        let result = self.s[1].wrapping_mul(5).rotate_left(7).wrapping_mul(9);
-        let t = self.s[1] << 17;
-        self.s[2] ^= self.s[0];
-        self.s[3] ^= self.s[1];
-        self.s[1] ^= self.s[2];
-        self.s[0] ^= self.s[3];
-        self.s[2] ^= t;
-        self.s[3] = self.s[3].rotate_left(45);
-        result
-    }
-
     fn uniform(&mut self) -> f64 {
-        ((self.next_u64() >> 11) as f64 + 0.5) * (1.0 / (1u64 << 53) as f64)
+        ((self.rng.next_u64() >> 11) as f64 + 0.5) * (1.0 / (1u64 << 53) as f64)
     }
 
     fn normals(&mut self, n: usize, std: f64) -> Vec<f32> {

@@ -16,7 +16,7 @@ mod generate;
 mod layers;
 mod memory;
 mod model;
-mod sample;
+pub(crate) mod sample;
 mod stop;
 mod tokenizer;
 mod weights;
