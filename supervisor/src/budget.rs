@@ -1,7 +1,8 @@
 //! The memory budget of this machine: the bytes a model may use.
 //!
 //! - Linux: `MemAvailable` from `/proc/meminfo`, lowered to the room left under this
-//!   process's cgroup v2 `memory.max` (`memory.max - memory.current`) when a limit is set.
+//!   process's cgroup v2 `memory.max` (`memory.max - memory.current`) when a limit is set,
+//!   or under a cgroup v1 `memory.limit_in_bytes` on hosts whose memory controller is v1.
 //! - macOS: the GPU wired-memory limit `iogpu.wired_limit_mb` when an administrator set
 //!   it (non-zero); otherwise Metal's default recommended working set, which on Apple
 //!   Silicon is about two thirds of `hw.memsize` up to 36 GiB of RAM and three quarters
@@ -40,11 +41,15 @@ pub fn detect() -> Result<Budget, String> {
         bytes: Bytes(available),
         source: "MemAvailable".to_string(),
     };
-    if let Some(room) = cgroup_room() {
-        if room < available {
+    let limits = [
+        (cgroup_room(), "cgroup memory.max"),
+        (cgroup_v1_room(), "cgroup v1 memory.limit_in_bytes"),
+    ];
+    for (room, source) in limits {
+        if let Some(room) = room.filter(|&r| r < b.bytes.0) {
             b = Budget {
                 bytes: Bytes(room),
-                source: "cgroup memory.max".to_string(),
+                source: source.to_string(),
             };
         }
     }
@@ -151,6 +156,45 @@ fn cgroup_room() -> Option<u64> {
     room
 }
 
+/// Room under a cgroup v1 memory limit (hosts with the legacy or hybrid hierarchy, where
+/// the v2 tree has no memory controller): `memory.limit_in_bytes - memory.usage_in_bytes`.
+/// v1 spells "no limit" as a huge number (2^63 rounded down to a page).
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+pub fn cgroup_v1_limit_room(limit: &str, usage: &str) -> Option<u64> {
+    let limit: u64 = limit.trim().parse().ok()?;
+    if limit >= 1 << 62 {
+        return None;
+    }
+    let usage: u64 = usage.trim().parse().unwrap_or(0);
+    Some(limit.saturating_sub(usage))
+}
+
+#[cfg(target_os = "linux")]
+fn cgroup_v1_room() -> Option<u64> {
+    let cgroup = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let rel = cgroup.lines().find_map(|l| {
+        let (_, rest) = l.split_once(':')?;
+        let (controllers, path) = rest.split_once(':')?;
+        controllers
+            .split(',')
+            .any(|c| c == "memory")
+            .then_some(path)
+    })?;
+    let root = std::path::Path::new("/sys/fs/cgroup/memory");
+    let dir = root.join(rel.trim().trim_start_matches('/'));
+    let mut room: Option<u64> = None;
+    for d in dir.ancestors().take_while(|d| d.starts_with(root)) {
+        let Ok(limit) = std::fs::read_to_string(d.join("memory.limit_in_bytes")) else {
+            continue;
+        };
+        let usage = std::fs::read_to_string(d.join("memory.usage_in_bytes")).unwrap_or_default();
+        if let Some(r) = cgroup_v1_limit_room(&limit, &usage) {
+            room = Some(room.map_or(r, |x| x.min(r)));
+        }
+    }
+    room
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,6 +211,20 @@ mod tests {
         assert_eq!(cgroup_limit_room("max\n", "100"), None);
         assert_eq!(cgroup_limit_room("1000\n", "300\n"), Some(700));
         assert_eq!(cgroup_limit_room("1000", "3000"), Some(0));
+    }
+
+    #[test]
+    fn cgroup_v1_room_ignores_the_unlimited_sentinel() {
+        assert_eq!(
+            cgroup_v1_limit_room("9223372036854771712\n", "6302961664\n"),
+            None
+        );
+        assert_eq!(
+            cgroup_v1_limit_room("4294967296\n", "1073741824\n"),
+            Some(3 << 30)
+        );
+        assert_eq!(cgroup_v1_limit_room("100", "300"), Some(0));
+        assert_eq!(cgroup_v1_limit_room("garbage", "1"), None);
     }
 
     #[test]
