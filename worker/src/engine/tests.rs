@@ -7,8 +7,8 @@ use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
 use protocol::{
-    ChatMessage, FinishReason, GenerateRequest, ModelSpec, Phase, Prompt, Sampling, WorkerError,
-    WorkerErrorKind,
+    ChatMessage, DoneInfo, FinishReason, GenerateRequest, ModelSpec, Phase, Prompt, Sampling,
+    WorkerError, WorkerErrorKind,
 };
 
 use super::{Engine, GenerateOptions, Hooks, LoadOptions};
@@ -67,6 +67,20 @@ fn tiny(dir: &Path) -> Engine {
     .unwrap()
 }
 
+/// Generates with eos ignored, recording into `rec`; a test failure on any error.
+fn generate_free(engine: &mut Engine, req: &GenerateRequest, rec: &mut Record) -> DoneInfo {
+    engine
+        .generate_with(
+            req,
+            &GenerateOptions {
+                ignore_eos: true,
+                ..Default::default()
+            },
+            rec,
+        )
+        .unwrap()
+}
+
 fn request(prompt: Prompt, max_tokens: u32) -> GenerateRequest {
     GenerateRequest {
         prompt,
@@ -117,16 +131,7 @@ fn refused_step_fails_cleanly_and_the_engine_serves_the_next_request() {
     );
 
     let mut ok = Record::default();
-    let done = engine
-        .generate_with(
-            &req,
-            &GenerateOptions {
-                ignore_eos: true,
-                ..Default::default()
-            },
-            &mut ok,
-        )
-        .unwrap();
+    let done = generate_free(&mut engine, &req, &mut ok);
     assert_eq!(done.generated_tokens, 6);
     assert_eq!(done.finish, FinishReason::Length);
     assert_eq!(
@@ -146,16 +151,7 @@ fn stop_sequences_end_generation_without_their_text() {
     let mut engine = tiny(tmp.path());
     let prompt = Prompt::Text("The quick brown fox".into());
     let mut free = Record::default();
-    engine
-        .generate_with(
-            &request(prompt.clone(), 12),
-            &GenerateOptions {
-                ignore_eos: true,
-                ..Default::default()
-            },
-            &mut free,
-        )
-        .unwrap();
+    generate_free(&mut engine, &request(prompt.clone(), 12), &mut free);
     let text: String = free.tokens.iter().map(|t| t.1.as_str()).collect();
     // Stop on a piece of what the model will say anyway.
     let chars: Vec<char> = text.chars().collect();
@@ -164,16 +160,7 @@ fn stop_sequences_end_generation_without_their_text() {
     let mut req = request(prompt, 12);
     req.stop = vec![stop.clone()];
     let mut stopped = Record::default();
-    let done = engine
-        .generate_with(
-            &req,
-            &GenerateOptions {
-                ignore_eos: true,
-                ..Default::default()
-            },
-            &mut stopped,
-        )
-        .unwrap();
+    let done = generate_free(&mut engine, &req, &mut stopped);
     assert_eq!(done.finish, FinishReason::Stop);
     let got: String = stopped.tokens.iter().map(|t| t.1.as_str()).collect();
     assert_eq!(got, text[..text.find(&stop).unwrap()]);
@@ -186,16 +173,7 @@ fn eos_ends_generation_and_is_not_streamed() {
     let mut engine = tiny(tmp.path());
     let prompt = Prompt::Text("Hello".into());
     let mut free = Record::default();
-    engine
-        .generate_with(
-            &request(prompt.clone(), 8),
-            &GenerateOptions {
-                ignore_eos: true,
-                ..Default::default()
-            },
-            &mut free,
-        )
-        .unwrap();
+    generate_free(&mut engine, &request(prompt.clone(), 8), &mut free);
     // Make the 4th generated token an end-of-sequence token.
     let eos = free.tokens[3].0;
     engine.model.cfg.eos_token_ids = vec![eos];
