@@ -1,4 +1,4 @@
-//! The fixture walk: every folder of `shared/fixtures/models` (real configs and indexes
+//! The fixture walk: every folder of `estimate/tests/fixtures/models` (real configs and indexes
 //! of 55 published checkpoints, no weights) gives an estimate or a named reason, and the
 //! analytic weights match the publisher's `total_size` within 1% for dense unquantized
 //! checkpoints and 3% for MoE and quantized ones, except where SOURCES.tsv flags the
@@ -8,13 +8,13 @@ use std::path::{Path, PathBuf};
 
 use estimate::{estimate, Bytes, Model, Request, WeightSource};
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/fixtures/models");
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/models");
 
 fn fixtures_dir() -> PathBuf {
     let dir = PathBuf::from(FIXTURES);
     assert!(
         dir.join("SOURCES.tsv").is_file(),
-        "fixtures missing: {} (the repo must be cloned beside shared/)",
+        "fixtures missing: {} (they live in the repo: estimate/tests/fixtures/models)",
         dir.display()
     );
     dir

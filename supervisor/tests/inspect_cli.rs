@@ -3,13 +3,16 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/fixtures/models");
+const FIXTURES: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../estimate/tests/fixtures/models"
+);
 
 fn fixture(name: &str) -> PathBuf {
     let p = Path::new(FIXTURES).join(name);
     assert!(
         p.is_dir(),
-        "fixtures missing: {} (clone the repo beside shared/)",
+        "fixtures missing: {} (they live in the repo: estimate/tests/fixtures/models)",
         p.display()
     );
     p
