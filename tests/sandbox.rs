@@ -87,10 +87,8 @@ fn matrix(kind_arg: &str, expected: &str, extra: &[&str]) -> Vec<f64> {
             "{f:#}"
         );
         if phase == "decode" {
-            assert!(
-                !r.named("token").is_empty(),
-                "tokens before the decode fault"
-            );
+            // `decode:3`: the worker dies once 2 tokens are delivered, and both arrive.
+            assert_eq!(r.named("token").len(), 2, "tokens before {fault}");
         }
     }
     eprintln!("{kind_arg}: death → failure event {latencies:.1?} ms");
@@ -444,4 +442,21 @@ fn ctrl_c_cancels_stops_the_worker_and_exits_130() {
         0,
         "socket files left"
     );
+}
+
+/// `KIND@decode:N` kills the worker once N-1 tokens are delivered, and every one of them
+/// reaches the client: the worker writes each token through to the socket before it goes
+/// on, and the supervisor drains the socket after the death before it reports.
+#[test]
+fn every_token_before_a_death_is_delivered() {
+    for kind in ["kill", "segv", "abort-metal-oom", "exit:3"] {
+        for n in [1u32, 2, 5, 8] {
+            let fault = format!("{kind}@decode:{n}");
+            let r = run(&["--inject-fault", fault.as_str()]);
+            assert_eq!(r.code, Some(4), "{fault}: {}", r.stderr);
+            let tokens = r.named("token").len();
+            assert_eq!(tokens, (n - 1) as usize, "{fault}: {}", r.stdout);
+            assert!(r.named("done").is_empty(), "{fault}");
+        }
+    }
 }

@@ -334,6 +334,7 @@ impl Worker {
                 id,
                 fault: None,
                 soft_budget: None,
+                delivered: 0,
             };
             Engine::load(Path::new(&req.model_dir), &opts, &mut hooks)
         })();
@@ -370,6 +371,7 @@ impl Worker {
             id,
             fault: req.fault.or(load.and_then(|l| l.fault)),
             soft_budget: load.and_then(|l| l.limits.soft_budget),
+            delivered: 0,
         };
         let result = engine.generate(&req, &mut hooks);
         self.link.set_phase(Phase::Idle);
@@ -521,6 +523,8 @@ struct StepHooks<'a> {
     id: RequestId,
     fault: Option<Fault>,
     soft_budget: Option<u64>,
+    /// Token events sent for this request.
+    delivered: u32,
 }
 
 impl Hooks for StepHooks<'_> {
@@ -544,9 +548,12 @@ impl Hooks for StepHooks<'_> {
             return Err(cancelled());
         }
         if let Some(f) = self.fault {
+            // `decode:N` means "when N-1 tokens have been delivered": for N ≤ 1 that is
+            // before the first decode step; later ones fire in `delivered`, because the
+            // pipelined loop queues step N before token N-1 is out.
             let hit = match (f.point, phase) {
                 (FaultPoint::Prefill, Phase::Prefill) => step == 0,
-                (FaultPoint::Decode(n), Phase::Decode) => step == n,
+                (FaultPoint::Decode(n), Phase::Decode) => n <= 1 && self.delivered == 0,
                 _ => false,
             };
             if hit {
@@ -571,10 +578,28 @@ impl Hooks for StepHooks<'_> {
 
     fn token(&mut self, id: u32, text: &str) {
         self.link.advance();
+        // Write-through: the event is in the socket when this returns.
         self.link.event(Event::Token {
             id,
             text: text.to_string(),
         });
+        self.delivered += 1;
+    }
+
+    fn delivered(&mut self) -> Result<(), WorkerError> {
+        if let Some(
+            f @ Fault {
+                point: FaultPoint::Decode(n),
+                ..
+            },
+        ) = self.fault
+        {
+            if self.delivered.saturating_add(1) >= n {
+                self.fault = None;
+                trigger_fault(self.link, f.action)?;
+            }
+        }
+        Ok(())
     }
 }
 

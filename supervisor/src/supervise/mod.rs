@@ -348,8 +348,9 @@ impl Worker {
                 exit = async { match self.exit_rx.as_mut() { Some(rx) => rx.await.ok(), None => std::future::pending().await } } => {
                     self.exit = exit;
                     self.exit_rx = None;
-                    // Read what it sent before it died (its last samples, its last error).
-                    self.drain().await;
+                    // Read what it sent before it died (its last tokens and samples, its
+                    // last error): everything it wrote is in the socket.
+                    self.drain(&mut on_event).await;
                     return Err(Box::new(self.fail(None, None).await));
                 }
                 msg = self.conn.recv::<FromWorker>() => {
@@ -437,13 +438,16 @@ impl Worker {
     }
 
     /// Reads whatever the dead worker still had in flight, briefly.
-    async fn drain(&mut self) {
-        let until = tokio::time::Instant::now() + Duration::from_millis(50);
+    async fn drain(&mut self, on_event: &mut impl FnMut(&Event)) {
+        let until = tokio::time::Instant::now() + Duration::from_millis(200);
         while let Ok(Ok(Some(msg))) =
             tokio::time::timeout_at(until, self.conn.recv::<FromWorker>()).await
         {
             match msg {
-                FromWorker::Event { event, .. } => self.note(&event),
+                FromWorker::Event { event, .. } => {
+                    self.note(&event);
+                    on_event(&event);
+                }
                 FromWorker::Reply {
                     body: Reply::Error(e),
                     ..

@@ -223,6 +223,7 @@ pub(super) fn run(
             let text = out.tail();
             if !text.is_empty() {
                 hooks.token(id, &text);
+                hooks.delivered()?;
             }
             break FinishReason::Eos;
         }
@@ -231,6 +232,7 @@ pub(super) fn run(
         match out.stop.push(&piece) {
             StopStep::Stop(text) => {
                 hooks.token(id, &text);
+                hooks.delivered()?;
                 break FinishReason::Stop;
             }
             StopStep::Emit(mut text) => {
@@ -238,6 +240,7 @@ pub(super) fn run(
                     text += &out.tail();
                 }
                 hooks.token(id, &text);
+                hooks.delivered()?;
             }
         }
         if generated >= max {

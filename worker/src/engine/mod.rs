@@ -59,6 +59,11 @@ pub trait Hooks {
     /// A newly generated token and the text it completes (possibly empty while a UTF-8
     /// sequence is incomplete).
     fn token(&mut self, id: u32, text: &str);
+    /// Called right after each [`Hooks::token`], once its event is out: the point where
+    /// "N tokens have been delivered" holds. An `Err` ends the request with that error.
+    fn delivered(&mut self) -> Result<(), WorkerError> {
+        Ok(())
+    }
 }
 
 /// A loaded model.
