@@ -34,11 +34,17 @@ pub enum FailureKind {
     LoadFailed,
     /// A bad frame, a version mismatch, an oversized frame.
     ProtocolError,
+    /// The daemon: the model's request queue is full.
+    Busy,
+    /// The daemon: the model failed too often in a row and is refused until forced.
+    Quarantined,
+    /// The daemon is shutting down.
+    ShuttingDown,
 }
 
 impl FailureKind {
     /// Every kind, in wire order.
-    pub const ALL: [FailureKind; 11] = [
+    pub const ALL: [FailureKind; 14] = [
         FailureKind::InsufficientMemory,
         FailureKind::MetalOutOfMemory,
         FailureKind::AllocationFailed,
@@ -50,6 +56,9 @@ impl FailureKind {
         FailureKind::Exited,
         FailureKind::LoadFailed,
         FailureKind::ProtocolError,
+        FailureKind::Busy,
+        FailureKind::Quarantined,
+        FailureKind::ShuttingDown,
     ];
 
     /// The snake_case name used in JSON and on the command line.
@@ -66,6 +75,9 @@ impl FailureKind {
             FailureKind::Exited => "exited",
             FailureKind::LoadFailed => "load_failed",
             FailureKind::ProtocolError => "protocol_error",
+            FailureKind::Busy => "busy",
+            FailureKind::Quarantined => "quarantined",
+            FailureKind::ShuttingDown => "shutting_down",
         }
     }
 }
@@ -134,6 +146,60 @@ pub struct Failure {
     /// From spawn to the failure.
     pub duration_ms: u64,
     pub advice: String,
+    /// The advice as data, for programs: what to change to make it fit or work.
+    pub remedy: Remedy,
+}
+
+impl Failure {
+    /// Whether the failure is a memory failure, one that a smaller context may avoid.
+    pub fn is_memory(&self) -> bool {
+        matches!(
+            self.kind,
+            FailureKind::MetalOutOfMemory
+                | FailureKind::AllocationFailed
+                | FailureKind::KilledByOs
+                | FailureKind::MemoryCeilingExceeded
+        )
+    }
+}
+
+/// What to change, as data (the CLI renders it as flags, the daemon's clients read the
+/// fields). Every field is a suggestion; empty means nothing specific.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Remedy {
+    /// The largest context that fits.
+    pub max_context: Option<u64>,
+    /// A KV-cache quantization that fits.
+    pub kv_bits: Option<u8>,
+    /// A weight quantization that fits.
+    pub quant_bits: Option<u8>,
+    /// Models to unload to make room (the daemon).
+    pub unload: Vec<String>,
+    /// `force` would load it anyway.
+    pub force: bool,
+}
+
+impl Remedy {
+    /// The remedy as command-line flags, e.g. `--context 2048 --kv-bits 8`.
+    pub fn flags(&self) -> String {
+        let mut out = Vec::new();
+        if let Some(c) = self.max_context {
+            out.push(format!("--context {c}"));
+        }
+        if let Some(b) = self.kv_bits {
+            out.push(format!("--kv-bits {b}"));
+        }
+        if let Some(b) = self.quant_bits {
+            out.push(format!("--quant-bits {b}"));
+        }
+        for m in &self.unload {
+            out.push(format!("(mlxsup unload {m})"));
+        }
+        if self.force {
+            out.push("--force".into());
+        }
+        out.join(" ")
+    }
 }
 
 #[cfg(test)]
@@ -158,9 +224,12 @@ mod tests {
                 FailureKind::Exited => 8,
                 FailureKind::LoadFailed => 9,
                 FailureKind::ProtocolError => 10,
+                FailureKind::Busy => 11,
+                FailureKind::Quarantined => 12,
+                FailureKind::ShuttingDown => 13,
             }
         }
-        const N: usize = 11;
+        const N: usize = 14;
         assert_eq!(FailureKind::ALL.len(), N);
         let mut seen = [false; N];
         for k in FailureKind::ALL {

@@ -17,7 +17,7 @@ pub mod message;
 pub mod version;
 
 pub use error::ProtocolError;
-pub use failure::{Failure, FailureKind, Phase};
+pub use failure::{Failure, FailureKind, Phase, Remedy};
 pub use fault::{Fault, FaultAction, FaultPoint};
 pub use handshake::{Hello, Role};
 pub use message::*;

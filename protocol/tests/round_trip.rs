@@ -821,6 +821,7 @@ fn failure_round_trips_in_json_and_on_the_wire() {
         stderr_tail: "[metal::malloc] Resource limit exceeded\n".into(),
         duration_ms: 1234,
         advice: "use a smaller model".into(),
+        remedy: protocol::Remedy::default(),
     };
     let json = serde_json::to_value(&failure).expect("json");
     assert_eq!(json["kind"], "metal_out_of_memory");

@@ -12,6 +12,7 @@ use crate::{
     exit::Exit,
     make_model::{self, MakeModelArgs},
     output::Output,
+    prompt::PromptArgs,
     run::{self, Outcome, RunArgs},
 };
 
@@ -53,28 +54,18 @@ fn default_dir() -> PathBuf {
 
 fn run_args(model: PathBuf, max_tokens: u32) -> RunArgs {
     RunArgs {
-        model,
-        prompt: Some("Once upon a time".into()),
-        prompt_file: None,
-        max_tokens,
         context: Some(2048),
-        // Random weights: greedy decoding repeats one token; seeded sampling shows the
-        // streaming better, and is just as reproducible.
-        temp: 0.9,
-        top_p: 0.95,
-        seed: Some(7),
-        chat: false,
-        stop: vec![],
-        force: false,
-        budget: None,
-        memory_ceiling: None,
-        json: false,
-        prefill_chunk: estimate::DEFAULT_PREFILL_CHUNK,
-        inject_fault: None,
-        heartbeat_timeout_ms: 10_000,
-        stall_timeout_ms: crate::supervise::DEFAULT_STALL.as_millis() as u64,
-        telemetry_ms: 100,
-        rlimit_as: None,
+        ..RunArgs::new(
+            model,
+            PromptArgs {
+                // Random weights: greedy decoding repeats one token; seeded sampling shows
+                // the streaming better, and is just as reproducible.
+                temp: 0.9,
+                top_p: 0.95,
+                seed: Some(7),
+                ..PromptArgs::text("Once upon a time", max_tokens)
+            },
+        )
     }
 }
 

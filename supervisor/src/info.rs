@@ -4,11 +4,12 @@
 use estimate::Bytes;
 use protocol::{Reply, Request, SystemInfo};
 use serde::Serialize;
+use tokio_util::sync::CancellationToken;
 
 use crate::{
     budget,
     exit::Exit,
-    supervise::{Options, SpawnError, Worker},
+    supervise::{ReportContext, SpawnError, SpawnOptions, WorkerHandle},
 };
 
 #[derive(clap::Args, Debug)]
@@ -66,7 +67,8 @@ async fn run(args: InfoArgs) -> Exit {
             return Exit::Internal;
         }
     };
-    let mut worker = match Worker::spawn(Options::utility()).await {
+    let worker = match WorkerHandle::spawn(SpawnOptions::utility(), ReportContext::default()).await
+    {
         Ok(w) => w,
         Err(SpawnError::Setup(m)) => {
             eprintln!("mlxsup: {m}");
@@ -77,13 +79,14 @@ async fn run(args: InfoArgs) -> Exit {
             return Exit::WorkerFailed;
         }
     };
-    let system = match worker.request(Request::SystemInfo, |_| {}).await {
+    let ask = |body| worker.call(body, CancellationToken::new(), |_| {});
+    let system = match ask(Request::SystemInfo).await.into_reply() {
         Ok(Reply::SystemInfo(s)) => s,
         other => return unexpected(other),
     };
-    let (sum, ms) = match worker
-        .request(Request::Matmul { size: args.matmul }, |_| {})
+    let (sum, ms) = match ask(Request::Matmul { size: args.matmul })
         .await
+        .into_reply()
     {
         Ok(Reply::Matmul { sum, ms, .. }) => (sum, ms),
         other => return unexpected(other),
@@ -161,10 +164,10 @@ async fn run(args: InfoArgs) -> Exit {
     }
 }
 
-fn unexpected(r: Result<Reply, Box<protocol::Failure>>) -> Exit {
+fn unexpected(r: Result<Reply, String>) -> Exit {
     match r {
-        Err(f) => {
-            eprintln!("mlxsup: the worker failed: {}: {}", f.kind, f.advice);
+        Err(m) => {
+            eprintln!("mlxsup: {m}");
             Exit::WorkerFailed
         }
         Ok(other) => {

@@ -9,6 +9,8 @@ pub mod info;
 pub mod inspect;
 pub mod make_model;
 pub mod output;
+pub mod plan;
+pub mod prompt;
 pub mod rt;
 pub mod run;
 pub mod supervise;

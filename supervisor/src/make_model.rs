@@ -8,7 +8,7 @@ use protocol::{ModelSpec, Reply, Request};
 
 use crate::{
     exit::Exit,
-    supervise::{Options, SpawnError, Worker},
+    supervise::{ReportContext, SpawnError, SpawnOptions, WorkerHandle},
 };
 
 #[derive(clap::Args, Clone, Debug)]
@@ -156,30 +156,28 @@ pub async fn make(args: &MakeModelArgs, dir: &Path) -> Result<u64, (Exit, String
                 format!("cannot create a folder in {}: {e}", parent.display()),
             )
         })?;
-    let mut worker = Worker::spawn(Options::utility())
+    let worker = WorkerHandle::spawn(SpawnOptions::utility(), ReportContext::default())
         .await
         .map_err(|e| match e {
             SpawnError::Setup(m) => (Exit::Internal, m),
             e => (Exit::WorkerFailed, e.to_string()),
         })?;
-    let reply = worker
-        .request(Request::MakeModel(args.spec(tmp.path())), |_| {})
+    let end = worker
+        .call(
+            Request::MakeModel(args.spec(tmp.path())),
+            tokio_util::sync::CancellationToken::new(),
+            |_| {},
+        )
         .await;
-    let bytes = match reply {
+    let bytes = match end.into_reply() {
         Ok(Reply::ModelMade { weight_bytes, .. }) => weight_bytes,
-        Ok(Reply::Error(e)) => {
-            worker.shutdown().await;
-            return Err((Exit::WorkerFailed, e.message));
-        }
         Ok(other) => {
             worker.shutdown().await;
             return Err((Exit::Internal, format!("unexpected reply {other:?}")));
         }
-        Err(f) => {
-            return Err((
-                Exit::WorkerFailed,
-                format!("the worker failed: {}: {}", f.kind, f.advice),
-            ))
+        Err(m) => {
+            worker.shutdown().await;
+            return Err((Exit::WorkerFailed, m));
         }
     };
     worker.shutdown().await;

@@ -14,9 +14,9 @@ use tokio::sync::oneshot;
 
 use super::{
     reap::{self, ExitInfo},
-    runtime_dir,
+    runtime_dir, spawner,
     stderr_tail::{self, Tail},
-    Options,
+    SpawnOptions,
 };
 
 static NEXT: AtomicU64 = AtomicU64::new(0);
@@ -38,10 +38,12 @@ pub enum SpawnError {
         message: String,
         stderr: String,
         exit: Option<ExitInfo>,
+        /// The supervisor killed it: it did not connect in time.
+        timed_out: bool,
     },
 }
 
-pub async fn spawn(opts: &Options) -> Result<Spawned, SpawnError> {
+pub async fn spawn(opts: &SpawnOptions) -> Result<Spawned, SpawnError> {
     let plain = SpawnError::Setup;
     let dir = runtime_dir::ensure(&opts.runtime_dir).map_err(|e| plain(e.to_string()))?;
     let name = format!(
@@ -80,7 +82,7 @@ pub async fn spawn(opts: &Options) -> Result<Spawned, SpawnError> {
             Ok(())
         });
     }
-    let mut child = cmd.spawn().map_err(|e| {
+    let mut child = spawner::spawn(cmd).await.map_err(|e| {
         plain(format!(
             "cannot start the worker {}: {e}",
             opts.worker_exe.display()
@@ -109,6 +111,7 @@ pub async fn spawn(opts: &Options) -> Result<Spawned, SpawnError> {
                 message: format!("the worker ended with {how} before connecting"),
                 stderr: tail.text(),
                 exit,
+                timed_out: false,
             });
         }
         _ = tokio::time::sleep(opts.handshake_timeout) => {
@@ -135,6 +138,7 @@ pub async fn spawn(opts: &Options) -> Result<Spawned, SpawnError> {
                 message: msg,
                 stderr: tail.text(),
                 exit,
+                timed_out: true,
             })
         }
     }

@@ -1,0 +1,156 @@
+//! One plan for every way a model is started — `run`, `demo`, the daemon's admission:
+//! (model, request, budget) → the estimate, the worker's limits and load request, the
+//! spawn options, and what a failure report needs.
+
+use std::{path::Path, time::Duration};
+
+use estimate::{Bytes, Estimate, Model, Verdict};
+use protocol::{Fault, Limits, LoadRequest, Remedy};
+
+use crate::supervise::{self, runtime_dir, ReportContext, SpawnOptions};
+
+/// Below this, a smaller context is no remedy.
+const MIN_ADVISED_CONTEXT: u64 = 256;
+
+/// What is asked of a model.
+#[derive(Clone, Debug)]
+pub struct PlanRequest {
+    /// Context tokens to plan for; `None` is the model's default.
+    pub context: Option<u64>,
+    /// Prompt tokens per prefill step.
+    pub prefill_chunk: u64,
+    /// The memory this model may use.
+    pub budget: u64,
+    /// Kill the worker above this footprint [default: the budget].
+    pub memory_ceiling: Option<u64>,
+    /// Linux: the worker's `RLIMIT_AS`.
+    pub rlimit_as: Option<u64>,
+    pub heartbeat_timeout: Duration,
+    pub stall_timeout: Duration,
+    pub telemetry_ms: u32,
+    /// Tests: a fault for the load.
+    pub load_fault: Option<Fault>,
+}
+
+impl PlanRequest {
+    /// A request with the usual timeouts for `budget`.
+    pub fn new(budget: u64) -> PlanRequest {
+        PlanRequest {
+            context: None,
+            prefill_chunk: estimate::DEFAULT_PREFILL_CHUNK,
+            budget,
+            memory_ceiling: None,
+            rlimit_as: None,
+            heartbeat_timeout: Duration::from_secs(10),
+            stall_timeout: supervise::DEFAULT_STALL,
+            telemetry_ms: 100,
+            load_fault: None,
+        }
+    }
+}
+
+/// Everything needed to start the model in a worker.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub estimate: Estimate,
+    pub spawn: SpawnOptions,
+    pub report: ReportContext,
+    pub load: LoadRequest,
+}
+
+impl Plan {
+    /// Whether the preflight says it fits.
+    pub fn fits(&self) -> bool {
+        self.estimate.verdict != Verdict::DoesNotFit
+    }
+}
+
+/// Reads a model folder; the error names what could not be read.
+pub fn open(model: &Path) -> Result<Model, String> {
+    Model::open(model).map_err(|e| format!("cannot read model: {e}"))
+}
+
+/// The estimate of `model` at `context` within `budget`.
+pub fn estimate(model: &Model, context: Option<u64>, prefill_chunk: u64, budget: u64) -> Estimate {
+    estimate::estimate(model, &estimate_request(context, prefill_chunk, budget))
+}
+
+fn estimate_request(context: Option<u64>, prefill_chunk: u64, budget: u64) -> estimate::Request {
+    estimate::Request {
+        context,
+        prefill_chunk,
+        budget: Bytes(budget),
+        ..Default::default()
+    }
+}
+
+/// Plans `model` for `req`.
+pub fn plan(model: &Model, req: &PlanRequest) -> Plan {
+    let est = estimate(model, req.context, req.prefill_chunk, req.budget);
+    let context = est.kv_cache.context;
+    let budget = est.budget_bytes;
+    let remedy = Remedy {
+        max_context: if est.verdict == Verdict::DoesNotFit {
+            largest_context(model, &est, req)
+        } else {
+            // After a memory failure at a context that was estimated to fit, half of it.
+            Some((context / 2).max(MIN_ADVISED_CONTEXT)).filter(|&c| c < context)
+        },
+        force: est.verdict == Verdict::DoesNotFit,
+        ..Remedy::default()
+    };
+    let spawn = SpawnOptions {
+        worker_exe: supervise::default_worker_exe(),
+        runtime_dir: runtime_dir::default_path(),
+        handshake_timeout: Duration::from_secs(10),
+        heartbeat_timeout: req.heartbeat_timeout.max(Duration::from_millis(1)),
+        stall_timeout: req.stall_timeout.max(Duration::from_millis(1)),
+        sample_interval: Duration::from_millis(50),
+        memory_ceiling: Some(req.memory_ceiling.unwrap_or(budget)),
+        rlimit_as: req.rlimit_as,
+    };
+    let report = ReportContext {
+        model: Some(model.dir.display().to_string()),
+        estimate_bytes: Some(est.total_bytes),
+        budget_bytes: Some(budget),
+        context: Some(context),
+        remedy,
+    };
+    let load = LoadRequest {
+        model_dir: model.dir.display().to_string(),
+        limits: Limits {
+            memory_limit: Some(budget),
+            cache_limit: Some(cache_limit(budget, est.total_bytes)),
+            wired_limit: Some(est.total_bytes.min(budget)),
+            soft_budget: Some(budget),
+        },
+        prefill_chunk: u32::try_from(req.prefill_chunk).unwrap_or(u32::MAX),
+        telemetry_interval_ms: req.telemetry_ms.max(1),
+        fault: req.load_fault,
+    };
+    Plan {
+        estimate: est,
+        spawn,
+        report,
+        load,
+    }
+}
+
+/// The largest context whose estimate fits `req.budget`, if a useful one does.
+pub fn largest_context(model: &Model, est: &Estimate, req: &PlanRequest) -> Option<u64> {
+    estimate::request::largest_context_within(
+        model,
+        &estimate_request(None, req.prefill_chunk, req.budget),
+        est.weights.bytes,
+        est.kv_cache.context,
+        req.budget,
+    )
+    .filter(|&c| c >= MIN_ADVISED_CONTEXT)
+}
+
+/// MLX's buffer cache: what the budget leaves beyond the estimate, within 64 MiB..1/4.
+fn cache_limit(budget: u64, estimate: u64) -> u64 {
+    budget
+        .saturating_sub(estimate)
+        .clamp(64 << 20, (budget / 4).max(64 << 20))
+}
