@@ -8,6 +8,8 @@
 //! each other apart.
 
 pub mod client;
+pub mod control;
+pub mod daemon_client;
 pub mod error;
 pub mod failure;
 pub mod fault;

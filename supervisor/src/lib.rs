@@ -1,8 +1,9 @@
-//! mlxsup, the supervisor: the command line, the supervision core, and (later) the
-//! daemon. It never links MLX: everything that runs MLX runs in a worker process.
+//! mlxsup, the supervisor: the command line, the supervision core, and the daemon. It never links MLX: everything that runs MLX runs in a worker process.
 
 pub mod budget;
 pub mod classify;
+pub mod client;
+pub mod daemon;
 pub mod demo;
 pub mod exit;
 pub mod info;

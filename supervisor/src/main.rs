@@ -2,7 +2,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use mlxsup::{demo, exit::Exit, info, inspect, make_model, run};
+use mlxsup::{client, daemon, demo, exit::Exit, info, inspect, make_model, run};
 
 #[derive(Parser)]
 #[command(
@@ -27,11 +27,28 @@ enum Command {
     MakeModel(make_model::MakeModelArgs),
     /// MLX version, device, memory and budget, checked by a real computation in a worker.
     Info(info::InfoArgs),
+    /// Run the daemon: keep models loaded in sandboxed workers, serve clients on a socket.
+    Serve(daemon::ServeArgs),
+    /// The daemon's state: version, pid, uptime, budget, memory held.
+    Status(client::ClientArgs),
+    /// The daemon's models: state, worker, memory, keep-alive, last failure.
+    Ps(client::ClientArgs),
+    /// The models the daemon can see, with size and whether they fit.
+    Ls(client::ClientArgs),
+    /// Load a model in the daemon.
+    Load(client::LoadArgs),
+    /// Unload a model from the daemon (also clears a quarantine).
+    Unload(client::UnloadArgs),
+    /// Generate through the daemon: streams like `run`, same events and exit codes.
+    Generate(client::GenerateArgs),
+    /// Stop the daemon.
+    Stop(client::ClientArgs),
 }
 
 fn main() -> ExitCode {
-    init_tracing();
-    let cli = match Cli::try_parse() {
+    let cli = Cli::try_parse();
+    init_tracing(matches!(&cli, Ok(Cli { command: Command::Serve(_) })));
+    let cli = match cli {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
@@ -49,16 +66,28 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo::main(args),
         Command::MakeModel(args) => make_model::main(args),
         Command::Info(args) => info::main(args),
+        Command::Serve(args) => daemon::main(args),
+        Command::Status(args) => client::status(args),
+        Command::Ps(args) => client::ps(args),
+        Command::Ls(args) => client::ls(args),
+        Command::Load(args) => client::load(args),
+        Command::Unload(args) => client::unload(args),
+        Command::Generate(args) => client::generate(args),
+        Command::Stop(args) => client::stop(args),
     }
     .into()
 }
 
 /// `MLXSUP_LOG` sets the filter (e.g. `mlxsup=debug`); logs go to stderr.
-fn init_tracing() {
+/// The daemon logs its lifecycle (info) by default; the other commands only warnings.
+fn init_tracing(daemon: bool) {
+    use std::io::IsTerminal;
+    let default = if daemon { "mlxsup=info" } else { "warn" };
     let filter = tracing_subscriber::EnvFilter::try_from_env("MLXSUP_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .try_init();
 }

@@ -89,6 +89,42 @@ impl Output {
         ));
     }
 
+    /// The estimate as the daemon sends it (the JSON object of `inspect --json`).
+    pub fn estimate_json(&mut self, json: &str) {
+        let Ok(serde_json::Value::Object(fields)) = serde_json::from_str::<serde_json::Value>(json)
+        else {
+            return;
+        };
+        if self.json {
+            self.emit("estimate", &fields);
+            return;
+        }
+        let n = |k: &str| fields.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
+        let kv = fields.get("kv_cache");
+        let context = kv.and_then(|k| k.get("context")).and_then(|v| v.as_u64());
+        self.note(&format!(
+            "mlxsup: {}: {} of {} budget at context {}: {}",
+            fields.get("model").and_then(|v| v.as_str()).unwrap_or("?"),
+            Bytes(n("total_bytes")),
+            Bytes(n("budget_bytes")),
+            context.unwrap_or(0),
+            fields.get("verdict").and_then(|v| v.as_str()).unwrap_or("?"),
+        ));
+    }
+
+    /// A line from the daemon for a person (`{"event": "note"}` in JSON).
+    pub fn note_event(&mut self, text: &str) {
+        if self.json {
+            #[derive(Serialize)]
+            struct Note<'a> {
+                text: &'a str,
+            }
+            self.emit("note", &Note { text });
+            return;
+        }
+        self.note(&format!("mlxsup: {text}"));
+    }
+
     pub fn progress(&mut self, done: u64, total: u64) {
         if self.json || !std::io::stderr().is_terminal() || total == 0 {
             return;

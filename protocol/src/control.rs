@@ -1,0 +1,245 @@
+//! The control protocol: clients (the `mlxsup` CLI, apps, the daemon's HTTP front) ⇄ the
+//! daemon (`mlxsup serve`), over the daemon's socket, in the same frames as the worker
+//! protocol.
+//!
+//! Its own versions ([`version`]); variant 0 of each direction is the handshake, forever;
+//! new variants and fields come at the end, with a new minor version. Requests carry ids
+//! chosen by the client; events and the one reply name the request. A client that
+//! disconnects cancels its own requests, nothing else.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    failure::Failure,
+    fault::Fault,
+    handshake::{Handshake, Hello},
+    message::{DoneInfo, Event, GenerateRequest, LoadInfo, RequestId},
+};
+
+/// Versions of the control protocol.
+pub mod version {
+    use crate::version::Version;
+
+    /// 1.0: status, ps, ls, load, unload, generate, cancel, subscribe, shutdown.
+    pub const V1_0: Version = Version { major: 1, minor: 0 };
+    /// What this build speaks.
+    pub const CURRENT: Version = V1_0;
+}
+
+/// Client → daemon.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ToDaemon {
+    /// Since 1.0. Always variant 0.
+    Hello(Hello),
+    /// Since 1.0.
+    Request { id: RequestId, body: ControlRequest },
+    /// Since 1.0: cancel the request `id` (a generation stops at the next step).
+    Cancel { id: RequestId },
+}
+
+/// Daemon → client.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum FromDaemon {
+    /// Since 1.0. Always variant 0.
+    Hello(Hello),
+    /// Since 1.0: the one final answer to a request.
+    Reply { id: RequestId, body: ControlReply },
+    /// Since 1.0: something that happened while serving `id`.
+    Event { id: RequestId, event: ControlEvent },
+    /// Since 1.0: the daemon will not serve this connection (another user, say) and
+    /// closes it.
+    Refused { message: String },
+}
+
+impl Handshake for ToDaemon {
+    fn hello(hello: Hello) -> Self {
+        ToDaemon::Hello(hello)
+    }
+    fn as_hello(&self) -> Option<&Hello> {
+        match self {
+            ToDaemon::Hello(h) => Some(h),
+            _ => None,
+        }
+    }
+}
+
+impl Handshake for FromDaemon {
+    fn hello(hello: Hello) -> Self {
+        FromDaemon::Hello(hello)
+    }
+    fn as_hello(&self) -> Option<&Hello> {
+        match self {
+            FromDaemon::Hello(h) => Some(h),
+            _ => None,
+        }
+    }
+}
+
+/// What a client asks of the daemon.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ControlRequest {
+    /// Since 1.0: the daemon itself.
+    Status,
+    /// Since 1.0: every model the daemon holds or tried.
+    Ps,
+    /// Since 1.0: every model the daemon can see, with its size and verdict.
+    Ls,
+    /// Since 1.0: load a model (admitted against the budget; may evict idle ones).
+    Load(LoadModel),
+    /// Since 1.0: unload a model (also clears a quarantine).
+    Unload { model: String },
+    /// Since 1.0: generate, streaming `Worker` token and telemetry events.
+    Generate(GenerateModel),
+    /// Since 1.0: a stream of `Model` events, one per state change, until disconnect.
+    Subscribe,
+    /// Since 1.0: stop the daemon (requests in flight fail `shutting_down`).
+    Shutdown,
+}
+
+/// How long a model stays loaded after its last request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KeepAlive {
+    /// This many milliseconds; 0 unloads right after the reply.
+    Millis(u64),
+    /// Never unloaded (pinned): never evicted either.
+    Forever,
+}
+
+/// Load a model.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LoadModel {
+    /// A folder, or a name the daemon resolves (`ls`).
+    pub model: String,
+    /// Context tokens to plan for [default: the model's, capped].
+    pub context: Option<u64>,
+    pub keep_alive: Option<KeepAlive>,
+    /// Load even when it does not fit; clears a quarantine.
+    pub force: bool,
+    /// Tests only: a fault for the next worker of this model.
+    pub fault: Option<Fault>,
+}
+
+/// Generate from a model, loading it first when needed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GenerateModel {
+    pub model: String,
+    /// Prompt, sampling, stop sequences, max tokens; `fault` is for tests.
+    pub request: GenerateRequest,
+    /// Used when the model has to be loaded for this request.
+    pub context: Option<u64>,
+    pub keep_alive: Option<KeepAlive>,
+    pub force: bool,
+}
+
+/// The final answer to a request.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ControlReply {
+    Status(Box<DaemonStatus>),
+    Ps(Vec<ModelStatus>),
+    Ls(Vec<ModelEntry>),
+    Loaded(Box<ModelStatus>),
+    Unloaded(Box<ModelStatus>),
+    Done(GenerateDone),
+    /// The request failed: refused by admission, busy, quarantined, a worker's death.
+    Failed(Box<Failure>),
+    /// A bad request (an unknown model, say); nothing was started.
+    BadRequest { message: String },
+    /// The request was cancelled.
+    Cancelled,
+    /// The answer to `Shutdown`.
+    ShuttingDown,
+}
+
+/// What happens while a request is served.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ControlEvent {
+    /// The estimate the model was admitted with, as the JSON object of `inspect --json`.
+    Estimate { json: String },
+    /// The model was loaded for this request.
+    Loaded(LoadInfo),
+    /// A worker event: tokens, telemetry, phases, load progress.
+    Worker(Event),
+    /// A line for a person (e.g. "retried with context 1024 after metal_out_of_memory").
+    Note(String),
+    /// A model changed state (`Subscribe`).
+    Model(Box<ModelStatus>),
+}
+
+/// A finished generation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GenerateDone {
+    pub done: DoneInfo,
+    /// The estimate the model was admitted with.
+    pub estimate_bytes: u64,
+    /// What the daemon changed to make it work, if anything (an automatic retry).
+    pub note: Option<String>,
+}
+
+/// The daemon itself.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DaemonStatus {
+    /// The daemon's build, e.g. `mlxsup 0.1.0`.
+    pub version: String,
+    pub pid: u32,
+    pub uptime_ms: u64,
+    pub budget_bytes: u64,
+    /// What loaded workers hold: each one's footprint, or its estimate if larger.
+    pub held_bytes: u64,
+    /// Models the daemon holds or tried.
+    pub models: u32,
+    pub socket: String,
+}
+
+/// Where a model is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelState {
+    Loading,
+    Ready,
+    Busy,
+    Failed,
+    Quarantined,
+    /// Known but not loaded (unloaded, evicted, or expired).
+    Unloaded,
+}
+
+/// One model of the daemon, as `ps` shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelStatus {
+    /// The folder.
+    pub model: String,
+    pub name: String,
+    pub state: ModelState,
+    pub pid: Option<u32>,
+    pub footprint_bytes: u64,
+    pub peak_bytes: u64,
+    /// The estimate it was admitted with.
+    pub estimate_bytes: u64,
+    pub context: u64,
+    /// Unix time in milliseconds when it unloads; `None` while pinned, busy or unloaded.
+    pub keep_alive_until_ms: Option<u64>,
+    pub pinned: bool,
+    /// Requests served.
+    pub requests: u64,
+    /// Requests waiting.
+    pub queued: u32,
+    pub last_failure: Option<Failure>,
+    /// What the daemon changed on its own (a retry with a smaller context), if anything.
+    pub note: Option<String>,
+}
+
+/// A model the daemon can see.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelEntry {
+    pub name: String,
+    /// The folder.
+    pub model: String,
+    /// Weight bytes.
+    pub size_bytes: u64,
+    /// The estimate at the default context, against the daemon's budget.
+    pub estimate_bytes: u64,
+    pub context: u64,
+    /// `fits`, `tight` or `does_not_fit`; the reason when it could not be read.
+    pub verdict: String,
+    pub loaded: bool,
+}

@@ -1,0 +1,429 @@
+//! The daemon's command-line clients: `status`, `ps`, `ls`, `load`, `unload`, `generate`
+//! and `stop`. Thin: parse, call the daemon with the protocol's client library, print.
+//! `generate` streams and exits like `run`.
+
+use std::{path::PathBuf, time::Duration};
+
+use estimate::Bytes;
+use protocol::{
+    control::{
+        ControlEvent, ControlReply, ControlRequest, GenerateModel, KeepAlive, LoadModel,
+        ModelStatus,
+    },
+    daemon_client::{ClientError, DaemonClient},
+    Failure, FailureKind, Fault,
+};
+use serde_json::{json, Value};
+
+use crate::{daemon, exit::Exit, output::Output, prompt::PromptArgs, run};
+
+/// Where the daemon is, and the output form.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ClientArgs {
+    /// The daemon's socket [default: MLXSUP_SOCKET, else the per-user default].
+    #[arg(long)]
+    pub socket: Option<PathBuf>,
+    /// JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct LoadArgs {
+    /// A model folder, or a name the daemon resolves (`mlxsup ls`).
+    pub model: String,
+    /// Context tokens to plan for.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub context: Option<u64>,
+    /// How long it stays loaded after its last request (30s, 5m, 1h, 0, -1).
+    #[arg(long, value_parser = daemon::parse_keep_alive, allow_hyphen_values = true)]
+    pub keep_alive: Option<KeepAlive>,
+    /// Load even when it does not fit; clears a quarantine.
+    #[arg(long)]
+    pub force: bool,
+    /// Tests: make the next worker of this model fail on purpose.
+    #[arg(long, hide = true, value_parser = run::parse_fault)]
+    pub inject_fault: Option<Fault>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct UnloadArgs {
+    pub model: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct GenerateArgs {
+    /// A model folder, or a name the daemon resolves (`mlxsup ls`).
+    pub model: String,
+    #[command(flatten)]
+    pub prompt: PromptArgs,
+    /// Context tokens to plan for, when the model has to be loaded.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub context: Option<u64>,
+    /// How long the model stays loaded after this request (30s, 5m, 1h, 0, -1).
+    #[arg(long, value_parser = daemon::parse_keep_alive, allow_hyphen_values = true)]
+    pub keep_alive: Option<KeepAlive>,
+    /// Load even when it does not fit.
+    #[arg(long)]
+    pub force: bool,
+    /// Tests: make the worker fail on purpose (KIND@PHASE; prefill and decode only).
+    #[arg(long, hide = true, value_parser = run::parse_fault)]
+    pub inject_fault: Option<Fault>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+fn block_on(f: impl std::future::Future<Output = Exit>) -> Exit {
+    crate::rt::block_on(f)
+}
+
+/// Connects, or says in one line that no daemon answers.
+async fn connect(args: &ClientArgs) -> Result<DaemonClient, Exit> {
+    let socket = daemon::socket_path(args.socket.as_deref());
+    match DaemonClient::connect(&socket).await {
+        Ok(c) => Ok(c),
+        Err(ClientError::NotRunning { .. }) => {
+            eprintln!(
+                "mlxsup: no daemon is running at {}: start one with `mlxsup serve` (or `mlxsup service install`)",
+                socket.display()
+            );
+            Err(Exit::Internal)
+        }
+        Err(e) => {
+            eprintln!("mlxsup: {e}");
+            Err(Exit::Internal)
+        }
+    }
+}
+
+/// One request, its reply (events ignored).
+async fn ask(args: &ClientArgs, body: ControlRequest) -> Result<ControlReply, Exit> {
+    let mut client = connect(args).await?;
+    client.call(body, |_| {}).await.map_err(|e| {
+        eprintln!("mlxsup: {e}");
+        Exit::Internal
+    })
+}
+
+fn print_json(v: &Value) {
+    println!("{v}");
+}
+
+/// A model's row as JSON: `keep_alive_until` in RFC 3339 beside the raw fields.
+pub fn status_json(s: &ModelStatus) -> Value {
+    let mut v = serde_json::to_value(s).unwrap_or(Value::Null);
+    let until = s.keep_alive_until_ms.map(|ms| {
+        humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(ms))
+            .to_string()
+    });
+    if let Value::Object(m) = &mut v {
+        m.insert("keep_alive_until".into(), json!(until));
+    }
+    v
+}
+
+pub fn status(args: ClientArgs) -> Exit {
+    block_on(async move {
+        match ask(&args, ControlRequest::Status).await {
+            Ok(ControlReply::Status(s)) => {
+                if args.json {
+                    print_json(&serde_json::to_value(&s).unwrap_or(Value::Null));
+                } else {
+                    println!(
+                        "{} (pid {}) up {} s at {}: budget {}, {} held by {} model(s)",
+                        s.version,
+                        s.pid,
+                        s.uptime_ms / 1000,
+                        s.socket,
+                        Bytes(s.budget_bytes),
+                        Bytes(s.held_bytes),
+                        s.models
+                    );
+                }
+                Exit::Ok
+            }
+            Ok(other) => unexpected(other),
+            Err(e) => e,
+        }
+    })
+}
+
+pub fn ps(args: ClientArgs) -> Exit {
+    block_on(async move {
+        match ask(&args, ControlRequest::Ps).await {
+            Ok(ControlReply::Ps(models)) => {
+                if args.json {
+                    let rows: Vec<Value> = models.iter().map(status_json).collect();
+                    print_json(&json!({ "models": rows }));
+                } else {
+                    println!(
+                        "{:<28} {:<12} {:>7} {:>10} {:>10} {:>10} {:>7} {:>5} {:>4}  LAST FAILURE",
+                        "NAME", "STATE", "PID", "FOOTPRINT", "PEAK", "ESTIMATE", "CONTEXT", "REQS", "QUE"
+                    );
+                    for m in &models {
+                        println!(
+                            "{:<28} {:<12} {:>7} {:>10} {:>10} {:>10} {:>7} {:>5} {:>4}  {}",
+                            m.name,
+                            json!(m.state).as_str().unwrap_or(""),
+                            m.pid.map_or("-".into(), |p| p.to_string()),
+                            Bytes(m.footprint_bytes).to_string(),
+                            Bytes(m.peak_bytes).to_string(),
+                            Bytes(m.estimate_bytes).to_string(),
+                            m.context,
+                            m.requests,
+                            m.queued,
+                            m.last_failure
+                                .as_ref()
+                                .map_or("-".into(), |f| format!("{} ({})", f.kind, f.phase))
+                        );
+                    }
+                }
+                Exit::Ok
+            }
+            Ok(other) => unexpected(other),
+            Err(e) => e,
+        }
+    })
+}
+
+pub fn ls(args: ClientArgs) -> Exit {
+    block_on(async move {
+        match ask(&args, ControlRequest::Ls).await {
+            Ok(ControlReply::Ls(models)) => {
+                if args.json {
+                    print_json(&json!({ "models": models }));
+                } else {
+                    println!(
+                        "{:<40} {:>10} {:>10} {:>7}  VERDICT",
+                        "NAME", "SIZE", "ESTIMATE", "CONTEXT"
+                    );
+                    for m in &models {
+                        println!(
+                            "{:<40} {:>10} {:>10} {:>7}  {}{}",
+                            m.name,
+                            Bytes(m.size_bytes).to_string(),
+                            Bytes(m.estimate_bytes).to_string(),
+                            m.context,
+                            m.verdict,
+                            if m.loaded { " (loaded)" } else { "" }
+                        );
+                    }
+                }
+                Exit::Ok
+            }
+            Ok(other) => unexpected(other),
+            Err(e) => e,
+        }
+    })
+}
+
+pub fn load(args: LoadArgs) -> Exit {
+    let json = args.client.json;
+    block_on(async move {
+        let req = ControlRequest::Load(LoadModel {
+            model: args.model.clone(),
+            context: args.context,
+            keep_alive: args.keep_alive,
+            force: args.force,
+            fault: args.inject_fault,
+        });
+        let mut client = match connect(&args.client).await {
+            Ok(c) => c,
+            Err(e) => return e,
+        };
+        let reply = client
+            .call(req, |ev| {
+                if let ControlEvent::Note(n) = ev {
+                    if !json {
+                        eprintln!("mlxsup: {n}");
+                    }
+                }
+            })
+            .await;
+        match reply {
+            Ok(ControlReply::Loaded(s)) => {
+                if json {
+                    print_json(&status_json(&s));
+                } else {
+                    println!(
+                        "loaded {} (pid {}) at context {}: estimate {}{}",
+                        s.name,
+                        s.pid.map_or("-".into(), |p| p.to_string()),
+                        s.context,
+                        Bytes(s.estimate_bytes),
+                        s.note.as_deref().map_or(String::new(), |n| format!("; {n}"))
+                    );
+                }
+                Exit::Ok
+            }
+            Ok(other) => reply_exit(other, json),
+            Err(e) => {
+                eprintln!("mlxsup: {e}");
+                Exit::Internal
+            }
+        }
+    })
+}
+
+pub fn unload(args: UnloadArgs) -> Exit {
+    let json = args.client.json;
+    block_on(async move {
+        match ask(
+            &args.client,
+            ControlRequest::Unload {
+                model: args.model.clone(),
+            },
+        )
+        .await
+        {
+            Ok(ControlReply::Unloaded(s)) => {
+                if json {
+                    print_json(&status_json(&s));
+                } else {
+                    println!("unloaded {}", s.name);
+                }
+                Exit::Ok
+            }
+            Ok(other) => reply_exit(other, json),
+            Err(e) => e,
+        }
+    })
+}
+
+pub fn stop(args: ClientArgs) -> Exit {
+    block_on(async move {
+        let socket = daemon::socket_path(args.socket.as_deref());
+        match ask(&args, ControlRequest::Shutdown).await {
+            Ok(ControlReply::ShuttingDown) => {
+                // Wait for it to be gone (its socket removed), briefly.
+                for _ in 0..200 {
+                    if !socket.exists() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                if args.json {
+                    print_json(&json!({ "stopped": true }));
+                } else {
+                    println!("the daemon at {} stopped", socket.display());
+                }
+                Exit::Ok
+            }
+            Ok(other) => unexpected(other),
+            Err(e) => e,
+        }
+    })
+}
+
+/// `generate`: like `run`, through the daemon.
+pub fn generate(args: GenerateArgs) -> Exit {
+    let mut out = Output::new(args.client.json);
+    block_on(async move {
+        let prompt = match args.prompt.prompt() {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("{e}");
+                return Exit::Usage;
+            }
+        };
+        let req = ControlRequest::Generate(GenerateModel {
+            model: args.model.clone(),
+            request: args.prompt.request(prompt, args.inject_fault),
+            context: args.context,
+            keep_alive: args.keep_alive,
+            force: args.force,
+        });
+        let mut client = match connect(&args.client).await {
+            Ok(c) => c,
+            Err(e) => return e,
+        };
+        let id = match client.send(req).await {
+            Ok(id) => id,
+            Err(e) => {
+                eprintln!("mlxsup: {e}");
+                return Exit::Internal;
+            }
+        };
+        let interrupt = tokio_util::sync::CancellationToken::new();
+        let listener = tokio::spawn(run::cancel_on_signal(interrupt.clone()));
+        let mut cancel_sent = false;
+        let exit = loop {
+            let next = tokio::select! {
+                n = client.next() => n,
+                _ = interrupt.cancelled(), if !cancel_sent => {
+                    cancel_sent = true;
+                    let _ = client.cancel(id).await;
+                    continue;
+                }
+            };
+            match next {
+                Ok((rid, Err(ev))) if rid == id => on_event(&mut out, &ev),
+                Ok((rid, Ok(reply))) if rid == id => {
+                    break match reply {
+                        ControlReply::Done(d) => {
+                            if let Some(n) = &d.note {
+                                out.note(&format!("mlxsup: {n}"));
+                            }
+                            out.done(&d.done, d.estimate_bytes);
+                            Exit::Ok
+                        }
+                        ControlReply::Cancelled => {
+                            out.note("mlxsup: interrupted; the request was cancelled");
+                            Exit::Interrupted
+                        }
+                        ControlReply::Failed(f) => failure_exit(&mut out, &f),
+                        other => reply_exit(other, args.client.json),
+                    };
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    eprintln!("mlxsup: {e}");
+                    break Exit::Internal;
+                }
+            }
+        };
+        listener.abort();
+        exit
+    })
+}
+
+fn on_event(out: &mut Output, ev: &ControlEvent) {
+    match ev {
+        ControlEvent::Estimate { json } => out.estimate_json(json),
+        ControlEvent::Loaded(info) => out.loaded(info),
+        ControlEvent::Worker(ev) => run::on_event(out, ev),
+        ControlEvent::Note(n) => out.note_event(n),
+        ControlEvent::Model(_) => {}
+    }
+}
+
+fn failure_exit(out: &mut Output, f: &Failure) -> Exit {
+    out.failure(f);
+    if f.kind == FailureKind::InsufficientMemory {
+        Exit::Refused
+    } else {
+        Exit::WorkerFailed
+    }
+}
+
+/// The exit for a reply that is not the one asked for: failures, bad requests.
+fn reply_exit(reply: ControlReply, json: bool) -> Exit {
+    match reply {
+        ControlReply::Failed(f) => failure_exit(&mut Output::new(json), &f),
+        ControlReply::BadRequest { message } => {
+            eprintln!("mlxsup: {message}");
+            Exit::BadModel
+        }
+        ControlReply::Cancelled => Exit::Interrupted,
+        other => unexpected(other),
+    }
+}
+
+fn unexpected(reply: ControlReply) -> Exit {
+    eprintln!("mlxsup: unexpected reply from the daemon: {reply:?}");
+    Exit::Internal
+}

@@ -1,0 +1,113 @@
+//! Admission: a model is planned by the one estimator against the daemon's budget minus
+//! what the other loaded models hold (each one's footprint, or its estimate if larger).
+//! When it does not fit, idle models are evicted, least recently used first — never one
+//! with a request in flight or queued, never a pinned one — until it does; when it still
+//! does not fit, the refusal names what to unload and the context that fits.
+
+use std::path::Path;
+
+use estimate::{Bytes, Model, Verdict};
+use protocol::{FailureKind, Remedy};
+use tokio::sync::oneshot;
+
+use super::{models::ModelCmd, Shared};
+use crate::{
+    plan::{self, Plan, PlanRequest},
+    supervise::report,
+};
+
+/// Plans `model` within what is free, evicting idle models as needed. The caller holds
+/// the admission lock.
+pub async fn admit(
+    shared: &Shared,
+    dir: &Path,
+    model: &Model,
+    context: Option<u64>,
+    force: bool,
+) -> Result<Plan, protocol::Failure> {
+    let mut evicted = Vec::new();
+    let mut refused: Vec<std::path::PathBuf> = Vec::new();
+    loop {
+        let others = shared.rows_except(dir);
+        let held: u64 = others.iter().map(|(_, r)| r.held_bytes).sum();
+        let loaded = others.iter().filter(|(_, r)| r.held_bytes > 0).count();
+        let free = shared.budget.saturating_sub(held);
+        let req = PlanRequest {
+            context,
+            ..PlanRequest::new(free)
+        };
+        let plan = plan::plan(model, &req);
+        let fits = plan.fits() && loaded < shared.max_loaded;
+        if fits {
+            if !evicted.is_empty() {
+                tracing::info!(model = %dir.display(), evicted = ?evicted, "admitted after evicting");
+            }
+            return Ok(plan);
+        }
+        // Least recently used idle model first.
+        let victim = others
+            .iter()
+            .filter(|(s, r)| r.evictable && !refused.contains(&s.dir))
+            .min_by_key(|(_, r)| r.last_used)
+            .map(|(slot, _)| slot.clone());
+        if let Some(victim) = victim {
+            let (tx, rx) = oneshot::channel();
+            if victim.cmds.send(ModelCmd::Evict { done: tx }).is_ok() && rx.await.unwrap_or(false) {
+                evicted.push(victim.dir.display().to_string());
+            } else {
+                // It became busy meanwhile.
+                refused.push(victim.dir.clone());
+            }
+            continue;
+        }
+        if force {
+            return Ok(plan);
+        }
+        let unload: Vec<String> = others
+            .iter()
+            .filter(|(_, r)| r.held_bytes > 0)
+            .map(|(s, _)| s.dir.display().to_string())
+            .collect();
+        let est = &plan.estimate;
+        let why = if loaded >= shared.max_loaded && plan.fits() {
+            format!(
+                "{loaded} models are loaded (--max-loaded {}) and none is idle to evict",
+                shared.max_loaded
+            )
+        } else {
+            format!(
+                "needs {} but {} of the daemon's {} budget is free ({} held by models in use)",
+                Bytes(est.total_bytes),
+                Bytes(free),
+                Bytes(shared.budget),
+                Bytes(held)
+            )
+        };
+        let remedy = Remedy {
+            max_context: (est.verdict == Verdict::DoesNotFit)
+                .then(|| plan::largest_context(model, est, &req))
+                .flatten(),
+            unload,
+            force: true,
+            ..Remedy::default()
+        };
+        let mut advice = why.clone();
+        if let Some(c) = remedy.max_context {
+            advice.push_str(&format!("; --context {c} fits now"));
+        }
+        if !remedy.unload.is_empty() {
+            advice.push_str(&format!("; or unload {}", remedy.unload.join(", ")));
+        }
+        advice.push_str(" (--force loads anyway)");
+        let mut f = report::plain(
+            FailureKind::InsufficientMemory,
+            Some(dir.display().to_string()),
+            advice,
+            remedy,
+        );
+        f.message = Some(why);
+        f.estimate_bytes = Some(est.total_bytes);
+        f.budget_bytes = Some(free);
+        return Err(f);
+    }
+}
