@@ -143,7 +143,9 @@ pub enum ControlReply {
     /// The request failed: refused by admission, busy, quarantined, a worker's death.
     Failed(Box<Failure>),
     /// A bad request (an unknown model, say); nothing was started.
-    BadRequest { message: String },
+    BadRequest {
+        message: String,
+    },
     /// The request was cancelled.
     Cancelled,
     /// The answer to `Shutdown`.

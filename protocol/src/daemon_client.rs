@@ -88,7 +88,10 @@ impl DaemonClient {
         let mut conn = Connection::new(stream);
         let ours = Hello {
             version: control::version::CURRENT,
-            ..Hello::ours(Role::Client, concat!("mlxsup-client ", env!("CARGO_PKG_VERSION")))
+            ..Hello::ours(
+                Role::Client,
+                concat!("mlxsup-client ", env!("CARGO_PKG_VERSION")),
+            )
         };
         let daemon =
             handshake::handshake::<_, ToDaemon, FromDaemon>(&mut conn, ours, HANDSHAKE_TIMEOUT)
@@ -104,7 +107,16 @@ impl DaemonClient {
     pub async fn send(&mut self, body: ControlRequest) -> Result<RequestId, ClientError> {
         let id = self.next_id;
         self.next_id += 1;
-        self.conn.send(&ToDaemon::Request { id, body }).await?;
+        if let Err(e) = self.conn.send(&ToDaemon::Request { id, body }).await {
+            // A daemon that refuses a connection says why, then closes it: the reason may
+            // be waiting to be read.
+            let why =
+                tokio::time::timeout(Duration::from_millis(500), self.conn.recv::<FromDaemon>());
+            if let Ok(Ok(Some(FromDaemon::Refused { message }))) = why.await {
+                return Err(ClientError::Refused(message));
+            }
+            return Err(e.into());
+        }
         Ok(id)
     }
 
@@ -114,12 +126,16 @@ impl DaemonClient {
     }
 
     /// The next message from the daemon: an event or a reply, with its request id.
-    pub async fn next(&mut self) -> Result<(RequestId, Result<ControlReply, ControlEvent>), ClientError> {
+    pub async fn next(
+        &mut self,
+    ) -> Result<(RequestId, Result<ControlReply, ControlEvent>), ClientError> {
         match self.conn.recv::<FromDaemon>().await? {
             Some(FromDaemon::Reply { id, body }) => Ok((id, Ok(body))),
             Some(FromDaemon::Event { id, event }) => Ok((id, Err(event))),
             Some(FromDaemon::Refused { message }) => Err(ClientError::Refused(message)),
-            Some(FromDaemon::Hello(_)) => Err(ProtocolError::Unexpected("a second handshake".into()).into()),
+            Some(FromDaemon::Hello(_)) => {
+                Err(ProtocolError::Unexpected("a second handshake".into()).into())
+            }
             None => Err(ClientError::Closed),
         }
     }

@@ -162,7 +162,15 @@ pub fn ps(args: ClientArgs) -> Exit {
                 } else {
                     println!(
                         "{:<28} {:<12} {:>7} {:>10} {:>10} {:>10} {:>7} {:>5} {:>4}  LAST FAILURE",
-                        "NAME", "STATE", "PID", "FOOTPRINT", "PEAK", "ESTIMATE", "CONTEXT", "REQS", "QUE"
+                        "NAME",
+                        "STATE",
+                        "PID",
+                        "FOOTPRINT",
+                        "PEAK",
+                        "ESTIMATE",
+                        "CONTEXT",
+                        "REQS",
+                        "QUE"
                     );
                     for m in &models {
                         println!(
@@ -255,7 +263,9 @@ pub fn load(args: LoadArgs) -> Exit {
                         s.pid.map_or("-".into(), |p| p.to_string()),
                         s.context,
                         Bytes(s.estimate_bytes),
-                        s.note.as_deref().map_or(String::new(), |n| format!("; {n}"))
+                        s.note
+                            .as_deref()
+                            .map_or(String::new(), |n| format!("; {n}"))
                     );
                 }
                 Exit::Ok

@@ -47,7 +47,12 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::try_parse();
-    init_tracing(matches!(&cli, Ok(Cli { command: Command::Serve(_) })));
+    init_tracing(matches!(
+        &cli,
+        Ok(Cli {
+            command: Command::Serve(_)
+        })
+    ));
     let cli = match cli {
         Ok(cli) => cli,
         Err(e) => {

@@ -108,7 +108,10 @@ impl Output {
             Bytes(n("total_bytes")),
             Bytes(n("budget_bytes")),
             context.unwrap_or(0),
-            fields.get("verdict").and_then(|v| v.as_str()).unwrap_or("?"),
+            fields
+                .get("verdict")
+                .and_then(|v| v.as_str())
+                .unwrap_or("?"),
         ));
     }
 

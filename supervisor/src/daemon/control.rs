@@ -117,7 +117,12 @@ pub async fn serve_connection(shared: Arc<Shared>, stream: UnixStream) {
 }
 
 /// Starts serving one request; its answer goes to `resp`.
-fn dispatch(shared: &Arc<Shared>, body: ControlRequest, resp: Responder, cancel: CancellationToken) {
+fn dispatch(
+    shared: &Arc<Shared>,
+    body: ControlRequest,
+    resp: Responder,
+    cancel: CancellationToken,
+) {
     match body {
         ControlRequest::Status => resp.reply(ControlReply::Status(Box::new(shared.status()))),
         ControlRequest::Ps => resp.reply(ControlReply::Ps(shared.ps())),
@@ -127,7 +132,14 @@ fn dispatch(shared: &Arc<Shared>, body: ControlRequest, resp: Responder, cancel:
             tokio::task::spawn_blocking(move || resp.reply(ControlReply::Ls(shared.ls())));
         }
         ControlRequest::Load(req) => match shared.slot_for(&req.model) {
-            Ok(slot) => send(&slot.cmds, ModelCmd::Load { req, resp: resp.clone() }, &resp),
+            Ok(slot) => send(
+                &slot.cmds,
+                ModelCmd::Load {
+                    req,
+                    resp: resp.clone(),
+                },
+                &resp,
+            ),
             Err(message) => resp.reply(ControlReply::BadRequest { message }),
         },
         ControlRequest::Unload { model } => match shared.slot_for(&model) {

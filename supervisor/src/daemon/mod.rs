@@ -176,12 +176,8 @@ impl Shared {
                 let canonical = fs::canonicalize(&dir).unwrap_or_else(|_| dir.clone());
                 let (size, est, context, verdict) = match plan::open(&dir) {
                     Ok(m) => {
-                        let e = plan::estimate(
-                            &m,
-                            None,
-                            estimate::DEFAULT_PREFILL_CHUNK,
-                            self.budget,
-                        );
+                        let e =
+                            plan::estimate(&m, None, estimate::DEFAULT_PREFILL_CHUNK, self.budget);
                         (
                             e.weights.bytes,
                             e.total_bytes,
@@ -366,7 +362,11 @@ async fn serve(args: ServeArgs) -> Exit {
     let mut waits = Vec::new();
     for slot in shared.slots() {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        if slot.cmds.send(models::ModelCmd::Shutdown { done: tx }).is_ok() {
+        if slot
+            .cmds
+            .send(models::ModelCmd::Shutdown { done: tx })
+            .is_ok()
+        {
             waits.push(rx);
         }
     }

@@ -11,8 +11,8 @@ use std::{
 
 use protocol::{
     control::{
-        ControlEvent, ControlReply, FromDaemon, GenerateDone, GenerateModel, KeepAlive,
-        LoadModel, ModelState, ModelStatus,
+        ControlEvent, ControlReply, FromDaemon, GenerateDone, GenerateModel, KeepAlive, LoadModel,
+        ModelState, ModelStatus,
     },
     Failure, FailureKind, Fault, Phase, Reply, Request, RequestId,
 };
@@ -52,12 +52,21 @@ pub struct Job {
 /// What the model's actor is asked.
 pub enum ModelCmd {
     Generate(Job),
-    Load { req: LoadModel, resp: Responder },
-    Unload { resp: Responder },
+    Load {
+        req: LoadModel,
+        resp: Responder,
+    },
+    Unload {
+        resp: Responder,
+    },
     /// Admission wants the memory: unload if idle and not pinned; says whether it did.
-    Evict { done: oneshot::Sender<bool> },
+    Evict {
+        done: oneshot::Sender<bool>,
+    },
     /// The daemon is stopping: fail what is queued, stop the worker.
-    Shutdown { done: oneshot::Sender<()> },
+    Shutdown {
+        done: oneshot::Sender<()>,
+    },
 }
 
 /// A model's row, as the actor publishes it.
@@ -213,12 +222,12 @@ impl Actor {
         loop {
             self.pump();
             self.publish();
-            let keep_until = self
-                .keep_until
-                .filter(|_| self.current.is_none() && self.queue.is_empty() && self.worker.is_some());
-            let backoff = self
-                .backoff_until
-                .filter(|_| !self.queue.is_empty() && self.worker.is_none() && self.loading.is_none());
+            let keep_until = self.keep_until.filter(|_| {
+                self.current.is_none() && self.queue.is_empty() && self.worker.is_some()
+            });
+            let backoff = self.backoff_until.filter(|_| {
+                !self.queue.is_empty() && self.worker.is_none() && self.loading.is_none()
+            });
             let wake = tokio::select! {
                 cmd = cmds.recv() => Wake::Cmd(cmd),
                 loaded = async {
@@ -476,7 +485,8 @@ impl Actor {
                     w.reply(ControlReply::BadRequest { message: m.clone() });
                 }
                 for job in self.queue.drain(..) {
-                    job.resp.reply(ControlReply::BadRequest { message: m.clone() });
+                    job.resp
+                        .reply(ControlReply::BadRequest { message: m.clone() });
                 }
             }
             Loaded::Failed(f) => self.died(*f, None).await,
@@ -516,7 +526,8 @@ impl Actor {
                         self.requests += 1;
                         self.consecutive = 0;
                         self.backoff_until = None;
-                        let estimate_bytes = self.plan.as_ref().map_or(0, |p| p.estimate.total_bytes);
+                        let estimate_bytes =
+                            self.plan.as_ref().map_or(0, |p| p.estimate.total_bytes);
                         c.resp.reply(ControlReply::Done(GenerateDone {
                             done,
                             estimate_bytes,
@@ -560,17 +571,14 @@ impl Actor {
         if status.state != WorkerState::Failed || self.current.is_some() {
             return;
         }
-        let f = status
-            .failure
-            .map(|f| (*f).clone())
-            .unwrap_or_else(|| {
-                report::plain(
-                    FailureKind::Exited,
-                    Some(self.dir.display().to_string()),
-                    "the worker ended".into(),
-                    Default::default(),
-                )
-            });
+        let f = status.failure.map(|f| (*f).clone()).unwrap_or_else(|| {
+            report::plain(
+                FailureKind::Exited,
+                Some(self.dir.display().to_string()),
+                "the worker ended".into(),
+                Default::default(),
+            )
+        });
         self.died(f, None).await;
     }
 
@@ -704,10 +712,7 @@ impl Actor {
             model: self.dir.display().to_string(),
             name: self.row.borrow().status.name.clone(),
             state: self.state,
-            pid: self
-                .worker
-                .as_ref()
-                .map(|w| w.pid() as u32),
+            pid: self.worker.as_ref().map(|w| w.pid() as u32),
             footprint_bytes: w.as_ref().map_or(0, |w| w.footprint_bytes),
             peak_bytes: w
                 .as_ref()
@@ -770,7 +775,8 @@ async fn load(
     };
     // One admission at a time, held through the load: what it admits is then counted.
     let _admitting = shared.admission.lock().await;
-    let plan = match admission::admit(&shared, &dir, &model, settings.context, settings.force).await {
+    let plan = match admission::admit(&shared, &dir, &model, settings.context, settings.force).await
+    {
         Ok(p) => p,
         Err(f) => return Loaded::Refused(Box::new(f)),
     };

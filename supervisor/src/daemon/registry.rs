@@ -162,7 +162,9 @@ mod tests {
         assert_eq!(r.resolve("mlx-community/Qwen3-0.6B-bf16").unwrap(), snap);
         let err = r.resolve("nope").unwrap_err();
         assert!(err.contains("unknown model `nope`"), "{err}");
-        let folder = r.resolve(models.join("tiny-llama").to_str().unwrap()).unwrap();
+        let folder = r
+            .resolve(models.join("tiny-llama").to_str().unwrap())
+            .unwrap();
         assert_eq!(folder, fs::canonicalize(models.join("tiny-llama")).unwrap());
     }
 }

@@ -1,0 +1,853 @@
+//! The daemon, end to end: a real `mlxsup serve`, real workers, real MLX, tiny models,
+//! driven by the real CLI clients (and by raw protocol clients for the hostile cases).
+#![allow(clippy::unwrap_used)]
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    os::unix::net::UnixStream,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::OnceLock,
+    time::{Duration, Instant},
+};
+
+use mlxsup_tests::{bin, processes_mentioning};
+use serde_json::Value;
+
+/// A running daemon with its own private runtime dir; killed when dropped.
+struct Daemon {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    socket: PathBuf,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Daemon {
+    fn start(extra: &[&str]) -> Daemon {
+        let dir = tempfile::Builder::new()
+            .prefix("d")
+            .tempdir_in("/tmp")
+            .unwrap();
+        Daemon::start_in(dir, extra)
+    }
+
+    fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> Daemon {
+        let socket = dir.path().join("r/mlxsup.sock");
+        let mut cmd = Command::new(bin("mlxsup"));
+        cmd.arg("serve")
+            .arg("--models")
+            .arg(models_dir())
+            .args(extra)
+            .env("MLXSUP_RUNTIME_DIR", dir.path().join("r"))
+            .env("MLXSUP_SOCKET", &socket)
+            .env("MLXSUP_LOG", "mlxsup=info")
+            .env_remove("NOTIFY_SOCKET")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let pipe = child.stderr.take().unwrap();
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                let mut s = sink.lock().unwrap();
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
+        let d = Daemon {
+            child: Some(child),
+            dir,
+            socket,
+            stderr,
+        };
+        d.wait_ready();
+        d
+    }
+
+    fn wait_ready(&self) {
+        let until = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < until {
+            if UnixStream::connect(&self.socket).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("the daemon did not listen: {}", self.log());
+    }
+
+    fn log(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.as_ref().unwrap().id() as i32
+    }
+
+    /// Runs an `mlxsup` client command against this daemon.
+    fn cli(&self, args: &[&str]) -> Out {
+        self.cli_cmd(args).run()
+    }
+
+    fn cli_cmd(&self, args: &[&str]) -> Cmd {
+        let mut cmd = Command::new(bin("mlxsup"));
+        cmd.args(args)
+            .env("MLXSUP_RUNTIME_DIR", self.dir.path().join("r"))
+            .env("MLXSUP_SOCKET", &self.socket)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        Cmd(cmd)
+    }
+
+    fn ps(&self) -> Vec<Value> {
+        let out = self.cli(&["ps", "--json"]);
+        assert_eq!(out.code, Some(0), "ps: {}", out.stderr);
+        let v: Value = serde_json::from_str(&out.stdout).unwrap();
+        v["models"].as_array().unwrap().clone()
+    }
+
+    fn model(&self, name: &str) -> Value {
+        self.ps()
+            .into_iter()
+            .find(|m| m["name"] == name)
+            .unwrap_or_else(|| panic!("{name} is not in ps: {:?}", self.ps()))
+    }
+
+    fn wait_state(&self, name: &str, state: &str, within: Duration) -> Value {
+        let until = Instant::now() + within;
+        loop {
+            let m = self
+                .ps()
+                .into_iter()
+                .find(|m| m["name"] == name)
+                .unwrap_or(Value::Null);
+            if m["state"] == state {
+                return m;
+            }
+            assert!(Instant::now() < until, "{name} never became {state}: {m:#}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Workers of this daemon still alive.
+    fn workers(&self) -> Vec<i32> {
+        processes_mentioning(&self.dir.path().to_string_lossy())
+            .into_iter()
+            .filter(|&p| p != self.pid())
+            .collect()
+    }
+
+    fn stop_with(&mut self, signal: i32) -> std::process::ExitStatus {
+        let mut child = self.child.take().unwrap();
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(child.id() as i32, signal) };
+        child.wait().unwrap()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+struct Cmd(Command);
+
+struct Out {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl Out {
+    fn events(&self) -> Vec<Value> {
+        self.stdout
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    fn named(&self, name: &str) -> Vec<Value> {
+        self.events()
+            .into_iter()
+            .filter(|e| e["event"] == name)
+            .collect()
+    }
+
+    fn text(&self) -> String {
+        self.named("token")
+            .iter()
+            .map(|t| t["text"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {} {}", self.stdout, self.stderr))
+    }
+}
+
+impl Cmd {
+    fn run(mut self) -> Out {
+        let o = self.0.output().unwrap();
+        Out {
+            code: o.status.code(),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+
+    fn spawn(mut self) -> Child {
+        self.0.spawn().unwrap()
+    }
+}
+
+fn wait_out(mut child: Child) -> Out {
+    let mut stdout = String::new();
+    let mut stderr = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    let status = child.wait().unwrap();
+    Out {
+        code: status.code(),
+        stdout,
+        stderr,
+    }
+}
+
+/// Four tiny models (a–d, two families), made once per test binary.
+fn models_dir() -> &'static Path {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, arch) in [
+            ("a", "qwen3"),
+            ("b", "llama"),
+            ("c", "qwen2"),
+            ("d", "mistral"),
+        ] {
+            let out = Command::new(bin("mlxsup"))
+                .args(["make-model"])
+                .arg(dir.path().join(name))
+                .args([
+                    "--arch",
+                    arch,
+                    "--hidden",
+                    "64",
+                    "--layers",
+                    "2",
+                    "--heads",
+                    "4",
+                    "--kv-heads",
+                    "2",
+                    "--intermediate",
+                    "128",
+                    "--vocab",
+                    "512",
+                ])
+                .env("MLXSUP_RUNTIME_DIR", dir.path().join("rt"))
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        dir
+    })
+    .path()
+}
+
+fn model_path(name: &str) -> String {
+    models_dir().join(name).display().to_string()
+}
+
+/// The estimate of a tiny model at `context`, from `inspect`.
+fn estimate_at(context: u64) -> u64 {
+    let out = Command::new(bin("mlxsup"))
+        .args([
+            "inspect",
+            &model_path("a"),
+            "--json",
+            "--context",
+            &context.to_string(),
+        ])
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["total_bytes"].as_u64().unwrap()
+}
+
+fn gen_args<'a>(model: &'a str, prompt: &'a str, tokens: &'a str) -> Vec<&'a str> {
+    vec![
+        "generate",
+        model,
+        "--json",
+        "--prompt",
+        prompt,
+        "--max-tokens",
+        tokens,
+        "--context",
+        "512",
+    ]
+}
+
+/// A greedy run of `model` through `mlxsup run` alone: the reference output.
+fn solo(model: &str, prompt: &str, tokens: &str) -> String {
+    let out = Command::new(bin("mlxsup"))
+        .args([
+            "run",
+            &model_path(model),
+            "--json",
+            "--prompt",
+            prompt,
+            "--max-tokens",
+            tokens,
+            "--context",
+            "512",
+        ])
+        .env("MLXSUP_RUNTIME_DIR", models_dir().join("rt"))
+        .output()
+        .unwrap();
+    let o = Out {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    assert_eq!(o.code, Some(0), "{}", o.stderr);
+    o.text()
+}
+
+#[test]
+fn generate_streams_like_run_and_ps_status_ls_answer() {
+    let d = Daemon::start(&[]);
+    let out = d.cli(&gen_args("a", "The quick brown fox", "8"));
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    for name in ["estimate", "loaded", "token", "telemetry", "done"] {
+        assert!(
+            !out.named(name).is_empty(),
+            "no {name} event: {}",
+            out.stdout
+        );
+    }
+    assert_eq!(out.named("token").len(), 8);
+    assert_eq!(out.text(), solo("a", "The quick brown fox", "8"));
+    let m = d.model("a");
+    assert_eq!(m["state"], "ready");
+    assert_eq!(m["requests"], 1);
+    assert!(m["pid"].as_u64().is_some());
+    assert!(
+        m["keep_alive_until"]
+            .as_str()
+            .is_some_and(|s| s.ends_with('Z')),
+        "{m:#}"
+    );
+    assert!(m["estimate_bytes"].as_u64().unwrap() > 0);
+    let s = d.cli(&["status", "--json"]).json();
+    assert_eq!(s["pid"], d.pid());
+    assert_eq!(s["models"], 1);
+    assert!(s["held_bytes"].as_u64().unwrap() > 0);
+    let ls = d.cli(&["ls", "--json"]).json();
+    let names: Vec<&str> = ls["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["a", "b", "c", "d"]);
+    assert!(ls["models"][0]["loaded"].as_bool().unwrap());
+    assert_eq!(ls["models"][0]["verdict"], "fits");
+    // An unknown model: exit 5, named.
+    let bad = d.cli(&gen_args("nope", "x", "1"));
+    assert_eq!(bad.code, Some(5));
+    assert!(
+        bad.stderr.contains("unknown model `nope`"),
+        "{}",
+        bad.stderr
+    );
+}
+
+#[test]
+fn no_daemon_is_one_line_naming_the_socket_and_exit_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("none.sock");
+    let out = Command::new(bin("mlxsup"))
+        .args(["ps", "--socket", socket.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains(socket.to_str().unwrap()) && err.contains("mlxsup serve"),
+        "{err}"
+    );
+}
+
+#[test]
+fn lru_idle_model_is_evicted_and_busy_or_pinned_ones_never() {
+    // Room for two tiny models at a long context, not three. (At this context the
+    // estimate, mostly KV cache and activations, is far above a tiny worker's footprint,
+    // so what admission counts is the estimate.)
+    let budget = (estimate_at(32768) as f64 * 2.5) as u64;
+    let d = Daemon::start(&["--budget", &budget.to_string()]);
+    let load = |m: &str, extra: &[&str]| {
+        let mut args = vec!["load", m, "--context", "32768", "--json"];
+        args.extend_from_slice(extra);
+        let out = d.cli(&args);
+        assert_eq!(out.code, Some(0), "load {m}: {} {}", out.stdout, out.stderr);
+        out.json()
+    };
+    load("a", &[]);
+    load("b", &[]);
+    // Use a, so b is the least recently used.
+    assert_eq!(d.cli(&gen_args("a", "hi", "2")).code, Some(0));
+    load("c", &[]);
+    assert_eq!(d.model("b")["state"], "unloaded", "{:#?}", d.ps());
+    assert_eq!(d.model("a")["state"], "ready");
+    assert_eq!(d.model("c")["state"], "ready");
+
+    // Pin a; keep c busy (a stalled generation); then d has nowhere to go.
+    load("a", &["--keep-alive", "-1"]);
+    let busy = d
+        .cli_cmd(&[
+            "generate",
+            "c",
+            "--json",
+            "--prompt",
+            "x",
+            "--max-tokens",
+            "4",
+            "--inject-fault",
+            "stall@decode:2",
+        ])
+        .spawn();
+    d.wait_state("c", "busy", Duration::from_secs(10));
+    let refused = d.cli(&["load", "d", "--context", "32768", "--json"]);
+    assert_eq!(
+        refused.code,
+        Some(3),
+        "{} {}",
+        refused.stdout,
+        refused.stderr
+    );
+    let f = refused.json();
+    assert_eq!(f["kind"], "insufficient_memory");
+    let unload = f["remedy"]["unload"].as_array().unwrap();
+    assert_eq!(unload.len(), 2, "{f:#}");
+    assert_eq!(d.model("a")["state"], "ready");
+    assert_eq!(d.model("c")["state"], "busy");
+    let mut busy = busy;
+    let _ = busy.kill();
+    let _ = busy.wait();
+}
+
+#[test]
+fn an_idle_worker_killed_from_outside_shows_failed_at_once_and_respawns() {
+    let d = Daemon::start(&[]);
+    assert_eq!(d.cli(&gen_args("a", "hi", "2")).code, Some(0));
+    let pid = d.model("a")["pid"].as_i64().unwrap() as i32;
+    let killed = Instant::now();
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let m = d.wait_state("a", "failed", Duration::from_secs(5));
+    let seen = killed.elapsed();
+    eprintln!(
+        "idle death → ps shows failed in {:.1} ms",
+        seen.as_secs_f64() * 1e3
+    );
+    assert_eq!(m["last_failure"]["kind"], "killed_by_os", "{m:#}");
+    assert_eq!(m["last_failure"]["phase"], "idle");
+    assert!(m["pid"].is_null());
+    // The next request respawns it (after a 1 s backoff) and succeeds.
+    let out = d.cli(&gen_args("a", "hi", "2"));
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let m = d.model("a");
+    assert_eq!(m["state"], "ready");
+    assert_ne!(m["pid"].as_i64().unwrap() as i32, pid);
+}
+
+#[test]
+fn a_death_mid_generation_reaches_its_client_only() {
+    let d = Daemon::start(&[]);
+    let prompt = "Once upon a time";
+    let expected = solo("b", prompt, "48");
+    // Warm both, so the two requests overlap in time.
+    assert_eq!(d.cli(&gen_args("a", "x", "1")).code, Some(0));
+    assert_eq!(d.cli(&gen_args("b", "x", "1")).code, Some(0));
+    let other = d.cli_cmd(&gen_args("b", prompt, "48")).spawn();
+    let mut args = gen_args("a", prompt, "48");
+    args.extend_from_slice(&["--inject-fault", "kill@decode:5"]);
+    let dying = d.cli(&args);
+    assert_eq!(dying.code, Some(4), "{}", dying.stderr);
+    let f = &dying.named("failure")[0];
+    assert_eq!(f["kind"], "killed_by_os");
+    assert_eq!(f["phase"], "decode");
+    assert_eq!(
+        dying.named("token").len(),
+        4,
+        "every token before the death arrives"
+    );
+    let other = wait_out(other);
+    assert_eq!(other.code, Some(0), "{}", other.stderr);
+    assert_eq!(
+        other.text(),
+        expected,
+        "the other model's stream is untouched"
+    );
+    assert_eq!(other.named("done")[0]["generated_tokens"], 48);
+}
+
+#[test]
+fn three_crashes_quarantine_a_model_until_load_force() {
+    let d = Daemon::start(&[]);
+    let mut args = gen_args("a", "hi", "4");
+    args.extend_from_slice(&["--inject-fault", "segv@decode:2"]);
+    for i in 0..3 {
+        let out = d.cli(&args);
+        assert_eq!(out.code, Some(4), "crash {i}: {}", out.stderr);
+        assert_eq!(out.named("failure")[0]["kind"], "crashed");
+    }
+    assert_eq!(d.model("a")["state"], "quarantined");
+    let refused = d.cli(&gen_args("a", "hi", "2"));
+    assert_eq!(refused.code, Some(4));
+    let f = &refused.named("failure")[0];
+    assert_eq!(f["kind"], "quarantined");
+    assert!(f["message"].as_str().unwrap().contains("crashed"), "{f:#}");
+    assert!(f["advice"].as_str().unwrap().contains("--force"), "{f:#}");
+    assert_eq!(
+        f["signal"], "SIGSEGV",
+        "the last failure's evidence is kept"
+    );
+    let forced = d.cli(&["load", "a", "--force", "--context", "512", "--json"]);
+    assert_eq!(forced.code, Some(0), "{}", forced.stderr);
+    assert_eq!(d.cli(&gen_args("a", "hi", "2")).code, Some(0));
+}
+
+#[test]
+fn a_memory_failure_at_load_is_retried_once_with_a_smaller_context() {
+    let d = Daemon::start(&[]);
+    let out = d.cli(&[
+        "load",
+        "a",
+        "--context",
+        "1024",
+        "--json",
+        "--inject-fault",
+        "abort-metal-oom@load",
+    ]);
+    assert_eq!(out.code, Some(0), "{} {}", out.stdout, out.stderr);
+    let m = out.json();
+    assert_eq!(m["state"], "ready");
+    assert_eq!(m["context"], 512);
+    let note = m["note"].as_str().unwrap();
+    assert!(
+        note.contains("retried with context 512 after metal_out_of_memory during load"),
+        "{note}"
+    );
+    assert_eq!(m["last_failure"]["kind"], "metal_out_of_memory");
+    // A generation says so too.
+    let g = d.cli(&gen_args("a", "hi", "2"));
+    assert_eq!(g.named("done").len(), 1, "{}", g.stderr);
+}
+
+#[test]
+fn sixteen_clients_on_two_models_each_get_the_solo_output() {
+    let d = Daemon::start(&[]);
+    let prompts = [
+        "The quick brown fox",
+        "Once upon a time",
+        "Hello",
+        "In 1905,",
+    ];
+    let mut expected = std::collections::HashMap::new();
+    for m in ["a", "b"] {
+        for p in prompts {
+            expected.insert((m, p), solo(m, p, "16"));
+        }
+    }
+    let mut clients = Vec::new();
+    for i in 0..16 {
+        let m = if i % 2 == 0 { "a" } else { "b" };
+        let p = prompts[(i / 2) % prompts.len()];
+        clients.push((m, p, d.cli_cmd(&gen_args(m, p, "16")).spawn()));
+    }
+    for (m, p, c) in clients {
+        let out = wait_out(c);
+        assert_eq!(out.code, Some(0), "{m} {p}: {}", out.stderr);
+        assert_eq!(out.text(), expected[&(m, p)], "{m} {p}");
+    }
+    assert_eq!(d.model("a")["requests"], 8);
+    assert_eq!(d.model("b")["requests"], 8);
+}
+
+#[test]
+fn a_client_that_disconnects_cancels_its_request_only() {
+    let d = Daemon::start(&[]);
+    assert_eq!(d.cli(&gen_args("a", "x", "1")).code, Some(0));
+    // A long generation, streamed; the client goes away after its first tokens.
+    let mut child = d
+        .cli_cmd(&[
+            "generate",
+            "a",
+            "--json",
+            "--prompt",
+            "x",
+            "--max-tokens",
+            "100000",
+            "--context",
+            "100100",
+        ])
+        .spawn();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut tokens = 0;
+    while tokens < 3 {
+        let line = lines.next().unwrap().unwrap();
+        if line.contains("\"event\":\"token\"") {
+            tokens += 1;
+        }
+    }
+    let gone = Instant::now();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    drop(lines);
+    let m = d.wait_state("a", "ready", Duration::from_secs(5));
+    eprintln!(
+        "disconnect → worker ready in {:.1} ms",
+        gone.elapsed().as_secs_f64() * 1e3
+    );
+    assert!(m["last_failure"].is_null(), "a cancel is no failure: {m:#}");
+    let out = d.cli(&gen_args("a", "hi", "4"));
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(out.named("token").len(), 4);
+}
+
+#[test]
+fn a_full_queue_is_busy_at_once() {
+    let d = Daemon::start(&["--queue", "1"]);
+    let stalled = d
+        .cli_cmd(&[
+            "generate",
+            "a",
+            "--json",
+            "--prompt",
+            "x",
+            "--max-tokens",
+            "4",
+            "--context",
+            "512",
+            "--inject-fault",
+            "stall@decode:2",
+        ])
+        .spawn();
+    d.wait_state("a", "busy", Duration::from_secs(10));
+    let queued = d.cli_cmd(&gen_args("a", "x", "2")).spawn();
+    let until = Instant::now() + Duration::from_secs(5);
+    while d.model("a")["queued"] != 1 {
+        assert!(Instant::now() < until, "never queued");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let t = Instant::now();
+    let busy = d.cli(&gen_args("a", "x", "2"));
+    assert!(t.elapsed() < Duration::from_secs(5), "busy must be at once");
+    assert_eq!(busy.code, Some(4));
+    let f = &busy.named("failure")[0];
+    assert_eq!(f["kind"], "busy");
+    assert!(
+        f["advice"]
+            .as_str()
+            .unwrap()
+            .contains("1 requests are queued"),
+        "{f:#}"
+    );
+    for mut c in [stalled, queued] {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+/// Raw protocol peers: wrong version, garbage, oversized frames.
+#[test]
+fn bad_peers_lose_their_connection_and_the_daemon_serves_on() {
+    use protocol::{
+        control::{FromDaemon, ToDaemon},
+        frame, handshake, Hello, Role, Version,
+    };
+    let d = Daemon::start(&[]);
+    // A client from the future: the daemon's hello names its version; both sides refuse.
+    let mut s = UnixStream::connect(&d.socket).unwrap();
+    let mut r = s.try_clone().unwrap();
+    let future = Hello {
+        version: Version { major: 9, minor: 0 },
+        ..Hello::ours(Role::Client, "future")
+    };
+    let err =
+        handshake::handshake_sync::<ToDaemon, FromDaemon>(&mut r, &mut s, future).unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("9.0") && msg.contains("1.0"), "{msg}");
+    let mut buf = [0u8; 64];
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    assert_eq!(
+        r.read(&mut buf).unwrap_or(0),
+        0,
+        "the daemon closes the connection"
+    );
+
+    // Garbage after a good handshake.
+    let mut s = UnixStream::connect(&d.socket).unwrap();
+    let mut r = s.try_clone().unwrap();
+    let ours = Hello {
+        version: protocol::control::version::CURRENT,
+        ..Hello::ours(Role::Client, "test")
+    };
+    handshake::handshake_sync::<ToDaemon, FromDaemon>(&mut r, &mut s, ours.clone()).unwrap();
+    s.write_all(&[0, 0, 0, 4, 0xff, 0xff, 0xff, 0xff]).unwrap();
+    r.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    assert!(matches!(
+        frame::read_sync::<FromDaemon>(&mut r),
+        Ok(None) | Err(_)
+    ));
+
+    // An oversized frame is refused from its header, before anything is allocated.
+    let mut s = UnixStream::connect(&d.socket).unwrap();
+    let mut r = s.try_clone().unwrap();
+    handshake::handshake_sync::<ToDaemon, FromDaemon>(&mut r, &mut s, ours).unwrap();
+    s.write_all(&u32::MAX.to_be_bytes()).unwrap();
+    r.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    assert!(matches!(
+        frame::read_sync::<FromDaemon>(&mut r),
+        Ok(None) | Err(_)
+    ));
+
+    // Garbage before any handshake.
+    let mut s = UnixStream::connect(&d.socket).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    drop(s);
+
+    let st = d.cli(&["status", "--json"]);
+    assert_eq!(st.code, Some(0), "still serving: {}", st.stderr);
+    assert!(
+        d.log().contains("closing a client connection"),
+        "{}",
+        d.log()
+    );
+}
+
+#[test]
+fn another_user_is_refused_and_logged() {
+    let d = Daemon::start(&[]);
+    // uid 65534 with just enough capability to reach the private socket directory: the
+    // daemon's own uid check is what must refuse it.
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=+dac_override",
+            "--ambient-caps=+dac_override",
+        ])
+        .arg(bin("mlxsup"))
+        .args(["status", "--socket", d.socket.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("refused") && err.contains("uid 65534"),
+        "{err}"
+    );
+    assert!(
+        d.log().contains("refused a connection from another user"),
+        "{}",
+        d.log()
+    );
+    assert_eq!(d.cli(&["status"]).code, Some(0));
+}
+
+#[test]
+fn sigterm_exits_0_and_leaves_nothing_behind() {
+    let mut d = Daemon::start(&[]);
+    assert_eq!(d.cli(&gen_args("a", "hi", "2")).code, Some(0));
+    assert_eq!(d.cli(&gen_args("b", "hi", "2")).code, Some(0));
+    // A request in flight gets a clear shutting_down.
+    let inflight = d
+        .cli_cmd(&[
+            "generate",
+            "c",
+            "--json",
+            "--prompt",
+            "x",
+            "--max-tokens",
+            "4",
+            "--context",
+            "512",
+            "--inject-fault",
+            "stall@decode:2",
+        ])
+        .spawn();
+    d.wait_state("c", "busy", Duration::from_secs(10));
+    assert_eq!(d.workers().len(), 3, "{:?}", d.ps());
+    let status = d.stop_with(libc::SIGTERM);
+    assert_eq!(status.code(), Some(0), "{}", d.log());
+    let out = wait_out(inflight);
+    assert_eq!(out.code, Some(4), "{} {}", out.stdout, out.stderr);
+    assert_eq!(out.named("failure")[0]["kind"], "shutting_down");
+    assert!(!d.socket.exists(), "the socket is removed");
+    assert!(d.workers().is_empty(), "workers left: {:?}", d.workers());
+}
+
+#[test]
+fn sigkill_leaves_no_orphan_and_a_new_daemon_takes_the_stale_socket() {
+    let mut d = Daemon::start(&[]);
+    assert_eq!(d.cli(&gen_args("a", "hi", "2")).code, Some(0));
+    assert_eq!(d.workers().len(), 1);
+    d.stop_with(libc::SIGKILL);
+    let killed = Instant::now();
+    while !d.workers().is_empty() {
+        assert!(
+            killed.elapsed() < Duration::from_secs(1),
+            "orphan workers: {:?}",
+            d.workers()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    eprintln!(
+        "daemon SIGKILL → no worker in {:.1} ms",
+        killed.elapsed().as_secs_f64() * 1e3
+    );
+    assert!(d.socket.exists(), "a killed daemon leaves its socket");
+    // A new daemon replaces the stale socket and serves.
+    let dir = std::mem::replace(&mut d.dir, tempfile::tempdir().unwrap());
+    let d2 = Daemon::start_in(dir, &[]);
+    assert_eq!(d2.cli(&["status"]).code, Some(0));
+    // A second daemon on the same socket: exit 1 naming the running pid.
+    let second = Command::new(bin("mlxsup"))
+        .args(["serve", "--socket", d2.socket.to_str().unwrap()])
+        .env("MLXSUP_RUNTIME_DIR", d2.dir.path().join("r"))
+        .output()
+        .unwrap();
+    assert_eq!(second.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(err.contains(&format!("pid {}", d2.pid())), "{err}");
+    assert_eq!(
+        d2.cli(&["status"]).code,
+        Some(0),
+        "the first one still serves"
+    );
+}
