@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what a fresh machine lacks to build and test mlxsup, and nothing twice:
 #   - Debian/Ubuntu packages: clang + libclang-dev (bindgen), libopenblas0-pthread (fast
-#     BLAS for MLX's CPU backend), python3-venv when python3 cannot make a venv;
+#     BLAS for MLX's CPU backend), systemd (systemd-analyze, to verify the service unit in
+#     the tests), python3-venv when python3 cannot make a venv;
 #   - the pinned official MLX wheel into .mlx/ (what the worker links);
 #   - .venv/ with mlx and mlx-lm at the same version (the peer for reference tests and
 #     benchmarks).
@@ -38,7 +39,7 @@ command -v cargo >/dev/null || die "cargo not found: install Rust with rustup (h
 # --- system packages ---------------------------------------------------------------
 if [[ $os == Linux ]] && command -v dpkg-query >/dev/null; then
   need=()
-  for pkg in clang libclang-dev libopenblas0-pthread; do
+  for pkg in clang libclang-dev libopenblas0-pthread systemd; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || need+=("$pkg")
   done
   "$PYTHON" -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv python3-pip)

@@ -14,4 +14,5 @@ pub mod plan;
 pub mod prompt;
 pub mod rt;
 pub mod run;
+pub mod service;
 pub mod supervise;

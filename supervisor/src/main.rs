@@ -2,7 +2,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use mlxsup::{client, daemon, demo, exit::Exit, info, inspect, make_model, run};
+use mlxsup::{client, daemon, demo, exit::Exit, info, inspect, make_model, run, service};
 
 #[derive(Parser)]
 #[command(
@@ -43,6 +43,8 @@ enum Command {
     Generate(client::GenerateArgs),
     /// Stop the daemon.
     Stop(client::ClientArgs),
+    /// Install the daemon as a per-user service (launchd on macOS, systemd on Linux).
+    Service(service::ServiceArgs),
 }
 
 fn main() -> ExitCode {
@@ -79,6 +81,7 @@ fn main() -> ExitCode {
         Command::Unload(args) => client::unload(args),
         Command::Generate(args) => client::generate(args),
         Command::Stop(args) => client::stop(args),
+        Command::Service(args) => service::main(args),
     }
     .into()
 }
