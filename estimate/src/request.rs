@@ -1,6 +1,6 @@
 //! `estimate` for a `Request`: weights + KV cache + activations + overhead, the verdict
 //! against the budget, and advice. `Estimate` serializes to the `inspect --json` object of
-//! CONTRACT.md (with more fields).
+//! docs/CONTRACT.md (with more fields).
 use serde::Serialize;
 
 use crate::activation::{

@@ -1,4 +1,4 @@
-//! Exit codes of `mlxsup`, as documented in CONTRACT.md.
+//! Exit codes of `mlxsup`, as documented in docs/CONTRACT.md.
 use std::process::ExitCode;
 
 /// Every way `mlxsup` ends; the discriminant is the process exit code.

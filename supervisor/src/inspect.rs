@@ -1,5 +1,5 @@
 //! `mlxsup inspect`: the estimate of a model folder, for people (a breakdown table) and as
-//! JSON (`--json`, the object of CONTRACT.md). Exit 0 whatever the verdict, 5 when the
+//! JSON (`--json`, the object of docs/CONTRACT.md). Exit 0 whatever the verdict, 5 when the
 //! model cannot be read, 2 on usage errors (clap), 1 when the budget cannot be determined.
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -98,7 +98,7 @@ pub fn run(args: InspectArgs) -> Exit {
     }
 }
 
-/// The CONTRACT.md object, plus `budget_source`.
+/// The docs/CONTRACT.md object, plus `budget_source`.
 fn json(est: &Estimate, budget: &Budget) -> Result<String, String> {
     let mut v = serde_json::to_value(est).map_err(|e| e.to_string())?;
     if let Some(o) = v.as_object_mut() {

@@ -1,4 +1,4 @@
-//! What `mlxsup run` shows: JSON Lines events (`--json`, CONTRACT.md) or a person's view
+//! What `mlxsup run` shows: JSON Lines events (`--json`, docs/CONTRACT.md) or a person's view
 //! (streamed text on stdout; estimate, progress, summary and failure reports on stderr).
 
 use std::io::{IsTerminal, Write};

@@ -1,5 +1,5 @@
 //! End-to-end tests of the real `mlxsup inspect` binary: the table, the `--json` shape of
-//! CONTRACT.md, exit 5 naming the bad file, exit 2 on usage errors.
+//! docs/CONTRACT.md, exit 5 naming the bad file, exit 2 on usage errors.
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
