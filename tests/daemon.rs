@@ -17,6 +17,7 @@ use serde_json::Value;
 /// A running daemon with its own private runtime dir; killed when dropped.
 struct Daemon {
     child: Option<Child>,
+    pid: i32,
     dir: tempfile::TempDir,
     socket: PathBuf,
     stderr: std::sync::Arc<std::sync::Mutex<String>>,
@@ -57,6 +58,7 @@ impl Daemon {
             }
         });
         let d = Daemon {
+            pid: child.id() as i32,
             child: Some(child),
             dir,
             socket,
@@ -82,7 +84,7 @@ impl Daemon {
     }
 
     fn pid(&self) -> i32 {
-        self.child.as_ref().unwrap().id() as i32
+        self.pid
     }
 
     /// Runs an `mlxsup` client command against this daemon.
@@ -849,5 +851,34 @@ fn sigkill_leaves_no_orphan_and_a_new_daemon_takes_the_stale_socket() {
         d2.cli(&["status"]).code,
         Some(0),
         "the first one still serves"
+    );
+}
+
+#[test]
+fn the_device_policy_retries_a_gpu_memory_failure_on_the_cpu() {
+    // On this CPU-only build `gpu` is the CPU already; what is tested is the policy: the
+    // retry asks the worker for the CPU device and keeps the context.
+    let d = Daemon::start(&["--fallback-cpu"]);
+    let out = d.cli(&[
+        "load",
+        "a",
+        "--context",
+        "1024",
+        "--device",
+        "gpu",
+        "--json",
+        "--inject-fault",
+        "abort-metal-oom@load",
+    ]);
+    assert_eq!(out.code, Some(0), "{} {}", out.stdout, out.stderr);
+    let m = out.json();
+    assert_eq!(m["context"], 1024, "{m:#}");
+    assert_eq!(m["device"], "cpu");
+    assert!(
+        m["note"]
+            .as_str()
+            .unwrap()
+            .contains("retried on the CPU device after metal_out_of_memory during load"),
+        "{m:#}"
     );
 }

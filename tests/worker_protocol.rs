@@ -65,6 +65,7 @@ impl Session {
             prefill_chunk: 2048,
             telemetry_interval_ms: interval_ms,
             fault: None,
+            device: protocol::Device::Default,
         }));
         match reply {
             Reply::Loaded(info) => info,

@@ -13,7 +13,7 @@ use crate::{
     failure::Failure,
     fault::Fault,
     handshake::{Handshake, Hello},
-    message::{DoneInfo, Event, GenerateRequest, LoadInfo, RequestId},
+    message::{Device, DoneInfo, Event, GenerateRequest, LoadInfo, RequestId},
 };
 
 /// Versions of the control protocol.
@@ -117,6 +117,8 @@ pub struct LoadModel {
     pub force: bool,
     /// Tests only: a fault for the next worker of this model.
     pub fault: Option<Fault>,
+    /// The MLX device to load on.
+    pub device: Device,
 }
 
 /// Generate from a model, loading it first when needed.
@@ -129,6 +131,8 @@ pub struct GenerateModel {
     pub context: Option<u64>,
     pub keep_alive: Option<KeepAlive>,
     pub force: bool,
+    /// The MLX device, when the model has to be loaded for this request.
+    pub device: Device,
 }
 
 /// The final answer to a request.
@@ -228,6 +232,8 @@ pub struct ModelStatus {
     pub last_failure: Option<Failure>,
     /// What the daemon changed on its own (a retry with a smaller context), if anything.
     pub note: Option<String>,
+    /// The device its worker runs on (`cpu`, `gpu`), while loaded.
+    pub device: Option<String>,
 }
 
 /// A model the daemon can see.

@@ -19,6 +19,7 @@
 //!             context: None,
 //!             keep_alive: None,
 //!             force: false,
+//!             device: protocol::Device::Default,
 //!         }),
 //!         |event| {
 //!             if let ControlEvent::Worker(protocol::Event::Token { text, .. }) = event {

@@ -137,6 +137,31 @@ pub struct Limits {
     pub soft_budget: Option<u64>,
 }
 
+/// The MLX device a model runs on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Device {
+    /// MLX's default: the GPU where the backend has one, else the CPU.
+    #[default]
+    Default,
+    /// The GPU (Metal, CUDA); on a CPU-only backend this is the CPU.
+    Gpu,
+    /// The CPU, whatever the backend (e.g. when the GPU ran out of memory).
+    Cpu,
+}
+
+impl Device {
+    /// Parses `gpu`, `cpu` or `default`.
+    pub fn parse(s: &str) -> Result<Device, String> {
+        match s {
+            "gpu" => Ok(Device::Gpu),
+            "cpu" => Ok(Device::Cpu),
+            "default" => Ok(Device::Default),
+            _ => Err(format!("`{s}` is not a device: gpu, cpu or default")),
+        }
+    }
+}
+
 /// Load a model.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LoadRequest {
@@ -148,6 +173,8 @@ pub struct LoadRequest {
     pub telemetry_interval_ms: u32,
     /// Tests only: fail on purpose, the way real failures happen.
     pub fault: Option<Fault>,
+    /// Since 1.1: the device to run on.
+    pub device: Device,
 }
 
 /// What a load produced.
@@ -159,6 +186,8 @@ pub struct LoadInfo {
     pub active_bytes: u64,
     pub peak_bytes: u64,
     pub vocab_size: u32,
+    /// Since 1.1: the device it runs on (`cpu`, `gpu`).
+    pub device: String,
 }
 
 /// A prompt.

@@ -9,8 +9,11 @@ use serde::{Deserialize, Serialize};
 /// telemetry, faults.
 pub const V1_0: Version = Version { major: 1, minor: 0 };
 
+/// Version 1.1: the device of a load (`LoadRequest::device`, `LoadInfo::device`).
+pub const V1_1: Version = Version { major: 1, minor: 1 };
+
 /// The version this build speaks.
-pub const CURRENT: Version = V1_0;
+pub const CURRENT: Version = V1_1;
 
 /// A protocol version.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

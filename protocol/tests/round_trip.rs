@@ -57,6 +57,7 @@ fn requests() -> Vec<Request> {
                 action: FaultAction::Alloc(1 << 40),
                 point: FaultPoint::Load,
             }),
+            device: protocol::Device::Cpu,
         }),
         Request::Generate(GenerateRequest {
             prompt: Prompt::Text("Once upon a time ✨".into()),
@@ -140,6 +141,7 @@ fn replies() -> Vec<Reply> {
             active_bytes: 1 << 31,
             peak_bytes: 1 << 32,
             vocab_size: 151_936,
+            device: "gpu".into(),
         }),
         Reply::Done(DoneInfo {
             prompt_tokens: 5,
@@ -558,6 +560,7 @@ fn arb_request() -> impl Strategy<Value = Request> {
                 prefill_chunk,
                 telemetry_interval_ms,
                 fault,
+                device: protocol::Device::Gpu,
             },
         );
     let sampling = (f32_no_nan(), f32_no_nan(), any::<Option<u64>>()).prop_map(
@@ -647,6 +650,7 @@ fn arb_reply() -> impl Strategy<Value = Reply> {
             active_bytes: n[2],
             peak_bytes: n[3],
             vocab_size,
+            device: "cpu".into(),
         },
     );
     let finish = prop_oneof![

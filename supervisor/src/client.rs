@@ -11,7 +11,7 @@ use protocol::{
         ModelStatus,
     },
     daemon_client::{ClientError, DaemonClient},
-    Failure, FailureKind, Fault,
+    Device, Failure, FailureKind, Fault,
 };
 use serde_json::{json, Value};
 
@@ -44,6 +44,9 @@ pub struct LoadArgs {
     /// Tests: make the next worker of this model fail on purpose.
     #[arg(long, hide = true, value_parser = run::parse_fault)]
     pub inject_fault: Option<Fault>,
+    /// The MLX device to load on: gpu, cpu or default.
+    #[arg(long, default_value = "default", value_parser = Device::parse)]
+    pub device: Device,
     #[command(flatten)]
     pub client: ClientArgs,
 }
@@ -73,6 +76,9 @@ pub struct GenerateArgs {
     /// Tests: make the worker fail on purpose (KIND@PHASE; prefill and decode only).
     #[arg(long, hide = true, value_parser = run::parse_fault)]
     pub inject_fault: Option<Fault>,
+    /// The MLX device to load on: gpu, cpu or default.
+    #[arg(long, default_value = "default", value_parser = Device::parse)]
+    pub device: Device,
     #[command(flatten)]
     pub client: ClientArgs,
 }
@@ -238,6 +244,7 @@ pub fn load(args: LoadArgs) -> Exit {
             keep_alive: args.keep_alive,
             force: args.force,
             fault: args.inject_fault,
+            device: args.device,
         });
         let mut client = match connect(&args.client).await {
             Ok(c) => c,
@@ -346,6 +353,7 @@ pub fn generate(args: GenerateArgs) -> Exit {
             context: args.context,
             keep_alive: args.keep_alive,
             force: args.force,
+            device: args.device,
         });
         let mut client = match connect(&args.client).await {
             Ok(c) => c,

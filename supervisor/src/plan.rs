@@ -5,7 +5,7 @@
 use std::{path::Path, time::Duration};
 
 use estimate::{Bytes, Estimate, Model, Verdict};
-use protocol::{Fault, Limits, LoadRequest, Remedy};
+use protocol::{Device, Fault, Limits, LoadRequest, Remedy};
 
 use crate::supervise::{self, runtime_dir, ReportContext, SpawnOptions};
 
@@ -30,6 +30,8 @@ pub struct PlanRequest {
     pub telemetry_ms: u32,
     /// Tests: a fault for the load.
     pub load_fault: Option<Fault>,
+    /// The MLX device to run on.
+    pub device: Device,
 }
 
 impl PlanRequest {
@@ -45,6 +47,7 @@ impl PlanRequest {
             stall_timeout: supervise::DEFAULT_STALL,
             telemetry_ms: 100,
             load_fault: None,
+            device: Device::Default,
         }
     }
 }
@@ -127,6 +130,7 @@ pub fn plan(model: &Model, req: &PlanRequest) -> Plan {
         prefill_chunk: u32::try_from(req.prefill_chunk).unwrap_or(u32::MAX),
         telemetry_interval_ms: req.telemetry_ms.max(1),
         fault: req.load_fault,
+        device: req.device,
     };
     Plan {
         estimate: est,

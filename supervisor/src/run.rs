@@ -4,7 +4,7 @@
 use std::{path::PathBuf, time::Duration};
 
 use estimate::{Bytes, Estimate, Verdict, DEFAULT_PREFILL_CHUNK};
-use protocol::{Event, Failure, FailureKind, Fault, FaultPoint, Reply, Request};
+use protocol::{Device, Event, Failure, FailureKind, Fault, FaultPoint, Reply, Request};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -40,6 +40,9 @@ pub struct RunArgs {
     /// Prompt tokens per prefill step.
     #[arg(long, default_value_t = DEFAULT_PREFILL_CHUNK)]
     pub prefill_chunk: u64,
+    /// The MLX device: gpu, cpu or default (on a CPU-only build, gpu is the CPU).
+    #[arg(long, default_value = "default", value_parser = Device::parse)]
+    pub device: Device,
     /// Tests: make the worker fail on purpose (KIND@PHASE, see docs/CONTRACT.md).
     #[arg(long, hide = true, value_parser = parse_fault)]
     pub inject_fault: Option<Fault>,
@@ -69,6 +72,7 @@ impl RunArgs {
             memory_ceiling: None,
             json: false,
             prefill_chunk: DEFAULT_PREFILL_CHUNK,
+            device: Device::Default,
             inject_fault: None,
             heartbeat_timeout_ms: 10_000,
             stall_timeout_ms: supervise::DEFAULT_STALL.as_millis() as u64,
@@ -131,6 +135,7 @@ pub fn preflight(args: &RunArgs) -> Result<Plan, (Outcome, String)> {
         stall_timeout: Duration::from_millis(args.stall_timeout_ms),
         telemetry_ms: args.telemetry_ms,
         load_fault: args.faults().0,
+        device: args.device,
         ..PlanRequest::new(budget.bytes.0)
     };
     Ok(plan::plan(&model, &req))

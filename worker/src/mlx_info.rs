@@ -70,8 +70,20 @@ fn total_memory() -> u64 {
     0
 }
 
+/// Makes `device` MLX's default before anything is allocated. A GPU on a backend without
+/// one (the Linux CPU wheel) stays the CPU: that is the device MLX has.
+pub fn use_device(device: protocol::Device) {
+    match device {
+        protocol::Device::Cpu => mlx_rs::Device::set_default(&mlx_rs::Device::cpu()),
+        protocol::Device::Gpu if BACKEND != "cpu" => {
+            mlx_rs::Device::set_default(&mlx_rs::Device::gpu())
+        }
+        protocol::Device::Gpu | protocol::Device::Default => {}
+    }
+}
+
 /// The default device's type as a word.
-fn device_name() -> String {
+pub fn device_name() -> String {
     match mlx_rs::Device::try_default().and_then(|d| d.get_type()) {
         Ok(mlx_rs::DeviceType::Gpu) => "gpu".into(),
         Ok(mlx_rs::DeviceType::Cpu) => "cpu".into(),

@@ -308,6 +308,7 @@ impl Worker {
     fn load(&mut self, id: RequestId, req: LoadRequest) -> Reply {
         self.engine = None;
         let _ = mlx_rs::memory::clear_cache();
+        mlx_info::use_device(req.device);
         if let Err(e) = apply_limits(&req) {
             return Reply::Error(e);
         }
@@ -348,6 +349,7 @@ impl Worker {
                     active_bytes: mlx_rs::memory::active_memory().unwrap_or(0) as u64,
                     peak_bytes: mlx_rs::memory::peak_memory().unwrap_or(0) as u64,
                     vocab_size: engine.vocab_size(),
+                    device: mlx_info::device_name(),
                 };
                 self.engine = Some(engine);
                 self.load = Some(req);

@@ -54,6 +54,10 @@ pub struct ServeArgs {
     /// A folder of model folders to resolve names in (repeatable).
     #[arg(long)]
     pub models: Vec<PathBuf>,
+    /// After a memory failure at load or prefill on the GPU, retry on the CPU device
+    /// (instead of with half the context).
+    #[arg(long)]
+    pub fallback_cpu: bool,
     /// Requests a model may have waiting before new ones are refused `busy`.
     #[arg(long, default_value_t = DEFAULT_QUEUE as u64, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub queue: u64,
@@ -88,6 +92,8 @@ pub struct Shared {
     pub max_loaded: usize,
     pub keep_alive: KeepAlive,
     pub queue_limit: usize,
+    /// The device policy: a memory failure on the GPU is retried on the CPU.
+    pub fallback_cpu: bool,
     pub registry: Registry,
     pub socket: PathBuf,
     pub started: Instant,
@@ -315,6 +321,7 @@ async fn serve(args: ServeArgs) -> Exit {
         max_loaded: args.max_loaded as usize,
         keep_alive: args.keep_alive,
         queue_limit: args.queue as usize,
+        fallback_cpu: args.fallback_cpu,
         registry: Registry::new(models, Registry::default_hf_cache()),
         socket: socket.clone(),
         started: Instant::now(),

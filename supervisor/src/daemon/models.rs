@@ -14,7 +14,7 @@ use protocol::{
         ControlEvent, ControlReply, FromDaemon, GenerateDone, GenerateModel, KeepAlive, LoadModel,
         ModelState, ModelStatus,
     },
-    Failure, FailureKind, Fault, Phase, Reply, Request, RequestId,
+    Device, Failure, FailureKind, Fault, Phase, Reply, Request, RequestId,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
@@ -104,6 +104,7 @@ pub fn start(shared: Arc<Shared>, dir: PathBuf, name: String) -> Slot {
         queued: 0,
         last_failure: None,
         note: None,
+        device: None,
     };
     let row = Row {
         status,
@@ -135,6 +136,7 @@ pub fn start(shared: Arc<Shared>, dir: PathBuf, name: String) -> Slot {
         backoff_until: None,
         retried: false,
         note: None,
+        device: None,
         row: row_tx,
         last_published: None,
     };
@@ -152,6 +154,7 @@ struct LoadSettings {
     context: Option<u64>,
     force: bool,
     fault: Option<Fault>,
+    device: Device,
 }
 
 /// What a load task comes back with.
@@ -201,6 +204,8 @@ struct Actor {
     /// A memory failure was already retried with a smaller context.
     retried: bool,
     note: Option<String>,
+    /// The device the loaded worker runs on.
+    device: Option<String>,
     row: watch::Sender<Row>,
     last_published: Option<(ModelState, Option<FailureKind>, Option<String>)>,
 }
@@ -303,6 +308,7 @@ impl Actor {
                             context: job.req.context,
                             force: job.req.force,
                             fault: None,
+                            device: job.req.device,
                         };
                     }
                     if let Some(k) = job.req.keep_alive {
@@ -329,6 +335,7 @@ impl Actor {
                             context: req.context,
                             force: req.force,
                             fault: req.fault,
+                            device: req.device,
                         };
                         self.backoff_until = None;
                         self.start_load(Some(resp.clone()));
@@ -464,6 +471,7 @@ impl Actor {
                 if let Some(j) = self.queue.front() {
                     j.resp.event(ControlEvent::Loaded(info.clone()));
                 }
+                self.device = Some(info.device.clone());
                 self.worker_status = Some(worker.status());
                 self.worker = Some(worker);
                 self.plan = Some(*plan);
@@ -600,18 +608,26 @@ impl Actor {
         }
         self.consecutive += 1;
         self.last_failure = Some(f.clone());
-        let retry_context = f.remedy.max_context.filter(|_| {
-            !self.retried && f.is_memory() && matches!(f.phase, Phase::Load | Phase::Prefill)
-        });
-        if let Some(context) = retry_context {
-            let note = format!(
-                "retried with context {context} after {} during {}",
-                f.kind, f.phase
-            );
+        let retry =
+            !self.retried && f.is_memory() && matches!(f.phase, Phase::Load | Phase::Prefill);
+        // The device policy first (the GPU ran out: the CPU has the same memory but no
+        // Metal working-set limit), else what the estimator says fits: half the context.
+        let change = if !retry {
+            None
+        } else if self.shared.fallback_cpu && self.next_load.device != Device::Cpu {
+            self.next_load.device = Device::Cpu;
+            Some("on the CPU device".to_string())
+        } else {
+            f.remedy.max_context.map(|context| {
+                self.next_load.context = Some(context);
+                format!("with context {context}")
+            })
+        };
+        if let Some(change) = change {
+            let note = format!("retried {change} after {} during {}", f.kind, f.phase);
             tracing::info!(model = %self.dir.display(), "{note}");
             self.note = Some(note.clone());
             self.retried = true;
-            self.next_load.context = Some(context);
             if let Some(job) = job {
                 job.resp.event(ControlEvent::Note(note.clone()));
                 self.queue.push_front(job);
@@ -725,6 +741,7 @@ impl Actor {
             queued: self.queue.len() as u32,
             last_failure: self.last_failure.clone(),
             note: self.note.clone(),
+            device: self.device.clone().filter(|_| self.worker.is_some()),
         }
     }
 
@@ -782,6 +799,7 @@ async fn load(
     };
     let mut plan = plan;
     plan.load.fault = settings.fault;
+    plan.load.device = settings.device;
     if let (Some(r), Ok(json)) = (&events, serde_json::to_string(&plan.estimate)) {
         r.event(ControlEvent::Estimate { json });
     }
