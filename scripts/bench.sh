@@ -44,4 +44,12 @@ if [[ -x scripts/bench_generate.sh ]]; then
   echo "== 4. generation vs mlx-lm"
   scripts/bench_generate.sh | tee "$out/generate.md"
 fi
+echo "== 5. the daemon: warm generate vs run vs mlx-lm, own memory, death → ps, evict + load"
+cargo build -q --release -p mlxsup --example bench_daemon
+mid=$out/qwen2-40m-bf16
+[[ -f $mid/config.json ]] || $bin/mlxsup make-model "$mid" --arch qwen2 --hidden 512 --layers 8 --heads 8 --kv-heads 2 --intermediate 1408 --vocab 32000 --seed 3 >/dev/null
+tiny_b=$out/bench-tiny-b
+[[ -f $tiny_b/config.json ]] || $bin/mlxsup make-model "$tiny_b" --arch llama --hidden 64 --layers 2 --heads 4 --kv-heads 2 --intermediate 128 --vocab 512 >/dev/null
+target/release/examples/bench_daemon "$bin/mlxsup" "$mid" "$model" "$tiny_b" "$py" "${ROUNDS:-5}" | tee "$out/daemon.md"
+
 echo "results in $out/"

@@ -10,6 +10,7 @@
 
 pub mod admission;
 pub mod control;
+pub mod http;
 pub mod models;
 pub mod policy;
 pub mod registry;
@@ -58,6 +59,15 @@ pub struct ServeArgs {
     /// (instead of with half the context).
     #[arg(long)]
     pub fallback_cpu: bool,
+    /// Serve the OpenAI-compatible HTTP API here too (e.g. 127.0.0.1:11435).
+    #[arg(long)]
+    pub http: Option<std::net::SocketAddr>,
+    /// HTTP requests must carry `Authorization: Bearer KEY`.
+    #[arg(long, env = "MLXSUP_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Tests: honour the HTTP fault-injection header.
+    #[arg(long, hide = true)]
+    pub allow_fault_injection: bool,
     /// Requests a model may have waiting before new ones are refused `busy`.
     #[arg(long, default_value_t = DEFAULT_QUEUE as u64, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub queue: u64,
@@ -332,6 +342,34 @@ async fn serve(args: ServeArgs) -> Exit {
         closed: CancellationToken::new(),
     });
     tokio::spawn(crate::run::cancel_on_signal(shared.shutdown.clone()));
+    if let Some(addr) = args.http {
+        let http = match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("mlxsup serve: cannot listen for HTTP on {addr}: {e}");
+                return Exit::Internal;
+            }
+        };
+        if !addr.ip().is_loopback() {
+            tracing::warn!(%addr, "the HTTP API listens beyond this machine");
+        }
+        let app = http::App {
+            shared: Arc::clone(&shared),
+            api_key: args.api_key.as_deref().map(Arc::from),
+            allow_faults: args.allow_fault_injection,
+        };
+        let closed = shared.closed.clone();
+        tracing::info!(%addr, "serving HTTP");
+        eprintln!("mlxsup serve: HTTP (OpenAI API) on http://{addr}/v1");
+        tokio::spawn(async move {
+            let served = axum::serve(http, http::router(app))
+                .with_graceful_shutdown(closed.cancelled_owned())
+                .await;
+            if let Err(e) = served {
+                tracing::error!("the HTTP server failed: {e}");
+            }
+        });
+    }
     tracing::info!(
         socket = %socket.display(),
         budget = budget.bytes.0,
