@@ -31,6 +31,10 @@ impl Config {
                 reason: "top level is not an object".to_string(),
             });
         };
+        crate::limits::check_config(&root).map_err(|source| EstimateError::Implausible {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let text = TEXT_KEYS
             .iter()
             .find_map(|k| root.get(*k).and_then(Value::as_object))

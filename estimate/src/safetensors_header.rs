@@ -52,8 +52,7 @@ pub fn read_shard(path: &Path) -> Result<ShardHeader, EstimateError> {
         path: path.to_path_buf(),
         source,
     };
-    let mut file = File::open(path).map_err(io)?;
-    let file_bytes = file.metadata().map_err(io)?.len();
+    let (mut file, file_bytes) = crate::fsread::open_regular(path, "the shard")?;
     let mut prefix = [0u8; 8];
     let got = read_up_to(&mut file, &mut prefix).map_err(io)?;
     if got < 8 {
@@ -131,10 +130,10 @@ pub fn lfs_pointer_size(text: &[u8]) -> Option<u64> {
 /// Whether `path` holds a Git LFS pointer rather than data.
 pub fn is_lfs_pointer(path: &Path) -> bool {
     let mut buf = [0u8; 23];
-    File::open(path)
-        .and_then(|mut f| read_up_to(&mut f, &mut buf))
-        .map(|n| n == LFS_PREFIX.len() && buf.as_slice() == LFS_PREFIX)
-        .unwrap_or(false)
+    crate::fsread::open_regular(path, "the shard")
+        .ok()
+        .and_then(|(mut f, _)| read_up_to(&mut f, &mut buf).ok())
+        .is_some_and(|n| n == LFS_PREFIX.len() && buf.as_slice() == LFS_PREFIX)
 }
 
 fn check_header_len(path: &Path, header_len: u64, file_bytes: u64) -> Result<(), EstimateError> {
