@@ -177,7 +177,7 @@ const INT_FIELDS: &[(&[&str], u64, u64)] = &[
 
 /// Number fields that may be fractional: names, smallest and largest value accepted.
 const FLOAT_FIELDS: &[(&[&str], f64, f64)] = &[
-    (&["rope_theta"], 0.0, 1e15),
+    (&["rope_theta"], 1e-9, 1e15),
     (&["rms_norm_eps", "layer_norm_eps", "norm_eps"], 0.0, 1.0),
     (&["partial_rotary_factor"], 0.0, 1.0),
     (&["mlp_ratio", "block_ffn_dim_multiplier"], 0.0, 64.0),

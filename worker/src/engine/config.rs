@@ -78,34 +78,40 @@ fn int(v: &Value, key: &str) -> Option<i64> {
     v.get(key).and_then(Value::as_i64)
 }
 
+/// Token ids; one that does not fit a `u32` is dropped, never truncated (the shared
+/// validation has already refused it in config.json).
 fn ids(v: Option<&Value>) -> Vec<u32> {
+    let id = |x: &Value| x.as_u64().and_then(|n| u32::try_from(n).ok());
     match v {
-        Some(Value::Number(n)) => n.as_u64().map(|n| vec![n as u32]).unwrap_or_default(),
-        Some(Value::Array(a)) => a
-            .iter()
-            .filter_map(Value::as_u64)
-            .map(|n| n as u32)
-            .collect(),
+        Some(n @ Value::Number(_)) => id(n).into_iter().collect(),
+        Some(Value::Array(a)) => a.iter().filter_map(id).collect(),
         _ => Vec::new(),
     }
 }
 
-fn read_json(path: &Path) -> Result<Value, WorkerError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| load_failed(format!("cannot read {}: {e}", path.display())))?;
-    serde_json::from_str(&text)
+/// Reads a JSON file of the model through the capped regular-file read.
+fn read_json(path: &Path, what: &str) -> Result<Value, WorkerError> {
+    let bytes = estimate::fsread::read_capped(path, estimate::fsread::MAX_CONFIG_BYTES, what)
+        .map_err(|e| load_failed(e.to_string()))?;
+    serde_json::from_slice(&bytes)
         .map_err(|e| load_failed(format!("{} is not valid JSON: {e}", path.display())))
+}
+
+/// An integer of the config as `i32`; the shared validation bounds it, and this
+/// conversion is checked all the same (never `as i32`).
+fn small(source: &str, key: &str, v: i64) -> Result<i32, WorkerError> {
+    estimate::limits::to_i32(key, v).map_err(|e| load_failed(format!("{source}: {e}")))
 }
 
 impl ModelConfig {
     /// Reads `config.json` and, if present, `generation_config.json` from `dir`.
     pub fn load(dir: &Path) -> Result<ModelConfig, WorkerError> {
         let path = dir.join("config.json");
-        let v = read_json(&path)?;
+        let v = read_json(&path, "config.json")?;
         let mut cfg = Self::from_value(&v, &path.display().to_string())?;
         let gen_path = dir.join("generation_config.json");
-        if gen_path.exists() {
-            let g = read_json(&gen_path)?;
+        if estimate::fsread::present(&gen_path) {
+            let g = read_json(&gen_path, "generation_config.json")?;
             for id in ids(g.get("eos_token_id")) {
                 if !cfg.eos_token_ids.contains(&id) {
                     cfg.eos_token_ids.push(id);
@@ -117,6 +123,11 @@ impl ModelConfig {
 
     /// Parses a config object; `source` names it in errors.
     pub fn from_value(v: &Value, source: &str) -> Result<ModelConfig, WorkerError> {
+        let root = v
+            .as_object()
+            .ok_or_else(|| load_failed(format!("{source}: top level is not an object")))?;
+        // The one validation the estimator applies too: every number within its range.
+        estimate::limits::check_config(root).map_err(|e| load_failed(format!("{source}: {e}")))?;
         let model_type = v
             .get("model_type")
             .and_then(Value::as_str)
@@ -171,9 +182,13 @@ impl ModelConfig {
         let rope = parse_rope(scaling, source)?;
         let sliding_window = int(v, "sliding_window")
             .filter(|w| *w > 0)
-            .map(|w| w as usize);
-        let sliding_layers =
-            sliding_layers(v, family, num_layers as usize, sliding_window, source)?;
+            .and_then(|w| usize::try_from(w).ok());
+        let num_layers = usize::try_from(num_layers).map_err(|_| {
+            load_failed(format!(
+                "{source}: num_hidden_layers {num_layers} is too large"
+            ))
+        })?;
+        let sliding_layers = sliding_layers(v, family, num_layers, sliding_window, source)?;
         let (quantization, quantization_raw) = match v.get("quantization") {
             Some(Value::Object(q)) => {
                 let mode = q.get("mode").and_then(Value::as_str).unwrap_or("affine");
@@ -182,8 +197,16 @@ impl ModelConfig {
                         "{source}: quantization mode {mode:?} is not supported (only MLX affine quantization)"
                     )));
                 }
-                let gs = q.get("group_size").and_then(Value::as_i64).unwrap_or(64) as i32;
-                let bits = q.get("bits").and_then(Value::as_i64).unwrap_or(4) as i32;
+                let gs = small(
+                    source,
+                    "quantization.group_size",
+                    q.get("group_size").and_then(Value::as_i64).unwrap_or(64),
+                )?;
+                let bits = small(
+                    source,
+                    "quantization.bits",
+                    q.get("bits").and_then(Value::as_i64).unwrap_or(4),
+                )?;
                 (
                     Some(QuantParams {
                         group_size: gs,
@@ -198,14 +221,14 @@ impl ModelConfig {
         Ok(ModelConfig {
             model_type,
             family,
-            hidden_size: hidden_size as i32,
-            num_layers: num_layers as usize,
-            intermediate_size: intermediate_size as i32,
-            num_heads: num_heads as i32,
-            num_kv_heads: num_kv_heads as i32,
-            head_dim: head_dim as i32,
+            hidden_size: small(source, "hidden_size", hidden_size)?,
+            num_layers,
+            intermediate_size: small(source, "intermediate_size", intermediate_size)?,
+            num_heads: small(source, "num_attention_heads", num_heads)?,
+            num_kv_heads: small(source, "num_key_value_heads", num_kv_heads)?,
+            head_dim: small(source, "head_dim", head_dim)?,
             rms_norm_eps: num(v, "rms_norm_eps").unwrap_or(1e-6) as f32,
-            vocab_size: vocab_size as i32,
+            vocab_size: small(source, "vocab_size", vocab_size)?,
             rope_theta,
             rope_traditional: family != Family::Qwen3 && flag("rope_traditional"),
             rope,
@@ -234,12 +257,12 @@ impl ModelConfig {
                 group_size: o
                     .get("group_size")
                     .and_then(Value::as_i64)
-                    .map(|g| g as i32)
+                    .and_then(|g| i32::try_from(g).ok())
                     .or(self.quantization.map(|q| q.group_size))?,
                 bits: o
                     .get("bits")
                     .and_then(Value::as_i64)
-                    .map(|b| b as i32)
+                    .and_then(|b| i32::try_from(b).ok())
                     .or(self.quantization.map(|q| q.bits))?,
             }),
             _ => self.quantization,
@@ -378,5 +401,85 @@ mod tests {
         assert_eq!(cfg.quant_for("lm_head"), None);
         c["quantization"]["mode"] = json!("mxfp4");
         assert!(ModelConfig::from_value(&c, "c").is_err());
+    }
+
+    #[test]
+    fn wide_values_are_refused_not_truncated() {
+        for (field, v) in [
+            ("hidden_size", json!((1u64 << 32) + 128)),
+            ("hidden_size", json!(u64::MAX)),
+            ("num_hidden_layers", json!(1_000_000_000u64)),
+            ("intermediate_size", json!(-5)),
+            ("vocab_size", json!(1e300)),
+            ("eos_token_id", json!([1, 4294967301u64])),
+        ] {
+            let mut c = base("llama");
+            c[field] = v.clone();
+            let e = ModelConfig::from_value(&c, "config.json").unwrap_err();
+            assert!(
+                e.message.contains(&format!("`{field}` =")),
+                "{field}={v}: {}",
+                e.message
+            );
+            assert!(e.message.contains("accepted range"), "{}", e.message);
+        }
+        let mut c = base("llama");
+        c["quantization"] = json!({"bits": 4, "group_size": 0});
+        assert!(ModelConfig::from_value(&c, "c").is_err());
+    }
+
+    const FIELDS: &[&str] = &[
+        "hidden_size",
+        "num_hidden_layers",
+        "intermediate_size",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "vocab_size",
+        "head_dim",
+        "sliding_window",
+        "rope_theta",
+        "rms_norm_eps",
+        "eos_token_id",
+        "layer_types",
+    ];
+
+    fn extreme() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            any::<u64>().prop_map(Value::from),
+            (0u64..300).prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>()
+                .prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+            Just(json!(["sliding_attention", "full_attention"])),
+            Just(json!("7")),
+        ]
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Random and extreme values in every numeric field: a config or an error, and a
+        /// config's integers are exactly what the file says (no truncation).
+        #[test]
+        fn random_numbers_never_panic_or_truncate(
+            mt in proptest::sample::select(SUPPORTED),
+            edits in proptest::collection::vec((proptest::sample::select(FIELDS), extreme()), 1..5),
+            quant in proptest::option::of((any::<i64>(), any::<i64>())),
+        ) {
+            let mut c = base(mt);
+            for (f, v) in edits {
+                c[f] = v;
+            }
+            if let Some((bits, group)) = quant {
+                c["quantization"] = json!({"bits": bits, "group_size": group});
+            }
+            if let Ok(cfg) = ModelConfig::from_value(&c, "c") {
+                prop_assert_eq!(Some(i64::from(cfg.hidden_size)), c["hidden_size"].as_i64());
+                prop_assert_eq!(Some(cfg.num_layers as u64), c["num_hidden_layers"].as_u64());
+                prop_assert_eq!(Some(i64::from(cfg.vocab_size)), c["vocab_size"].as_i64());
+                prop_assert_eq!(cfg.sliding_layers.len(), cfg.num_layers);
+                prop_assert!(cfg.num_layers <= 1024);
+            }
+        }
     }
 }
