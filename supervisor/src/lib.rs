@@ -1,6 +1,7 @@
 //! mlxsup, the supervisor: the command line, the supervision core, and (later) the
 //! daemon. It never links MLX: everything that runs MLX runs in a worker process.
 
+pub mod args;
 pub mod budget;
 pub mod classify;
 pub mod demo;

@@ -34,11 +34,11 @@ pub struct RunArgs {
     /// Context tokens the estimate plans for [default: the model's maximum, capped].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub context: Option<u64>,
-    /// Sampling temperature; 0 is greedy.
-    #[arg(long, default_value_t = 0.0)]
+    /// Sampling temperature (finite, >= 0); 0 is greedy.
+    #[arg(long, default_value_t = 0.0, value_parser = crate::args::parse_temperature)]
     pub temp: f32,
-    /// Nucleus sampling threshold.
-    #[arg(long, default_value_t = 1.0)]
+    /// Nucleus sampling threshold, in (0, 1].
+    #[arg(long, default_value_t = 1.0, value_parser = crate::args::parse_top_p)]
     pub top_p: f32,
     /// Random seed for sampling.
     #[arg(long)]
@@ -61,8 +61,8 @@ pub struct RunArgs {
     /// JSON Lines events on stdout.
     #[arg(long)]
     pub json: bool,
-    /// Prompt tokens per prefill step.
-    #[arg(long, default_value_t = DEFAULT_PREFILL_CHUNK)]
+    /// Prompt tokens per prefill step (>= 1).
+    #[arg(long, default_value_t = DEFAULT_PREFILL_CHUNK, value_parser = clap::value_parser!(u64).range(1..=u64::from(u32::MAX)))]
     pub prefill_chunk: u64,
     /// Tests: make the worker fail on purpose (KIND@PHASE, see CONTRACT.md).
     #[arg(long, hide = true, value_parser = parse_fault)]
@@ -90,6 +90,8 @@ pub enum Outcome {
     Done,
     Refused,
     BadModel,
+    /// A usage error found after argument parsing (an unreadable prompt file).
+    Usage,
     Failed(FailureKind),
     Interrupted,
     Internal,
@@ -101,6 +103,7 @@ impl Outcome {
             Outcome::Done => Exit::Ok,
             Outcome::Refused => Exit::Refused,
             Outcome::BadModel => Exit::BadModel,
+            Outcome::Usage => Exit::Usage,
             Outcome::Failed(_) => Exit::WorkerFailed,
             Outcome::Interrupted => Exit::Interrupted,
             Outcome::Internal => Exit::Internal,
@@ -117,6 +120,10 @@ pub fn main(args: RunArgs) -> Exit {
 pub fn preflight(args: &RunArgs) -> Result<Estimate, (Outcome, String)> {
     let model = Model::open(&args.model)
         .map_err(|e| (Outcome::BadModel, format!("mlxsup: cannot read model: {e}")))?;
+    // Everything a worker would load that can be checked without MLX: shards, tokenizer,
+    // tokenizer config, generation config, chat template.
+    text::check_loadable(&model)
+        .map_err(|e| (Outcome::BadModel, format!("mlxsup: cannot read model: {e}")))?;
     let budget = budget(args.budget).map_err(|e| (Outcome::Internal, format!("mlxsup: {e}")))?;
     let req = estimate::Request {
         context: args.context,
@@ -130,8 +137,8 @@ pub fn preflight(args: &RunArgs) -> Result<Estimate, (Outcome, String)> {
 fn prompt(args: &RunArgs) -> Result<Prompt, String> {
     let text = match (&args.prompt, &args.prompt_file) {
         (Some(p), _) => p.clone(),
-        (None, Some(f)) => std::fs::read_to_string(f)
-            .map_err(|e| format!("mlxsup: cannot read the prompt file {}: {e}", f.display()))?,
+        // A regular file of at most 16 MiB: never a FIFO that blocks or /dev/zero.
+        (None, Some(f)) => text::read_prompt_file(f).map_err(|e| format!("mlxsup: {e}"))?,
         (None, None) => "Hello! Who are you?".to_string(),
     };
     Ok(if args.chat {
@@ -150,7 +157,7 @@ pub async fn execute(args: &RunArgs, out: &mut Output) -> Outcome {
         Ok(p) => p,
         Err(e) => {
             eprintln!("{e}");
-            return Outcome::BadModel;
+            return Outcome::Usage;
         }
     };
     let est = match preflight(args) {
