@@ -24,6 +24,11 @@ pub const TEMPLATE_FUEL: u64 = 10_000_000;
 /// Largest rendered prompt: the prompt-file cap plus room for the template's markup.
 pub const MAX_RENDERED_BYTES: usize = 32 << 20;
 
+/// How minijinja reports running out of fuel.
+const FUEL_MESSAGE: &str = "ran out of fuel";
+/// How [`render`] reports passing the output cap.
+const CAP_MESSAGE: &str = "the rendered prompt passed";
+
 /// File name of the tokenizer config.
 pub const TOKENIZER_CONFIG_FILE: &str = "tokenizer_config.json";
 /// File name of a standalone chat template.
@@ -103,6 +108,26 @@ impl TokenizerConfig {
                 ))
             }),
             None => Ok(()),
+        }
+    }
+
+    /// Renders the template once for a one-message conversation: a template that runs
+    /// out of fuel or past the output cap on that is broken whatever the request, and is
+    /// an error naming it. Other render errors (`raise_exception` on roles) depend on the
+    /// request and are left to it.
+    pub fn trial_render(&self) -> Result<(), TextError> {
+        if self.chat_template.is_none() {
+            return Ok(());
+        }
+        let probe = [ChatMessage {
+            role: "user".into(),
+            content: "Hello".into(),
+        }];
+        match self.render(&probe) {
+            Err(e) if e.message.contains(FUEL_MESSAGE) || e.message.contains(CAP_MESSAGE) => {
+                Err(TextError::load(e.message))
+            }
+            _ => Ok(()),
         }
     }
 
@@ -201,7 +226,7 @@ pub fn render(
         if out.buf.len() >= out.cap / 2 && e.kind() == ErrorKind::WriteFailure {
             return Err(Error::new(
                 ErrorKind::InvalidOperation,
-                format!("the rendered prompt passed {MAX_RENDERED_BYTES} bytes"),
+                format!("{CAP_MESSAGE} {MAX_RENDERED_BYTES} bytes"),
             ));
         }
         return Err(e);
@@ -283,5 +308,17 @@ mod tests {
             "{e}"
         );
         assert!(e.message.contains("fuel"), "{e}");
+        let e = cfg.trial_render().unwrap_err();
+        assert_eq!(e.kind, crate::TextErrorKind::Load);
+    }
+
+    #[test]
+    fn trial_render_leaves_request_dependent_errors_to_the_request() {
+        let cfg = TokenizerConfig {
+            chat_template: Some("{{ raise_exception('roles must alternate') }}".into()),
+            ..TokenizerConfig::default()
+        };
+        assert!(cfg.trial_render().is_ok());
+        assert!(cfg.render(&[]).is_err());
     }
 }

@@ -29,7 +29,7 @@ pub struct TextFiles {
 /// Checks everything a worker would load, without MLX, for a model already opened by
 /// [`Model::open`] (which read config.json, the index and every shard header): the
 /// shards the index names exist, and the tokenizer, tokenizer config, generation config
-/// and chat template parse. Every error names the file; for `mlxsup run` it is exit 5.
+/// and chat template parse, and the template renders a one-message chat within bounds. Every error names the file; for `mlxsup run` it is exit 5.
 pub fn check_loadable(model: &Model) -> Result<TextFiles, TextError> {
     model.require_weights()?;
     let dir = model.dir.as_path();
@@ -42,6 +42,7 @@ pub fn check_loadable(model: &Model) -> Result<TextFiles, TextError> {
     let tokenizer = Tokenizer::load(dir)?;
     let prompts = TokenizerConfig::load(dir)?;
     prompts.compile()?;
+    prompts.trial_render()?;
     Ok(TextFiles { tokenizer, prompts })
 }
 
