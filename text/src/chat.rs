@@ -29,6 +29,9 @@ const FUEL_MESSAGE: &str = "ran out of fuel";
 /// How [`render`] reports passing the output cap.
 const CAP_MESSAGE: &str = "the rendered prompt passed";
 
+/// Render errors that mean the template itself is broken, not the request.
+const BROKEN: [&str; 3] = [FUEL_MESSAGE, CAP_MESSAGE, "recursion limit exceeded"];
+
 /// File name of the tokenizer config.
 pub const TOKENIZER_CONFIG_FILE: &str = "tokenizer_config.json";
 /// File name of a standalone chat template.
@@ -112,7 +115,8 @@ impl TokenizerConfig {
     }
 
     /// Renders the template once for a one-message conversation: a template that runs
-    /// out of fuel or past the output cap on that is broken whatever the request, and is
+    /// out of fuel, past the output cap or past the recursion limit on that is broken
+    /// whatever the request, and is
     /// an error naming it. Other render errors (`raise_exception` on roles) depend on the
     /// request and are left to it.
     pub fn trial_render(&self) -> Result<(), TextError> {
@@ -124,7 +128,7 @@ impl TokenizerConfig {
             content: "Hello".into(),
         }];
         match self.render(&probe) {
-            Err(e) if e.message.contains(FUEL_MESSAGE) || e.message.contains(CAP_MESSAGE) => {
+            Err(e) if BROKEN.iter().any(|m| e.message.contains(m)) => {
                 Err(TextError::load(e.message))
             }
             _ => Ok(()),
