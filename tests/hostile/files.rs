@@ -1,0 +1,186 @@
+//! Files that are not regular files (c) and reads without a bound (d): FIFOs, devices,
+//! directories, dangling links and sparse oversized files, as model files and as prompt
+//! files.
+use std::path::Path;
+
+use super::*;
+
+// --- (c) FIFOs, devices, directories instead of files --------------------------------
+
+case!(config_fifo_inspect, |m| {
+    replace_with_fifo(&m.join("config.json"));
+    inspect(
+        m,
+        5,
+        "config.json: config.json is a FIFO, not a regular file",
+    );
+});
+case!(config_fifo_run, |m| {
+    replace_with_fifo(&m.join("config.json"));
+    run_refused(m, &[], 5, "is a FIFO");
+});
+case!(config_dev_zero, |m| {
+    replace_with_link(&m.join("config.json"), "/dev/zero");
+    inspect(m, 5, "config.json is a character device");
+});
+case!(config_directory, |m| {
+    replace_with_dir(&m.join("config.json"));
+    inspect(m, 5, "config.json is a directory");
+});
+case!(config_missing, |m| {
+    std::fs::remove_file(m.join("config.json")).unwrap();
+    inspect(m, 5, "missing config.json");
+});
+case!(config_dangling_symlink, |m| {
+    replace_with_link(&m.join("config.json"), "/nonexistent/config.json");
+    inspect(m, 5, "config.json is missing");
+});
+case!(config_symlink_to_a_regular_file_is_fine, |m| {
+    let elsewhere = m.parent().unwrap().join("real-config.json");
+    std::fs::rename(m.join("config.json"), &elsewhere).unwrap();
+    replace_with_link(&m.join("config.json"), elsewhere.to_str().unwrap());
+    inspect(m, 0, "qwen3");
+});
+case!(index_fifo_inspect, |m| {
+    replace_with_fifo(&m.join("model.safetensors.index.json"));
+    inspect(m, 5, "model.safetensors.index.json is a FIFO");
+});
+case!(shard_directory_inspect, |m| {
+    replace_with_dir(&m.join("model.safetensors"));
+    inspect(m, 5, "model.safetensors: the shard is a directory");
+});
+case!(shard_fifo_inspect, |m| {
+    replace_with_fifo(&m.join("model.safetensors"));
+    inspect(m, 5, "the shard is a FIFO");
+});
+case!(shard_dev_zero, |m| {
+    replace_with_link(&m.join("model.safetensors"), "/dev/zero");
+    inspect(m, 5, "the shard is a character device");
+});
+case!(tokenizer_fifo_run, |m| {
+    replace_with_fifo(&m.join("tokenizer.json"));
+    run_refused(m, &[], 5, "tokenizer.json: tokenizer.json is a FIFO");
+});
+case!(tokenizer_config_fifo_run, |m| {
+    replace_with_fifo(&m.join("tokenizer_config.json"));
+    run_refused(m, &[], 5, "tokenizer_config.json is a FIFO");
+});
+case!(generation_config_fifo_run, |m| {
+    replace_with_fifo(&m.join("generation_config.json"));
+    run_refused(m, &[], 5, "generation_config.json is a FIFO");
+});
+case!(chat_template_fifo_run, |m| {
+    edit_json(&m.join("tokenizer_config.json"), |t| {
+        t.as_object_mut().unwrap().remove("chat_template");
+    });
+    replace_with_fifo(&m.join("chat_template.jinja"));
+    run_refused(m, &["--chat"], 5, "chat_template.jinja is a FIFO");
+});
+case!(tokenizer_directory_run, |m| {
+    replace_with_dir(&m.join("tokenizer.json"));
+    run_refused(m, &[], 5, "tokenizer.json is a directory");
+});
+case!(model_path_is_a_fifo, |m| {
+    let p = m.parent().unwrap().join("fifo-model");
+    replace_with_fifo(&p);
+    check(
+        &["inspect", p.to_str().unwrap()],
+        &[],
+        5,
+        "not a model directory",
+    );
+});
+case!(model_path_is_a_file, |m| {
+    check(
+        &["inspect", m.join("config.json").to_str().unwrap()],
+        &[],
+        5,
+        "not a model directory",
+    );
+});
+case!(model_path_missing, |m| {
+    let p = m.join("nope");
+    run_refused(&p, &[], 5, "not a model directory");
+});
+
+// --- (d) unbounded reads ---------------------------------------------------------------
+
+case!(tokenizer_dev_zero_run, |m| {
+    replace_with_link(&m.join("tokenizer.json"), "/dev/zero");
+    run_refused(m, &[], 5, "tokenizer.json is a character device");
+});
+case!(tokenizer_oversized_run, |m| {
+    replace_with_sparse(&m.join("tokenizer.json"), 1 << 40);
+    run_refused(m, &[], 5, "bytes, over the 67108864-byte limit");
+});
+case!(config_oversized, |m| {
+    replace_with_sparse(&m.join("config.json"), 1 << 40);
+    inspect(
+        m,
+        5,
+        "config.json is 1099511627776 bytes, over the 16777216-byte limit",
+    );
+});
+case!(index_oversized, |m| {
+    replace_with_sparse(&m.join("model.safetensors.index.json"), 1 << 40);
+    inspect(m, 5, "over the 67108864-byte limit");
+});
+case!(tokenizer_config_oversized_run, |m| {
+    replace_with_sparse(&m.join("tokenizer_config.json"), 1 << 30);
+    run_refused(m, &[], 5, "over the 16777216-byte limit");
+});
+case!(prompt_file_dev_zero, |m| {
+    run_refused(
+        m,
+        &["--prompt-file", "/dev/zero"],
+        2,
+        "/dev/zero: the prompt file is a character device",
+    );
+});
+case!(prompt_file_fifo, |m| {
+    let p = m.parent().unwrap().join("prompt");
+    replace_with_fifo(&p);
+    run_refused(
+        m,
+        &["--prompt-file", p.to_str().unwrap()],
+        2,
+        "the prompt file is a FIFO",
+    );
+});
+case!(prompt_file_directory, |m| {
+    run_refused(
+        m,
+        &["--prompt-file", m.to_str().unwrap()],
+        2,
+        "the prompt file is a directory",
+    );
+});
+case!(prompt_file_missing, |m| {
+    let p = m.join("no-prompt.txt");
+    run_refused(
+        m,
+        &["--prompt-file", p.to_str().unwrap()],
+        2,
+        "the prompt file is missing",
+    );
+});
+case!(prompt_file_oversized, |m| {
+    let p = m.parent().unwrap().join("prompt");
+    replace_with_sparse(&p, 17 << 20);
+    run_refused(
+        m,
+        &["--prompt-file", p.to_str().unwrap()],
+        2,
+        "over the 16777216-byte limit",
+    );
+});
+case!(prompt_file_not_utf8, |m| {
+    let p = m.parent().unwrap().join("prompt");
+    std::fs::write(&p, [0xff, 0xfe, 0x00]).unwrap();
+    run_refused(
+        m,
+        &["--prompt-file", p.to_str().unwrap()],
+        2,
+        "the prompt file is not UTF-8",
+    );
+});
