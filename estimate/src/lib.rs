@@ -16,6 +16,7 @@
 pub mod activation;
 pub mod bytes;
 pub mod config;
+mod dims;
 pub mod dtype;
 pub mod error;
 pub mod fsread;
