@@ -3,11 +3,51 @@
 //! Never a panic, never an allocation sized by the file; always an error naming it.
 #![allow(clippy::unwrap_used)] // Test scaffolding: a failure here is a test failure.
 
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use estimate::{EstimateError, Model, Request};
 use proptest::prelude::*;
 use serde_json::{json, Value};
+
+/// Records the largest single allocation this test binary makes.
+struct Largest;
+
+static LARGEST: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: defers to the system allocator; only records sizes.
+unsafe impl GlobalAlloc for Largest {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LARGEST.fetch_max(layout.size(), Ordering::Relaxed);
+        // SAFETY: same contract as ours.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as ours.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LARGEST.fetch_max(new_size, Ordering::Relaxed);
+        // SAFETY: same contract as ours.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Largest = Largest;
+
+/// No single allocation of any test here may pass this: the model files are tiny, so
+/// anything larger was sized by a number in a file (1e9 layers was a 1 GB Vec).
+const ALLOCATION_CAP: usize = 16 << 20;
+
+fn assert_no_large_allocation() {
+    let largest = LARGEST.load(Ordering::Relaxed);
+    assert!(
+        largest < ALLOCATION_CAP,
+        "an allocation of {largest} bytes was made"
+    );
+}
 
 fn base() -> Value {
     json!({"model_type":"llama","hidden_size":64,"num_hidden_layers":2,"num_attention_heads":4,
@@ -53,6 +93,7 @@ fn huge_layer_counts_are_refused_naming_field_value_and_range() {
             "{e}"
         );
     }
+    assert_no_large_allocation();
 }
 
 #[test]
@@ -223,6 +264,7 @@ proptest! {
             }
             Err(e) => prop_assert!(e.path().ends_with("config.json"), "{}", e),
         }
+        assert_no_large_allocation();
     }
 
     /// Random bytes as config.json, the index and a shard: never a panic.
@@ -240,5 +282,6 @@ proptest! {
             _ => std::fs::write(d.path().join("model.safetensors"), &shard).unwrap(),
         }
         let _ = Model::open(d.path());
+        assert_no_large_allocation();
     }
 }
