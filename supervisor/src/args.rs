@@ -1,24 +1,17 @@
 //! Checked parsers for numeric command-line arguments: sampling parameters must be
-//! finite and in range, or clap refuses them with exit 2 before anything runs.
+//! finite and in range (the rule the worker applies to requests, from `protocol`), or
+//! clap refuses them with exit 2 before anything runs.
 
 /// A sampling temperature: finite and >= 0 (0 is greedy).
 pub fn parse_temperature(s: &str) -> Result<f32, String> {
     let t: f32 = s.parse().map_err(|_| format!("`{s}` is not a number"))?;
-    if t.is_finite() && t >= 0.0 {
-        Ok(t)
-    } else {
-        Err(format!("`{s}` is not a finite temperature >= 0"))
-    }
+    protocol::check_temperature(t).map(|()| t)
 }
 
 /// A nucleus-sampling threshold: in (0, 1].
 pub fn parse_top_p(s: &str) -> Result<f32, String> {
     let p: f32 = s.parse().map_err(|_| format!("`{s}` is not a number"))?;
-    if p > 0.0 && p <= 1.0 {
-        Ok(p)
-    } else {
-        Err(format!("`{s}` is not in (0, 1]"))
-    }
+    protocol::check_top_p(p).map(|()| p)
 }
 
 #[cfg(test)]

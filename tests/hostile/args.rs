@@ -7,13 +7,13 @@ use super::*;
 // --- (h) arguments and index entries ---------------------------------------------------
 
 case!(temp_negative, |m| {
-    run_refused(m, &["--temp=-1"], 2, "not a finite temperature");
+    run_refused(m, &["--temp=-1"], 2, "is not a finite number >= 0");
 });
 case!(temp_nan, |m| {
-    run_refused(m, &["--temp", "NaN"], 2, "not a finite temperature");
+    run_refused(m, &["--temp", "NaN"], 2, "is not a finite number >= 0");
 });
 case!(temp_infinite, |m| {
-    run_refused(m, &["--temp", "inf"], 2, "not a finite temperature");
+    run_refused(m, &["--temp", "inf"], 2, "is not a finite number >= 0");
 });
 case!(top_p_two, |m| {
     run_refused(m, &["--top-p", "2"], 2, "is not in (0, 1]");

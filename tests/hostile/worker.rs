@@ -28,6 +28,14 @@ fn peak_rss(pid: u32) -> u64 {
 /// reply that was not a success. The worker must answer within the hang guard, stay
 /// under the RSS bound, and still be alive to shut down cleanly.
 fn load_then(m: &Path, prompt: Option<Prompt>) -> (WorkerErrorKind, String) {
+    load_then_sampling(m, prompt, Sampling::default())
+}
+
+fn load_then_sampling(
+    m: &Path,
+    prompt: Option<Prompt>,
+    sampling: Sampling,
+) -> (WorkerErrorKind, String) {
     let (mut child, mut stream, _dir, _) = start_worker();
     stream.set_read_timeout(Some(HANG_GUARD)).unwrap();
     let mut call = |id, body| {
@@ -52,11 +60,7 @@ fn load_then(m: &Path, prompt: Option<Prompt>) -> (WorkerErrorKind, String) {
             let gen = GenerateRequest {
                 prompt: prompt.expect("the damaged model loaded"),
                 max_tokens: 1,
-                sampling: Sampling {
-                    temperature: 0.0,
-                    top_p: 1.0,
-                    seed: None,
-                },
+                sampling,
                 stop: vec![],
                 fault: None,
             };
@@ -146,4 +150,23 @@ case!(worker_runaway_template_is_a_bad_request, |m| {
         "{message}"
     );
     assert!(message.contains("fuel"), "{message}");
+});
+
+case!(worker_nan_temperature_is_a_bad_request, |m| {
+    for (t, p) in [
+        (f32::NAN, 1.0),
+        (-1.0, 1.0),
+        (f32::INFINITY, 1.0),
+        (0.5, 2.0),
+        (0.5, 0.0),
+    ] {
+        let sampling = Sampling {
+            temperature: t,
+            top_p: p,
+            seed: Some(1),
+        };
+        let (kind, message) = load_then_sampling(m, Some(Prompt::Text("hi".into())), sampling);
+        assert_eq!(kind, WorkerErrorKind::BadRequest, "{message}");
+        assert!(message.contains("is not"), "{message}");
+    }
 });
