@@ -201,6 +201,10 @@ fn parse_header_json(
     let mut metadata = BTreeMap::new();
     for (name, entry) in map {
         if name == "__metadata__" {
+            // MLX's `save_safetensors` without metadata writes `null`.
+            if entry.is_null() {
+                continue;
+            }
             let serde_json::Value::Object(m) = entry else {
                 return Err(header_error(
                     path,
@@ -371,6 +375,17 @@ mod tests {
         assert!(reason(b"abc").contains("shorter than the 8-byte"));
         let lfs = b"version https://git-lfs.github.com/spec/v1\noid sha256:00\nsize 1234\n";
         assert!(reason(lfs).contains("Git LFS pointer (1234 bytes"));
+    }
+
+    #[test]
+    fn null_metadata_is_no_metadata() {
+        let b = shard(
+            r#"{"__metadata__":null,"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#,
+            4,
+        );
+        let h = parse(&b).expect("MLX writes this");
+        assert!(h.metadata.is_empty());
+        assert!(reason(&shard(r#"{"__metadata__":[1]}"#, 0)).contains("not an object"));
     }
 
     #[test]
