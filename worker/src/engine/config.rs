@@ -481,5 +481,20 @@ mod tests {
                 prop_assert!(cfg.num_layers <= 1024);
             }
         }
+
+        /// Random bytes as config.json and generation_config.json: an error, never a panic.
+        #[test]
+        fn random_bytes_never_panic(
+            config in proptest::collection::vec(any::<u8>(), 0..300),
+            generation in proptest::collection::vec(any::<u8>(), 0..300),
+            valid_config in any::<bool>(),
+        ) {
+            let d = tempfile::tempdir().unwrap();
+            let c = if valid_config { base("llama").to_string().into_bytes() } else { config };
+            std::fs::write(d.path().join("config.json"), c).unwrap();
+            std::fs::write(d.path().join("generation_config.json"), generation).unwrap();
+            let r = ModelConfig::load(d.path());
+            prop_assert!(r.is_err() || valid_config);
+        }
     }
 }
