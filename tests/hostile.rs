@@ -143,3 +143,28 @@ macro_rules! case {
 pub(crate) use case;
 
 pub(crate) const U64_MAX: u64 = u64::MAX;
+
+/// The guard itself can fail a case: a worker told to hang, with the supervisor's own
+/// timeouts set far away, is killed by the guard and reported as timed out.
+#[test]
+fn the_hang_guard_kills_a_hang() {
+    let m = tiny_model().to_str().unwrap();
+    let r = mlxsup_guarded(
+        &[
+            "run",
+            m,
+            "--max-tokens",
+            "1",
+            "--inject-fault",
+            "hang@load",
+            "--heartbeat-timeout-ms",
+            "600000",
+            "--stall-timeout-ms",
+            "600000",
+        ],
+        &[],
+        Duration::from_secs(3),
+    );
+    assert!(r.timed_out, "{r:?}");
+    assert_eq!(r.signal, Some(libc::SIGKILL), "{r:?}");
+}
