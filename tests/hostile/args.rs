@@ -9,6 +9,17 @@ use super::*;
 case!(temp_negative, |m| {
     run_refused(m, &["--temp=-1"], 2, "is not a finite number >= 0");
 });
+case!(temp_negative_as_a_separate_argument, |m| {
+    run_refused(
+        m,
+        &["--temp", "-1"],
+        2,
+        "temperature -1 is not a finite number >= 0",
+    );
+});
+case!(top_p_negative, |m| {
+    run_refused(m, &["--top-p", "-0.5"], 2, "top-p -0.5 is not in (0, 1]");
+});
 case!(temp_nan, |m| {
     run_refused(m, &["--temp", "NaN"], 2, "is not a finite number >= 0");
 });
