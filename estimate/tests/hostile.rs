@@ -208,6 +208,9 @@ const FIELDS: &[&str] = &[
 ];
 
 const MODEL_TYPES: &[&str] = &[
+    "qwen2_5_vl",
+    "gemma3",
+    "llava",
     "llama",
     "qwen3_next",
     "gemma3_text",
@@ -220,6 +223,45 @@ const MODEL_TYPES: &[&str] = &[
     "gemma3n",
     "qwen2_5_vl",
 ];
+
+/// The vision-config fields the estimator reads.
+const VISION_FIELDS: &[&str] = &[
+    "hidden_size",
+    "intermediate_size",
+    "num_heads",
+    "image_size",
+    "patch_size",
+    "spatial_merge_size",
+    "depth",
+    "num_hidden_layers",
+    "mlp_ratio",
+    "in_channels",
+    "temporal_patch_size",
+    "pooling_kernel_size",
+];
+
+/// Requests with extreme contexts, batches, images and chunks.
+fn request() -> impl Strategy<Value = Request> {
+    (
+        proptest::option::of(any::<u64>()),
+        any::<u64>(),
+        proptest::option::of(proptest::sample::select(vec![4u8, 8])),
+        prop_oneof![Just(0u64), any::<u64>()],
+        proptest::option::of(proptest::sample::select(vec![2u8, 3, 4, 8])),
+        any::<u64>(),
+    )
+        .prop_map(
+            |(context, batch, kv_bits, images, quant_bits, prefill_chunk)| Request {
+                context,
+                batch,
+                kv_bits,
+                images,
+                quant_bits,
+                prefill_chunk,
+                ..Request::default()
+            },
+        )
+}
 
 fn extreme() -> impl Strategy<Value = Value> {
     prop_oneof![
@@ -246,7 +288,9 @@ proptest! {
         mt in proptest::sample::select(MODEL_TYPES),
         edits in proptest::collection::vec((proptest::sample::select(FIELDS), extreme()), 1..6),
         quant in proptest::option::of((extreme(), extreme())),
-        context in proptest::option::of(any::<u64>()),
+        vision in proptest::option::of(proptest::collection::vec(
+            (proptest::sample::select(VISION_FIELDS), extreme()), 0..6)),
+        req in request(),
     ) {
         let mut c = base();
         c["model_type"] = json!(mt);
@@ -256,11 +300,20 @@ proptest! {
         if let Some((bits, group)) = quant {
             c["quantization"] = json!({"bits": bits, "group_size": group});
         }
+        if let Some(edits) = vision {
+            let mut v = json!({"hidden_size": 64, "num_heads": 4, "intermediate_size": 128,
+                "image_size": 224, "patch_size": 14, "depth": 2});
+            for (f, x) in edits {
+                v[f] = x;
+            }
+            c["vision_config"] = v;
+        }
         let d = folder(&c);
         match Model::open(d.path()) {
             Ok(m) => {
-                let est = estimate::estimate(&m, &Request { context, ..Request::default() });
+                let est = estimate::estimate(&m, &req);
                 prop_assert!(est.total_bytes > 0);
+                let _ = m.weights_at_bits(4);
             }
             Err(e) => prop_assert!(e.path().ends_with("config.json"), "{}", e),
         }

@@ -125,3 +125,27 @@ case!(vision_config_image_size_huge, |m| {
     );
     inspect(m, 5, "`vision_config.image_size`");
 });
+case!(vision_extremes_with_huge_request_numbers, |m| {
+    config(
+        m,
+        "vision_config",
+        json!({"hidden_size": 1024, "intermediate_size": 1 << 20, "num_heads": 1,
+            "image_size": 65536, "patch_size": 1}),
+    );
+    let max = U64_MAX.to_string();
+    check(
+        &[
+            "inspect",
+            m.to_str().unwrap(),
+            "--images",
+            &max,
+            "--batch",
+            &max,
+            "--context",
+            &max,
+        ],
+        &[],
+        0,
+        "does not fit",
+    );
+});
