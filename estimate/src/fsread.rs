@@ -11,14 +11,16 @@ use std::io::Read;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-/// Largest `config.json` or `generation_config.json` accepted (real ones are kilobytes).
-pub const MAX_CONFIG_BYTES: u64 = 16 << 20;
-/// Largest `model.safetensors.index.json` accepted (real ones are at most a few MB).
-pub const MAX_INDEX_BYTES: u64 = 64 << 20;
+/// Largest `config.json` or `generation_config.json` accepted (real ones are kilobytes;
+/// a JSON tree takes up to ~20× its text in memory, so this also bounds the parse).
+pub const MAX_CONFIG_BYTES: u64 = 4 << 20;
+/// Largest `model.safetensors.index.json` accepted (the largest real ones are ~30 MB).
+pub const MAX_INDEX_BYTES: u64 = 48 << 20;
 /// Largest `tokenizer.json` accepted (the largest real ones are about 35 MB).
 pub const MAX_TOKENIZER_BYTES: u64 = 64 << 20;
-/// Largest `tokenizer_config.json` accepted (it can embed long chat templates).
-pub const MAX_TOKENIZER_CONFIG_BYTES: u64 = 16 << 20;
+/// Largest `tokenizer_config.json` accepted (it can embed long chat templates and
+/// thousands of added tokens; real ones are at most a few MB).
+pub const MAX_TOKENIZER_CONFIG_BYTES: u64 = 8 << 20;
 /// Largest `chat_template.jinja` accepted.
 pub const MAX_TEMPLATE_BYTES: u64 = 1 << 20;
 /// Largest prompt file accepted.

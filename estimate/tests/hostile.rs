@@ -152,7 +152,7 @@ fn oversized_json_is_refused_before_reading() {
     let f = std::fs::File::create(d.path().join("config.json")).unwrap();
     f.set_len(1 << 40).unwrap();
     let e = open_err(d.path());
-    assert!(e.contains("over the 16777216-byte limit"), "{e}");
+    assert!(e.contains("over the 4194304-byte limit"), "{e}");
 }
 
 #[test]

@@ -118,16 +118,16 @@ case!(config_oversized, |m| {
     inspect(
         m,
         5,
-        "config.json is 1099511627776 bytes, over the 16777216-byte limit",
+        "config.json is 1099511627776 bytes, over the 4194304-byte limit",
     );
 });
 case!(index_oversized, |m| {
     replace_with_sparse(&m.join("model.safetensors.index.json"), 1 << 40);
-    inspect(m, 5, "over the 67108864-byte limit");
+    inspect(m, 5, "over the 50331648-byte limit");
 });
 case!(tokenizer_config_oversized_run, |m| {
     replace_with_sparse(&m.join("tokenizer_config.json"), 1 << 30);
-    run_refused(m, &[], 5, "over the 16777216-byte limit");
+    run_refused(m, &[], 5, "over the 8388608-byte limit");
 });
 case!(prompt_file_dev_zero, |m| {
     run_refused(
@@ -184,3 +184,88 @@ case!(prompt_file_not_utf8, |m| {
         "the prompt file is not UTF-8",
     );
 });
+
+// --- files just under their caps, shaped to inflate when parsed: RSS stays bounded ------
+
+/// `prefix` + `item,` repeated + `suffix`, `len` bytes in all (within a few bytes).
+fn inflating(path: &Path, prefix: &str, item: &str, suffix: &str, len: usize) {
+    let n = (len - prefix.len() - suffix.len()) / (item.len() + 1);
+    let mut s = String::with_capacity(len);
+    s.push_str(prefix);
+    for i in 0..n {
+        if i > 0 {
+            s.push(',');
+        }
+        s.push_str(item);
+    }
+    s.push_str(suffix);
+    std::fs::write(path, s).unwrap();
+}
+
+case!(config_at_its_cap_of_tiny_values, |m| {
+    let cfg = std::fs::read_to_string(m.join("config.json")).unwrap();
+    let open = cfg.trim_end().trim_end_matches('}').to_string() + r#", "junk": ["#;
+    inflating(&m.join("config.json"), &open, "0", "]}", (4 << 20) - 16);
+    inspect(m, 0, "qwen3");
+});
+case!(index_at_its_cap_of_tiny_entries, |m| {
+    // ~32 MB of `"k":"f"` entries, under the 48 MiB cap: 5 times MAX_INDEX_ENTRIES,
+    // stopped while parsing.
+    let path = m.join("model.safetensors.index.json");
+    let n = 2_500_000;
+    let mut s = String::from(r#"{"weight_map":{"#);
+    for i in 0..n {
+        if i > 0 {
+            s.push(',');
+        }
+        s.push_str(&format!("\"{i:x}\":\"f\""));
+    }
+    s.push_str("}}");
+    std::fs::write(&path, s).unwrap();
+    inspect(m, 5, "`weight_map` = more than 500000 entries");
+});
+case!(tokenizer_config_at_its_cap_of_tiny_values, |m| {
+    // Valid and huge, with a template that does not compile: the whole file is parsed
+    // before the refusal.
+    inflating(
+        &m.join("tokenizer_config.json"),
+        r#"{"chat_template": "{% for %}", "junk": ["#,
+        "0",
+        "]}",
+        (8 << 20) - 16,
+    );
+    run_refused(m, &[], 5, "the chat template does not compile");
+});
+case!(generation_config_at_its_cap_of_tiny_values, |m| {
+    inflating(
+        &m.join("generation_config.json"),
+        r#"{"eos_token_id": ["#,
+        "0",
+        "], x}",
+        (4 << 20) - 16,
+    );
+    run_refused(m, &[], 5, "generation_config.json: invalid JSON");
+});
+case!(
+    config_and_index_both_at_their_worst_stay_under_the_rss_bound,
+    |m| {
+        let cfg = std::fs::read_to_string(m.join("config.json")).unwrap();
+        let open = cfg.trim_end().trim_end_matches('}').to_string() + r#", "junk": ["#;
+        inflating(&m.join("config.json"), &open, "0", "]}", (4 << 20) - 16);
+        // Just under MAX_INDEX_ENTRIES: all of it is read and kept.
+        let mut s = String::from(r#"{"weight_map":{"#);
+        for i in 0..499_999 {
+            if i > 0 {
+                s.push(',');
+            }
+            s.push_str(&format!("\"{i:x}\":\"f\""));
+        }
+        s.push_str("}}");
+        std::fs::write(m.join("model.safetensors.index.json"), s).unwrap();
+        inspect(
+            m,
+            5,
+            "index names shard `f`, which is missing from the folder",
+        );
+    }
+);
