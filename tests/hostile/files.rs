@@ -269,3 +269,23 @@ case!(
         );
     }
 );
+case!(
+    tokenizer_of_too_many_values_is_refused_before_parsing,
+    |m| {
+        // 10 MB of `0,`: under the byte cap, over MAX_TOKENIZER_VALUES; parsing it with the
+        // tokenizers crate would take gigabytes.
+        inflating(
+            &m.join("tokenizer.json"),
+            r#"{"junk": ["#,
+            "0",
+            "]}",
+            10 << 20,
+        );
+        run_refused(
+            m,
+            &[],
+            5,
+            "tokenizer.json: it has more than 4000000 JSON values",
+        );
+    }
+);

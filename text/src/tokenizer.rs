@@ -11,6 +11,12 @@ use crate::error::TextError;
 /// File name of the tokenizer.
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
 
+/// Most JSON values (keys included) a `tokenizer.json` may have. The largest real ones
+/// (262k-token vocabularies with 500k merges) have about 2 million; the `tokenizers`
+/// crate keeps each in a hash map or two, so this bounds the parse's memory as the size
+/// cap bounds the read.
+pub const MAX_TOKENIZER_VALUES: u64 = 4_000_000;
+
 /// A loaded `tokenizer.json`.
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
@@ -27,6 +33,8 @@ impl Tokenizer {
     pub fn load(dir: &Path) -> Result<Tokenizer, TextError> {
         let path = dir.join(TOKENIZER_FILE);
         let json = read_capped_string(&path, MAX_TOKENIZER_BYTES, TOKENIZER_FILE)?;
+        crate::json_size::count_values(json.as_bytes(), MAX_TOKENIZER_VALUES)
+            .map_err(|e| TextError::load(format!("{}: {e}", path.display())))?;
         Tokenizer::parse(&json)
             .map_err(|e| TextError::load(format!("{}: cannot load: {e}", path.display())))
     }
