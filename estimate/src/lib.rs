@@ -21,6 +21,7 @@ pub mod dtype;
 pub mod error;
 pub mod fsread;
 pub mod index;
+pub mod json_size;
 pub mod kv_cache;
 pub mod limits;
 pub mod model;

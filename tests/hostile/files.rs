@@ -202,10 +202,21 @@ fn inflating(path: &Path, prefix: &str, item: &str, suffix: &str, len: usize) {
     std::fs::write(path, s).unwrap();
 }
 
-case!(config_at_its_cap_of_tiny_values, |m| {
+/// config.json with a `junk` array of `items` zeros (each `0,`: two bytes).
+fn config_with_junk(m: &Path, items: usize) {
     let cfg = std::fs::read_to_string(m.join("config.json")).unwrap();
     let open = cfg.trim_end().trim_end_matches('}').to_string() + r#", "junk": ["#;
-    inflating(&m.join("config.json"), &open, "0", "]}", (4 << 20) - 16);
+    let len = open.len() + 2 + 2 * items;
+    inflating(&m.join("config.json"), &open, "0", "]}", len);
+}
+
+case!(config_at_its_byte_cap_of_tiny_values, |m| {
+    // 2 million values in 4 MiB: refused by the value count before a tree is built.
+    config_with_junk(m, (4 << 20) / 2 - 1000);
+    inspect(m, 5, "config.json: it has more than 200000 JSON values");
+});
+case!(config_just_under_its_value_cap, |m| {
+    config_with_junk(m, 199_000);
     inspect(m, 0, "qwen3");
 });
 case!(index_at_its_cap_of_tiny_entries, |m| {
@@ -224,15 +235,31 @@ case!(index_at_its_cap_of_tiny_entries, |m| {
     std::fs::write(&path, s).unwrap();
     inspect(m, 5, "`weight_map` = more than 500000 entries");
 });
-case!(tokenizer_config_at_its_cap_of_tiny_values, |m| {
-    // Valid and huge, with a template that does not compile: the whole file is parsed
-    // before the refusal.
+case!(tokenizer_config_at_its_byte_cap_of_tiny_values, |m| {
     inflating(
         &m.join("tokenizer_config.json"),
         r#"{"chat_template": "{% for %}", "junk": ["#,
         "0",
         "]}",
         (8 << 20) - 16,
+    );
+    run_refused(
+        m,
+        &[],
+        5,
+        "tokenizer_config.json: it has more than 1000000 JSON values",
+    );
+});
+case!(tokenizer_config_just_under_its_value_cap, |m| {
+    // Valid and large, with a template that does not compile: the whole file is parsed
+    // before the refusal.
+    let open = r#"{"chat_template": "{% for %}", "junk": ["#;
+    inflating(
+        &m.join("tokenizer_config.json"),
+        open,
+        "0",
+        "]}",
+        open.len() + 2 + 2 * 990_000,
     );
     run_refused(m, &[], 5, "the chat template does not compile");
 });
@@ -244,15 +271,18 @@ case!(generation_config_at_its_cap_of_tiny_values, |m| {
         "], x}",
         (4 << 20) - 16,
     );
-    run_refused(m, &[], 5, "generation_config.json: invalid JSON");
+    run_refused(
+        m,
+        &[],
+        5,
+        "generation_config.json: it has more than 200000 JSON values",
+    );
 });
 case!(
     config_and_index_both_at_their_worst_stay_under_the_rss_bound,
     |m| {
-        let cfg = std::fs::read_to_string(m.join("config.json")).unwrap();
-        let open = cfg.trim_end().trim_end_matches('}').to_string() + r#", "junk": ["#;
-        inflating(&m.join("config.json"), &open, "0", "]}", (4 << 20) - 16);
-        // Just under MAX_INDEX_ENTRIES: all of it is read and kept.
+        // Each just under its value or entry cap: all of it is read and kept.
+        config_with_junk(m, 199_000);
         let mut s = String::from(r#"{"weight_map":{"#);
         for i in 0..499_999 {
             if i > 0 {

@@ -32,6 +32,10 @@ const CAP_MESSAGE: &str = "the rendered prompt passed";
 /// Render errors that mean the template itself is broken, not the request.
 const BROKEN: [&str; 3] = [FUEL_MESSAGE, CAP_MESSAGE, "recursion limit exceeded"];
 
+/// Most JSON values a tokenizer_config.json may have (thousands of added tokens at
+/// about seven values each fit many times over).
+pub const MAX_TOKENIZER_CONFIG_VALUES: u64 = 1_000_000;
+
 /// File name of the tokenizer config.
 pub const TOKENIZER_CONFIG_FILE: &str = "tokenizer_config.json";
 /// File name of a standalone chat template.
@@ -62,6 +66,7 @@ impl TokenizerConfig {
         let mut cfg = TokenizerConfig::default();
         if present(&path) {
             let bytes = read_capped(&path, MAX_TOKENIZER_CONFIG_BYTES, TOKENIZER_CONFIG_FILE)?;
+            estimate::json_size::check_values(&path, &bytes, MAX_TOKENIZER_CONFIG_VALUES)?;
             let v: Value = serde_json::from_slice(&bytes)
                 .map_err(|e| TextError::load(format!("{}: invalid JSON: {e}", path.display())))?;
             cfg.bos_token = token_text(v.get("bos_token"));

@@ -7,6 +7,7 @@ use std::path::Path;
 use estimate::fsread::{
     present, read_capped, read_capped_string, MAX_CONFIG_BYTES, MAX_PROMPT_BYTES,
 };
+use estimate::json_size::MAX_CONFIG_VALUES;
 use estimate::{FileError, Model};
 use protocol::Prompt;
 
@@ -36,6 +37,7 @@ pub fn check_loadable(model: &Model) -> Result<TextFiles, TextError> {
     let generation = dir.join(GENERATION_CONFIG_FILE);
     if present(&generation) {
         let bytes = read_capped(&generation, MAX_CONFIG_BYTES, GENERATION_CONFIG_FILE)?;
+        estimate::json_size::check_values(&generation, &bytes, MAX_CONFIG_VALUES)?;
         serde_json::from_slice::<serde_json::Value>(&bytes)
             .map_err(|e| TextError::load(format!("{}: invalid JSON: {e}", generation.display())))?;
     }

@@ -5,7 +5,6 @@
 pub mod chat;
 pub mod check;
 pub mod error;
-pub mod json_size;
 pub mod tokenizer;
 
 pub use chat::{render, TokenizerConfig, MAX_RENDERED_BYTES, TEMPLATE_FUEL};

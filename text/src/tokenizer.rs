@@ -33,7 +33,7 @@ impl Tokenizer {
     pub fn load(dir: &Path) -> Result<Tokenizer, TextError> {
         let path = dir.join(TOKENIZER_FILE);
         let json = read_capped_string(&path, MAX_TOKENIZER_BYTES, TOKENIZER_FILE)?;
-        crate::json_size::count_values(json.as_bytes(), MAX_TOKENIZER_VALUES)
+        estimate::json_size::count_values(json.as_bytes(), MAX_TOKENIZER_VALUES)
             .map_err(|e| TextError::load(format!("{}: {e}", path.display())))?;
         Tokenizer::parse(&json)
             .map_err(|e| TextError::load(format!("{}: cannot load: {e}", path.display())))

@@ -93,6 +93,8 @@ fn ids(v: Option<&Value>) -> Vec<u32> {
 fn read_json(path: &Path, what: &str) -> Result<Value, WorkerError> {
     let bytes = estimate::fsread::read_capped(path, estimate::fsread::MAX_CONFIG_BYTES, what)
         .map_err(|e| load_failed(e.to_string()))?;
+    estimate::json_size::check_values(path, &bytes, estimate::json_size::MAX_CONFIG_VALUES)
+        .map_err(|e| load_failed(e.to_string()))?;
     serde_json::from_slice(&bytes)
         .map_err(|e| load_failed(format!("{} is not valid JSON: {e}", path.display())))
 }

@@ -4,17 +4,50 @@ use std::cell::Cell;
 
 use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
+/// Most JSON values a `config.json` or `generation_config.json` may have (real ones have
+/// hundreds; a few VLM configs some thousands).
+pub const MAX_CONFIG_VALUES: u64 = 200_000;
+
+/// Why a document was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum JsonSizeError {
+    /// More values than the limit.
+    #[error("it has more than {0} JSON values")]
+    TooMany(u64),
+    /// Not JSON at all (the parser's message).
+    #[error("invalid JSON: {0}")]
+    Invalid(String),
+}
+
 /// Counts every value (objects, arrays, their members, keys included) of `json`, and
 /// stops with an error once there are more than `limit`.
-pub fn count_values(json: &[u8], limit: u64) -> Result<u64, String> {
+pub fn count_values(json: &[u8], limit: u64) -> Result<u64, JsonSizeError> {
     let n = Cell::new(0);
     let mut de = serde_json::Deserializer::from_slice(json);
     let seed = Counter { n: &n, limit };
     match seed.deserialize(&mut de).and_then(|()| de.end()) {
         Ok(()) => Ok(n.get()),
-        Err(_) if n.get() > limit => Err(format!("it has more than {limit} JSON values")),
-        Err(e) => Err(format!("invalid JSON: {e}")),
+        Err(_) if n.get() > limit => Err(JsonSizeError::TooMany(limit)),
+        Err(e) => Err(JsonSizeError::Invalid(e.to_string())),
     }
+}
+
+/// [`count_values`] as an [`EstimateError`] naming `path`.
+pub fn check_values(
+    path: &std::path::Path,
+    json: &[u8],
+    limit: u64,
+) -> Result<u64, crate::EstimateError> {
+    count_values(json, limit).map_err(|e| match e {
+        JsonSizeError::TooMany(_) => crate::EstimateError::Config {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        },
+        JsonSizeError::Invalid(reason) => crate::EstimateError::Json {
+            path: path.to_path_buf(),
+            reason,
+        },
+    })
 }
 
 #[derive(Clone, Copy)]
@@ -92,11 +125,16 @@ mod tests {
     fn counts_every_value_and_key() {
         assert_eq!(count_values(b"7", 10), Ok(1));
         assert_eq!(count_values(br#"{"a": [1, 2, {"b": null}]}"#, 10), Ok(8));
+        let e = count_values(b"[0,0,0,0]", 3);
+        assert_eq!(e, Err(JsonSizeError::TooMany(3)));
         assert_eq!(
-            count_values(b"[0,0,0,0]", 3),
+            e.map_err(|e| e.to_string()),
             Err("it has more than 3 JSON values".to_string())
         );
-        assert!(count_values(b"[0,", 10).is_err_and(|e| e.starts_with("invalid JSON")));
+        assert!(matches!(
+            count_values(b"[0,", 10),
+            Err(JsonSizeError::Invalid(_))
+        ));
         assert!(count_values(b"{} x", 10).is_err());
     }
 
