@@ -12,6 +12,10 @@ use crate::error::EstimateError;
 /// 19 KB–2.2 MB; a larger length is corruption or an attack.
 pub const MAX_HEADER_BYTES: u64 = 100_000_000;
 
+/// Most JSON values a header may have: about 12 per tensor, so some 160 000 tensors in
+/// one shard (real shards have at most tens of thousands).
+pub const MAX_HEADER_VALUES: u64 = 2_000_000;
+
 /// The first line of a Git LFS pointer file.
 const LFS_PREFIX: &[u8] = b"version https://git-lfs";
 
@@ -188,6 +192,9 @@ fn parse_header_json(
 ) -> Result<ShardHeader, EstimateError> {
     let header_bytes = 8 + json.len() as u64;
     let data_area = file_bytes.saturating_sub(header_bytes);
+    // Counted first: a header of millions of tiny values would take ~20× its size.
+    crate::json_size::count_values(json, MAX_HEADER_VALUES)
+        .map_err(|e| header_error(path, e.to_string()))?;
     let value: serde_json::Value = serde_json::from_slice(json)
         .map_err(|e| header_error(path, format!("invalid JSON: {e}")))?;
     let serde_json::Value::Object(map) = value else {
@@ -386,6 +393,15 @@ mod tests {
         let h = parse(&b).expect("MLX writes this");
         assert!(h.metadata.is_empty());
         assert!(reason(&shard(r#"{"__metadata__":[1]}"#, 0)).contains("not an object"));
+    }
+
+    #[test]
+    fn a_header_of_too_many_values_is_refused() {
+        let json = format!(
+            "{{\"__metadata__\":{{\"x\":[{}0]}}}}",
+            "0,".repeat(2_000_001)
+        );
+        assert!(reason(&shard(&json, 0)).contains("more than 2000000 JSON values"));
     }
 
     #[test]

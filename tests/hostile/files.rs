@@ -319,3 +319,21 @@ case!(
         );
     }
 );
+case!(
+    shard_header_of_too_many_values_is_refused_before_parsing,
+    |m| {
+        // A 12 MB header of `0,` in its metadata: under the header byte cap, over its value cap.
+        let json = format!(
+            r#"{{"__metadata__":{{"x":[{}0]}}}}"#,
+            "0,".repeat(6_000_000)
+        );
+        let mut b = (json.len() as u64).to_le_bytes().to_vec();
+        b.extend_from_slice(json.as_bytes());
+        std::fs::write(m.join("model.safetensors"), b).unwrap();
+        inspect(
+            m,
+            5,
+            "model.safetensors: bad safetensors header: it has more than 2000000 JSON values",
+        );
+    }
+);
