@@ -27,6 +27,14 @@ pub struct TextFiles {
     pub prompts: TokenizerConfig,
 }
 
+impl TextFiles {
+    /// How many tokens `prompt` is (for a prompt-length check before spawning a worker),
+    /// with the files already checked: nothing is read again.
+    pub fn count_prompt_tokens(&self, prompt: &Prompt) -> Result<usize, TextError> {
+        prompt_ids(&self.tokenizer, &self.prompts, prompt).map(|ids| ids.len())
+    }
+}
+
 /// Checks everything a worker would load, without MLX, for a model already opened by
 /// [`Model::open`] (which read config.json, the index and every shard header): the
 /// shards the index names exist, and the tokenizer, tokenizer config, generation config

@@ -45,8 +45,9 @@ fn a_valid_folder_passes_and_counts_tokens() {
         files.tokenizer.encode("hello world", false).unwrap(),
         vec![1, 2]
     );
-    let n = text::count_prompt_tokens(d.path(), &protocol::Prompt::Text("hello world x".into()));
-    assert_eq!(n, Ok(3));
+    let prompt = protocol::Prompt::Text("hello world x".into());
+    assert_eq!(text::count_prompt_tokens(d.path(), &prompt), Ok(3));
+    assert_eq!(files.count_prompt_tokens(&prompt), Ok(3));
 }
 
 #[test]
