@@ -168,12 +168,13 @@ const INT_FIELDS: &[(&[&str], u64, u64)] = &[
     (&["num_channels", "in_channels", "in_chans"], 0, 64),
     (&["bits", "num_bits"], 1, 16),
     (&["group_size", "weight_block_size"], 1, 1 << 16),
-    (
-        &["eos_token_id", "bos_token_id", "pad_token_id"],
-        0,
-        u32::MAX as u64,
-    ),
+    // bos/pad ids are not read and old configs write -1 there; eos ids are used.
+    (&["eos_token_id"], 0, u32::MAX as u64),
 ];
+
+/// Values outside the range that a field may still hold, with a meaning of their own:
+/// GPTQ writes `group_size: -1` for per-channel quantization.
+const SENTINELS: &[(&str, i64)] = &[("group_size", -1)];
 
 /// Number fields that may be fractional: names, smallest and largest value accepted.
 const FLOAT_FIELDS: &[(&[&str], f64, f64)] = &[
@@ -235,7 +236,19 @@ fn float_range(field: &str) -> Option<(f64, f64)> {
 }
 
 /// Checks one number of an integer field: a whole number within `min..=max`.
-fn check_int(field: &str, n: &serde_json::Number, min: u64, max: u64) -> Result<(), Implausible> {
+fn check_int(
+    field: &str,
+    name: &str,
+    n: &serde_json::Number,
+    min: u64,
+    max: u64,
+) -> Result<(), Implausible> {
+    if SENTINELS
+        .iter()
+        .any(|&(f, v)| f == name && n.as_i64() == Some(v))
+    {
+        return Ok(());
+    }
     let whole = n.as_u64().or_else(|| {
         n.as_f64()
             .filter(|f| *f >= 0.0 && f.fract() == 0.0 && *f <= max as f64)
@@ -261,7 +274,7 @@ fn check_value(field: &str, name: &str, v: &Value) -> Result<(), Implausible> {
     };
     if let Some((min, max)) = int_range(name) {
         for n in numbers {
-            check_int(field, n, min, max)?;
+            check_int(field, name, n, min, max)?;
         }
     } else if let Some((min, max)) = float_range(name) {
         for n in numbers {
@@ -343,7 +356,9 @@ mod tests {
             "rope_theta": 1000000.0, "rms_norm_eps": 1e-6, "intermediate_size": 11008.0,
             "eos_token_id": [151645, 151643], "quantization": {"bits": 4, "group_size": 64,
             "model.layers.0.mlp.gate": {"bits": 8, "group_size": 64}},
-            "text_config": {"head_dim": 128}, "transformers_version": "4.1"});
+            "text_config": {"head_dim": 128}, "transformers_version": "4.1",
+            "pad_token_id": -1, "bos_token_id": -1,
+            "quantization_config": {"quant_method": "gptq", "bits": 4, "group_size": -1}});
         assert_eq!(check(c), Ok(()));
     }
 
@@ -362,6 +377,8 @@ mod tests {
         assert!(check(json!({"hidden_size": 1e300})).is_err());
         assert!(check(json!({"hidden_size": 0})).is_err());
         assert!(check(json!({"eos_token_id": [1, 4294967296u64]})).is_err());
+        assert!(check(json!({"quantization": {"group_size": -2}})).is_err());
+        assert!(check(json!({"eos_token_id": -1})).is_err());
         let e = check(json!({"quantization": {"m.q": {"bits": 99}}})).unwrap_err();
         assert_eq!(e.field, "quantization.m.q.bits");
         assert!(check(json!({"rope_theta": -1.0})).is_err());

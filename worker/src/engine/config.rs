@@ -209,6 +209,11 @@ impl ModelConfig {
                     "quantization.bits",
                     q.get("bits").and_then(Value::as_i64).unwrap_or(4),
                 )?;
+                if gs < 1 {
+                    return Err(load_failed(format!(
+                        "{source}: quantization.group_size {gs} (per-channel) is not supported by MLX affine quantization"
+                    )));
+                }
                 (
                     Some(QuantParams {
                         group_size: gs,

@@ -97,6 +97,9 @@ fn wide_values_are_refused_not_truncated() {
     let mut c = base("llama");
     c["quantization"] = json!({"bits": 4, "group_size": 0});
     assert!(ModelConfig::from_value(&c, "c").is_err());
+    c["quantization"] = json!({"bits": 4, "group_size": -1});
+    let e = ModelConfig::from_value(&c, "c").unwrap_err();
+    assert!(e.message.contains("per-channel"), "{}", e.message);
 }
 
 const FIELDS: &[&str] = &[
