@@ -3,9 +3,10 @@
 //! size anything.
 //!
 //! The ranges are generous (several times the largest published model) but bounded so
-//! that the estimator's arithmetic cannot overflow and no allocation is sized by a file
-//! without a cap: with every dimension within its range, the largest product the
-//! estimator forms (experts × MoE width × hidden × layers × 4 bytes) stays below 2^50.
+//! that no allocation is sized by a file without a cap (at most 1024 layers) and the
+//! estimator's products of two or three dimensions stay far below 2^64 (vocabulary ×
+//! layers × per-layer width, the largest, is under 2^52); the per-component sums
+//! saturate, so even an absurd but in-range model gives a huge estimate, not a panic.
 use serde_json::{Map, Value};
 
 /// Most decoder (or vision-encoder) layers accepted.
