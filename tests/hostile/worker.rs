@@ -170,3 +170,12 @@ case!(worker_nan_temperature_is_a_bad_request, |m| {
         assert!(message.contains("is not"), "{message}");
     }
 });
+
+case!(
+    worker_token_ids_outside_the_vocabulary_are_a_bad_request,
+    |m| {
+        let (kind, message) = load_then(m, Some(Prompt::Tokens(vec![1, u32::MAX])));
+        assert_eq!(kind, WorkerErrorKind::BadRequest, "{message}");
+        assert!(message.contains("outside the vocabulary"), "{message}");
+    }
+);
