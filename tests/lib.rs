@@ -253,3 +253,96 @@ pub fn fault_time(stderr_tail: &str) -> Option<SystemTime> {
         .ok()?;
     Some(SystemTime::UNIX_EPOCH + Duration::from_micros(us))
 }
+
+/// One `mlxsup` run under a hang guard, with its peak RSS.
+#[derive(Debug)]
+pub struct GuardedRun {
+    /// The exit code (`None` when killed by a signal).
+    pub code: Option<i32>,
+    /// The signal that ended it, if one did.
+    pub signal: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    /// Peak resident set of the process (and the children it waited for), from `wait4`.
+    pub peak_rss_bytes: u64,
+    /// Whether the guard had to kill it.
+    pub timed_out: bool,
+    /// How long it ran.
+    pub elapsed: Duration,
+}
+
+/// Runs `mlxsup ARGS` (with `env` added) in its own process group; after `limit` the
+/// whole group is killed and `timed_out` is set. Peak RSS comes from `wait4`'s rusage.
+#[allow(clippy::zombie_processes)] // Reaped by `wait4` below, not by `Child::wait`.
+pub fn mlxsup_guarded(args: &[&str], env: &[(&str, &str)], limit: Duration) -> GuardedRun {
+    use std::os::unix::process::CommandExt;
+    let runtime_dir = tempfile::Builder::new()
+        .prefix("rt")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let mut cmd = Command::new(bin("mlxsup"));
+    cmd.args(args)
+        .env("MLXSUP_RUNTIME_DIR", runtime_dir.path().join("r"))
+        .env_remove("LD_LIBRARY_PATH")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let start = std::time::Instant::now();
+    let mut child = cmd.spawn().unwrap();
+    let pid = child.id() as libc::pid_t;
+    let drain = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            // Bounded: a runaway writer cannot make the test itself grow without end.
+            let _ = (&mut r).take(64 << 20).read_to_end(&mut v);
+            let _ = std::io::copy(&mut r, &mut std::io::sink());
+            String::from_utf8_lossy(&v).into_owned()
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().unwrap()));
+    let err = drain(Box::new(child.stderr.take().unwrap()));
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid value for wait4 to fill in.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let mut timed_out = false;
+    loop {
+        // SAFETY: `pid` is our child; `status` and `usage` are valid for writes.
+        let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
+        if r == pid {
+            break;
+        }
+        assert!(r == 0, "wait4: {}", std::io::Error::last_os_error());
+        if start.elapsed() > limit && !timed_out {
+            timed_out = true;
+            // SAFETY: signalling our child's process group.
+            unsafe { libc::kill(-pid, libc::SIGKILL) };
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let elapsed = start.elapsed();
+    // A worker left in the group would keep the pipes open: end it too.
+    // SAFETY: signalling our child's (now empty or orphaned) process group.
+    unsafe { libc::kill(-pid, libc::SIGKILL) };
+    let (code, signal) = if libc::WIFEXITED(status) {
+        (Some(libc::WEXITSTATUS(status)), None)
+    } else {
+        (
+            None,
+            libc::WIFSIGNALED(status).then(|| libc::WTERMSIG(status)),
+        )
+    };
+    GuardedRun {
+        code,
+        signal,
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+        // Linux reports kilobytes.
+        peak_rss_bytes: (usage.ru_maxrss.max(0) as u64) * 1024,
+        timed_out,
+        elapsed,
+    }
+}

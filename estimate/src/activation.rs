@@ -130,8 +130,10 @@ pub fn largest_fitting(upto: u64, fits: impl Fn(u64) -> bool) -> Option<u64> {
 /// encoder width `d`, MLP width `inter` and `heads` heads (full attention per image).
 pub fn vision_activation_bytes(images: u64, patches: u64, d: u64, inter: u64, heads: u64) -> u64 {
     use constants::*;
-    let per_image = heads as f64 * (patches * patches) as f64 * SCORE_BYTES * SCORE_LIVE_FRACTION
-        + patches as f64 * (d + inter) as f64 * MLP_BYTES_PER_ELEMENT;
+    // In f64 throughout: patches² and d + inter can pass u64 for implausible inputs.
+    let patches = patches as f64;
+    let per_image = heads as f64 * patches * patches * SCORE_BYTES * SCORE_LIVE_FRACTION
+        + patches * (d as f64 + inter as f64) * MLP_BYTES_PER_ELEMENT;
     to_u64(per_image * images as f64)
 }
 

@@ -21,6 +21,8 @@ const TEXT_KEYS: [&str; 3] = ["text_config", "language_config", "llm_config"];
 impl Config {
     /// Parses `config.json` text; `path` is used in errors.
     pub fn parse(path: &Path, text: &[u8]) -> Result<Config, EstimateError> {
+        // Counted first: a tree of millions of tiny values would take ~20× the text.
+        crate::json_size::check_values(path, text, crate::json_size::MAX_CONFIG_VALUES)?;
         let value: Value = serde_json::from_slice(text).map_err(|e| EstimateError::Json {
             path: path.to_path_buf(),
             reason: e.to_string(),
@@ -31,6 +33,10 @@ impl Config {
                 reason: "top level is not an object".to_string(),
             });
         };
+        crate::limits::check_config(&root).map_err(|source| EstimateError::Implausible {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let text = TEXT_KEYS
             .iter()
             .find_map(|k| root.get(*k).and_then(Value::as_object))

@@ -68,6 +68,24 @@ pub enum EstimateError {
         /// The missing shard's file name.
         shard: String,
     },
+    /// The folder has metadata but no `*.safetensors` weights to load.
+    #[error("{path}: no *.safetensors weights in the folder (only metadata); nothing to load")]
+    NoWeights {
+        /// The model folder.
+        path: PathBuf,
+    },
+    /// A file is not a regular file, is over its size cap, or cannot be opened.
+    #[error(transparent)]
+    File(#[from] crate::fsread::FileError),
+    /// A number in a model file is outside its plausible range.
+    #[error("{path}: {source}")]
+    Implausible {
+        /// The file.
+        path: PathBuf,
+        /// The field, the value and the range accepted.
+        #[source]
+        source: crate::limits::Implausible,
+    },
 }
 
 impl EstimateError {
@@ -81,7 +99,10 @@ impl EstimateError {
             | EstimateError::Config { path, .. }
             | EstimateError::LfsPointer { path, .. }
             | EstimateError::Header { path, .. }
-            | EstimateError::MissingShard { path, .. } => path,
+            | EstimateError::MissingShard { path, .. }
+            | EstimateError::Implausible { path, .. }
+            | EstimateError::NoWeights { path } => path,
+            EstimateError::File(e) => e.path(),
         }
     }
 }

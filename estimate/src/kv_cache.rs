@@ -63,9 +63,9 @@ pub fn kv_bytes_per_token(layer: &LayerKv, dtype_bytes: u64, kv_bits: Option<u8>
 pub fn layer_bytes(layer: &LayerKv, context: u64, dtype_bytes: u64, kv_bits: Option<u8>) -> u64 {
     let per_token = kv_bytes_per_token(layer, dtype_bytes, kv_bits);
     match *layer {
-        LayerKv::Sliding { window, .. } => per_token * context.min(window),
+        LayerKv::Sliding { window, .. } => per_token.saturating_mul(context.min(window)),
         LayerKv::State { bytes } => bytes,
-        _ => per_token * context,
+        _ => per_token.saturating_mul(context),
     }
 }
 
@@ -172,13 +172,16 @@ pub fn kv_cache(
     };
     for layer in layers {
         let b = layer_bytes(layer, context, dtype_bytes, kv_bits).saturating_mul(batch);
-        kv.bytes_per_token += kv_bytes_per_token(layer, dtype_bytes, kv_bits);
-        match layer {
-            LayerKv::Full { .. } => kv.full_bytes += b,
-            LayerKv::Sliding { .. } => kv.sliding_bytes += b,
-            LayerKv::Mla { .. } => kv.latent_bytes += b,
-            LayerKv::State { .. } => kv.state_bytes += b,
-        }
+        kv.bytes_per_token =
+            kv.bytes_per_token
+                .saturating_add(kv_bytes_per_token(layer, dtype_bytes, kv_bits));
+        let slot = match layer {
+            LayerKv::Full { .. } => &mut kv.full_bytes,
+            LayerKv::Sliding { .. } => &mut kv.sliding_bytes,
+            LayerKv::Mla { .. } => &mut kv.latent_bytes,
+            LayerKv::State { .. } => &mut kv.state_bytes,
+        };
+        *slot = slot.saturating_add(b);
         kv.bytes = kv.bytes.saturating_add(b);
     }
     kv

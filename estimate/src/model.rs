@@ -3,15 +3,16 @@
 //! the KV-cache layout and the activation dimensions.
 use std::collections::BTreeSet;
 use std::fs;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
 use crate::activation::ActivationDims;
-use crate::config::{map_u64, Config};
+use crate::config::Config;
+use crate::dims::{activation_dims, vision_dims};
 use crate::dtype::Dtype;
 use crate::error::EstimateError;
+use crate::fsread::{MAX_CONFIG_BYTES, MAX_INDEX_BYTES};
 use crate::index::{ShardIndex, INDEX_FILE};
 use crate::kv_cache::{layer_layout, LayerKv};
 use crate::quantization::Quantization;
@@ -19,7 +20,8 @@ use crate::safetensors_header::{read_shard, ShardHeader};
 use crate::weights::{analytic_weights, AnalyticWeights, Names, TextDims, WeightParts};
 
 /// Largest `config.json` or index accepted (they are kilobytes; this stops a runaway file).
-pub const MAX_JSON_BYTES: u64 = 100_000_000;
+/// Kept for callers; the caps used are [`MAX_CONFIG_BYTES`] and [`MAX_INDEX_BYTES`].
+pub const MAX_JSON_BYTES: u64 = MAX_INDEX_BYTES;
 
 /// Sources disagreeing by more than this fraction produce a warning.
 pub const DISAGREEMENT_WARNING: f64 = 0.03;
@@ -123,23 +125,13 @@ pub fn open(dir: &Path) -> Result<Model, EstimateError> {
     Model::open(dir)
 }
 
-fn read_json_file(path: &Path, bytes_read: &mut u64) -> Result<Vec<u8>, EstimateError> {
-    let io = |source| EstimateError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let file = fs::File::open(path).map_err(io)?;
-    let len = file.metadata().map_err(io)?.len();
-    if len > MAX_JSON_BYTES {
-        return Err(EstimateError::Json {
-            path: path.to_path_buf(),
-            reason: format!("file is {len} bytes, over the {MAX_JSON_BYTES}-byte limit"),
-        });
-    }
-    let mut buf = Vec::with_capacity(len as usize);
-    file.take(MAX_JSON_BYTES)
-        .read_to_end(&mut buf)
-        .map_err(io)?;
+fn read_json_file(
+    path: &Path,
+    cap: u64,
+    what: &str,
+    bytes_read: &mut u64,
+) -> Result<Vec<u8>, EstimateError> {
+    let buf = crate::fsread::read_capped(path, cap, what)?;
     *bytes_read += buf.len() as u64;
     Ok(buf)
 }
@@ -160,19 +152,24 @@ impl Model {
         }
         let mut bytes_read = 0;
         let config_path = dir.join("config.json");
-        if !config_path.exists() && fs::symlink_metadata(&config_path).is_err() {
+        if !crate::fsread::present(&config_path) {
             return Err(EstimateError::MissingConfig { path: config_path });
         }
         let config = Config::parse(
             &config_path,
-            &read_json_file(&config_path, &mut bytes_read)?,
+            &read_json_file(
+                &config_path,
+                MAX_CONFIG_BYTES,
+                "config.json",
+                &mut bytes_read,
+            )?,
         )?;
 
         let index_path = dir.join(INDEX_FILE);
-        let index = if fs::symlink_metadata(&index_path).is_ok() {
+        let index = if crate::fsread::present(&index_path) {
             Some(ShardIndex::parse(
                 &index_path,
-                &read_json_file(&index_path, &mut bytes_read)?,
+                &read_json_file(&index_path, MAX_INDEX_BYTES, INDEX_FILE, &mut bytes_read)?,
             )?)
         } else {
             None
@@ -190,15 +187,10 @@ impl Model {
             })?;
             let path = entry.path();
             if path.extension().and_then(|e| e.to_str()) == Some("safetensors") {
-                // Follows symlinks (Hugging Face caches link into blobs/); a loop or a
-                // dangling link is an error naming the shard.
-                let m = fs::metadata(&path).map_err(|source| EstimateError::Io {
-                    path: path.clone(),
-                    source,
-                })?;
-                if m.is_file() {
-                    shard_paths.push(path);
-                }
+                // Follows symlinks (Hugging Face caches link into blobs/); a loop, a
+                // dangling link, a directory or a FIFO is an error naming the shard.
+                crate::fsread::check_regular(&path, "the shard")?;
+                shard_paths.push(path);
             }
         }
         shard_paths.sort();
@@ -378,6 +370,30 @@ impl Model {
         })
     }
 
+    /// For loading, not just estimating: every shard the index names is present (its
+    /// header was read and checked by [`Model::open`]) and there is at least one shard.
+    /// A folder of metadata only can be inspected but not run.
+    pub fn require_weights(&self) -> Result<(), EstimateError> {
+        if self.shards.is_empty() {
+            return match &self.index {
+                Some(idx) if !idx.weight_map.is_empty() => Err(EstimateError::MissingShard {
+                    path: idx.path.clone(),
+                    shard: idx
+                        .shard_files()
+                        .into_iter()
+                        .next()
+                        .unwrap_or_default()
+                        .to_string(),
+                }),
+                _ => Err(EstimateError::NoWeights {
+                    path: self.dir.clone(),
+                }),
+            };
+        }
+        // With shards present, `open` already refused an index naming a missing one.
+        Ok(())
+    }
+
     /// Bytes per element of the KV cache (the model's activation dtype).
     pub fn kv_dtype_bytes(&self) -> u64 {
         match self.dtype {
@@ -455,78 +471,4 @@ fn dominant_float_dtype(shards: &[ShardHeader]) -> Option<Dtype> {
         }
     }
     by.into_iter().max_by_key(|(_, n)| *n).map(|(d, _)| d)
-}
-
-fn activation_dims(cfg: &Config, t: &TextDims) -> ActivationDims {
-    let experts = cfg
-        .u64(&["num_local_experts", "num_experts", "n_routed_experts"])
-        .filter(|&e| e > 1);
-    let intermediate = match experts {
-        Some(_) => {
-            let top_k = cfg
-                .u64(&[
-                    "num_experts_per_tok",
-                    "top_k_experts",
-                    "moe_top_k",
-                    "experts_per_token",
-                ])
-                .unwrap_or(2);
-            let moe = cfg
-                .u64(&["moe_intermediate_size", "expert_intermediate_size"])
-                .unwrap_or(t.intermediate);
-            let shared = cfg
-                .u64(&["shared_expert_intermediate_size"])
-                .or_else(|| cfg.u64(&["n_shared_experts"]).map(|n| n * moe))
-                .unwrap_or(0);
-            top_k * moe + shared
-        }
-        None => t
-            .intermediate
-            .max(if t.intermediate == 0 { 4 * t.hidden } else { 0 }),
-    };
-    ActivationDims {
-        heads: t.heads,
-        hidden: t.hidden,
-        intermediate,
-        vocab: t.vocab,
-    }
-}
-
-fn vision_dims(cfg: &Config) -> Option<VisionDims> {
-    let v = cfg.vision()?;
-    let width =
-        map_u64(v, &["hidden_size", "embed_dim", "width"]).filter(|&w| w > 0 && w < 100_000)?;
-    let heads = map_u64(v, &["num_heads", "num_attention_heads", "heads"])
-        .unwrap_or(16)
-        .max(1);
-    let intermediate = map_u64(v, &["intermediate_size"]).unwrap_or(4 * width);
-    let mt = cfg.model_type();
-    let (patches, tokens) = if mt.starts_with("qwen") {
-        // A 448×448 image: 32×32 patches of 14 px, merged 2×2 into 256 tokens.
-        let merge = map_u64(v, &["spatial_merge_size"]).unwrap_or(2).max(1);
-        let patch = map_u64(v, &["patch_size", "spatial_patch_size"])
-            .unwrap_or(14)
-            .max(1);
-        let side = 448 / patch;
-        (side * side, side * side / (merge * merge))
-    } else if mt.starts_with("gemma4") {
-        let tokens = cfg.u64(&["vision_soft_tokens_per_image"]).unwrap_or(280);
-        let k = map_u64(v, &["pooling_kernel_size"]).unwrap_or(3);
-        (tokens * k * k, tokens)
-    } else {
-        let image = map_u64(v, &["image_size"]).unwrap_or(224);
-        let patch = map_u64(v, &["patch_size"]).unwrap_or(14).max(1);
-        let patches = (image / patch).pow(2);
-        let tokens = cfg
-            .u64(&["mm_tokens_per_image", "query_num", "image_seq_length"])
-            .unwrap_or(patches);
-        (patches, tokens)
-    };
-    Some(VisionDims {
-        width,
-        intermediate,
-        heads,
-        patches_per_image: patches,
-        tokens_per_image: tokens,
-    })
 }

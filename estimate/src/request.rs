@@ -228,7 +228,7 @@ pub fn estimate(model: &Model, req: &Request) -> Estimate {
             vision_bytes: model.weights.vision_bytes,
         },
         kv_cache: t.kv,
-        activation_bytes: t.act.bytes + t.vision_act,
+        activation_bytes: t.act.bytes.saturating_add(t.vision_act),
         overhead_bytes: overhead_bytes(),
         total_bytes: t.total,
         budget_bytes: budget,

@@ -12,6 +12,10 @@ use crate::error::EstimateError;
 /// 19 KB–2.2 MB; a larger length is corruption or an attack.
 pub const MAX_HEADER_BYTES: u64 = 100_000_000;
 
+/// Most JSON values a header may have: about 12 per tensor, so some 160 000 tensors in
+/// one shard (real shards have at most tens of thousands).
+pub const MAX_HEADER_VALUES: u64 = 2_000_000;
+
 /// The first line of a Git LFS pointer file.
 const LFS_PREFIX: &[u8] = b"version https://git-lfs";
 
@@ -52,8 +56,7 @@ pub fn read_shard(path: &Path) -> Result<ShardHeader, EstimateError> {
         path: path.to_path_buf(),
         source,
     };
-    let mut file = File::open(path).map_err(io)?;
-    let file_bytes = file.metadata().map_err(io)?.len();
+    let (mut file, file_bytes) = crate::fsread::open_regular(path, "the shard")?;
     let mut prefix = [0u8; 8];
     let got = read_up_to(&mut file, &mut prefix).map_err(io)?;
     if got < 8 {
@@ -131,10 +134,10 @@ pub fn lfs_pointer_size(text: &[u8]) -> Option<u64> {
 /// Whether `path` holds a Git LFS pointer rather than data.
 pub fn is_lfs_pointer(path: &Path) -> bool {
     let mut buf = [0u8; 23];
-    File::open(path)
-        .and_then(|mut f| read_up_to(&mut f, &mut buf))
-        .map(|n| n == LFS_PREFIX.len() && buf.as_slice() == LFS_PREFIX)
-        .unwrap_or(false)
+    crate::fsread::open_regular(path, "the shard")
+        .ok()
+        .and_then(|(mut f, _)| read_up_to(&mut f, &mut buf).ok())
+        .is_some_and(|n| n == LFS_PREFIX.len() && buf.as_slice() == LFS_PREFIX)
 }
 
 fn check_header_len(path: &Path, header_len: u64, file_bytes: u64) -> Result<(), EstimateError> {
@@ -189,6 +192,9 @@ fn parse_header_json(
 ) -> Result<ShardHeader, EstimateError> {
     let header_bytes = 8 + json.len() as u64;
     let data_area = file_bytes.saturating_sub(header_bytes);
+    // Counted first: a header of millions of tiny values would take ~20× its size.
+    crate::json_size::count_values(json, MAX_HEADER_VALUES)
+        .map_err(|e| header_error(path, e.to_string()))?;
     let value: serde_json::Value = serde_json::from_slice(json)
         .map_err(|e| header_error(path, format!("invalid JSON: {e}")))?;
     let serde_json::Value::Object(map) = value else {
@@ -202,6 +208,10 @@ fn parse_header_json(
     let mut metadata = BTreeMap::new();
     for (name, entry) in map {
         if name == "__metadata__" {
+            // MLX's `save_safetensors` without metadata writes `null`.
+            if entry.is_null() {
+                continue;
+            }
             let serde_json::Value::Object(m) = entry else {
                 return Err(header_error(
                     path,
@@ -372,6 +382,26 @@ mod tests {
         assert!(reason(b"abc").contains("shorter than the 8-byte"));
         let lfs = b"version https://git-lfs.github.com/spec/v1\noid sha256:00\nsize 1234\n";
         assert!(reason(lfs).contains("Git LFS pointer (1234 bytes"));
+    }
+
+    #[test]
+    fn null_metadata_is_no_metadata() {
+        let b = shard(
+            r#"{"__metadata__":null,"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#,
+            4,
+        );
+        let h = parse(&b).expect("MLX writes this");
+        assert!(h.metadata.is_empty());
+        assert!(reason(&shard(r#"{"__metadata__":[1]}"#, 0)).contains("not an object"));
+    }
+
+    #[test]
+    fn a_header_of_too_many_values_is_refused() {
+        let json = format!(
+            "{{\"__metadata__\":{{\"x\":[{}0]}}}}",
+            "0,".repeat(2_000_001)
+        );
+        assert!(reason(&shard(&json, 0)).contains("more than 2000000 JSON values"));
     }
 
     #[test]

@@ -129,8 +129,9 @@ impl Counter<'_> {
 
     /// Unquantized elements (norms, biases, convolutions, position tables).
     fn dense(&mut self, part: Part, elements: u64) {
-        let b = elements * self.dt;
-        *self.slot(part) += b;
+        let b = elements.saturating_mul(self.dt);
+        let slot = self.slot(part);
+        *slot = slot.saturating_add(b);
     }
 
     /// A linear layer `[out, inp]`, quantized per the scheme, plus an optional bias.
@@ -142,7 +143,8 @@ impl Counter<'_> {
             _ => LinearKind::Layer,
         };
         let b = self.quant.linear_bytes(path, kind, out, inp, self.dt);
-        *self.slot(part) += b;
+        let slot = self.slot(part);
+        *slot = slot.saturating_add(b);
         if bias {
             self.dense(part, out);
         }
@@ -150,11 +152,15 @@ impl Counter<'_> {
 
     /// `count` MoE experts' linear layers `[out, inp]`.
     fn experts(&mut self, part: Part, path: &str, count: u64, out: u64, inp: u64) {
-        let b = count
-            * self
-                .quant
-                .linear_bytes(path, LinearKind::Expert, out, inp, self.dt);
-        *self.slot(part) += b;
+        let b = count.saturating_mul(self.quant.linear_bytes(
+            path,
+            LinearKind::Expert,
+            out,
+            inp,
+            self.dt,
+        ));
+        let slot = self.slot(part);
+        *slot = slot.saturating_add(b);
     }
 }
 

@@ -215,6 +215,33 @@ pub struct Sampling {
     pub seed: Option<u64>,
 }
 
+impl Sampling {
+    /// Checks the parameters: temperature finite and >= 0, top-p in (0, 1]. The
+    /// supervisor's arguments and the worker's requests are held to the same rule.
+    pub fn check(&self) -> Result<(), String> {
+        check_temperature(self.temperature)?;
+        check_top_p(self.top_p)
+    }
+}
+
+/// A sampling temperature must be finite and >= 0 (0 is greedy).
+pub fn check_temperature(t: f32) -> Result<(), String> {
+    if t.is_finite() && t >= 0.0 {
+        Ok(())
+    } else {
+        Err(format!("temperature {t} is not a finite number >= 0"))
+    }
+}
+
+/// A nucleus threshold must be in (0, 1].
+pub fn check_top_p(p: f32) -> Result<(), String> {
+    if p > 0.0 && p <= 1.0 {
+        Ok(())
+    } else {
+        Err(format!("top-p {p} is not in (0, 1]"))
+    }
+}
+
 impl Default for Sampling {
     fn default() -> Self {
         Sampling {

@@ -1,5 +1,6 @@
 //! mlxsup, the supervisor: the command line, the supervision core, and the daemon. It never links MLX: everything that runs MLX runs in a worker process.
 
+pub mod args;
 pub mod budget;
 pub mod classify;
 pub mod client;

@@ -16,11 +16,11 @@ pub struct PromptArgs {
     /// Tokens to generate at most.
     #[arg(long, default_value_t = 128)]
     pub max_tokens: u32,
-    /// Sampling temperature; 0 is greedy.
-    #[arg(long, default_value_t = 0.0)]
+    /// Sampling temperature (finite, >= 0); 0 is greedy.
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true, value_parser = crate::args::parse_temperature)]
     pub temp: f32,
-    /// Nucleus sampling threshold.
-    #[arg(long, default_value_t = 1.0)]
+    /// Nucleus sampling threshold, in (0, 1].
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true, value_parser = crate::args::parse_top_p)]
     pub top_p: f32,
     /// Random seed for sampling.
     #[arg(long)]
@@ -52,8 +52,8 @@ impl PromptArgs {
     pub fn prompt(&self) -> Result<Prompt, String> {
         let text = match (&self.prompt, &self.prompt_file) {
             (Some(p), _) => p.clone(),
-            (None, Some(f)) => std::fs::read_to_string(f)
-                .map_err(|e| format!("mlxsup: cannot read the prompt file {}: {e}", f.display()))?,
+            // A regular file of at most 16 MiB: never a FIFO that blocks or /dev/zero.
+            (None, Some(f)) => text::read_prompt_file(f).map_err(|e| format!("mlxsup: {e}"))?,
             (None, None) => "Hello! Who are you?".to_string(),
         };
         Ok(if self.chat {

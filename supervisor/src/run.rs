@@ -37,8 +37,8 @@ pub struct RunArgs {
     /// JSON Lines events on stdout.
     #[arg(long)]
     pub json: bool,
-    /// Prompt tokens per prefill step.
-    #[arg(long, default_value_t = DEFAULT_PREFILL_CHUNK)]
+    /// Prompt tokens per prefill step (>= 1).
+    #[arg(long, default_value_t = DEFAULT_PREFILL_CHUNK, value_parser = clap::value_parser!(u64).range(1..=u64::from(u32::MAX)))]
     pub prefill_chunk: u64,
     /// The MLX device: gpu, cpu or default (on a CPU-only build, gpu is the CPU).
     #[arg(long, default_value = "default", value_parser = Device::parse)]
@@ -97,6 +97,8 @@ pub fn parse_fault(s: &str) -> Result<Fault, String> {
 /// How a run ended.
 pub enum Outcome {
     Done,
+    /// A bad argument found after parsing (the prompt file).
+    Usage,
     Refused,
     BadModel,
     Failed(FailureKind),
@@ -108,6 +110,7 @@ impl Outcome {
     pub fn exit(&self) -> Exit {
         match self {
             Outcome::Done => Exit::Ok,
+            Outcome::Usage => Exit::Usage,
             Outcome::Refused => Exit::Refused,
             Outcome::BadModel => Exit::BadModel,
             Outcome::Failed(_) => Exit::WorkerFailed,
@@ -125,6 +128,10 @@ pub fn main(args: RunArgs) -> Exit {
 /// The preflight: read the model and plan it against the budget.
 pub fn preflight(args: &RunArgs) -> Result<Plan, (Outcome, String)> {
     let model = plan::open(&args.model).map_err(|e| (Outcome::BadModel, format!("mlxsup: {e}")))?;
+    // Everything a worker would load that can be checked without MLX: shards, tokenizer,
+    // tokenizer config, generation config, chat template.
+    text::check_loadable(&model)
+        .map_err(|e| (Outcome::BadModel, format!("mlxsup: cannot read model: {e}")))?;
     let budget = budget(args.budget).map_err(|e| (Outcome::Internal, format!("mlxsup: {e}")))?;
     let req = PlanRequest {
         context: args.context,
@@ -171,7 +178,7 @@ pub async fn execute(args: &RunArgs, out: &mut Output) -> Outcome {
         Ok(p) => p,
         Err(e) => {
             eprintln!("{e}");
-            return Outcome::BadModel;
+            return Outcome::Usage;
         }
     };
     let plan = match preflight(args) {

@@ -78,34 +78,42 @@ fn int(v: &Value, key: &str) -> Option<i64> {
     v.get(key).and_then(Value::as_i64)
 }
 
+/// Token ids; one that does not fit a `u32` is dropped, never truncated (the shared
+/// validation has already refused it in config.json).
 fn ids(v: Option<&Value>) -> Vec<u32> {
+    let id = |x: &Value| x.as_u64().and_then(|n| u32::try_from(n).ok());
     match v {
-        Some(Value::Number(n)) => n.as_u64().map(|n| vec![n as u32]).unwrap_or_default(),
-        Some(Value::Array(a)) => a
-            .iter()
-            .filter_map(Value::as_u64)
-            .map(|n| n as u32)
-            .collect(),
+        Some(n @ Value::Number(_)) => id(n).into_iter().collect(),
+        Some(Value::Array(a)) => a.iter().filter_map(id).collect(),
         _ => Vec::new(),
     }
 }
 
-fn read_json(path: &Path) -> Result<Value, WorkerError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| load_failed(format!("cannot read {}: {e}", path.display())))?;
-    serde_json::from_str(&text)
+/// Reads a JSON file of the model through the capped regular-file read.
+fn read_json(path: &Path, what: &str) -> Result<Value, WorkerError> {
+    let bytes = estimate::fsread::read_capped(path, estimate::fsread::MAX_CONFIG_BYTES, what)
+        .map_err(|e| load_failed(e.to_string()))?;
+    estimate::json_size::check_values(path, &bytes, estimate::json_size::MAX_CONFIG_VALUES)
+        .map_err(|e| load_failed(e.to_string()))?;
+    serde_json::from_slice(&bytes)
         .map_err(|e| load_failed(format!("{} is not valid JSON: {e}", path.display())))
+}
+
+/// An integer of the config as `i32`; the shared validation bounds it, and this
+/// conversion is checked all the same (never `as i32`).
+fn small(source: &str, key: &str, v: i64) -> Result<i32, WorkerError> {
+    estimate::limits::to_i32(key, v).map_err(|e| load_failed(format!("{source}: {e}")))
 }
 
 impl ModelConfig {
     /// Reads `config.json` and, if present, `generation_config.json` from `dir`.
     pub fn load(dir: &Path) -> Result<ModelConfig, WorkerError> {
         let path = dir.join("config.json");
-        let v = read_json(&path)?;
+        let v = read_json(&path, "config.json")?;
         let mut cfg = Self::from_value(&v, &path.display().to_string())?;
         let gen_path = dir.join("generation_config.json");
-        if gen_path.exists() {
-            let g = read_json(&gen_path)?;
+        if estimate::fsread::present(&gen_path) {
+            let g = read_json(&gen_path, "generation_config.json")?;
             for id in ids(g.get("eos_token_id")) {
                 if !cfg.eos_token_ids.contains(&id) {
                     cfg.eos_token_ids.push(id);
@@ -117,6 +125,11 @@ impl ModelConfig {
 
     /// Parses a config object; `source` names it in errors.
     pub fn from_value(v: &Value, source: &str) -> Result<ModelConfig, WorkerError> {
+        let root = v
+            .as_object()
+            .ok_or_else(|| load_failed(format!("{source}: top level is not an object")))?;
+        // The one validation the estimator applies too: every number within its range.
+        estimate::limits::check_config(root).map_err(|e| load_failed(format!("{source}: {e}")))?;
         let model_type = v
             .get("model_type")
             .and_then(Value::as_str)
@@ -171,9 +184,13 @@ impl ModelConfig {
         let rope = parse_rope(scaling, source)?;
         let sliding_window = int(v, "sliding_window")
             .filter(|w| *w > 0)
-            .map(|w| w as usize);
-        let sliding_layers =
-            sliding_layers(v, family, num_layers as usize, sliding_window, source)?;
+            .and_then(|w| usize::try_from(w).ok());
+        let num_layers = usize::try_from(num_layers).map_err(|_| {
+            load_failed(format!(
+                "{source}: num_hidden_layers {num_layers} is too large"
+            ))
+        })?;
+        let sliding_layers = sliding_layers(v, family, num_layers, sliding_window, source)?;
         let (quantization, quantization_raw) = match v.get("quantization") {
             Some(Value::Object(q)) => {
                 let mode = q.get("mode").and_then(Value::as_str).unwrap_or("affine");
@@ -182,8 +199,21 @@ impl ModelConfig {
                         "{source}: quantization mode {mode:?} is not supported (only MLX affine quantization)"
                     )));
                 }
-                let gs = q.get("group_size").and_then(Value::as_i64).unwrap_or(64) as i32;
-                let bits = q.get("bits").and_then(Value::as_i64).unwrap_or(4) as i32;
+                let gs = small(
+                    source,
+                    "quantization.group_size",
+                    q.get("group_size").and_then(Value::as_i64).unwrap_or(64),
+                )?;
+                let bits = small(
+                    source,
+                    "quantization.bits",
+                    q.get("bits").and_then(Value::as_i64).unwrap_or(4),
+                )?;
+                if gs < 1 {
+                    return Err(load_failed(format!(
+                        "{source}: quantization.group_size {gs} (per-channel) is not supported by MLX affine quantization"
+                    )));
+                }
                 (
                     Some(QuantParams {
                         group_size: gs,
@@ -198,14 +228,14 @@ impl ModelConfig {
         Ok(ModelConfig {
             model_type,
             family,
-            hidden_size: hidden_size as i32,
-            num_layers: num_layers as usize,
-            intermediate_size: intermediate_size as i32,
-            num_heads: num_heads as i32,
-            num_kv_heads: num_kv_heads as i32,
-            head_dim: head_dim as i32,
+            hidden_size: small(source, "hidden_size", hidden_size)?,
+            num_layers,
+            intermediate_size: small(source, "intermediate_size", intermediate_size)?,
+            num_heads: small(source, "num_attention_heads", num_heads)?,
+            num_kv_heads: small(source, "num_key_value_heads", num_kv_heads)?,
+            head_dim: small(source, "head_dim", head_dim)?,
             rms_norm_eps: num(v, "rms_norm_eps").unwrap_or(1e-6) as f32,
-            vocab_size: vocab_size as i32,
+            vocab_size: small(source, "vocab_size", vocab_size)?,
             rope_theta,
             rope_traditional: family != Family::Qwen3 && flag("rope_traditional"),
             rope,
@@ -234,12 +264,12 @@ impl ModelConfig {
                 group_size: o
                     .get("group_size")
                     .and_then(Value::as_i64)
-                    .map(|g| g as i32)
+                    .and_then(|g| i32::try_from(g).ok())
                     .or(self.quantization.map(|q| q.group_size))?,
                 bits: o
                     .get("bits")
                     .and_then(Value::as_i64)
-                    .map(|b| b as i32)
+                    .and_then(|b| i32::try_from(b).ok())
                     .or(self.quantization.map(|q| q.bits))?,
             }),
             _ => self.quantization,
@@ -306,77 +336,5 @@ fn sliding_layers(
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // Test scaffolding: a failure here is a test failure.
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    fn base(model_type: &str) -> Value {
-        json!({"model_type": model_type, "hidden_size": 64, "num_hidden_layers": 2,
-               "intermediate_size": 128, "num_attention_heads": 4, "num_key_value_heads": 2,
-               "vocab_size": 300, "eos_token_id": [5, 6]})
-    }
-
-    #[test]
-    fn unsupported_model_type_names_it_and_the_supported_ones() {
-        let e = ModelConfig::from_value(&base("gpt2"), "config.json").unwrap_err();
-        assert_eq!(e.kind, protocol::WorkerErrorKind::LoadFailed);
-        assert!(e.message.contains("\"gpt2\""), "{}", e.message);
-        for s in SUPPORTED {
-            assert!(e.message.contains(s), "{}", e.message);
-        }
-    }
-
-    #[test]
-    fn family_switches() {
-        let q2 = ModelConfig::from_value(&base("qwen2"), "c").unwrap();
-        assert!(q2.attention_bias);
-        assert_eq!(q2.eos_token_ids, vec![5, 6]);
-        assert_eq!(q2.head_dim, 16);
-        let mut m = base("mistral");
-        m["sliding_window"] = json!(32);
-        assert_eq!(
-            ModelConfig::from_value(&m, "c").unwrap().sliding_layers,
-            vec![true, true]
-        );
-        m["layer_types"] = json!(["full_attention", "sliding_attention"]);
-        assert_eq!(
-            ModelConfig::from_value(&m, "c").unwrap().sliding_layers,
-            vec![false, true]
-        );
-        let mut l = base("llama");
-        l["rope_scaling"] = json!({"rope_type": "llama3", "factor": 8.0});
-        assert!(matches!(
-            ModelConfig::from_value(&l, "c").unwrap().rope,
-            RopeKind::Llama3 { .. }
-        ));
-        l["rope_scaling"] = json!({"rope_type": "yarn", "factor": 8.0});
-        assert!(ModelConfig::from_value(&l, "c").is_err());
-    }
-
-    #[test]
-    fn per_layer_quantization_overrides() {
-        let mut c = base("llama");
-        c["quantization"] = json!({"group_size": 64, "bits": 4, "mode": "affine",
-            "model.layers.0.mlp.down_proj": {"group_size": 32, "bits": 8},
-            "lm_head": false});
-        let cfg = ModelConfig::from_value(&c, "c").unwrap();
-        assert_eq!(
-            cfg.quant_for("model.layers.1.mlp.down_proj"),
-            Some(QuantParams {
-                group_size: 64,
-                bits: 4
-            })
-        );
-        assert_eq!(
-            cfg.quant_for("model.layers.0.mlp.down_proj"),
-            Some(QuantParams {
-                group_size: 32,
-                bits: 8
-            })
-        );
-        assert_eq!(cfg.quant_for("lm_head"), None);
-        c["quantization"]["mode"] = json!("mxfp4");
-        assert!(ModelConfig::from_value(&c, "c").is_err());
-    }
-}
+#[path = "config_tests.rs"]
+mod tests;

@@ -96,6 +96,7 @@ pub(super) fn run(
     if prompt.is_empty() {
         return Err(bad_request("the prompt is empty"));
     }
+    req.sampling.check().map_err(bad_request)?;
     if let Some(bad) = prompt.iter().find(|&&t| t >= vocab) {
         return Err(bad_request(format!(
             "prompt token {bad} is outside the vocabulary of {vocab}"

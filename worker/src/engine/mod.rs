@@ -145,14 +145,7 @@ impl Engine {
 
     /// The prompt's token ids, as `generate` would feed them.
     pub fn prompt_ids(&self, prompt: &protocol::Prompt) -> Result<Vec<u32>, WorkerError> {
-        match prompt {
-            protocol::Prompt::Text(t) => self.tokenizer.encode(t, true),
-            protocol::Prompt::Chat(messages) => {
-                let text = self.prompts.render(messages)?;
-                self.tokenizer.encode(&text, false)
-            }
-            protocol::Prompt::Tokens(ids) => Ok(ids.clone()),
-        }
+        Ok(text::prompt_ids(&self.tokenizer, &self.prompts, prompt)?)
     }
 
     /// The log-probabilities of the first generated token of the last generation run

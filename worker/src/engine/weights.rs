@@ -1,6 +1,6 @@
 //! Reading the safetensors of a model folder (one file or shards) into MLX arrays.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use mlx_rs::Array;
@@ -15,20 +15,35 @@ pub struct WeightStore {
 }
 
 /// The safetensors files of `dir`: those the index names, else `model*.safetensors`,
-/// else any `*.safetensors`.
+/// else any `*.safetensors`. The index goes through the estimator's parser (capped read,
+/// plain file names only) and every file's header is re-checked by the estimator's
+/// reader (a regular file, a consistent header) before MLX is given it.
 pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, WorkerError> {
-    let index = dir.join("model.safetensors.index.json");
-    if index.exists() {
-        let text = std::fs::read_to_string(&index)
-            .map_err(|e| load_failed(format!("cannot read {}: {e}", index.display())))?;
-        let v: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| load_failed(format!("{} is not valid JSON: {e}", index.display())))?;
-        let map = v
-            .get("weight_map")
-            .and_then(|m| m.as_object())
-            .ok_or_else(|| load_failed(format!("{} has no weight_map", index.display())))?;
-        let files: BTreeSet<&str> = map.values().filter_map(|f| f.as_str()).collect();
-        let files: Vec<PathBuf> = files.into_iter().map(|f| dir.join(f)).collect();
+    let files = listed_weight_files(dir)?;
+    for f in &files {
+        estimate::safetensors_header::read_shard(f).map_err(|e| load_failed(e.to_string()))?;
+    }
+    Ok(files)
+}
+
+fn listed_weight_files(dir: &Path) -> Result<Vec<PathBuf>, WorkerError> {
+    let index = dir.join(estimate::index::INDEX_FILE);
+    if estimate::fsread::present(&index) {
+        let bytes = estimate::fsread::read_capped(
+            &index,
+            estimate::fsread::MAX_INDEX_BYTES,
+            estimate::index::INDEX_FILE,
+        )
+        .map_err(|e| load_failed(e.to_string()))?;
+        let parsed = estimate::index::ShardIndex::parse(&index, &bytes)
+            .map_err(|e| load_failed(e.to_string()))?;
+        if parsed.weight_map.is_empty() {
+            return Err(load_failed(format!(
+                "{} has no weight_map",
+                index.display()
+            )));
+        }
+        let files = parsed.shard_paths(dir);
         if let Some(missing) = files.iter().find(|f| !f.exists()) {
             return Err(load_failed(format!(
                 "{} names {}, which is missing",

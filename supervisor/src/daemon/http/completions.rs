@@ -146,12 +146,14 @@ fn chat_prompt(req: &ChatRequest) -> Result<Prompt, ApiError> {
                 for p in parts {
                     match (p.kind.as_str(), &p.text) {
                         ("text", Some(t)) => text.push_str(t),
-                        (kind, _) => return Err(ApiError::bad_request(
-                            &format!("messages[{i}].content"),
-                            format!(
+                        (kind, _) => {
+                            return Err(ApiError::bad_request(
+                                &format!("messages[{i}].content"),
+                                format!(
                                 "content parts of type `{kind}` are not supported by this model"
                             ),
-                        )),
+                            ))
+                        }
                     }
                 }
                 text

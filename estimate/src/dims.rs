@@ -1,0 +1,80 @@
+//! The shapes the activation estimate needs, read from the config: the language model's
+//! attention and MLP widths (MoE-aware) and the vision encoder's patches and tokens.
+use crate::activation::ActivationDims;
+use crate::config::{map_u64, Config};
+use crate::model::VisionDims;
+use crate::weights::TextDims;
+
+pub(crate) fn activation_dims(cfg: &Config, t: &TextDims) -> ActivationDims {
+    let experts = cfg
+        .u64(&["num_local_experts", "num_experts", "n_routed_experts"])
+        .filter(|&e| e > 1);
+    let intermediate = match experts {
+        Some(_) => {
+            let top_k = cfg
+                .u64(&[
+                    "num_experts_per_tok",
+                    "top_k_experts",
+                    "moe_top_k",
+                    "experts_per_token",
+                ])
+                .unwrap_or(2);
+            let moe = cfg
+                .u64(&["moe_intermediate_size", "expert_intermediate_size"])
+                .unwrap_or(t.intermediate);
+            let shared = cfg
+                .u64(&["shared_expert_intermediate_size"])
+                .or_else(|| cfg.u64(&["n_shared_experts"]).map(|n| n * moe))
+                .unwrap_or(0);
+            top_k * moe + shared
+        }
+        None => t
+            .intermediate
+            .max(if t.intermediate == 0 { 4 * t.hidden } else { 0 }),
+    };
+    ActivationDims {
+        heads: t.heads,
+        hidden: t.hidden,
+        intermediate,
+        vocab: t.vocab,
+    }
+}
+
+pub(crate) fn vision_dims(cfg: &Config) -> Option<VisionDims> {
+    let v = cfg.vision()?;
+    let width =
+        map_u64(v, &["hidden_size", "embed_dim", "width"]).filter(|&w| w > 0 && w < 100_000)?;
+    let heads = map_u64(v, &["num_heads", "num_attention_heads", "heads"])
+        .unwrap_or(16)
+        .max(1);
+    let intermediate = map_u64(v, &["intermediate_size"]).unwrap_or(4 * width);
+    let mt = cfg.model_type();
+    let (patches, tokens) = if mt.starts_with("qwen") {
+        // A 448×448 image: 32×32 patches of 14 px, merged 2×2 into 256 tokens.
+        let merge = map_u64(v, &["spatial_merge_size"]).unwrap_or(2).max(1);
+        let patch = map_u64(v, &["patch_size", "spatial_patch_size"])
+            .unwrap_or(14)
+            .max(1);
+        let side = 448 / patch;
+        (side * side, side * side / (merge * merge))
+    } else if mt.starts_with("gemma4") {
+        let tokens = cfg.u64(&["vision_soft_tokens_per_image"]).unwrap_or(280);
+        let k = map_u64(v, &["pooling_kernel_size"]).unwrap_or(3);
+        (tokens * k * k, tokens)
+    } else {
+        let image = map_u64(v, &["image_size"]).unwrap_or(224);
+        let patch = map_u64(v, &["patch_size"]).unwrap_or(14).max(1);
+        let patches = (image / patch).pow(2);
+        let tokens = cfg
+            .u64(&["mm_tokens_per_image", "query_num", "image_seq_length"])
+            .unwrap_or(patches);
+        (patches, tokens)
+    };
+    Some(VisionDims {
+        width,
+        intermediate,
+        heads,
+        patches_per_image: patches,
+        tokens_per_image: tokens,
+    })
+}
