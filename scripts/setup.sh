@@ -11,6 +11,7 @@ set -euo pipefail
 
 MLX_VERSION=0.32.2
 MLX_LM_VERSION=0.32.2
+OPENAI_VERSION=3.57.0
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 PYTHON=${PYTHON:-python3}
@@ -26,7 +27,9 @@ case "$os/$backend" in
   Linux/cuda) wheel="mlx-cuda-13==$MLX_VERSION"; venv_pkgs=("mlx[cuda13]==$MLX_VERSION") ;;
   *) die "unsupported platform/backend: $os/$backend (MLX_BACKEND is cpu or cuda)" ;;
 esac
-venv_pkgs+=("mlx-lm==$MLX_LM_VERSION")
+# The peers: mlx-lm (reference tokens, benchmarks), and the `openai` client the HTTP
+# front's tests drive.
+venv_pkgs+=("mlx-lm==$MLX_LM_VERSION" "openai==$OPENAI_VERSION")
 
 stamp=".setup-stamp"
 want="$os $backend $wheel ${venv_pkgs[*]}"
@@ -67,10 +70,11 @@ if [[ ! -x .venv/bin/python ]]; then
   say "creating .venv"
   "$PYTHON" -m venv .venv
 fi
-if ! .venv/bin/python - "$MLX_VERSION" "$MLX_LM_VERSION" <<'PY' 2>/dev/null; then
+if ! .venv/bin/python - "$MLX_VERSION" "$MLX_LM_VERSION" "$OPENAI_VERSION" <<'PY' 2>/dev/null; then
 import sys
 from importlib.metadata import version
 assert version("mlx") == sys.argv[1] and version("mlx-lm") == sys.argv[2]
+assert version("openai") == sys.argv[3]
 PY
   say "installing ${venv_pkgs[*]} into .venv"
   .venv/bin/python -m pip install --quiet --disable-pip-version-check "${venv_pkgs[@]}"

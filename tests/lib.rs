@@ -3,6 +3,9 @@
 //! time each line arrived, and checks that nothing was left behind.
 #![allow(clippy::unwrap_used)] // Test scaffolding: a failure here is a test failure.
 
+#[path = "daemon_harness.rs"]
+pub mod daemon;
+
 use std::{
     io::{BufRead, BufReader, Read},
     path::{Path, PathBuf},

@@ -359,6 +359,7 @@ async fn serve(args: ServeArgs) -> Exit {
             allow_faults: args.allow_fault_injection,
         };
         let closed = shared.closed.clone();
+        let addr = http.local_addr().unwrap_or(addr);
         tracing::info!(%addr, "serving HTTP");
         eprintln!("mlxsup serve: HTTP (OpenAI API) on http://{addr}/v1");
         tokio::spawn(async move {

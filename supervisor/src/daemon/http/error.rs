@@ -59,8 +59,10 @@ impl ApiError {
         ApiError {
             status: status_of(f.kind),
             message: match &f.message {
-                Some(m) => format!("{}: {m}; {}", f.kind, f.advice),
-                None => format!("{}: {}", f.kind, f.advice),
+                Some(m) if !f.advice.starts_with(m.as_str()) => {
+                    format!("{}: {m}; {}", f.kind, f.advice)
+                }
+                _ => format!("{}: {}", f.kind, f.advice),
             },
             kind: f.kind.as_str().into(),
             param: None,

@@ -1,0 +1,187 @@
+//! The daemon's OpenAI-compatible HTTP front, driven by the real `openai` Python client
+//! (installed into .venv by `make setup`; written by nobody here) and by curl-like raw
+//! requests, against a real `mlxsup serve --http` with real workers and real MLX.
+#![allow(clippy::unwrap_used)]
+
+use std::{process::Command, time::Duration};
+
+use mlxsup_tests::{
+    daemon::{gen_args, Daemon},
+    repo,
+};
+use serde_json::Value;
+
+/// Runs a scenario of tests/http_client.py against `base`; its JSON observations.
+fn openai(base: &str, scenario: &str, args: &[&str]) -> Value {
+    let py = repo().join(".venv/bin/python");
+    let out = Command::new(&py)
+        .arg(repo().join("tests/http_client.py"))
+        .arg(base)
+        .arg(scenario)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e} (make setup installs it)", py.display()));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{scenario}: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap()
+}
+
+fn http(extra: &[&str]) -> (Daemon, String) {
+    let mut args = vec!["--http", "127.0.0.1:0"];
+    args.extend_from_slice(extra);
+    let d = Daemon::start(&args);
+    let base = d.http_base().expect("the daemon names its HTTP address");
+    (d, base)
+}
+
+/// What `mlxsup generate` prints for the same request: (text, prompt tokens, generated).
+fn generate(d: &Daemon, model: &str, prompt: &str, tokens: &str, chat: bool) -> (String, u64, u64) {
+    let mut args = gen_args(model, prompt, tokens);
+    if chat {
+        args.push("--chat");
+    }
+    let out = d.cli(&args);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let done = &out.named("done")[0];
+    (
+        out.text(),
+        done["prompt_tokens"].as_u64().unwrap(),
+        done["generated_tokens"].as_u64().unwrap(),
+    )
+}
+
+#[test]
+fn chat_and_completions_streamed_or_not_equal_generate() {
+    let (d, base) = http(&[]);
+    let prompt = "The quick brown fox";
+    let v = openai(&base, "basic", &["a", prompt, "12"]);
+    let (chat, chat_prompt, chat_gen) = generate(&d, "a", prompt, "12", true);
+    let (text, text_prompt, text_gen) = generate(&d, "a", prompt, "12", false);
+    assert_eq!(v["chat"], chat.as_str(), "{v:#}");
+    assert_eq!(v["chat_stream"], chat.as_str());
+    assert_eq!(v["text"], text.as_str());
+    assert_eq!(v["text_stream"], text.as_str());
+    for (key, p, g) in [
+        ("chat_usage", chat_prompt, chat_gen),
+        ("chat_stream_usage", chat_prompt, chat_gen),
+        ("text_usage", text_prompt, text_gen),
+        ("text_stream_usage", text_prompt, text_gen),
+    ] {
+        assert_eq!(v[key]["prompt_tokens"], p, "{key}: {v:#}");
+        assert_eq!(v[key]["completion_tokens"], g, "{key}");
+        assert_eq!(v[key]["total_tokens"], p + g, "{key}");
+    }
+    assert_eq!(v["chat_finish"], "length");
+    assert_eq!(v["chat_stream_finish"], "length");
+    let models: Vec<&str> = v["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m.as_str().unwrap())
+        .collect();
+    assert_eq!(models, ["a", "b", "c", "d"]);
+}
+
+#[test]
+fn a_refusal_is_507_with_our_kind_and_no_retry() {
+    let (_d, base) = http(&["--budget", "1MiB"]);
+    let v = openai(&base, "refusal", &["a"]);
+    assert_eq!(v["raised"], "APIStatusError", "{v:#}");
+    assert_eq!(v["status"], 507);
+    assert_eq!(v["body"]["type"], "insufficient_memory");
+    assert_eq!(v["body"]["kind"], "insufficient_memory");
+    assert_eq!(v["should_retry"], "false");
+    assert!(
+        v["body"]["advice"].as_str().unwrap().contains("--force"),
+        "{v:#}"
+    );
+}
+
+#[test]
+fn a_crash_mid_stream_raises_api_error_at_once_and_the_next_request_is_served() {
+    let (_d, base) = http(&["--allow-fault-injection"]);
+    let v = openai(&base, "crash", &["a"]);
+    assert_eq!(v["raised"], "APIError", "{v:#}");
+    assert_eq!(v["kind"], "killed_by_os");
+    assert_eq!(
+        v["chunks_before"], 3,
+        "every token before the death arrives"
+    );
+    let ms = v["latency_ms"].as_f64().unwrap();
+    eprintln!("worker death → openai.APIError in the client: {ms:.1} ms");
+    assert!(v["next_ok"].as_bool().unwrap());
+}
+
+#[test]
+fn a_client_that_goes_away_cancels_its_request() {
+    let (_d, base) = http(&[]);
+    let v = openai(&base, "disconnect", &["a"]);
+    assert_eq!(v["state"], "ready", "{v:#}");
+    eprintln!(
+        "client disconnect → worker ready in {:.1} ms",
+        v["ready_ms"].as_f64().unwrap()
+    );
+    assert_eq!(v["next_tokens"], 4);
+}
+
+#[test]
+fn sixteen_streaming_clients_all_complete_with_the_solo_text() {
+    let (d, base) = http(&[]);
+    let prompt = "Once upon a time";
+    let want_a = generate(&d, "a", prompt, "16", true).0;
+    let want_b = generate(&d, "b", prompt, "16", true).0;
+    let v = openai(&base, "concurrent", &["a", "b", prompt, "16"]);
+    let results = v["results"].as_array().unwrap();
+    assert_eq!(results.len(), 16);
+    for r in results {
+        let want = if r["model"] == "a" { &want_a } else { &want_b };
+        assert_eq!(r["text"], want.as_str(), "{r:#}");
+    }
+}
+
+#[test]
+fn bad_requests_name_the_field_and_the_key_is_checked() {
+    let (_d, base) = http(&[]);
+    let v = openai(&base, "errors", &["a"]);
+    assert_eq!(v["unknown_model"][0], 404, "{v:#}");
+    assert_eq!(v["unknown_model"][1], "model");
+    assert_eq!(v["bad_temperature"][0], 400);
+    assert_eq!(v["bad_temperature"][1], "temperature");
+    assert_eq!(v["bad_json"][0], 400);
+    assert_eq!(v["bad_json"][1], "body");
+    let (_d, base) = http(&["--api-key", "s3cret"]);
+    let v = openai(&base, "auth", &["a", "s3cret"]);
+    assert_eq!(v["wrong_key"], 401, "{v:#}");
+    assert_eq!(v["right_key"], 2);
+}
+
+#[test]
+fn health_and_ps_answer_plain_http() {
+    let (d, base) = http(&[]);
+    let origin = base.trim_end_matches("/v1");
+    let get = |path: &str| -> Value {
+        use std::io::{Read, Write};
+        let host = origin.trim_start_matches("http://");
+        let mut s = std::net::TcpStream::connect(host).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(s, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).unwrap();
+        let (head, body) = resp.split_once("\r\n\r\n").unwrap();
+        assert!(
+            head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+            "{path}: {head}"
+        );
+        serde_json::from_str(body).unwrap()
+    };
+    assert_eq!(get("/health")["status"], "ok");
+    assert_eq!(d.cli(&gen_args("a", "hi", "2")).code, Some(0));
+    let ps = get("/api/ps");
+    assert_eq!(ps["models"][0]["state"], "ready", "{ps:#}");
+    assert!(ps["models"][0]["footprint_bytes"].as_u64().unwrap() > 0);
+    std::thread::sleep(Duration::from_millis(10));
+}
