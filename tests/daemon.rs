@@ -14,6 +14,13 @@ use mlxsup_tests::{
     daemon::{estimate_at, gen_args, solo, wait_out, Daemon},
 };
 
+/// A generation that stalls at its second token and keeps `model` busy until cancelled.
+fn stalled(d: &Daemon, model: &str) -> std::process::Child {
+    let mut args = gen_args(model, "x", "4");
+    args.extend_from_slice(&["--inject-fault", "stall@decode:2"]);
+    d.cli_cmd(&args).spawn()
+}
+
 #[test]
 fn generate_streams_like_run_and_ps_status_ls_answer() {
     let d = Daemon::start(&[]);
@@ -105,19 +112,7 @@ fn lru_idle_model_is_evicted_and_busy_or_pinned_ones_never() {
 
     // Pin a; keep c busy (a stalled generation); then d has nowhere to go.
     load("a", &["--keep-alive", "-1"]);
-    let busy = d
-        .cli_cmd(&[
-            "generate",
-            "c",
-            "--json",
-            "--prompt",
-            "x",
-            "--max-tokens",
-            "4",
-            "--inject-fault",
-            "stall@decode:2",
-        ])
-        .spawn();
+    let busy = stalled(&d, "c");
     d.wait_state("c", "busy", Duration::from_secs(10));
     let refused = d.cli(&["load", "d", "--context", "32768", "--json"]);
     assert_eq!(
@@ -321,21 +316,7 @@ fn a_client_that_disconnects_cancels_its_request_only() {
 #[test]
 fn a_full_queue_is_busy_at_once() {
     let d = Daemon::start(&["--queue", "1"]);
-    let stalled = d
-        .cli_cmd(&[
-            "generate",
-            "a",
-            "--json",
-            "--prompt",
-            "x",
-            "--max-tokens",
-            "4",
-            "--context",
-            "512",
-            "--inject-fault",
-            "stall@decode:2",
-        ])
-        .spawn();
+    let stalled = stalled(&d, "a");
     d.wait_state("a", "busy", Duration::from_secs(10));
     let queued = d.cli_cmd(&gen_args("a", "x", "2")).spawn();
     let until = Instant::now() + Duration::from_secs(5);
@@ -466,21 +447,7 @@ fn sigterm_exits_0_and_leaves_nothing_behind() {
     assert_eq!(d.cli(&gen_args("a", "hi", "2")).code, Some(0));
     assert_eq!(d.cli(&gen_args("b", "hi", "2")).code, Some(0));
     // A request in flight gets a clear shutting_down.
-    let inflight = d
-        .cli_cmd(&[
-            "generate",
-            "c",
-            "--json",
-            "--prompt",
-            "x",
-            "--max-tokens",
-            "4",
-            "--context",
-            "512",
-            "--inject-fault",
-            "stall@decode:2",
-        ])
-        .spawn();
+    let inflight = stalled(&d, "c");
     d.wait_state("c", "busy", Duration::from_secs(10));
     assert_eq!(d.workers().len(), 3, "{:?}", d.ps());
     let status = d.stop_with(libc::SIGTERM);

@@ -28,25 +28,32 @@ pub struct ClientArgs {
     pub json: bool,
 }
 
+/// What a load or a generation asks of the model.
 #[derive(clap::Args, Clone, Debug)]
-pub struct LoadArgs {
+pub struct ModelArgs {
     /// A model folder, or a name the daemon resolves (`mlxsup ls`).
     pub model: String,
-    /// Context tokens to plan for.
+    /// Context tokens to plan for, when the model is loaded.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub context: Option<u64>,
     /// How long it stays loaded after its last request (30s, 5m, 1h, 0, -1).
     #[arg(long, value_parser = daemon::parse_keep_alive, allow_hyphen_values = true)]
     pub keep_alive: Option<KeepAlive>,
-    /// Load even when it does not fit; clears a quarantine.
+    /// Load even when it does not fit; for a load, also clears a quarantine.
     #[arg(long)]
     pub force: bool,
-    /// Tests: make the next worker of this model fail on purpose.
+    /// Tests: make the worker fail on purpose (KIND@PHASE; load's KIND@load).
     #[arg(long, hide = true, value_parser = run::parse_fault)]
     pub inject_fault: Option<Fault>,
     /// The MLX device to load on: gpu, cpu or default.
     #[arg(long, default_value = "default", value_parser = Device::parse)]
     pub device: Device,
+}
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct LoadArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
     #[command(flatten)]
     pub client: ClientArgs,
 }
@@ -60,25 +67,10 @@ pub struct UnloadArgs {
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct GenerateArgs {
-    /// A model folder, or a name the daemon resolves (`mlxsup ls`).
-    pub model: String,
+    #[command(flatten)]
+    pub model: ModelArgs,
     #[command(flatten)]
     pub prompt: PromptArgs,
-    /// Context tokens to plan for, when the model has to be loaded.
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
-    pub context: Option<u64>,
-    /// How long the model stays loaded after this request (30s, 5m, 1h, 0, -1).
-    #[arg(long, value_parser = daemon::parse_keep_alive, allow_hyphen_values = true)]
-    pub keep_alive: Option<KeepAlive>,
-    /// Load even when it does not fit.
-    #[arg(long)]
-    pub force: bool,
-    /// Tests: make the worker fail on purpose (KIND@PHASE; prefill and decode only).
-    #[arg(long, hide = true, value_parser = run::parse_fault)]
-    pub inject_fault: Option<Fault>,
-    /// The MLX device to load on: gpu, cpu or default.
-    #[arg(long, default_value = "default", value_parser = Device::parse)]
-    pub device: Device,
     #[command(flatten)]
     pub client: ClientArgs,
 }
@@ -238,13 +230,14 @@ pub fn ls(args: ClientArgs) -> Exit {
 pub fn load(args: LoadArgs) -> Exit {
     let json = args.client.json;
     block_on(async move {
+        let m = &args.model;
         let req = ControlRequest::Load(LoadModel {
-            model: args.model.clone(),
-            context: args.context,
-            keep_alive: args.keep_alive,
-            force: args.force,
-            fault: args.inject_fault,
-            device: args.device,
+            model: m.model.clone(),
+            context: m.context,
+            keep_alive: m.keep_alive,
+            force: m.force,
+            fault: m.inject_fault,
+            device: m.device,
         });
         let mut client = match connect(&args.client).await {
             Ok(c) => c,
@@ -347,13 +340,14 @@ pub fn generate(args: GenerateArgs) -> Exit {
                 return Exit::Usage;
             }
         };
+        let m = &args.model;
         let req = ControlRequest::Generate(GenerateModel {
-            model: args.model.clone(),
-            request: args.prompt.request(prompt, args.inject_fault),
-            context: args.context,
-            keep_alive: args.keep_alive,
-            force: args.force,
-            device: args.device,
+            model: m.model.clone(),
+            request: args.prompt.request(prompt, m.inject_fault),
+            context: m.context,
+            keep_alive: m.keep_alive,
+            force: m.force,
+            device: m.device,
         });
         let mut client = match connect(&args.client).await {
             Ok(c) => c,

@@ -644,6 +644,17 @@ impl Actor {
         }
     }
 
+    /// Ends the request in flight and every queued one with `end`.
+    fn end_all(&mut self, end: impl Fn() -> End) {
+        let current = self.current.take().map(|c| c.updates);
+        for updates in current
+            .into_iter()
+            .chain(self.pending.drain(..).map(|j| j.updates))
+        {
+            let _ = updates.send(Update::End(end()));
+        }
+    }
+
     /// Shuts the worker down on purpose: what was asked of it ends `Cancelled`.
     async fn stop(&mut self) -> Option<ExitInfo> {
         let _ = self.conn.send(&ToWorker::Shutdown).await;
@@ -652,15 +663,7 @@ impl Actor {
             self.await_exit(SHUTDOWN_GRACE).await;
         }
         self.sampler.abort();
-        for updates in self
-            .current
-            .take()
-            .map(|c| c.updates)
-            .into_iter()
-            .chain(self.pending.drain(..).map(|j| j.updates))
-        {
-            let _ = updates.send(Update::End(End::Cancelled));
-        }
+        self.end_all(|| End::Cancelled);
         self.publish(|s| s.state = WorkerState::Stopped);
         self.exit.clone()
     }
@@ -675,15 +678,7 @@ impl Actor {
             model = f.model.as_deref().unwrap_or(""),
             "worker failed"
         );
-        for updates in self
-            .current
-            .take()
-            .map(|c| c.updates)
-            .into_iter()
-            .chain(self.pending.drain(..).map(|j| j.updates))
-        {
-            let _ = updates.send(Update::End(End::Died(Box::new((*f).clone()))));
-        }
+        self.end_all(|| End::Died(Box::new((*f).clone())));
         self.publish(|s| {
             s.state = WorkerState::Failed;
             s.failure = Some(f);
