@@ -52,4 +52,7 @@ tiny_b=$out/bench-tiny-b
 [[ -f $tiny_b/config.json ]] || $bin/mlxsup make-model "$tiny_b" --arch llama --hidden 64 --layers 2 --heads 4 --kv-heads 2 --intermediate 128 --vocab 512 >/dev/null
 target/release/examples/bench_daemon "$bin/mlxsup" "$mid" "$model" "$tiny_b" "$py" "${ROUNDS:-5}" | tee "$out/daemon.md"
 
+echo "== 6. HTTP: mlx_lm.server vs mlxsup serve --http, streamed chat, and out of memory"
+$py scripts/bench_http.py "$bin/mlxsup" "$mid" "${ROUNDS:-5}" | tee "$out/http.md"
+
 echo "results in $out/"
