@@ -46,26 +46,30 @@ def wait_http(url, proc, limit=120):
     raise RuntimeError(f"{url} did not come up")
 
 
-def stream_once(client, model, prompt=PROMPT, n=GEN, timeout=600):
+def stream_once(client, model, prompt=PROMPT, n=GEN, timeout=600, **extra):
+    """(time to the first chunk with text, generation tokens/s, tokens). Tokens are the
+    server's own count (usage), not chunks: servers hold back incomplete UTF-8 differently."""
     t0 = time.perf_counter()
-    first, count = None, 0
+    first, tokens = None, 0
     stream = client.chat.completions.create(
         model=model,
         messages=[{"role": "user", "content": prompt}],
         max_tokens=n,
         temperature=0,
         stream=True,
+        stream_options={"include_usage": True},
         timeout=timeout,
+        **extra,
     )
     for chunk in stream:
+        if chunk.usage is not None:
+            tokens = chunk.usage.completion_tokens
         for ch in chunk.choices:
-            if ch.delta.content:
-                if first is None:
-                    first = time.perf_counter()
-                count += 1
+            if ch.delta.content and first is None:
+                first = time.perf_counter()
     end = time.perf_counter()
-    tps = (count - 1) / (end - first) if first and count > 1 else 0.0
-    return (first - t0) if first else float("nan"), tps, count
+    tps = (tokens - 1) / (end - first) if first and tokens > 1 else 0.0
+    return (first - t0) if first else float("nan"), tps, tokens
 
 
 tmp = tempfile.mkdtemp(prefix="bh")
@@ -95,7 +99,7 @@ try:
         res["mlx_lm.server"].append(stream_once(c_lm, model_dir, prompt=prompt))
         res["mlxsup serve --http"].append(stream_once(c_us, model_dir, prompt=prompt))
     print(f"#### Streamed chat through the `openai` client, same model, greedy, a new prompt each round ({GEN} tokens, median of {rounds}, interleaved)\n")
-    print("| server | time to first token | generation tok/s | chunks |")
+    print("| server | time to first token | generation tok/s | tokens |")
     print("|---|---:|---:|---:|")
     med = {}
     for name, rows in res.items():
@@ -176,13 +180,10 @@ finally:
 try:
     t0 = time.time()
     try:
-        stream = c_us.chat.completions.create(
-            model=model_dir, messages=[{"role": "user", "content": "hi"}], max_tokens=8,
-            temperature=0, stream=True,
+        stream_once(
+            c_us, model_dir, prompt="hi", n=8,
             extra_headers={"x-mlxsup-inject-fault": "alloc:64GiB@prefill"},
         )
-        for _ in stream:
-            pass
         what = "completed"
     except openai.APIStatusError as e:
         what = f"HTTP {e.status_code} `{(e.body or {}).get('kind')}` in {time.time() - t0:.1f} s"

@@ -275,7 +275,6 @@ fn sixteen_clients_on_two_models_each_get_the_solo_output() {
 #[test]
 fn a_client_that_disconnects_cancels_its_request_only() {
     let d = Daemon::start(&[]);
-    assert_eq!(d.cli(&gen_args("a", "x", "1")).code, Some(0));
     // A long generation, streamed; the client goes away after its first tokens.
     let mut child = d
         .cli_cmd(&[
@@ -285,9 +284,9 @@ fn a_client_that_disconnects_cancels_its_request_only() {
             "--prompt",
             "x",
             "--max-tokens",
-            "100000",
+            "32000",
             "--context",
-            "100100",
+            "32768",
         ])
         .spawn();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
@@ -526,4 +525,30 @@ fn the_device_policy_retries_a_gpu_memory_failure_on_the_cpu() {
             .contains("retried on the CPU device after metal_out_of_memory during load"),
         "{m:#}"
     );
+}
+
+#[test]
+fn a_prompt_longer_than_the_loaded_context_is_refused_and_the_model_serves_on() {
+    let d = Daemon::start(&[]);
+    assert_eq!(d.cli(&gen_args("a", "hi", "2")).code, Some(0));
+    // Loaded at context 512: 600 tokens asked for do not fit.
+    let out = d.cli(&gen_args("a", "hi", "600"));
+    assert_eq!(out.code, Some(3), "{} {}", out.stdout, out.stderr);
+    let f = &out.named("failure")[0];
+    assert_eq!(f["kind"], "insufficient_memory");
+    assert!(f["remedy"]["min_context"].as_u64().unwrap() > 600, "{f:#}");
+    assert!(
+        f["message"]
+            .as_str()
+            .unwrap()
+            .contains("over the context of 512"),
+        "{f:#}"
+    );
+    let m = d.model("a");
+    assert_eq!(m["state"], "ready");
+    assert!(
+        m["last_failure"].is_null(),
+        "a refused request is no failure of the model"
+    );
+    assert_eq!(d.cli(&gen_args("a", "hi", "2")).code, Some(0));
 }

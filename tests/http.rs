@@ -151,6 +151,9 @@ fn bad_requests_name_the_field_and_the_key_is_checked() {
     assert_eq!(v["unknown_model"][1], "model");
     assert_eq!(v["bad_temperature"][0], 400);
     assert_eq!(v["bad_temperature"][1], "temperature");
+    assert_eq!(v["too_long"][0], 400, "{v:#}");
+    assert_eq!(v["too_long"][1], "context_length_exceeded");
+    assert_eq!(v["too_long"][2], "insufficient_memory");
     assert_eq!(v["bad_json"][0], 400);
     assert_eq!(v["bad_json"][1], "body");
     let (_d, base) = http(&["--api-key", "s3cret"]);

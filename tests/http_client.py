@@ -134,7 +134,7 @@ elif scenario == "crash":
 elif scenario == "disconnect":
     model = args[0]
     c = client()
-    stream = chat(c, model, "x", 100000, stream=True)
+    stream = chat(c, model, "x", 32000, stream=True)
     seen = 0
     for chunk in stream:
         if chunk.choices and chunk.choices[0].delta.content is not None:
@@ -182,6 +182,10 @@ elif scenario == "errors":
         chat(c, model, "x", 4, extra_body={"temperature": -3})
     except openai.BadRequestError as e:
         res["bad_temperature"] = [e.status_code, e.body.get("param"), e.body.get("message")]
+    try:
+        chat(c, model, "x", 1_000_000)
+    except openai.BadRequestError as e:
+        res["too_long"] = [e.status_code, e.body.get("code"), e.body.get("kind")]
     req = urllib.request.Request(
         base + "/chat/completions", data=b"{not json", headers={"content-type": "application/json"}
     )

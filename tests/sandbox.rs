@@ -11,14 +11,12 @@ use mlxsup_tests::{fault_time, mlxsup, tiny_model, Run};
 /// Runs the tiny model with `extra` arguments, JSON events on.
 fn run(extra: &[&str]) -> Run {
     let model = tiny_model().to_str().unwrap().to_string();
-    let mut args = vec![
-        "run",
-        model.as_str(),
-        "--json",
-        "--prompt",
-        "The quick brown fox",
-    ];
-    for (flag, default) in [("--max-tokens", "8"), ("--context", "512")] {
+    let mut args = vec!["run", model.as_str(), "--json"];
+    for (flag, default) in [
+        ("--prompt", "The quick brown fox"),
+        ("--max-tokens", "8"),
+        ("--context", "512"),
+    ] {
         if !extra.contains(&flag) {
             args.extend_from_slice(&[flag, default]);
         }
@@ -459,4 +457,33 @@ fn every_token_before_a_death_is_delivered() {
             assert!(r.named("done").is_empty(), "{fault}");
         }
     }
+}
+
+/// The prompt is tokenized before any worker runs: with the tokens asked for, it must fit
+/// the context the estimate was made for, else the run is refused with what would fit.
+#[test]
+fn a_prompt_longer_than_the_context_is_refused_before_a_worker_runs() {
+    let long = "The quick brown fox jumps over the lazy dog. ".repeat(20);
+    let r = run(&["--context", "16", "--max-tokens", "8", "--prompt", &long]);
+    assert_eq!(r.code, Some(3), "{} {}", r.stdout, r.stderr);
+    let (_, f) = r.failure().unwrap();
+    assert_eq!(f["kind"], "insufficient_memory");
+    let needed = f["remedy"]["min_context"].as_u64().unwrap();
+    assert!(needed > 16 + 8, "{f:#}");
+    let advice = f["advice"].as_str().unwrap();
+    assert!(
+        advice.contains(&format!("--context {needed} fits")),
+        "{advice}"
+    );
+    assert!(r.named("loaded").is_empty(), "no worker ran");
+    // The advised context is accepted.
+    let ok = run(&[
+        "--context",
+        &needed.to_string(),
+        "--max-tokens",
+        "8",
+        "--prompt",
+        &long,
+    ]);
+    assert_eq!(ok.code, Some(0), "{}", ok.stderr);
 }

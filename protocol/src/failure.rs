@@ -177,13 +177,16 @@ pub struct Remedy {
     pub unload: Vec<String>,
     /// `force` would load it anyway.
     pub force: bool,
+    /// The context this request needs (its prompt plus the tokens asked for), when that
+    /// is what did not fit.
+    pub min_context: Option<u64>,
 }
 
 impl Remedy {
     /// The remedy as command-line flags, e.g. `--context 2048 --kv-bits 8`.
     pub fn flags(&self) -> String {
         let mut out = Vec::new();
-        if let Some(c) = self.max_context {
+        if let Some(c) = self.max_context.or(self.min_context) {
             out.push(format!("--context {c}"));
         }
         if let Some(b) = self.kv_bits {

@@ -5,9 +5,9 @@
 use std::{path::Path, time::Duration};
 
 use estimate::{Bytes, Estimate, Model, Verdict};
-use protocol::{Device, Fault, Limits, LoadRequest, Remedy};
+use protocol::{Device, Failure, FailureKind, Fault, Limits, LoadRequest, Remedy};
 
-use crate::supervise::{self, runtime_dir, ReportContext, SpawnOptions};
+use crate::supervise::{self, report, runtime_dir, ReportContext, SpawnOptions};
 
 /// Below this, a smaller context is no remedy.
 const MIN_ADVISED_CONTEXT: u64 = 256;
@@ -150,6 +150,68 @@ pub fn largest_context(model: &Model, est: &Estimate, req: &PlanRequest) -> Opti
         req.budget,
     )
     .filter(|&c| c >= MIN_ADVISED_CONTEXT)
+}
+
+/// Checks that the prompt and the tokens asked for fit the context the model was planned
+/// for; the refusal, with what would fit, when they do not. (The estimate at a larger
+/// context is re-checked: the advice names a context only if it fits the budget.)
+pub fn check_length(
+    model: &Model,
+    est: &Estimate,
+    req: &PlanRequest,
+    prompt_tokens: u64,
+    max_tokens: u64,
+) -> Result<(), Box<Failure>> {
+    let needed = prompt_tokens.saturating_add(max_tokens);
+    let planned = est.kv_cache.context;
+    if needed <= planned {
+        return Ok(());
+    }
+    let asked = format!(
+        "the prompt is {prompt_tokens} tokens and {max_tokens} more are asked for: {needed} in all"
+    );
+    let (message, advice) = match model.max_position_embeddings {
+        Some(max) if needed > max => (
+            format!("{asked}, over the model's maximum of {max}"),
+            format!(
+                "shorten the prompt, or ask for at most {} tokens (--max-tokens)",
+                max.saturating_sub(prompt_tokens)
+            ),
+        ),
+        _ => {
+            let wider = estimate(model, Some(needed), req.prefill_chunk, req.budget);
+            let advice = if wider.verdict == Verdict::DoesNotFit {
+                format!(
+                    "at context {needed} it needs {} of the {} budget: shorten the prompt or --max-tokens",
+                    Bytes(wider.total_bytes),
+                    Bytes(wider.budget_bytes)
+                )
+            } else {
+                format!(
+                    "--context {needed} fits ({} of {})",
+                    Bytes(wider.total_bytes),
+                    Bytes(wider.budget_bytes)
+                )
+            };
+            (
+                format!("{asked}, over the context of {planned} it was planned for"),
+                advice,
+            )
+        }
+    };
+    let mut f = report::plain(
+        FailureKind::InsufficientMemory,
+        Some(model.dir.display().to_string()),
+        advice,
+        Remedy {
+            min_context: Some(needed),
+            ..Remedy::default()
+        },
+    );
+    f.message = Some(message);
+    f.estimate_bytes = Some(est.total_bytes);
+    f.budget_bytes = Some(est.budget_bytes);
+    Err(Box::new(f))
 }
 
 /// MLX's buffer cache: what the budget leaves beyond the estimate, within 64 MiB..1/4.

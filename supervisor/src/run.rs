@@ -125,12 +125,21 @@ pub fn main(args: RunArgs) -> Exit {
     crate::rt::block_on(async { execute(&args, &mut out).await.exit() })
 }
 
+/// What the preflight read and decided.
+pub struct Preflight {
+    pub model: estimate::Model,
+    pub plan: Plan,
+    pub request: PlanRequest,
+    /// The tokenizer and template, checked: the prompt's length is counted with them.
+    pub text: text::TextFiles,
+}
+
 /// The preflight: read the model and plan it against the budget.
-pub fn preflight(args: &RunArgs) -> Result<Plan, (Outcome, String)> {
+pub fn preflight(args: &RunArgs) -> Result<Preflight, (Outcome, String)> {
     let model = plan::open(&args.model).map_err(|e| (Outcome::BadModel, format!("mlxsup: {e}")))?;
     // Everything a worker would load that can be checked without MLX: shards, tokenizer,
     // tokenizer config, generation config, chat template.
-    text::check_loadable(&model)
+    let text = text::check_loadable(&model)
         .map_err(|e| (Outcome::BadModel, format!("mlxsup: cannot read model: {e}")))?;
     let budget = budget(args.budget).map_err(|e| (Outcome::Internal, format!("mlxsup: {e}")))?;
     let req = PlanRequest {
@@ -145,7 +154,12 @@ pub fn preflight(args: &RunArgs) -> Result<Plan, (Outcome, String)> {
         device: args.device,
         ..PlanRequest::new(budget.bytes.0)
     };
-    Ok(plan::plan(&model, &req))
+    Ok(Preflight {
+        plan: plan::plan(&model, &req),
+        model,
+        request: req,
+        text,
+    })
 }
 
 /// Reports the preflight's verdict; false when it refuses.
@@ -181,7 +195,12 @@ pub async fn execute(args: &RunArgs, out: &mut Output) -> Outcome {
             return Outcome::Usage;
         }
     };
-    let plan = match preflight(args) {
+    let Preflight {
+        model,
+        plan,
+        request,
+        text,
+    } = match preflight(args) {
         Ok(p) => p,
         Err((outcome, msg)) => {
             eprintln!("{msg}");
@@ -189,6 +208,21 @@ pub async fn execute(args: &RunArgs, out: &mut Output) -> Outcome {
         }
     };
     out.estimate(&plan.estimate);
+    // The prompt, tokenized as the worker will: with what is asked, it must fit the
+    // context the estimate was made for.
+    let prompt_tokens = match text.count_prompt_tokens(&prompt) {
+        Ok(n) => n as u64,
+        Err(e) => {
+            eprintln!("mlxsup: {e}");
+            return Outcome::BadModel;
+        }
+    };
+    let max_tokens = u64::from(args.prompt.max_tokens);
+    if let Err(f) = plan::check_length(&model, &plan.estimate, &request, prompt_tokens, max_tokens)
+    {
+        out.failure(&f);
+        return Outcome::Refused;
+    }
     let refusal = || report::refusal(&plan.estimate, plan.report.remedy.clone());
     if !admit(&plan.estimate, args.force, refusal, out) {
         return Outcome::Refused;

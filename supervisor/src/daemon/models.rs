@@ -122,6 +122,7 @@ pub fn start(shared: Arc<Shared>, dir: PathBuf, name: String) -> Slot {
         worker: None,
         worker_status: None,
         plan: None,
+        loadable: None,
         loading: None,
         load_waiters: Vec::new(),
         queue: VecDeque::new(),
@@ -157,12 +158,20 @@ struct LoadSettings {
     device: Device,
 }
 
+/// The model as read for its load: a prompt's length is counted and checked with it.
+pub struct Loadable {
+    model: estimate::Model,
+    text: text::TextFiles,
+}
+
 /// What a load task comes back with.
 enum Loaded {
     Ok {
         worker: WorkerHandle,
         plan: Box<Plan>,
         info: protocol::LoadInfo,
+        /// What the prompt lengths are checked with.
+        text: Box<Loadable>,
     },
     /// Admission refused it (not a crash).
     Refused(Box<Failure>),
@@ -186,6 +195,7 @@ struct Actor {
     worker: Option<WorkerHandle>,
     worker_status: Option<watch::Receiver<crate::supervise::Status>>,
     plan: Option<Plan>,
+    loadable: Option<Box<Loadable>>,
     loading: Option<oneshot::Receiver<Loaded>>,
     load_waiters: Vec<Responder>,
     queue: VecDeque<Job>,
@@ -427,7 +437,18 @@ impl Actor {
         if self.current.is_some() || self.loading.is_some() {
             return;
         }
-        let (Some(worker), Some(job)) = (self.worker.as_ref(), self.queue.pop_front()) else {
+        // The next request whose prompt fits; the others are refused on their own.
+        let job = loop {
+            let Some(job) = self.queue.pop_front() else {
+                return;
+            };
+            match self.check_length(&job) {
+                Ok(()) => break job,
+                Err(f) => job.resp.reply(ControlReply::Failed(f)),
+            }
+        };
+        let Some(worker) = self.worker.as_ref() else {
+            self.queue.push_front(job);
             return;
         };
         let rx = worker.request(
@@ -460,7 +481,13 @@ impl Actor {
 
     async fn loaded(&mut self, l: Loaded) {
         match l {
-            Loaded::Ok { worker, plan, info } => {
+            Loaded::Ok {
+                worker,
+                plan,
+                info,
+                text,
+            } => {
+                self.loadable = Some(text);
                 tracing::info!(
                     model = %self.dir.display(),
                     pid = worker.pid(),
@@ -652,6 +679,36 @@ impl Actor {
         }
     }
 
+    /// The prompt and the tokens asked for must fit the context the model was admitted
+    /// at (the request's own refusal otherwise; the model is fine).
+    fn check_length(&self, job: &Job) -> Result<(), Box<Failure>> {
+        let (Some(l), Some(plan)) = (self.loadable.as_ref(), self.plan.as_ref()) else {
+            return Ok(());
+        };
+        let prompt_tokens = l
+            .text
+            .count_prompt_tokens(&job.req.request.prompt)
+            .map_err(|e| {
+                Box::new(report::plain(
+                    FailureKind::LoadFailed,
+                    Some(self.dir.display().to_string()),
+                    format!("the prompt cannot be encoded: {e}"),
+                    Default::default(),
+                ))
+            })?;
+        let req = crate::plan::PlanRequest {
+            prefill_chunk: u64::from(plan.load.prefill_chunk),
+            ..crate::plan::PlanRequest::new(plan.estimate.budget_bytes)
+        };
+        crate::plan::check_length(
+            &l.model,
+            &plan.estimate,
+            &req,
+            prompt_tokens as u64,
+            u64::from(job.req.request.max_tokens),
+        )
+    }
+
     fn clear_failures(&mut self) {
         self.failures.clear();
         self.consecutive = 0;
@@ -709,6 +766,7 @@ impl Actor {
     async fn unload_worker(&mut self) {
         self.worker_status = None;
         self.plan = None;
+        self.loadable = None;
         self.keep_until = None;
         if let Some(w) = self.worker.take() {
             w.shutdown().await;
@@ -790,6 +848,11 @@ async fn load(
         Ok(m) => m,
         Err(e) => return Loaded::BadModel(e),
     };
+    // What a worker would load and can be checked without MLX, before one is spawned.
+    let text = match text::check_loadable(&model) {
+        Ok(t) => t,
+        Err(e) => return Loaded::BadModel(format!("cannot read model: {e}")),
+    };
     // One admission at a time, held through the load: what it admits is then counted.
     let _admitting = shared.admission.lock().await;
     let plan = match admission::admit(&shared, &dir, &model, settings.context, settings.force).await
@@ -834,6 +897,7 @@ async fn load(
             worker,
             plan: Box::new(plan),
             info,
+            text: Box::new(Loadable { model, text }),
         },
         End::Died(f) => Loaded::Failed(f),
         End::Error { failure, .. } => {

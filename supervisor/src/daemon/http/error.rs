@@ -54,10 +54,17 @@ impl ApiError {
         }
     }
 
-    /// A daemon failure: its kind decides the status.
+    /// A daemon failure: its kind decides the status (a prompt longer than the context
+    /// is the client's to fix: 400, OpenAI's `context_length_exceeded`).
     pub fn failure(f: Box<Failure>) -> ApiError {
+        let context = f.kind == FailureKind::InsufficientMemory && f.remedy.min_context.is_some();
         ApiError {
-            status: status_of(f.kind),
+            status: if context {
+                StatusCode::BAD_REQUEST
+            } else {
+                status_of(f.kind)
+            },
+            param: context.then(|| "messages".to_string()),
             message: match &f.message {
                 Some(m) if !f.advice.starts_with(m.as_str()) => {
                     format!("{}: {m}; {}", f.kind, f.advice)
@@ -65,17 +72,20 @@ impl ApiError {
                 _ => format!("{}: {}", f.kind, f.advice),
             },
             kind: f.kind.as_str().into(),
-            param: None,
             failure: Some(f),
         }
     }
 
     /// The `error` object: OpenAI's fields and our evidence.
     pub fn body(&self) -> Value {
+        let code = match &self.failure {
+            Some(f) if f.remedy.min_context.is_some() => "context_length_exceeded",
+            _ => self.kind.as_str(),
+        };
         let mut e = json!({
             "message": self.message,
             "type": self.kind,
-            "code": self.kind,
+            "code": code,
             "param": self.param,
         });
         if let (Some(f), Value::Object(m)) = (&self.failure, &mut e) {
