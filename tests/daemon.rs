@@ -552,3 +552,28 @@ fn a_prompt_longer_than_the_loaded_context_is_refused_and_the_model_serves_on() 
     );
     assert_eq!(d.cli(&gen_args("a", "hi", "2")).code, Some(0));
 }
+
+/// A request whose memory failure repeats (here: it allocates more than its worker may
+/// hold, every time) is retried once with a smaller context, then fails to its client;
+/// the model is not retried into quarantine, and the next request is served.
+#[test]
+fn a_repeating_memory_failure_is_retried_once_then_reported() {
+    let d = Daemon::start(&["--budget", "512MiB"]);
+    let mut args = gen_args("a", "hi", "4");
+    args.extend_from_slice(&["--inject-fault", "alloc:1GiB@prefill"]);
+    let out = d.cli(&args);
+    assert_eq!(out.code, Some(4), "{} {}", out.stdout, out.stderr);
+    assert_eq!(out.named("failure")[0]["kind"], "memory_ceiling_exceeded");
+    let notes = out.named("note");
+    assert_eq!(notes.len(), 1, "one retry: {notes:?}");
+    assert!(
+        notes[0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("retried with context 256"),
+        "{notes:?}"
+    );
+    assert_eq!(d.model("a")["state"], "failed");
+    let next = d.cli(&gen_args("a", "hi", "4"));
+    assert_eq!(next.code, Some(0), "{}", next.stderr);
+}

@@ -211,7 +211,8 @@ struct Actor {
     /// Failures since the last success (for backoff).
     consecutive: u32,
     backoff_until: Option<Instant>,
-    /// A memory failure was already retried with a smaller context.
+    /// A memory failure was already retried (with a smaller context, or on the CPU) since
+    /// the last success: a failure streak gets one automatic retry, not one per load.
     retried: bool,
     note: Option<String>,
     /// The device the loaded worker runs on.
@@ -331,6 +332,8 @@ impl Actor {
                 if req.force {
                     self.clear_failures();
                 }
+                // An explicit load is a new attempt: it gets its own retry.
+                self.retried = false;
                 if let Some(k) = req.keep_alive {
                     self.keep_alive = k;
                     self.touch();
@@ -503,7 +506,6 @@ impl Actor {
                 self.worker = Some(worker);
                 self.plan = Some(*plan);
                 self.state = ModelState::Ready;
-                self.retried = false;
                 self.touch();
                 let status = self.status();
                 for w in self.load_waiters.drain(..) {
@@ -560,6 +562,7 @@ impl Actor {
                     End::Reply(Reply::Done(done)) => {
                         self.requests += 1;
                         self.consecutive = 0;
+                        self.retried = false;
                         self.backoff_until = None;
                         let estimate_bytes =
                             self.plan.as_ref().map_or(0, |p| p.estimate.total_bytes);
@@ -635,8 +638,10 @@ impl Actor {
         }
         self.consecutive += 1;
         self.last_failure = Some(f.clone());
-        let retry =
-            !self.retried && f.is_memory() && matches!(f.phase, Phase::Load | Phase::Prefill);
+        let retry = !self.retried
+            && f.is_memory()
+            && matches!(f.phase, Phase::Load | Phase::Prefill)
+            && self.failures.len() < policy::QUARANTINE_AFTER;
         // The device policy first (the GPU ran out: the CPU has the same memory but no
         // Metal working-set limit), else what the estimator says fits: half the context.
         let change = if !retry {
@@ -710,6 +715,7 @@ impl Actor {
     }
 
     fn clear_failures(&mut self) {
+        self.retried = false;
         self.failures.clear();
         self.consecutive = 0;
         self.backoff_until = None;
