@@ -577,3 +577,25 @@ fn a_repeating_memory_failure_is_retried_once_then_reported() {
     let next = d.cli(&gen_args("a", "hi", "4"));
     assert_eq!(next.code, Some(0), "{}", next.stderr);
 }
+
+/// A client naming a hostile folder (its config a FIFO) gets an error at once; the
+/// daemon neither blocks on it nor spawns a worker for it.
+#[test]
+fn a_hostile_folder_is_an_error_and_the_daemon_never_blocks_on_it() {
+    let d = Daemon::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("config.json");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let t = Instant::now();
+    let out = d.cli(&gen_args(dir.path().to_str().unwrap(), "hi", "2"));
+    assert!(t.elapsed() < Duration::from_secs(30), "blocked on the FIFO");
+    assert_eq!(out.code, Some(5), "{} {}", out.stdout, out.stderr);
+    assert!(out.stderr.contains("FIFO"), "{}", out.stderr);
+    assert!(
+        d.workers().is_empty(),
+        "no worker for a model that cannot be read"
+    );
+    assert_eq!(d.cli(&["status"]).code, Some(0));
+}
