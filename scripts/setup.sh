@@ -58,7 +58,7 @@ elif [[ $os == Darwin ]]; then
 fi
 
 # --- the MLX the worker links --------------------------------------------------------
-if ! ls .mlx/*.dist-info 2>/dev/null | grep -q "$(echo "${wheel%%==*}" | tr - _)-$MLX_VERSION.dist-info"; then
+if ! ls -d .mlx/*.dist-info 2>/dev/null | grep -q "$(echo "${wheel%%==*}" | tr - _)-$MLX_VERSION.dist-info"; then
   say "installing $wheel into .mlx/"
   rm -rf .mlx
   "$PYTHON" -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --no-deps --target .mlx "$wheel"

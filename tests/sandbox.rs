@@ -412,9 +412,9 @@ fn ctrl_c_cancels_stops_the_worker_and_exits_130() {
             tiny_model().to_str().unwrap(),
             "--json",
             "--max-tokens",
-            "100000",
+            "32000",
             "--context",
-            "512",
+            "32768",
         ])
         .env("MLXSUP_RUNTIME_DIR", &rt_dir)
         .stdout(Stdio::piped())

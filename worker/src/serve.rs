@@ -71,11 +71,21 @@ fn phase_to(p: Phase) -> u8 {
 
 impl Link {
     fn send(&self, msg: &FromWorker) -> Result<(), ProtocolError> {
+        self.send_with(|| vec![msg.clone()])
+    }
+
+    /// Builds and writes messages under the writer lock, so what they say (a phase, a
+    /// sample of it) cannot be overtaken on the wire by another thread's newer news: a
+    /// heartbeat sampled in `decode` never lands after the `idle` that ended it.
+    fn send_with(&self, build: impl FnOnce() -> Vec<FromWorker>) -> Result<(), ProtocolError> {
         if self.silent.load(Ordering::SeqCst) {
             return Ok(());
         }
         let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        frame::write_sync(&mut *w, msg)
+        for msg in build() {
+            frame::write_sync(&mut *w, &msg)?;
+        }
+        Ok(())
     }
 
     fn current(&self) -> Option<RequestId> {
@@ -105,9 +115,20 @@ impl Link {
     /// Enters a phase: tells the supervisor, with a memory sample at the boundary.
     fn set_phase(&self, phase: Phase) {
         self.advance();
-        self.phase.store(phase_to(phase), Ordering::SeqCst);
-        self.event(Event::Phase(phase));
-        self.event(Event::Telemetry(self.sample(phase)));
+        let id = self.current();
+        let _ = self.send_with(|| {
+            self.phase.store(phase_to(phase), Ordering::SeqCst);
+            vec![
+                FromWorker::Event {
+                    id,
+                    event: Event::Phase(phase),
+                },
+                FromWorker::Event {
+                    id,
+                    event: Event::Telemetry(self.sample(phase)),
+                },
+            ]
+        });
     }
 
     fn reply(&self, id: RequestId, body: Reply) {
@@ -256,14 +277,14 @@ fn spawn_heartbeat(link: Arc<Link>) {
     thread::spawn(move || loop {
         let ms = link.interval_ms.load(Ordering::SeqCst).max(1);
         thread::sleep(Duration::from_millis(ms));
-        let sample = link.sample(link.phase());
-        if link
-            .send(&FromWorker::Event {
-                id: link.current(),
-                event: Event::Telemetry(sample),
-            })
-            .is_err()
-        {
+        let id = link.current();
+        let sent = link.send_with(|| {
+            vec![FromWorker::Event {
+                id,
+                event: Event::Telemetry(link.sample(link.phase())),
+            }]
+        });
+        if sent.is_err() {
             return;
         }
     });

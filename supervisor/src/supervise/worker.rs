@@ -36,8 +36,10 @@ const TERM_GRACE: Duration = Duration::from_millis(500);
 const CANCEL_GRACE: Duration = Duration::from_secs(3);
 /// How long to wait for stderr to close after the worker died (a grandchild may hold it).
 const STDERR_GRACE: Duration = Duration::from_millis(200);
-/// How long to read what a dead worker left in its socket.
-const DRAIN_LIMIT: Duration = Duration::from_millis(200);
+/// How long to read what a dead worker left in its socket. The socket ends when the data
+/// does (its only writer is gone); the limit is for a grandchild holding it open, and is
+/// generous because a busy machine can deschedule the reader for a long while.
+const DRAIN_LIMIT: Duration = Duration::from_secs(2);
 
 /// Where a worker is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -550,6 +552,14 @@ impl Actor {
             Event::Phase(p) => Some(*p),
             _ => None,
         };
+        // Between requests the worker is idle, whatever a late sample says.
+        let phase = phase.map(|p| {
+            if self.current.is_some() {
+                p
+            } else {
+                Phase::Idle
+            }
+        });
         if let Some(p) = phase.filter(|p| *p != Phase::Idle) {
             self.request_phase = p;
         }
@@ -562,8 +572,9 @@ impl Actor {
             }
             self.telemetry.push_back(t.clone());
             let t = t.clone();
+            let phase = self.phase;
             self.publish(|s| {
-                s.phase = t.phase;
+                s.phase = phase;
                 s.mlx_peak_bytes = s.mlx_peak_bytes.max(t.peak_bytes);
                 s.last_telemetry = Some(t);
             });
@@ -575,6 +586,7 @@ impl Actor {
         let Some(c) = self.current.take() else {
             return;
         };
+        self.phase = Phase::Idle;
         let end = match body {
             Reply::Error(e) if e.kind == WorkerErrorKind::Cancelled => End::Cancelled,
             Reply::Error(e) => {
