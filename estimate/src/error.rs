@@ -68,6 +68,14 @@ pub enum EstimateError {
         /// The missing shard's file name.
         shard: String,
     },
+    /// A GGUF file is malformed, truncated, or describes something not supported.
+    #[error("{path}: bad GGUF file: {reason}")]
+    Gguf {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 impl EstimateError {
@@ -81,7 +89,8 @@ impl EstimateError {
             | EstimateError::Config { path, .. }
             | EstimateError::LfsPointer { path, .. }
             | EstimateError::Header { path, .. }
-            | EstimateError::MissingShard { path, .. } => path,
+            | EstimateError::MissingShard { path, .. }
+            | EstimateError::Gguf { path, .. } => path,
         }
     }
 }

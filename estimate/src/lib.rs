@@ -18,6 +18,7 @@ pub mod bytes;
 pub mod config;
 pub mod dtype;
 pub mod error;
+pub mod gguf;
 pub mod index;
 pub mod kv_cache;
 pub mod model;

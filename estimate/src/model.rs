@@ -146,8 +146,12 @@ fn read_json_file(path: &Path, bytes_read: &mut u64) -> Result<Vec<u8>, Estimate
 
 impl Model {
     /// Reads a model folder: `config.json`, the index, and only the headers of the
-    /// top-level `*.safetensors` shards.
+    /// top-level `*.safetensors` shards. A `.gguf` file (or a folder holding one and no
+    /// `config.json`) is read from its header alone, see [`crate::gguf`].
     pub fn open(dir: &Path) -> Result<Model, EstimateError> {
+        if let Some(gguf) = crate::gguf::locate(dir)? {
+            return crate::gguf::open_model(&gguf);
+        }
         let meta = fs::metadata(dir).map_err(|e| EstimateError::NotADirectory {
             path: dir.to_path_buf(),
             reason: e.to_string(),
@@ -232,7 +236,7 @@ impl Model {
         Model::build(dir, config, index, shards, warnings, bytes_read)
     }
 
-    fn build(
+    pub(crate) fn build(
         dir: &Path,
         config: Config,
         index: Option<ShardIndex>,
