@@ -110,5 +110,20 @@ pub fn open_model(path: &Path) -> Result<Model, EstimateError> {
     if header.tensors.iter().any(|t| arch::is_dropped(&t.name)) {
         warnings.push("rope_freqs.weight is not counted: MLX recomputes RoPE frequencies".into());
     }
-    Model::build(path, config, None, vec![shard], warnings, header.bytes_read)
+    let mut model = Model::build(path, config, None, vec![shard], warnings, header.bytes_read)?;
+    // The analytic figure describes the folder an import writes (dense tensors at
+    // `dtype`), not this file: say so instead of calling it a disagreement.
+    model
+        .warnings
+        .retain(|w| !w.starts_with("safetensors_header says"));
+    if let Some(a) = model.weights.analytic_bytes {
+        let b = model.weights.bytes;
+        if a.abs_diff(b) as f64 > crate::model::DISAGREEMENT_WARNING * b as f64 {
+            model.warnings.push(format!(
+                "imported into MLX the weights take about {a} bytes ({:+.1}%): tensors without an MLX quantized form are dequantized to {dtype}",
+                (a as f64 - b as f64) / b.max(1) as f64 * 100.0
+            ));
+        }
+    }
+    Ok(model)
 }
