@@ -77,7 +77,7 @@ impl Writer {
                 .unwrap_or(0);
             offset += size.div_ceil(32) * 32;
         }
-        while out.len() % 32 != 0 {
+        while !out.len().is_multiple_of(32) {
             out.push(0);
         }
         out.resize(out.len() + offset as usize, 0);
