@@ -5,6 +5,7 @@ pub mod budget;
 pub mod classify;
 pub mod demo;
 pub mod exit;
+pub mod import;
 pub mod info;
 pub mod inspect;
 pub mod make_model;

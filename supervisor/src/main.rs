@@ -2,7 +2,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use mlxsup::{demo, exit::Exit, info, inspect, make_model, run};
+use mlxsup::{demo, exit::Exit, import, info, inspect, make_model, run};
 
 #[derive(Parser)]
 #[command(
@@ -25,6 +25,8 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Write a deterministic random-weight model folder (for tests and benchmarks).
     MakeModel(make_model::MakeModelArgs),
+    /// Convert a GGUF file into an MLX model folder (quantized blocks carried over).
+    Import(import::ImportArgs),
     /// MLX version, device, memory and budget, checked by a real computation in a worker.
     Info(info::InfoArgs),
 }
@@ -49,6 +51,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo::main(args),
         Command::MakeModel(args) => make_model::main(args),
         Command::Info(args) => info::main(args),
+        Command::Import(args) => import::main(args),
     }
     .into()
 }

@@ -1,0 +1,447 @@
+//! `mlxsup import FILE.gguf DIR`: an MLX model folder from a GGUF file — config.json,
+//! safetensors, tokenizer.json and tokenizer_config.json — that both mlxsup and mlx-lm
+//! load. Blocks whose math is MLX's affine form are carried over as MLX quantized weights
+//! (Q4_0, Q4_1, Q8_0 losslessly; Q4_K with its combined scales rounded to f16); the rest
+//! are dequantized to `--dtype`. Llama-family Q/K rows, which llama.cpp stores permuted
+//! for its RoPE, are put back in Hugging Face order. Plain Rust: no MLX, no worker.
+pub mod dequant;
+pub mod mlx_quant;
+pub mod tokenizer;
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::IsTerminal;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use estimate::gguf::{self, Arrays, GgmlType, GgufHeader, GgufTensor, Target};
+use estimate::{Bytes, Dtype};
+use safetensors::tensor::{Dtype as StDtype, TensorView};
+use serde_json::{json, Value};
+
+use crate::exit::Exit;
+
+/// Largest safetensors shard written.
+const SHARD_BYTES: u64 = 2 << 30;
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct ImportArgs {
+    /// The GGUF file (or a folder holding one).
+    pub gguf: PathBuf,
+    /// The MLX model folder to write (must not exist, or be empty).
+    pub dir: PathBuf,
+    /// Dtype of dense (dequantized) tensors [default: f16 when quantized tensors are
+    /// carried over — their f16 scales stay exact — else bf16].
+    #[arg(long, value_parser = ["bf16", "f16", "f32"])]
+    pub dtype: Option<String>,
+    /// One JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What an import did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Report {
+    pub dir: String,
+    pub source: String,
+    pub architecture: String,
+    pub dtype: String,
+    /// Bytes of the tensor data in the GGUF file.
+    pub gguf_weight_bytes: u64,
+    /// Bytes of tensors in the written safetensors.
+    pub weight_bytes: u64,
+    /// Tensors carried as MLX quantized weights with no rounding at all.
+    pub carried_exact: u64,
+    /// Tensors carried as MLX quantized weights with their scales rounded.
+    pub carried_rounded: u64,
+    /// Tensors dequantized (or converted) to `dtype`.
+    pub dense: u64,
+    /// Scales and biases the scale dtype could not hold exactly.
+    pub rounded_scales: u64,
+    /// Largest relative rounding error of a scale or bias.
+    pub max_scale_rel_error: f64,
+    /// Q/K projections put back in Hugging Face row order.
+    pub unpermuted: u64,
+    pub shards: usize,
+    pub seconds: f64,
+}
+
+/// A failure, with the exit code it maps to.
+pub type Failure = (Exit, String);
+
+fn bad(path: &Path, reason: impl std::fmt::Display) -> Failure {
+    (Exit::BadModel, format!("{}: {reason}", path.display()))
+}
+
+pub fn main(args: ImportArgs) -> Exit {
+    let progress = !args.json && std::io::stderr().is_terminal();
+    match import(&args.gguf, &args.dir, args.dtype.as_deref(), progress) {
+        Ok(r) => {
+            if args.json {
+                println!("{}", serde_json::to_string(&r).unwrap_or_default());
+            } else {
+                println!(
+                    "imported {} → {} ({} {}, {} of weights from {} in the file): {} tensors carried as MLX quantized weights ({} exact), {} as {}; {:.1} s",
+                    r.source,
+                    r.dir,
+                    r.architecture,
+                    r.dtype,
+                    Bytes(r.weight_bytes),
+                    Bytes(r.gguf_weight_bytes),
+                    r.carried_exact + r.carried_rounded,
+                    r.carried_exact,
+                    r.dense,
+                    r.dtype,
+                    r.seconds
+                );
+                if r.rounded_scales > 0 {
+                    println!(
+                        "{} scales/biases rounded to {} (largest relative error {:.2e})",
+                        r.rounded_scales, r.dtype, r.max_scale_rel_error
+                    );
+                }
+            }
+            Exit::Ok
+        }
+        Err((exit, msg)) => {
+            eprintln!("mlxsup: import: {msg}");
+            exit
+        }
+    }
+}
+
+/// One output tensor: name, dtype, shape, bytes.
+type Out = (String, StDtype, Vec<usize>, Vec<u8>);
+
+/// How one GGUF tensor is written.
+struct Plan<'a> {
+    t: &'a GgufTensor,
+    name: String,
+    target: Target,
+    /// Q/K heads whose rows to un-permute.
+    unpermute: Option<u64>,
+    out_bytes: u64,
+}
+
+/// Imports `gguf` (a file, or a folder holding one) into `dir`.
+pub fn import(
+    gguf: &Path,
+    dir: &Path,
+    dtype: Option<&str>,
+    progress: bool,
+) -> Result<Report, Failure> {
+    let started = Instant::now();
+    let src = estimate::gguf::locate(gguf)
+        .map_err(|e| (Exit::BadModel, e.to_string()))?
+        .ok_or_else(|| bad(gguf, "not a .gguf file, nor a folder holding one"))?;
+    if let Ok(mut entries) = std::fs::read_dir(dir) {
+        if entries.next().is_some() {
+            return Err((
+                Exit::Usage,
+                format!(
+                    "{} exists and is not empty; nothing was written (choose another folder or remove it)",
+                    dir.display()
+                ),
+            ));
+        }
+    }
+    let h = gguf::read_header(&src, Arrays::Keep).map_err(|e| (Exit::BadModel, e.to_string()))?;
+    let arch = gguf::architecture(&h).map_err(|e| (Exit::BadModel, e.to_string()))?;
+    let dtype = match dtype {
+        Some("f32") => Dtype::F32,
+        Some("f16") => Dtype::F16,
+        Some(_) => Dtype::Bf16,
+        None => gguf::default_dtype(&h),
+    };
+    let config = gguf::hf_config(&h, dtype).map_err(|e| (Exit::BadModel, e.to_string()))?;
+    let (tok, tok_cfg) = tokenizer::tokenizer_files(&h).map_err(|e| bad(&src, e))?;
+    let plans = plan(&h, &arch, dtype, &config)?;
+
+    // Write into a sibling temporary folder, renamed into place at the end.
+    let parent = dir
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let internal = |what: String| move |e: std::io::Error| (Exit::Internal, format!("{what}: {e}"));
+    std::fs::create_dir_all(parent).map_err(internal(format!("cannot create {}", parent.display())))?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".mlxsup-import-")
+        .tempdir_in(parent)
+        .map_err(internal(format!("cannot create a folder in {}", parent.display())))?;
+    let write_json = |name: &str, v: &Value| {
+        let text = serde_json::to_string_pretty(v).unwrap_or_default();
+        std::fs::write(tmp.path().join(name), text)
+            .map_err(internal(format!("cannot write {name}")))
+    };
+    write_json("config.json", &Value::Object(config))?;
+    write_json("tokenizer.json", &tok)?;
+    write_json("tokenizer_config.json", &tok_cfg)?;
+
+    // Shards of at most SHARD_BYTES, planned before writing so their names are final.
+    let mut shards: Vec<Vec<&Plan>> = vec![Vec::new()];
+    let mut size = 0;
+    for p in &plans {
+        if size > 0 && size + p.out_bytes > SHARD_BYTES {
+            shards.push(Vec::new());
+            size = 0;
+        }
+        size += p.out_bytes;
+        if let Some(last) = shards.last_mut() {
+            last.push(p);
+        }
+    }
+    let n = shards.len();
+    let shard_name = |i: usize| {
+        if n == 1 {
+            "model.safetensors".to_string()
+        } else {
+            format!("model-{:05}-of-{n:05}.safetensors", i + 1)
+        }
+    };
+    let file = File::open(&src).map_err(|e| bad(&src, format!("cannot open: {e}")))?;
+    let bar = progress.then(|| {
+        let b = indicatif::ProgressBar::new(h.tensor_bytes());
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "importing {bar:30} {bytes}/{total_bytes} {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        b
+    });
+    let mut report = Report {
+        dir: dir.display().to_string(),
+        source: src.display().to_string(),
+        architecture: arch.model_type.to_string(),
+        dtype: estimate::gguf::arch::torch_name(dtype).to_string(),
+        gguf_weight_bytes: h.tensor_bytes(),
+        weight_bytes: 0,
+        carried_exact: 0,
+        carried_rounded: 0,
+        dense: 0,
+        rounded_scales: 0,
+        max_scale_rel_error: 0.0,
+        unpermuted: 0,
+        shards: n,
+        seconds: 0.0,
+    };
+    let mut weight_map = serde_json::Map::new();
+    for (i, shard) in shards.iter().enumerate() {
+        let mut outs: Vec<Out> = Vec::new();
+        for p in shard {
+            let mut raw = vec![0u8; p.t.bytes as usize];
+            file.read_exact_at(&mut raw, h.data_offset + p.t.offset)
+                .map_err(|e| bad(&src, format!("cannot read tensor {}: {e}", p.t.name)))?;
+            if let Some(heads) = p.unpermute {
+                raw = unpermute_rows(&raw, p.t, heads).ok_or_else(|| {
+                    bad(&src, format!("tensor {} does not split into {heads} heads", p.t.name))
+                })?;
+                report.unpermuted += 1;
+            }
+            convert(p, &raw, dtype, &mut outs, &mut report).map_err(|e| bad(&src, e))?;
+            if let Some(b) = &bar {
+                b.inc(p.t.bytes);
+                b.set_message(p.t.name.clone());
+            }
+        }
+        let name = shard_name(i);
+        let views: Vec<(String, TensorView)> = outs
+            .iter()
+            .map(|(k, dt, shape, data)| {
+                TensorView::new(*dt, shape.clone(), data)
+                    .map(|v| (k.clone(), v))
+                    .map_err(|e| (Exit::Internal, format!("tensor {k}: {e}")))
+            })
+            .collect::<Result<_, _>>()?;
+        for (k, _) in &views {
+            weight_map.insert(k.clone(), json!(name));
+        }
+        report.weight_bytes += outs.iter().map(|o| o.3.len() as u64).sum::<u64>();
+        let meta = HashMap::from([("format".to_string(), "mlx".to_string())]);
+        safetensors::tensor::serialize_to_file(views, Some(meta), &tmp.path().join(&name))
+            .map_err(|e| (Exit::Internal, format!("cannot write {name}: {e}")))?;
+    }
+    if n > 1 {
+        write_json(
+            "model.safetensors.index.json",
+            &json!({"metadata": {"total_size": report.weight_bytes}, "weight_map": weight_map}),
+        )?;
+    }
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    let _ = std::fs::remove_dir(dir);
+    let kept = tmp.keep();
+    std::fs::rename(&kept, dir).map_err(|e| {
+        let _ = std::fs::remove_dir_all(&kept);
+        (
+            Exit::Internal,
+            format!("cannot move the model into {}: {e}", dir.display()),
+        )
+    })?;
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+fn plan<'a>(
+    h: &'a GgufHeader,
+    arch: &gguf::Arch,
+    dtype: Dtype,
+    config: &serde_json::Map<String, Value>,
+) -> Result<Vec<Plan<'a>>, Failure> {
+    let heads = config["num_attention_heads"].as_u64().unwrap_or(1);
+    let kv_heads = config["num_key_value_heads"].as_u64().unwrap_or(heads);
+    let dt_bytes = dtype.bits() / 8;
+    let mut plans = Vec::new();
+    for t in &h.tensors {
+        if gguf::arch::is_dropped(&t.name) {
+            continue;
+        }
+        let name = gguf::hf_name(&t.name).ok_or_else(|| {
+            bad(
+                &h.path,
+                format!("tensor {} has no MLX equivalent in a {} model", t.name, arch.model_type),
+            )
+        })?;
+        let target = if t.dims.len() == 2 {
+            gguf::target(t.ty)
+        } else if t.ty.is_float() || gguf::target(t.ty) != Target::Unsupported {
+            Target::Dense
+        } else {
+            Target::Unsupported
+        };
+        let elements = t.elements();
+        let out_bytes = match target {
+            Target::Quant { bits, group, .. } => {
+                elements * u64::from(bits) / 8 + 2 * (elements / u64::from(group)) * dt_bytes
+            }
+            Target::Dense => elements * dt_bytes,
+            Target::Unsupported => {
+                return Err(bad(
+                    &h.path,
+                    format!("tensor {} has type {}, which import does not support yet", t.name, t.ty),
+                ))
+            }
+        };
+        let unpermute = if arch.permuted_qk {
+            if t.name.ends_with("attn_q.weight") || t.name.ends_with("attn_q.bias") {
+                Some(heads)
+            } else if t.name.ends_with("attn_k.weight") || t.name.ends_with("attn_k.bias") {
+                Some(kv_heads)
+            } else {
+                None
+            }
+        } else {
+            None
+        };
+        plans.push(Plan {
+            t,
+            name,
+            target,
+            unpermute,
+            out_bytes,
+        });
+    }
+    Ok(plans)
+}
+
+/// Undoes llama.cpp's Q/K permutation: GGUF row `h·d + 2i + j` holds Hugging Face row
+/// `h·d + j·d/2 + i` (head `h`, `d` rows per head, `j` ∈ {0, 1}). Rows are moved whole,
+/// so quantized rows (whole blocks) are moved losslessly.
+pub fn unpermute_rows(raw: &[u8], t: &GgufTensor, heads: u64) -> Option<Vec<u8>> {
+    // Rows are the outer dimension: dims[1] of a matrix, the only one of a bias.
+    let rows = *t.dims.get(1).or(t.dims.first())?;
+    let row_bytes = (raw.len() as u64).checked_div(rows)? as usize;
+    if heads == 0 || !rows.is_multiple_of(heads) || !(rows / heads).is_multiple_of(2) {
+        return None;
+    }
+    let per_head = (rows / heads) as usize;
+    let half = per_head / 2;
+    let mut out = vec![0u8; raw.len()];
+    for h in 0..heads as usize {
+        for j in 0..2 {
+            for i in 0..half {
+                let src = h * per_head + 2 * i + j;
+                let dst = h * per_head + j * half + i;
+                out[dst * row_bytes..(dst + 1) * row_bytes]
+                    .copy_from_slice(&raw[src * row_bytes..(src + 1) * row_bytes]);
+            }
+        }
+    }
+    Some(out)
+}
+
+fn st_dtype(d: Dtype) -> StDtype {
+    match d {
+        Dtype::F32 => StDtype::F32,
+        Dtype::F16 => StDtype::F16,
+        _ => StDtype::BF16,
+    }
+}
+
+/// Converts one tensor's raw blocks into output tensors.
+fn convert(
+    p: &Plan,
+    raw: &[u8],
+    dtype: Dtype,
+    outs: &mut Vec<Out>,
+    report: &mut Report,
+) -> Result<(), String> {
+    let shape: Vec<usize> = p.t.shape().iter().map(|&d| d as usize).collect();
+    match p.target {
+        Target::Quant { bits, group, exact } => {
+            let q = mlx_quant::to_mlx(p.t.ty, raw, dtype)
+                .ok_or_else(|| format!("tensor {}: cannot carry {}", p.t.name, p.t.ty))?;
+            let (rows, cols) = (shape[0], shape[1]);
+            let module = p.name.trim_end_matches(".weight");
+            outs.push((
+                p.name.clone(),
+                StDtype::U32,
+                vec![rows, cols * bits as usize / 32],
+                q.weight,
+            ));
+            let groups = vec![rows, cols / group as usize];
+            outs.push((format!("{module}.scales"), st_dtype(dtype), groups.clone(), q.scales));
+            outs.push((format!("{module}.biases"), st_dtype(dtype), groups, q.biases));
+            if exact && q.rounded == 0 {
+                report.carried_exact += 1;
+            } else {
+                report.carried_rounded += 1;
+            }
+            report.rounded_scales += q.rounded;
+            report.max_scale_rel_error = report.max_scale_rel_error.max(q.max_rel_error);
+        }
+        Target::Dense => {
+            let mut values = vec![0f32; p.t.elements() as usize];
+            if !dequant::dequantize(p.t.ty, raw, &mut values) {
+                return Err(format!("tensor {}: cannot dequantize {}", p.t.name, p.t.ty));
+            }
+            let data: Vec<u8> = match dtype {
+                Dtype::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                Dtype::F16 => values
+                    .iter()
+                    .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+                    .collect(),
+                _ => values
+                    .iter()
+                    .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
+                    .collect(),
+            };
+            outs.push((p.name.clone(), st_dtype(dtype), shape, data));
+            report.dense += 1;
+        }
+        Target::Unsupported => {
+            return Err(format!("tensor {}: {} is not supported", p.t.name, p.t.ty))
+        }
+    }
+    Ok(())
+}
+
+/// GGUF tensor types an import carries as MLX quantized weights.
+pub fn carried_types() -> Vec<GgmlType> {
+    GgmlType::ALL
+        .into_iter()
+        .filter(|t| matches!(gguf::target(*t), Target::Quant { .. }))
+        .collect()
+}
