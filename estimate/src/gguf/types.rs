@@ -37,6 +37,8 @@ pub enum GgmlType {
     Tq1_0,
     Tq2_0,
     Mxfp4,
+    Nvfp4,
+    Q1_0,
 }
 
 /// Elements in a K-quant super-block.
@@ -44,7 +46,7 @@ pub const QK_K: u64 = 256;
 
 impl GgmlType {
     /// Every type, for tests and tables.
-    pub const ALL: [GgmlType; 32] = [
+    pub const ALL: [GgmlType; 34] = [
         GgmlType::F32,
         GgmlType::F16,
         GgmlType::Q4_0,
@@ -77,6 +79,8 @@ impl GgmlType {
         GgmlType::Tq1_0,
         GgmlType::Tq2_0,
         GgmlType::Mxfp4,
+        GgmlType::Nvfp4,
+        GgmlType::Q1_0,
     ];
 
     /// The type with GGUF id `id`, if known (ids 4, 5 and 31–33 were removed from ggml).
@@ -120,6 +124,8 @@ impl GgmlType {
             Tq1_0 => 34,
             Tq2_0 => 35,
             Mxfp4 => 39,
+            Nvfp4 => 40,
+            Q1_0 => 41,
         }
     }
 
@@ -159,6 +165,8 @@ impl GgmlType {
             Tq1_0 => "TQ1_0",
             Tq2_0 => "TQ2_0",
             Mxfp4 => "MXFP4",
+            Nvfp4 => "NVFP4",
+            Q1_0 => "Q1_0",
         }
     }
 
@@ -180,6 +188,8 @@ impl GgmlType {
             Q8_0 => (32, 34),
             Q8_1 => (32, 36),
             Mxfp4 => (32, 17),
+            Nvfp4 => (64, 36),
+            Q1_0 => (128, 18),
             Q2K => (QK_K, 84),
             Q3K => (QK_K, 110),
             Q4K => (QK_K, 144),
@@ -233,7 +243,7 @@ mod tests {
         for t in GgmlType::ALL {
             assert_eq!(GgmlType::from_id(t.id()), Some(t));
         }
-        for removed in [4, 5, 31, 32, 33, 36, 37, 38, 40, 1000] {
+        for removed in [4, 5, 31, 32, 33, 36, 37, 38, 42, 1000] {
             assert_eq!(GgmlType::from_id(removed), None);
         }
     }

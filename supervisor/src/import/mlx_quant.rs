@@ -154,7 +154,9 @@ mod tests {
         let mut x = seed;
         let mut b: Vec<u8> = (0..n * size as usize)
             .map(|_| {
-                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 (x >> 56) as u8
             })
             .collect();
@@ -178,7 +180,11 @@ mod tests {
             assert_eq!(m.rounded, 0, "{ty}");
             let mut reference = vec![0f32; 64 * 32];
             assert!(dequantize(ty, &data, &mut reference));
-            assert_eq!(mlx_dequant(&m, mlx_bits(ty).unwrap_or(0), 64 * 32), reference, "{ty}");
+            assert_eq!(
+                mlx_dequant(&m, mlx_bits(ty).unwrap_or(0), 64 * 32),
+                reference,
+                "{ty}"
+            );
         }
     }
 

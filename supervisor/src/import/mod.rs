@@ -168,11 +168,15 @@ pub fn import(
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     let internal = |what: String| move |e: std::io::Error| (Exit::Internal, format!("{what}: {e}"));
-    std::fs::create_dir_all(parent).map_err(internal(format!("cannot create {}", parent.display())))?;
+    std::fs::create_dir_all(parent)
+        .map_err(internal(format!("cannot create {}", parent.display())))?;
     let tmp = tempfile::Builder::new()
         .prefix(".mlxsup-import-")
         .tempdir_in(parent)
-        .map_err(internal(format!("cannot create a folder in {}", parent.display())))?;
+        .map_err(internal(format!(
+            "cannot create a folder in {}",
+            parent.display()
+        )))?;
     let write_json = |name: &str, v: &Value| {
         let text = serde_json::to_string_pretty(v).unwrap_or_default();
         std::fs::write(tmp.path().join(name), text)
@@ -239,7 +243,10 @@ pub fn import(
                 .map_err(|e| bad(&src, format!("cannot read tensor {}: {e}", p.t.name)))?;
             if let Some(heads) = p.unpermute {
                 raw = unpermute_rows(&raw, p.t, heads).ok_or_else(|| {
-                    bad(&src, format!("tensor {} does not split into {heads} heads", p.t.name))
+                    bad(
+                        &src,
+                        format!("tensor {} does not split into {heads} heads", p.t.name),
+                    )
                 })?;
                 report.unpermuted += 1;
             }
@@ -310,7 +317,10 @@ fn plan<'a>(
         let name = gguf::hf_name(&t.name).ok_or_else(|| {
             bad(
                 &h.path,
-                format!("tensor {} has no MLX equivalent in a {} model", t.name, arch.model_type),
+                format!(
+                    "tensor {} has no MLX equivalent in a {} model",
+                    t.name, arch.model_type
+                ),
             )
         })?;
         let target = if t.dims.len() == 2 {
@@ -329,7 +339,10 @@ fn plan<'a>(
             Target::Unsupported => {
                 return Err(bad(
                     &h.path,
-                    format!("tensor {} has type {}, which import does not support yet", t.name, t.ty),
+                    format!(
+                        "tensor {} has type {}, which import does not support yet",
+                        t.name, t.ty
+                    ),
                 ))
             }
         };
@@ -411,8 +424,18 @@ fn convert(
                 q.weight,
             ));
             let groups = vec![rows, cols / group as usize];
-            outs.push((format!("{module}.scales"), st_dtype(dtype), groups.clone(), q.scales));
-            outs.push((format!("{module}.biases"), st_dtype(dtype), groups, q.biases));
+            outs.push((
+                format!("{module}.scales"),
+                st_dtype(dtype),
+                groups.clone(),
+                q.scales,
+            ));
+            outs.push((
+                format!("{module}.biases"),
+                st_dtype(dtype),
+                groups,
+                q.biases,
+            ));
             if exact && q.rounded == 0 {
                 report.carried_exact += 1;
             } else {

@@ -46,7 +46,10 @@ fn strings<'a>(h: &'a GgufHeader, key: &str) -> Result<Vec<&'a str>, String> {
         .ok_or_else(|| format!("{key} is missing"))?;
     items
         .iter()
-        .map(|v| v.as_str().ok_or_else(|| format!("{key} holds a non-string")))
+        .map(|v| {
+            v.as_str()
+                .ok_or_else(|| format!("{key} holds a non-string"))
+        })
         .collect()
 }
 
