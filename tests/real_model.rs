@@ -288,3 +288,72 @@ fn greedy_tokens_equal_mlx_lms_and_paris_is_the_capital() {
         }
     }
 }
+
+/// A private user cache holding (a link to) the cached GGUF, so the demo's import goes
+/// to a temporary folder.
+fn private_cache(with_gguf: bool) -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("mlxsup/smollm2");
+    std::fs::create_dir_all(&d).unwrap();
+    if with_gguf {
+        std::os::unix::fs::symlink(gguf(), d.join(GGUF)).unwrap();
+    }
+    tmp
+}
+
+#[test]
+fn the_demo_answers_the_real_question_then_contains_the_crash() {
+    let cache = private_cache(true);
+    let run = mlxsup_tests::mlxsup_env(
+        &["demo", "--json", "--max-tokens", "16"],
+        &[("XDG_CACHE_HOME", cache.path().to_str().unwrap())],
+    );
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let model = run.named("demo_model");
+    assert_eq!(model[0]["real"], true, "{}", run.stdout);
+    let text: String = run
+        .named("token")
+        .iter()
+        .map(|t| t["text"].as_str().unwrap_or(""))
+        .collect();
+    assert!(text.contains("Paris"), "{text:?}");
+    assert!(!run.named("telemetry").is_empty());
+    assert_eq!(
+        run.named("failure")[0]["kind"],
+        "metal_out_of_memory",
+        "{}",
+        run.stdout
+    );
+    assert_eq!(run.named("demo_done")[0]["contained"], true);
+    assert!(
+        cache
+            .path()
+            .join("mlxsup/smollm2/mlx-f32/config.json")
+            .is_file()
+            || cache
+                .path()
+                .join("mlxsup/smollm2/mlx-f16/config.json")
+                .is_file()
+    );
+}
+
+#[test]
+fn without_network_the_demo_falls_back_and_says_so_in_one_line() {
+    let cache = private_cache(false);
+    let run = mlxsup_tests::mlxsup_env(
+        &["demo", "--max-tokens", "8"],
+        &[
+            ("XDG_CACHE_HOME", cache.path().to_str().unwrap()),
+            // An index nobody listens on: pip fails at once, as without network.
+            ("PIP_INDEX_URL", "http://127.0.0.1:9/simple"),
+        ],
+    );
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let lines: Vec<&str> = run
+        .stdout
+        .lines()
+        .filter(|l| l.contains("falling back to a random-weight model"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{}", run.stdout);
+    assert!(run.stdout.contains("contained"), "{}", run.stdout);
+}

@@ -10,6 +10,7 @@ pub mod info;
 pub mod inspect;
 pub mod make_model;
 pub mod output;
+pub mod real_checkpoint;
 pub mod rt;
 pub mod run;
 pub mod supervise;
