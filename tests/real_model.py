@@ -95,6 +95,9 @@ def compare(path, folder):
                        ref_max=float(np.max(np.abs(ref))))
         else:
             mine = np.array(ours[name].astype(mx.float32))
+            if ours[name].dtype == mx.float16:
+                # Within f16 rounding: equal to the reference rounded to nearest f16.
+                row["rounded_exact"] = bool(np.array_equal(mine, ref.astype(np.float16).astype(np.float32)))
             row.update(kind="dense", dtype=str(ours[name].dtype), exact=bool(np.array_equal(mine, ref)),
                        max_abs=float(np.max(np.abs(mine - ref))),
                        max_rel=float(np.max(np.abs(mine - ref) / np.maximum(np.abs(ref), 1e-30))))

@@ -91,6 +91,6 @@ pub fn imported(gguf: &Path, progress: bool) -> Result<(PathBuf, bool), String> 
     if dir.join("config.json").is_file() {
         return Ok((dir, false));
     }
-    crate::import::import(gguf, &dir, None, progress).map_err(|(_, m)| m)?;
+    crate::import::import(gguf, &dir, None, true, progress).map_err(|(_, m)| m)?;
     Ok((dir, true))
 }

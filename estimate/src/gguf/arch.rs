@@ -168,8 +168,13 @@ pub fn default_dtype(h: &GgufHeader) -> Dtype {
     }
 }
 
-/// The `config.json` an import of `h` writes, with `dtype` for dense tensors.
-pub fn hf_config(h: &GgufHeader, dtype: Dtype) -> Result<Map<String, Value>, EstimateError> {
+/// The `config.json` an import of `h` writes, with `dtype` for dense tensors; `carry`:
+/// whether quantized blocks are carried as MLX quantized weights (else all dense).
+pub fn hf_config(
+    h: &GgufHeader,
+    dtype: Dtype,
+    carry: bool,
+) -> Result<Map<String, Value>, EstimateError> {
     let arch = architecture(h)?;
     let a = &arch.gguf;
     let key = |k: &str| format!("{a}.{k}");
@@ -281,7 +286,7 @@ pub fn hf_config(h: &GgufHeader, dtype: Dtype) -> Result<Map<String, Value>, Est
         }
     }
     c.insert("torch_dtype".into(), json!(torch_name(dtype)));
-    if let Some(q) = quantization(h) {
+    if let Some(q) = quantization(h).filter(|_| carry) {
         c.insert("quantization".into(), Value::Object(q.clone()));
         c.insert("quantization_config".into(), Value::Object(q));
     }

@@ -70,7 +70,7 @@ pub fn locate(path: &Path) -> Result<Option<PathBuf>, EstimateError> {
 pub fn open_model(path: &Path) -> Result<Model, EstimateError> {
     let header = read_header(path, Arrays::Skip)?;
     let dtype = default_dtype(&header);
-    let config_map = hf_config(&header, dtype)?;
+    let config_map = hf_config(&header, dtype, true)?;
     let text = serde_json::to_vec(&config_map).map_err(|e| EstimateError::Gguf {
         path: path.to_path_buf(),
         reason: e.to_string(),

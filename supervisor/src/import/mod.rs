@@ -36,6 +36,9 @@ pub struct ImportArgs {
     /// f32 (also exact) on MLX's CPU backend, whose f16 quantized kernels are ~40× slower].
     #[arg(long, value_parser = ["bf16", "f16", "f32"])]
     pub dtype: Option<String>,
+    /// Dequantize every tensor to --dtype (a dense model) instead of carrying blocks.
+    #[arg(long)]
+    pub dense: bool,
     /// One JSON object on stdout.
     #[arg(long)]
     pub json: bool,
@@ -77,7 +80,13 @@ fn bad(path: &Path, reason: impl std::fmt::Display) -> Failure {
 
 pub fn main(args: ImportArgs) -> Exit {
     let progress = !args.json && std::io::stderr().is_terminal();
-    match import(&args.gguf, &args.dir, args.dtype.as_deref(), progress) {
+    match import(
+        &args.gguf,
+        &args.dir,
+        args.dtype.as_deref(),
+        !args.dense,
+        progress,
+    ) {
         Ok(r) => {
             if args.json {
                 println!("{}", serde_json::to_string(&r).unwrap_or_default());
@@ -125,11 +134,13 @@ struct Plan<'a> {
     out_bytes: u64,
 }
 
-/// Imports `gguf` (a file, or a folder holding one) into `dir`.
+/// Imports `gguf` (a file, or a folder holding one) into `dir`; `carry`: keep quantized
+/// blocks as MLX quantized weights where the math allows (else dequantize everything).
 pub fn import(
     gguf: &Path,
     dir: &Path,
     dtype: Option<&str>,
+    carry: bool,
     progress: bool,
 ) -> Result<Report, Failure> {
     let started = Instant::now();
@@ -153,14 +164,15 @@ pub fn import(
         Some("f32") => Dtype::F32,
         Some("f16") => Dtype::F16,
         Some(_) => Dtype::Bf16,
+        None if !carry => Dtype::Bf16,
         None => match gguf::default_dtype(&h) {
             Dtype::F16 if cpu_backend() => Dtype::F32,
             d => d,
         },
     };
-    let config = gguf::hf_config(&h, dtype).map_err(|e| (Exit::BadModel, e.to_string()))?;
+    let config = gguf::hf_config(&h, dtype, carry).map_err(|e| (Exit::BadModel, e.to_string()))?;
     let (tok, tok_cfg) = tokenizer::tokenizer_files(&h).map_err(|e| bad(&src, e))?;
-    let plans = plan(&h, &arch, dtype, &config)?;
+    let plans = plan(&h, &arch, dtype, carry, &config)?;
 
     // Write into a sibling temporary folder, renamed into place at the end.
     let parent = dir
@@ -304,6 +316,7 @@ fn plan<'a>(
     h: &'a GgufHeader,
     arch: &gguf::Arch,
     dtype: Dtype,
+    carry: bool,
     config: &serde_json::Map<String, Value>,
 ) -> Result<Vec<Plan<'a>>, Failure> {
     let heads = config["num_attention_heads"].as_u64().unwrap_or(1);
@@ -324,7 +337,10 @@ fn plan<'a>(
             )
         })?;
         let target = if t.dims.len() == 2 {
-            gguf::target(t.ty)
+            match gguf::target(t.ty) {
+                Target::Quant { .. } if !carry => Target::Dense,
+                other => other,
+            }
         } else if t.ty.is_float() || gguf::target(t.ty) != Target::Unsupported {
             Target::Dense
         } else {
