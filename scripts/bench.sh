@@ -44,4 +44,8 @@ if [[ -x scripts/bench_generate.sh ]]; then
   echo "== 4. generation vs mlx-lm"
   scripts/bench_generate.sh | tee "$out/generate.md"
 fi
+if [[ -x scripts/bench_real.sh ]]; then
+  echo "== 5. the real checkpoint (SmolLM2-135M, imported from GGUF) vs mlx-lm"
+  scripts/bench_real.sh | tee "$out/real.md"
+fi
 echo "results in $out/"

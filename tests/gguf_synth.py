@@ -5,7 +5,7 @@ Q5_1, Q8_0, Q2_K..Q6_K, F16, BF16, F32), with sane f16 scales, and a byte-level 
 vocabulary. For tests/real_model.rs, which imports it and compares every tensor with the
 package's dequantization (tests/real_model.py compare).
 
-usage: gguf_synth.py OUT.gguf
+usage: gguf_synth.py OUT.gguf [llama|qwen2|qwen3]   (qwen2 adds Q/K/V biases, qwen3 Q/K norms)
 """
 
 import sys
@@ -38,8 +38,8 @@ def blocks(ty, rows, cols):
     return b.reshape(rows, cols // block * size)
 
 
-def main(out):
-    w = gguf.GGUFWriter(out, "llama")
+def main(out, arch="llama"):
+    w = gguf.GGUFWriter(out, arch)
     w.add_block_count(LAYERS)
     w.add_context_length(512)
     w.add_embedding_length(HIDDEN)
@@ -75,6 +75,12 @@ def main(out):
         for i, (name, rows, cols) in enumerate(shapes):
             ty = kinds[(layer * len(shapes) + i) % len(kinds)]
             w.add_tensor(f"blk.{layer}.{name}.weight", blocks(ty, rows, cols), raw_dtype=ty)
+        if arch == "qwen2":
+            for name, rows in (("attn_q", HIDDEN), ("attn_k", KV_HEADS * hd), ("attn_v", KV_HEADS * hd)):
+                w.add_tensor(f"blk.{layer}.{name}.bias", blocks(T.F32, 1, rows)[0], raw_dtype=T.F32)
+        if arch == "qwen3":
+            for name in ("attn_q_norm", "attn_k_norm"):
+                w.add_tensor(f"blk.{layer}.{name}.weight", 1 + blocks(T.F32, 1, hd)[0], raw_dtype=T.F32)
         for name in ("attn_norm", "ffn_norm"):
             w.add_tensor(f"blk.{layer}.{name}.weight", blocks(T.F32, 1, HIDDEN)[0], raw_dtype=T.F32)
     w.write_header_to_file()
@@ -84,4 +90,4 @@ def main(out):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(*sys.argv[1:])

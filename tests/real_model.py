@@ -76,7 +76,7 @@ def compare(path, folder):
         name = hf_name(t.name)
         module = name.rsplit(".", 1)[0]
         row = {"name": t.name, "type": t.tensor_type.name}
-        if f"{module}.scales" in ours:
+        if name.endswith(".weight") and f"{module}.scales" in ours:
             w, s, b = ours[name], ours[f"{module}.scales"], ours[f"{module}.biases"]
             rows, cols = ref.shape
             bits = w.shape[1] * 32 // cols

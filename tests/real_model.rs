@@ -360,13 +360,14 @@ fn without_network_the_demo_falls_back_and_says_so_in_one_line() {
 
 /// Imports a GGUF that llama.cpp's gguf package writes with random blocks of every type
 /// import reads, and compares each tensor with the package's dequantization.
-fn synthetic(dtype: &str) -> (tempfile::TempDir, PathBuf, Vec<Value>) {
+fn synthetic(arch: &str, dtype: &str) -> (tempfile::TempDir, PathBuf, Vec<Value>) {
     let tmp = tempfile::tempdir().unwrap();
     let g = tmp.path().join("synth.gguf");
     let py = repo().join(".venv/bin/python");
     let st = Command::new(py)
         .arg(repo().join("tests/gguf_synth.py"))
         .arg(&g)
+        .arg(arch)
         .status()
         .unwrap();
     assert!(st.success());
@@ -381,14 +382,20 @@ fn synthetic(dtype: &str) -> (tempfile::TempDir, PathBuf, Vec<Value>) {
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     let report = python(&["compare", g.to_str().unwrap(), dir.to_str().unwrap()]);
     let tensors = report["tensors"].as_array().unwrap().clone();
-    assert_eq!(tensors.len(), 21);
+    // 21 tensors; qwen2 adds 3 biases per layer, qwen3 2 norms.
+    let extra = match arch {
+        "qwen2" => 6,
+        "qwen3" => 4,
+        _ => 0,
+    };
+    assert_eq!(tensors.len(), 21 + extra);
     (tmp, dir, tensors)
 }
 
 #[test]
 fn every_block_type_equals_the_gguf_packages_dequantization() {
     // f32: every type, K-quants included, bit for bit (Q4_K carried: d·sc is exact in f32).
-    let (_tmp, _, tensors) = synthetic("f32");
+    let (_tmp, _, tensors) = synthetic("llama", "f32");
     for t in &tensors {
         assert_eq!(t["exact"], true, "{t}");
     }
@@ -400,7 +407,7 @@ fn every_block_type_equals_the_gguf_packages_dequantization() {
     assert_eq!(carried, ["Q4_K", "Q4_0", "Q8_0", "Q4_1", "Q4_K"]);
     // f16: Q4_0/Q4_1/Q8_0 still exact; Q4_K within the f16 rounding of its combined
     // scales; dense tensors within f16 rounding (absolute below f16's normal range).
-    let (_tmp, _, tensors) = synthetic("f16");
+    let (_tmp, _, tensors) = synthetic("llama", "f16");
     for t in &tensors {
         let max_abs = t["max_abs"].as_f64().unwrap();
         match (t["kind"].as_str().unwrap(), t["type"].as_str().unwrap()) {
@@ -417,8 +424,18 @@ fn every_block_type_equals_the_gguf_packages_dequantization() {
 
 #[test]
 fn a_k_quant_mix_generates_the_same_tokens_as_mlx_lm() {
-    // Per-layer bits, dense `false` overrides and an untied Q6_K head, in both loaders.
-    let (tmp, dir, _) = synthetic("f32");
+    // Per-layer bits, dense `false` overrides and an untied Q6_K head, in both loaders;
+    // llama (Q/K rows un-permuted), qwen2 (biases, not permuted), qwen3 (Q/K norms).
+    for arch in ["llama", "qwen2", "qwen3"] {
+        greedy_parity(arch);
+    }
+}
+
+fn greedy_parity(arch: &str) {
+    let (tmp, dir, tensors) = synthetic(arch, "f32");
+    for t in &tensors {
+        assert_eq!(t["exact"], true, "{arch}: {t}");
+    }
     let jobs = tmp.path().join("jobs.json");
     std::fs::write(
         &jobs,
@@ -442,5 +459,5 @@ fn a_k_quant_mix_generates_the_same_tokens_as_mlx_lm() {
     ]);
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     let got: Vec<Value> = run.named("token").iter().map(|t| t["id"].clone()).collect();
-    assert_eq!(json!(got), *want);
+    assert_eq!(json!(got), *want, "{arch}");
 }

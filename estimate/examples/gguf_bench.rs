@@ -9,7 +9,11 @@ use std::time::Instant;
 use estimate::{estimate, Model, Request};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let path = PathBuf::from(std::env::args().nth(1).ok_or("usage: gguf_bench FILE.gguf")?);
+    let path = PathBuf::from(
+        std::env::args()
+            .nth(1)
+            .ok_or("usage: gguf_bench FILE.gguf")?,
+    );
     let file_bytes = std::fs::metadata(&path)?.len();
     let mut times = Vec::new();
     let mut read = 0;

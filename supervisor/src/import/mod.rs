@@ -15,7 +15,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use estimate::gguf::{self, Arrays, GgmlType, GgufHeader, GgufTensor, Target};
+use estimate::gguf::{self, Arrays, GgufHeader, GgufTensor, Target};
 use estimate::{Bytes, Dtype};
 use safetensors::tensor::{Dtype as StDtype, TensorView};
 use serde_json::{json, Value};
@@ -282,8 +282,13 @@ pub fn import(
         }
         report.weight_bytes += outs.iter().map(|o| o.3.len() as u64).sum::<u64>();
         let meta = HashMap::from([("format".to_string(), "mlx".to_string())]);
-        safetensors::tensor::serialize_to_file(views, Some(meta), &tmp.path().join(&name))
+        let path = tmp.path().join(&name);
+        safetensors::tensor::serialize_to_file(views, Some(meta), &path)
             .map_err(|e| (Exit::Internal, format!("cannot write {name}: {e}")))?;
+        // Readable like the JSON files beside it (the writer creates it 0600).
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))
+            .map_err(internal(format!("cannot set the permissions of {name}")))?;
     }
     if n > 1 {
         write_json(
@@ -319,8 +324,14 @@ fn plan<'a>(
     carry: bool,
     config: &serde_json::Map<String, Value>,
 ) -> Result<Vec<Plan<'a>>, Failure> {
-    let heads = config["num_attention_heads"].as_u64().unwrap_or(1);
-    let kv_heads = config["num_key_value_heads"].as_u64().unwrap_or(heads);
+    let heads = config
+        .get("num_attention_heads")
+        .and_then(Value::as_u64)
+        .unwrap_or(1);
+    let kv_heads = config
+        .get("num_key_value_heads")
+        .and_then(Value::as_u64)
+        .unwrap_or(heads);
     let dt_bytes = dtype.bits() / 8;
     let mut plans = Vec::new();
     for t in &h.tensors {
@@ -410,6 +421,13 @@ pub fn unpermute_rows(raw: &[u8], t: &GgufTensor, heads: u64) -> Option<Vec<u8>>
     Some(out)
 }
 
+/// Elements dequantized at a time.
+const DENSE_CHUNK: u64 = 1 << 22;
+
+fn dtype_bytes(d: Dtype) -> usize {
+    (d.bits() / 8) as usize
+}
+
 fn st_dtype(d: Dtype) -> StDtype {
     match d {
         Dtype::F32 => StDtype::F32,
@@ -461,21 +479,32 @@ fn convert(
             report.max_scale_rel_error = report.max_scale_rel_error.max(q.max_rel_error);
         }
         Target::Dense => {
-            let mut values = vec![0f32; p.t.elements() as usize];
-            if !dequant::dequantize(p.t.ty, raw, &mut values) {
-                return Err(format!("tensor {}: cannot dequantize {}", p.t.name, p.t.ty));
+            // Dequantized a slice of blocks at a time, so a large tensor never needs its
+            // full f32 copy.
+            let (per, size) = p.t.ty.block();
+            let blocks_per_chunk = (DENSE_CHUNK / per).max(1) as usize;
+            let mut data = Vec::with_capacity(p.t.elements() as usize * dtype_bytes(dtype));
+            let mut values = Vec::new();
+            for chunk in raw.chunks(blocks_per_chunk * size as usize) {
+                values.clear();
+                values.resize(chunk.len() / size as usize * per as usize, 0f32);
+                if !dequant::dequantize(p.t.ty, chunk, &mut values) {
+                    return Err(format!("tensor {}: cannot dequantize {}", p.t.name, p.t.ty));
+                }
+                match dtype {
+                    Dtype::F32 => data.extend(values.iter().flat_map(|v| v.to_le_bytes())),
+                    Dtype::F16 => data.extend(
+                        values
+                            .iter()
+                            .flat_map(|v| half::f16::from_f32(*v).to_le_bytes()),
+                    ),
+                    _ => data.extend(
+                        values
+                            .iter()
+                            .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes()),
+                    ),
+                }
             }
-            let data: Vec<u8> = match dtype {
-                Dtype::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-                Dtype::F16 => values
-                    .iter()
-                    .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
-                    .collect(),
-                _ => values
-                    .iter()
-                    .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
-                    .collect(),
-            };
             outs.push((p.name.clone(), st_dtype(dtype), shape, data));
             report.dense += 1;
         }
@@ -484,12 +513,4 @@ fn convert(
         }
     }
     Ok(())
-}
-
-/// GGUF tensor types an import carries as MLX quantized weights.
-pub fn carried_types() -> Vec<GgmlType> {
-    GgmlType::ALL
-        .into_iter()
-        .filter(|t| matches!(gguf::target(*t), Target::Quant { .. }))
-        .collect()
 }
