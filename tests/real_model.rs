@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 
 const GGUF: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 
-/// The GGUF in the user cache (where setup.sh and `mlxsup demo` put it).
+/// The GGUF in mlxsup's cache (where setup.sh and `mlxsup demo` put it).
 fn gguf() -> PathBuf {
     let home = PathBuf::from(std::env::var_os("HOME").unwrap_or_default());
     let cache = if cfg!(target_os = "macos") {
@@ -28,7 +28,10 @@ fn gguf() -> PathBuf {
             .map(PathBuf::from)
             .unwrap_or_else(|| home.join(".cache"))
     };
-    let p = cache.join("mlxsup/smollm2").join(GGUF);
+    let root = std::env::var_os("MLXSUP_CACHE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| cache.join("mlxsup"));
+    let p = root.join("smollm2").join(GGUF);
     assert!(
         p.is_file(),
         "{} is missing: run scripts/setup.sh (make test does) to download it once",
@@ -289,11 +292,11 @@ fn greedy_tokens_equal_mlx_lms_and_paris_is_the_capital() {
     }
 }
 
-/// A private user cache holding (a link to) the cached GGUF, so the demo's import goes
-/// to a temporary folder.
+/// A private mlxsup cache (MLXSUP_CACHE_DIR) holding (a link to) the cached GGUF, so the
+/// demo's import goes to a temporary folder.
 fn private_cache(with_gguf: bool) -> tempfile::TempDir {
     let tmp = tempfile::tempdir().unwrap();
-    let d = tmp.path().join("mlxsup/smollm2");
+    let d = tmp.path().join("smollm2");
     std::fs::create_dir_all(&d).unwrap();
     if with_gguf {
         std::os::unix::fs::symlink(gguf(), d.join(GGUF)).unwrap();
@@ -306,7 +309,7 @@ fn the_demo_answers_the_real_question_then_contains_the_crash() {
     let cache = private_cache(true);
     let run = mlxsup_tests::mlxsup_env(
         &["demo", "--json", "--max-tokens", "16"],
-        &[("XDG_CACHE_HOME", cache.path().to_str().unwrap())],
+        &[("MLXSUP_CACHE_DIR", cache.path().to_str().unwrap())],
     );
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     let model = run.named("demo_model");
@@ -328,11 +331,11 @@ fn the_demo_answers_the_real_question_then_contains_the_crash() {
     assert!(
         cache
             .path()
-            .join("mlxsup/smollm2/mlx-f32/config.json")
+            .join("smollm2/mlx-f32/config.json")
             .is_file()
             || cache
                 .path()
-                .join("mlxsup/smollm2/mlx-f16/config.json")
+                .join("smollm2/mlx-f16/config.json")
                 .is_file()
     );
 }
@@ -343,7 +346,7 @@ fn without_network_the_demo_falls_back_and_says_so_in_one_line() {
     let run = mlxsup_tests::mlxsup_env(
         &["demo", "--max-tokens", "8"],
         &[
-            ("XDG_CACHE_HOME", cache.path().to_str().unwrap()),
+            ("MLXSUP_CACHE_DIR", cache.path().to_str().unwrap()),
             // An index nobody listens on: pip fails at once, as without network.
             ("PIP_INDEX_URL", "http://127.0.0.1:9/simple"),
         ],

@@ -21,8 +21,8 @@ use crate::{
 
 #[derive(clap::Args, Debug)]
 pub struct DemoArgs {
-    /// Where the random-weight fallback model is kept [default: the user cache dir,
-    /// mlxsup/demo-qwen3].
+    /// Where the random-weight fallback model is kept [default: mlxsup's cache
+    /// (MLXSUP_CACHE_DIR, else the user cache's mlxsup/), demo-qwen3-v1].
     #[arg(long)]
     pub model_dir: Option<PathBuf>,
     /// Tokens to generate.
@@ -59,10 +59,7 @@ fn demo_model(dir: PathBuf) -> MakeModelArgs {
 }
 
 fn default_dir() -> PathBuf {
-    dirs::cache_dir()
-        .unwrap_or_else(std::env::temp_dir)
-        .join("mlxsup")
-        .join("demo-qwen3-v1")
+    real_checkpoint::cache_root().join("demo-qwen3-v1")
 }
 
 fn run_args(model: PathBuf, max_tokens: u32, real: bool, json: bool) -> RunArgs {

