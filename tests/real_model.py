@@ -82,7 +82,9 @@ def compare(path, folder):
             bits = w.shape[1] * 32 // cols
             group = cols // s.shape[1]
             raw = np.array(w).view(np.uint8).reshape(rows, -1)
-            codes = raw if bits == 8 else np.stack([raw & 15, raw >> 4], -1).reshape(rows, cols)
+            # MLX's layout: each row one little-endian bit stream, code j at bits*j.
+            stream = np.unpackbits(raw, axis=1, bitorder="little").reshape(rows, cols, bits)
+            codes = (stream.astype(np.uint32) << np.arange(bits, dtype=np.uint32)).sum(axis=2)
             sf = np.repeat(np.array(s.astype(mx.float32)), group, axis=1)
             bf = np.repeat(np.array(b.astype(mx.float32)), group, axis=1)
             mine = sf * codes.astype(np.float32) + bf

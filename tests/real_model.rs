@@ -329,14 +329,8 @@ fn the_demo_answers_the_real_question_then_contains_the_crash() {
     );
     assert_eq!(run.named("demo_done")[0]["contained"], true);
     assert!(
-        cache
-            .path()
-            .join("smollm2/mlx-f32/config.json")
-            .is_file()
-            || cache
-                .path()
-                .join("smollm2/mlx-f16/config.json")
-                .is_file()
+        cache.path().join("smollm2/mlx-f32/config.json").is_file()
+            || cache.path().join("smollm2/mlx-f16/config.json").is_file()
     );
 }
 
@@ -397,24 +391,33 @@ fn synthetic(arch: &str, dtype: &str) -> (tempfile::TempDir, PathBuf, Vec<Value>
 
 #[test]
 fn every_block_type_equals_the_gguf_packages_dequantization() {
-    // f32: every type, K-quants included, bit for bit (Q4_K carried: d·sc is exact in f32).
+    // f32: every type, K-quants included, bit for bit (Q4_K/Q5_K carried: d·sc is exact
+    // in f32).
     let (_tmp, _, tensors) = synthetic("llama", "f32");
     for t in &tensors {
         assert_eq!(t["exact"], true, "{t}");
+        if t["kind"] == "quantized" {
+            // MLX's own mx.dequantize reads our 4/5/8-bit packing the same way.
+            let mlx = t["mlx_max_abs"].as_f64().unwrap();
+            assert!(mlx <= t["ref_max"].as_f64().unwrap() * 1e-6, "{t}");
+        }
     }
     let carried: Vec<&str> = tensors
         .iter()
         .filter(|t| t["kind"] == "quantized")
         .map(|t| t["type"].as_str().unwrap())
         .collect();
-    assert_eq!(carried, ["Q4_K", "Q4_0", "Q8_0", "Q4_1", "Q4_K"]);
-    // f16: Q4_0/Q4_1/Q8_0 still exact; Q4_K within the f16 rounding of its combined
-    // scales; dense tensors within f16 rounding (absolute below f16's normal range).
+    assert_eq!(
+        carried,
+        ["Q4_K", "Q5_K", "Q5_0", "Q5_1", "Q4_0", "Q8_0", "Q4_1", "Q4_K"]
+    );
+    // f16: Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 still exact; Q4_K/Q5_K within the f16 rounding of
+    // their combined scales; dense tensors exactly the reference rounded to f16.
     let (_tmp, _, tensors) = synthetic("llama", "f16");
     for t in &tensors {
         let max_abs = t["max_abs"].as_f64().unwrap();
         match (t["kind"].as_str().unwrap(), t["type"].as_str().unwrap()) {
-            ("quantized", "Q4_K") => {
+            ("quantized", "Q4_K" | "Q5_K") => {
                 let bound = t["ref_max"].as_f64().unwrap() / 1024.0;
                 assert!(max_abs > 0.0 && max_abs <= bound, "{t}");
             }

@@ -71,7 +71,8 @@ pub enum Target {
         bits: u8,
         /// Weights per group.
         group: u32,
-        /// Lossless (Q4_0, Q4_1, Q8_0) or with the combined scales rounded (K-quants).
+        /// Lossless (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) or with the combined scales rounded
+        /// when they are f16 (Q4_K, Q5_K).
         exact: bool,
     },
     /// Dequantized (or converted) to the folder's dtype.
@@ -89,19 +90,30 @@ pub fn target(ty: GgmlType) -> Target {
             group: 32,
             exact: true,
         },
+        Q5_0 | Q5_1 => Target::Quant {
+            bits: 5,
+            group: 32,
+            exact: true,
+        },
         Q8_0 => Target::Quant {
             bits: 8,
             group: 32,
             exact: true,
         },
         // Eight sub-blocks of 32 with 6-bit scales and mins: scale·d and min·dmin are
-        // rounded to f16, nothing else.
+        // rounded to f16 (exact in f32), nothing else.
         Q4K => Target::Quant {
             bits: 4,
             group: 32,
             exact: false,
         },
-        F32 | F16 | Bf16 | Q5_0 | Q5_1 | Q2K | Q3K | Q5K | Q6K => Target::Dense,
+        Q5K => Target::Quant {
+            bits: 5,
+            group: 32,
+            exact: false,
+        },
+        // Sub-blocks of 16 weights: MLX groups are 32, 64 or 128.
+        F32 | F16 | Bf16 | Q2K | Q3K | Q6K => Target::Dense,
         _ => Target::Unsupported,
     }
 }
