@@ -214,6 +214,20 @@ async fn demo(args: DemoArgs) -> Exit {
                 ..Default::default()
             },
         );
+        if real.is_some() {
+            let gguf = real_checkpoint::cache_dir().join(real_checkpoint::GGUF);
+            let started = Instant::now();
+            if let Ok(g) = estimate::Model::open(&gguf) {
+                println!(
+                    "the GGUF's header alone (`mlxsup inspect {}`): {} of weights, exact, read in {:.1} ms ({} bytes, never the tensor data)",
+                    gguf.display(),
+                    Bytes(g.weights.bytes),
+                    started.elapsed().as_secs_f64() * 1e3,
+                    g.bytes_read
+                );
+            }
+            println!("the imported MLX folder, as it will run:");
+        }
         println!("{}", crate::inspect::table(&est, &model, &budget, false));
         if real.is_some() {
             println!(
