@@ -74,6 +74,17 @@ fn imported(dtype: &'static str) -> &'static Path {
             "--json",
         ]);
         assert_eq!(run.code, Some(0), "import failed: {}", run.stderr);
+        let report: Value = serde_json::from_str(&run.stdout).unwrap();
+        assert_eq!(report["carried_exact"], 211, "{report}");
+        assert_eq!(report["carried_rounded"], 0, "{report}");
+        assert_eq!(report["dense"], 61, "{report}");
+        assert_eq!(report["rounded_scales"], 0, "{report}");
+        // 30 layers × (q, k) un-permuted.
+        assert_eq!(report["unpermuted"], 60, "{report}");
+        // A second import into the same, now full, folder is refused: exit 2.
+        let again = mlxsup(&["import", g.to_str().unwrap(), dir.to_str().unwrap()]);
+        assert_eq!(again.code, Some(2), "{}", again.stderr);
+        assert!(again.stderr.contains("not empty"), "{}", again.stderr);
         tmp
     })
     .path()

@@ -21,7 +21,7 @@ enum Command {
     Inspect(inspect::InspectArgs),
     /// Load a model in a sandboxed worker and generate, with live memory telemetry.
     Run(run::RunArgs),
-    /// Make a small model, run it, and show a contained crash: no downloads.
+    /// Import a real model (SmolLM2-135M GGUF, fetched once), ask it a question, show a contained crash.
     Demo(demo::DemoArgs),
     /// Write a deterministic random-weight model folder (for tests and benchmarks).
     MakeModel(make_model::MakeModelArgs),
