@@ -3,6 +3,7 @@
 //! folder, with exact weight bytes from every tensor's ggml type and shape.
 pub mod arch;
 pub mod header;
+pub mod meta;
 pub mod types;
 
 use std::collections::BTreeMap;
