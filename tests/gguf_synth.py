@@ -5,7 +5,8 @@ Q5_1, Q8_0, Q2_K..Q6_K, F16, BF16, F32), with sane f16 scales, and a byte-level 
 vocabulary. For tests/real_model.rs, which imports it and compares every tensor with the
 package's dequantization (tests/real_model.py compare).
 
-usage: gguf_synth.py OUT.gguf [llama|qwen2|qwen3]   (qwen2 adds Q/K/V biases, qwen3 Q/K norms)
+usage: gguf_synth.py OUT.gguf [llama|llama3|qwen2|qwen3]
+  (llama3 adds rope_freqs for Llama 3.1 scaling, qwen2 Q/K/V biases, qwen3 Q/K norms)
 """
 
 import sys
@@ -38,8 +39,24 @@ def blocks(ty, rows, cols):
     return b.reshape(rows, cols // block * size)
 
 
+def llama3_rope_factors(theta, dims, factor=8.0, low=1.0, high=4.0, old=8192.0):
+    # As Hugging Face's _compute_llama3_parameters, which llama.cpp's convert stores.
+    import math
+    out = []
+    for i in range(0, dims, 2):
+        wavelen = 2 * math.pi * theta ** (i / dims)
+        if wavelen < old / high:
+            out.append(1.0)
+        elif wavelen > old / low:
+            out.append(factor)
+        else:
+            smooth = (old / wavelen - low) / (high - low)
+            out.append(1 / ((1 - smooth) / factor + smooth))
+    return np.array(out, dtype=np.float32)
+
+
 def main(out, arch="llama"):
-    w = gguf.GGUFWriter(out, arch)
+    w = gguf.GGUFWriter(out, "llama" if arch == "llama3" else arch)
     w.add_block_count(LAYERS)
     w.add_context_length(512)
     w.add_embedding_length(HIDDEN)
@@ -47,7 +64,8 @@ def main(out, arch="llama"):
     w.add_head_count(HEADS)
     w.add_head_count_kv(KV_HEADS)
     w.add_layer_norm_rms_eps(1e-5)
-    w.add_rope_freq_base(10000.0)
+    theta = 500000.0 if arch == "llama3" else 10000.0
+    w.add_rope_freq_base(theta)
     chars = [chr(c) for c in range(33, 127)] + [chr(c) for c in range(161, 173)] + [chr(c) for c in range(174, 256)]
     chars += [chr(256 + i) for i in range(256 - len(chars))]
     merges = [f"{a} {b}" for a, b in zip("thaeinos", "heanrtnf")]
@@ -64,6 +82,8 @@ def main(out, arch="llama"):
     vocab = len(tokens)
     w.add_tensor("token_embd.weight", blocks(T.F16, vocab, HIDDEN), raw_dtype=T.F16)
     w.add_tensor("output.weight", blocks(T.Q6_K, vocab, HIDDEN), raw_dtype=T.Q6_K)
+    if arch == "llama3":
+        w.add_tensor("rope_freqs.weight", llama3_rope_factors(theta, HIDDEN // HEADS), raw_dtype=T.F32)
     w.add_tensor("output_norm.weight", blocks(T.F32, 1, HIDDEN)[0], raw_dtype=T.F32)
     kinds = [T.Q4_K, T.Q5_K, T.Q6_K, T.Q2_K, T.Q3_K, T.Q5_0, T.Q5_1,
              T.Q4_0, T.Q8_0, T.BF16, T.F16, T.Q4_1, T.Q4_K, T.Q6_K]

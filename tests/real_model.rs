@@ -392,6 +392,7 @@ fn synthetic(arch: &str, dtype: &str) -> (tempfile::TempDir, PathBuf, Vec<Value>
     let tensors = report["tensors"].as_array().unwrap().clone();
     // 21 tensors; qwen2 adds 3 biases per layer, qwen3 2 norms.
     let extra = match arch {
+        "llama3" => 1,
         "qwen2" => 6,
         "qwen3" => 4,
         _ => 0,
@@ -442,16 +443,31 @@ fn every_block_type_equals_the_gguf_packages_dequantization() {
 #[test]
 fn a_k_quant_mix_generates_the_same_tokens_as_mlx_lm() {
     // Per-layer bits, dense `false` overrides and an untied Q6_K head, in both loaders;
-    // llama (Q/K rows un-permuted), qwen2 (biases, not permuted), qwen3 (Q/K norms).
-    for arch in ["llama", "qwen2", "qwen3"] {
+    // llama (Q/K rows un-permuted), llama3 (RoPE scaling recovered from rope_freqs), qwen2
+    // (biases, not permuted), qwen3 (Q/K norms).
+    for arch in ["llama", "llama3", "qwen2", "qwen3"] {
         greedy_parity(arch);
     }
 }
 
 fn greedy_parity(arch: &str) {
     let (tmp, dir, tensors) = synthetic(arch, "f32");
-    for t in &tensors {
+    for t in tensors.iter().filter(|t| t["name"] != "rope_freqs.weight") {
         assert_eq!(t["exact"], true, "{arch}: {t}");
+    }
+    let config: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    if arch == "llama3" {
+        let r = &config["rope_scaling"];
+        assert_eq!(r["rope_type"], "llama3", "{config}");
+        assert_eq!(
+            (r["factor"].as_f64(), r["low_freq_factor"].as_f64()),
+            (Some(8.0), Some(1.0))
+        );
+        assert_eq!(r["high_freq_factor"].as_f64(), Some(4.0));
+        assert_eq!(r["original_max_position_embeddings"].as_f64(), Some(8192.0));
+    } else {
+        assert!(config.get("rope_scaling").is_none(), "{config}");
     }
     let jobs = tmp.path().join("jobs.json");
     std::fs::write(

@@ -7,6 +7,7 @@
 pub mod convert;
 pub mod dequant;
 pub mod mlx_quant;
+pub mod rope;
 pub mod tokenizer;
 
 use std::collections::HashMap;
@@ -173,7 +174,13 @@ pub fn import(
             d => d,
         },
     };
-    let config = gguf::hf_config(&h, dtype, carry).map_err(|e| (Exit::BadModel, e.to_string()))?;
+    let mut config =
+        gguf::hf_config(&h, dtype, carry).map_err(|e| (Exit::BadModel, e.to_string()))?;
+    if let Some(t) = h.tensors.iter().find(|t| t.name == "rope_freqs.weight") {
+        if let Some(scaling) = rope_scaling(&src, &h, t, &config)? {
+            config.insert("rope_scaling".into(), scaling);
+        }
+    }
     let (tok, tok_cfg) = tokenizer::tokenizer_files(&h).map_err(|e| bad(&src, e))?;
     let plans = plan(&h, &arch, dtype, carry, &config)?;
 
@@ -313,6 +320,39 @@ pub fn import(
     })?;
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// The Llama 3 `rope_scaling` behind a `rope_freqs.weight` tensor (read from the file).
+fn rope_scaling(
+    src: &Path,
+    h: &GgufHeader,
+    t: &GgufTensor,
+    config: &serde_json::Map<String, Value>,
+) -> Result<Option<Value>, Failure> {
+    if t.ty != estimate::gguf::GgmlType::F32 || t.dims.len() != 1 {
+        return Err(bad(
+            src,
+            format!("rope_freqs.weight is {} {:?}, not F32 [n]", t.ty, t.dims),
+        ));
+    }
+    let mut raw = vec![0u8; t.bytes as usize];
+    File::open(src)
+        .and_then(|f| f.read_exact_at(&mut raw, h.data_offset + t.offset))
+        .map_err(|e| bad(src, format!("cannot read rope_freqs.weight: {e}")))?;
+    let factors: Vec<f32> = raw
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    let num = |k: &str| config.get(k).and_then(Value::as_f64);
+    let dims = h
+        .get(&format!(
+            "{}.rope.dimension_count",
+            gguf::architecture(h).map(|a| a.gguf).unwrap_or_default()
+        ))
+        .and_then(estimate::gguf::MetaValue::as_u64)
+        .or(config.get("head_dim").and_then(Value::as_u64))
+        .unwrap_or(0) as usize;
+    rope::recover(&factors, num("rope_theta").unwrap_or(10_000.0), dims).map_err(|e| bad(src, e))
 }
 
 /// Whether the worker's MLX runs on its CPU backend (Linux without `MLX_BACKEND=cuda`).
