@@ -34,6 +34,8 @@ pub enum WeightSource {
     IndexTotalSize,
     /// Analytic, from `config.json` and its quantization.
     Config,
+    /// Exact: ggml type × shape of every tensor in a GGUF file's header.
+    GgufHeader,
 }
 
 impl WeightSource {
@@ -43,6 +45,7 @@ impl WeightSource {
             WeightSource::SafetensorsHeader => "safetensors_header",
             WeightSource::IndexTotalSize => "index_total_size",
             WeightSource::Config => "config",
+            WeightSource::GgufHeader => "gguf_header",
         }
     }
 }

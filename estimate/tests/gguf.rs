@@ -153,7 +153,7 @@ fn weight_bytes_are_every_tensors_block_size_times_shape() {
     let path = write(tmp.path(), "m.gguf", &w.bytes());
     let m = Model::open(&path).unwrap();
     assert_eq!(m.weights.bytes, expected);
-    assert_eq!(m.weights.source, WeightSource::SafetensorsHeader);
+    assert_eq!(m.weights.source, WeightSource::GgufHeader);
     assert_eq!(m.architecture, "llama");
     assert_eq!((m.dims.hidden, m.dims.layers), (256, 2));
     assert_eq!((m.dims.heads, m.dims.kv_heads, m.dims.vocab), (4, 2, 100));

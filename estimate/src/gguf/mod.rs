@@ -112,6 +112,7 @@ pub fn open_model(path: &Path) -> Result<Model, EstimateError> {
         warnings.push("rope_freqs.weight is not counted: MLX recomputes RoPE frequencies".into());
     }
     let mut model = Model::build(path, config, None, vec![shard], warnings, header.bytes_read)?;
+    model.weights.source = crate::model::WeightSource::GgufHeader;
     // The analytic figure describes the folder an import writes (dense tensors at
     // `dtype`), not this file: say so instead of calling it a disagreement.
     model
