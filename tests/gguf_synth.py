@@ -71,7 +71,8 @@ def main(out, arch="llama"):
     merges = [f"{a} {b}" for a, b in zip("thaeinos", "heanrtnf")]
     tokens = chars + [m.replace(" ", "") for m in merges] + ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
     w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("default")
+    # Each family's pre-tokenizer split: exercised by the parity test's prompt.
+    w.add_tokenizer_pre({"llama3": "llama-bpe", "qwen2": "qwen2", "qwen3": "qwen2"}.get(arch, "default"))
     w.add_token_list(tokens)
     w.add_token_merges(merges)
     w.add_token_types([1] * (len(tokens) - 3) + [3, 3, 3])
