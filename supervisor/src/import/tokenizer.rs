@@ -5,8 +5,10 @@ use estimate::gguf::{GgufHeader, MetaValue};
 use serde_json::{json, Map, Value};
 
 /// GGUF token types (llama.cpp's `llama_token_type`).
+const UNKNOWN: i64 = 2;
 const CONTROL: i64 = 3;
 const USER_DEFINED: i64 = 4;
+const BYTE: i64 = 6;
 
 /// Split regexes (the GPT-2 one is ByteLevel's own, `use_regex`).
 const LLAMA3_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
@@ -39,6 +41,52 @@ fn pre_tokenizer(pre: &str) -> Result<Value, String> {
     })
 }
 
+/// Merges for a SentencePiece BPE vocabulary, which GGUF stores with scores and no
+/// merges, derived as Hugging Face's converter does: every split of a piece into two
+/// pieces of the vocabulary, ordered by the vocabulary ids of the halves within a piece,
+/// then by the piece's score, highest first (stable).
+fn spm_merges(h: &GgufHeader, tokens: &[&str], types: &[i64]) -> Result<Vec<Value>, String> {
+    let scores: Vec<f64> = h
+        .get("tokenizer.ggml.scores")
+        .and_then(MetaValue::as_array)
+        .ok_or("tokenizer.ggml.scores is missing (a SentencePiece vocabulary needs it)")?
+        .iter()
+        .map(|v| v.as_f64().unwrap_or(0.0))
+        .collect();
+    if scores.len() != tokens.len() {
+        return Err(format!(
+            "tokenizer.ggml.scores has {} entries for {} tokens",
+            scores.len(),
+            tokens.len()
+        ));
+    }
+    let mut ids: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for (i, t) in tokens.iter().enumerate() {
+        ids.entry(t).or_insert(i);
+    }
+    let mut merges: Vec<(usize, usize, f64)> = Vec::new();
+    for (piece, (score, ty)) in tokens.iter().zip(scores.iter().zip(types)) {
+        if *ty == CONTROL || *ty == UNKNOWN || *ty == BYTE {
+            continue;
+        }
+        let mut local: Vec<(usize, usize, f64)> = piece
+            .char_indices()
+            .skip(1)
+            .filter_map(|(at, _)| {
+                let (l, r) = piece.split_at(at);
+                Some((*ids.get(l)?, *ids.get(r)?, *score))
+            })
+            .collect();
+        local.sort_by_key(|&(l, r, _)| (l, r));
+        merges.extend(local);
+    }
+    merges.sort_by(|a, b| b.2.total_cmp(&a.2));
+    Ok(merges
+        .into_iter()
+        .map(|(l, r, _)| json!([tokens[l], tokens[r]]))
+        .collect())
+}
+
 fn strings<'a>(h: &'a GgufHeader, key: &str) -> Result<Vec<&'a str>, String> {
     let items = h
         .get(key)
@@ -59,19 +107,7 @@ pub fn tokenizer_files(h: &GgufHeader) -> Result<(Value, Value), String> {
         .get("tokenizer.ggml.model")
         .and_then(MetaValue::as_str)
         .ok_or("tokenizer.ggml.model is missing")?;
-    if model != "gpt2" {
-        return Err(format!(
-            "tokenizer model {model:?} is not supported yet (only byte-level BPE, \"gpt2\")"
-        ));
-    }
-    // GPT-2 GGUFs without `pre` predate the field and used the GPT-2 split.
-    let pre = h
-        .get("tokenizer.ggml.pre")
-        .and_then(MetaValue::as_str)
-        .unwrap_or("default");
-    let pre_tokenizer = pre_tokenizer(pre)?;
     let tokens = strings(h, "tokenizer.ggml.tokens")?;
-    let merges = strings(h, "tokenizer.ggml.merges")?;
     let types: Vec<i64> = match h.get("tokenizer.ggml.token_type") {
         Some(v) => v
             .as_array()
@@ -97,11 +133,67 @@ pub fn tokenizer_files(h: &GgufHeader) -> Result<(Value, Value), String> {
         // A repeated token string keeps its first id, as Hugging Face's vocab does.
         vocab.entry(t.to_string()).or_insert(json!(id));
     }
+    let id_of = |key: &str| h.get(key).and_then(MetaValue::as_u64);
+    let (normalizer, pre_tokenizer, decoder_json, model_json, default_bos) = match model {
+        "gpt2" => {
+            // GPT-2 GGUFs without `pre` predate the field and used the GPT-2 split.
+            let pre = h
+                .get("tokenizer.ggml.pre")
+                .and_then(MetaValue::as_str)
+                .unwrap_or("default");
+            let merges = strings(h, "tokenizer.ggml.merges")?;
+            (
+                Value::Null,
+                pre_tokenizer(pre)?,
+                json!({"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true}),
+                json!({"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+                    "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+                    "vocab": vocab, "merges": merges}),
+                false,
+            )
+        }
+        "llama" => {
+            let prefix = h
+                .get("tokenizer.ggml.add_space_prefix")
+                .and_then(MetaValue::as_bool)
+                .unwrap_or(true);
+            let unk = id_of("tokenizer.ggml.unknown_token_id")
+                .and_then(|i| tokens.get(i as usize))
+                .map(|s| s.to_string());
+            let merges = spm_merges(h, &tokens, &types)?;
+            let mut norms = vec![json!({"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"})];
+            if prefix {
+                norms.insert(0, json!({"type": "Prepend", "prepend": "\u{2581}"}));
+            }
+            let mut decoders = vec![
+                json!({"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "}),
+                json!({"type": "ByteFallback"}),
+                json!({"type": "Fuse"}),
+            ];
+            if prefix {
+                decoders.push(json!({"type": "Strip", "content": " ", "start": 1, "stop": 0}));
+            }
+            (
+                json!({"type": "Sequence", "normalizers": norms}),
+                Value::Null,
+                json!({"type": "Sequence", "decoders": decoders}),
+                json!({"type": "BPE", "dropout": null, "unk_token": unk, "continuing_subword_prefix": null,
+                    "end_of_word_suffix": null, "fuse_unk": true, "byte_fallback": true, "ignore_merges": false,
+                    "vocab": vocab, "merges": merges}),
+                true,
+            )
+        }
+        other => {
+            return Err(format!(
+                "tokenizer model {other:?} is not supported yet (byte-level BPE \"gpt2\" and SentencePiece BPE \"llama\" are)"
+            ))
+        }
+    };
     let mut added = Vec::new();
     let mut decoder = Map::new();
     for (id, (t, ty)) in tokens.iter().zip(&types).enumerate() {
-        if *ty == CONTROL || *ty == USER_DEFINED {
-            let special = *ty == CONTROL;
+        if *ty == CONTROL || *ty == USER_DEFINED || *ty == UNKNOWN {
+            let special = *ty != USER_DEFINED;
             let entry = json!({"id": id, "content": t, "single_word": false, "lstrip": false,
                 "rstrip": false, "normalized": !special, "special": special});
             decoder.insert(id.to_string(), {
@@ -114,7 +206,6 @@ pub fn tokenizer_files(h: &GgufHeader) -> Result<(Value, Value), String> {
             added.push(entry);
         }
     }
-    let id_of = |key: &str| h.get(key).and_then(MetaValue::as_u64);
     let text_of = |key: &str| {
         id_of(key)
             .and_then(|i| tokens.get(i as usize))
@@ -123,7 +214,7 @@ pub fn tokenizer_files(h: &GgufHeader) -> Result<(Value, Value), String> {
     let add_bos = h
         .get("tokenizer.ggml.add_bos_token")
         .and_then(MetaValue::as_bool)
-        .unwrap_or(false);
+        .unwrap_or(default_bos);
     let bos = text_of("tokenizer.ggml.bos_token_id");
     let post_processor = match (&bos, add_bos) {
         (Some(b), true) => {
@@ -141,13 +232,11 @@ pub fn tokenizer_files(h: &GgufHeader) -> Result<(Value, Value), String> {
         "truncation": null,
         "padding": null,
         "added_tokens": added,
-        "normalizer": null,
+        "normalizer": normalizer,
         "pre_tokenizer": pre_tokenizer,
         "post_processor": post_processor,
-        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
-        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
-            "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
-            "vocab": vocab, "merges": merges},
+        "decoder": decoder_json,
+        "model": model_json,
     });
     let mut cfg = Map::new();
     cfg.insert("add_bos_token".into(), json!(add_bos));
