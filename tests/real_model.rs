@@ -498,3 +498,33 @@ fn greedy_parity(arch: &str) {
     let got: Vec<Value> = run.named("token").iter().map(|t| t["id"].clone()).collect();
     assert_eq!(json!(got), *want, "{arch}");
 }
+
+#[test]
+fn a_sentencepiece_vocabulary_tokenizes_as_sentencepiece_does() {
+    // GGUF keeps SentencePiece pieces and scores but no merges: import derives them.
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().to_str().unwrap();
+    let py = repo().join(".venv/bin/python");
+    let st = Command::new(&py)
+        .arg(repo().join("tests/gguf_spm.py"))
+        .args(["make", d])
+        .status()
+        .unwrap();
+    assert!(st.success(), "sentencepiece missing? run scripts/setup.sh");
+    let g = tmp.path().join("spm.gguf");
+    let out = tmp.path().join("mlx");
+    let run = mlxsup(&["import", g.to_str().unwrap(), out.to_str().unwrap()]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let v = Command::new(&py)
+        .arg(repo().join("tests/gguf_spm.py"))
+        .args(["compare", d, out.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
+    let report: Value = serde_json::from_slice(&v.stdout).unwrap();
+    for c in report["cases"].as_array().unwrap() {
+        assert_eq!(c["ours"], c["sentencepiece"], "{c}");
+        assert_eq!(c["decoded"], c["sentencepiece_decoded"], "{c}");
+        assert_eq!(c["with_bos"], json!([1]), "{c}");
+    }
+}

@@ -1,6 +1,7 @@
 //! `tokenizer.json` and `tokenizer_config.json` from a GGUF file's tokenizer metadata:
-//! byte-level BPE (`tokenizer.ggml.model = gpt2`) with its tokens, merges, token types,
-//! special ids and chat template, and the pre-tokenizer its `tokenizer.ggml.pre` names.
+//! byte-level BPE (`tokenizer.ggml.model = gpt2`, with the pre-tokenizer its
+//! `tokenizer.ggml.pre` names) or SentencePiece BPE (`llama`: merges derived from the
+//! pieces and scores, byte fallback), with token types, special ids and chat template.
 use estimate::gguf::{GgufHeader, MetaValue};
 use serde_json::{json, Map, Value};
 
