@@ -61,6 +61,7 @@ def make(d):
     w.add_bos_token_id(1)
     w.add_eos_token_id(2)
     w.add_unk_token_id(0)
+    w.add_chat_template("{{ bos_token }}{% for m in messages %}[INST] {{ m['content'] }} [/INST]{% endfor %}")
     rng = np.random.default_rng(0)
     f = lambda *s: (rng.standard_normal(s) * 0.05).astype(np.float32)
     w.add_tensor("token_embd.weight", f(len(tokens), 64))

@@ -527,4 +527,36 @@ fn a_sentencepiece_vocabulary_tokenizes_as_sentencepiece_does() {
         assert_eq!(c["decoded"], c["sentencepiece_decoded"], "{c}");
         assert_eq!(c["with_bos"], json!([1]), "{c}");
     }
+    // And the folder generates the same greedy tokens in mlxsup and mlx-lm (transformers'
+    // tokenizer, chat template with its bos).
+    let jobs = tmp.path().join("jobs.json");
+    let prompt = "It was 12345, wasn't it?";
+    std::fs::write(
+        &jobs,
+        json!([{"messages": [{"role": "user", "content": prompt}], "max_tokens": 8}]).to_string(),
+    )
+    .unwrap();
+    let reference = python(&["generate", out.to_str().unwrap(), jobs.to_str().unwrap()]);
+    let want = &reference["results"][0];
+    assert_eq!(want["prompt_tokens"][0], 1, "{want}");
+    let run = mlxsup(&[
+        "run",
+        out.to_str().unwrap(),
+        "--chat",
+        "--prompt",
+        prompt,
+        "--temp",
+        "0",
+        "--max-tokens",
+        "8",
+        "--json",
+    ]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let got: Vec<Value> = run.named("token").iter().map(|t| t["id"].clone()).collect();
+    assert_eq!(json!(got), want["tokens"]);
+    let done = run.named("done");
+    assert_eq!(
+        done[0]["prompt_tokens"].as_u64(),
+        want["prompt_tokens"].as_array().map(|a| a.len() as u64)
+    );
 }
