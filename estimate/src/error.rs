@@ -86,6 +86,14 @@ pub enum EstimateError {
         #[source]
         source: crate::limits::Implausible,
     },
+    /// A GGUF file is malformed, truncated, or describes something not supported.
+    #[error("{path}: bad GGUF file: {reason}")]
+    Gguf {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 impl EstimateError {
@@ -101,7 +109,8 @@ impl EstimateError {
             | EstimateError::Header { path, .. }
             | EstimateError::MissingShard { path, .. }
             | EstimateError::Implausible { path, .. }
-            | EstimateError::NoWeights { path } => path,
+            | EstimateError::NoWeights { path }
+            | EstimateError::Gguf { path, .. } => path,
             EstimateError::File(e) => e.path(),
         }
     }

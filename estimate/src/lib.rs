@@ -20,6 +20,7 @@ mod dims;
 pub mod dtype;
 pub mod error;
 pub mod fsread;
+pub mod gguf;
 pub mod index;
 pub mod json_size;
 pub mod kv_cache;

@@ -36,6 +36,8 @@ pub enum WeightSource {
     IndexTotalSize,
     /// Analytic, from `config.json` and its quantization.
     Config,
+    /// Exact: ggml type × shape of every tensor in a GGUF file's header.
+    GgufHeader,
 }
 
 impl WeightSource {
@@ -45,6 +47,7 @@ impl WeightSource {
             WeightSource::SafetensorsHeader => "safetensors_header",
             WeightSource::IndexTotalSize => "index_total_size",
             WeightSource::Config => "config",
+            WeightSource::GgufHeader => "gguf_header",
         }
     }
 }
@@ -138,8 +141,12 @@ fn read_json_file(
 
 impl Model {
     /// Reads a model folder: `config.json`, the index, and only the headers of the
-    /// top-level `*.safetensors` shards.
+    /// top-level `*.safetensors` shards. A `.gguf` file (or a folder holding one and no
+    /// `config.json`) is read from its header alone, see [`crate::gguf`].
     pub fn open(dir: &Path) -> Result<Model, EstimateError> {
+        if let Some(gguf) = crate::gguf::locate(dir)? {
+            return crate::gguf::open_model(&gguf);
+        }
         let meta = fs::metadata(dir).map_err(|e| EstimateError::NotADirectory {
             path: dir.to_path_buf(),
             reason: e.to_string(),
@@ -224,7 +231,7 @@ impl Model {
         Model::build(dir, config, index, shards, warnings, bytes_read)
     }
 
-    fn build(
+    pub(crate) fn build(
         dir: &Path,
         config: Config,
         index: Option<ShardIndex>,

@@ -2,7 +2,9 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use mlxsup::{client, daemon, demo, exit::Exit, info, inspect, make_model, run, service};
+use mlxsup::{
+    client, daemon, demo, exit::Exit, import, info, inspect, make_model, run, service,
+};
 
 #[derive(Parser)]
 #[command(
@@ -21,10 +23,12 @@ enum Command {
     Inspect(inspect::InspectArgs),
     /// Load a model in a sandboxed worker and generate, with live memory telemetry.
     Run(run::RunArgs),
-    /// Make a small model, run it, and show a contained crash: no downloads.
+    /// Import a real model (SmolLM2-135M GGUF, fetched once), ask it a question, show a contained crash.
     Demo(demo::DemoArgs),
     /// Write a deterministic random-weight model folder (for tests and benchmarks).
     MakeModel(make_model::MakeModelArgs),
+    /// Convert a GGUF file into an MLX model folder (quantized blocks carried over).
+    Import(import::ImportArgs),
     /// MLX version, device, memory and budget, checked by a real computation in a worker.
     Info(info::InfoArgs),
     /// Run the daemon: keep models loaded in sandboxed workers, serve clients on a socket.
@@ -82,6 +86,7 @@ fn main() -> ExitCode {
         Command::Generate(args) => client::generate(args),
         Command::Stop(args) => client::stop(args),
         Command::Service(args) => service::main(args),
+        Command::Import(args) => import::main(args),
     }
     .into()
 }
