@@ -2,9 +2,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use mlxsup::{
-    client, daemon, demo, exit::Exit, import, info, inspect, make_model, run, service,
-};
+use mlxsup::{client, daemon, demo, exit::Exit, import, info, inspect, make_model, run, service};
 
 #[derive(Parser)]
 #[command(
