@@ -148,6 +148,25 @@ fn inspect_counts_the_gguf_packages_bytes_from_the_header_alone() {
 }
 
 #[test]
+fn running_a_gguf_file_points_at_import() {
+    let g = gguf();
+    let run = mlxsup(&[
+        "run",
+        g.to_str().unwrap(),
+        "--prompt",
+        "hi",
+        "--max-tokens",
+        "1",
+    ]);
+    assert_eq!(run.code, Some(5), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("is a GGUF checkpoint") && run.stderr.contains("mlxsup import"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
 fn a_truncated_real_file_is_exit_5_naming_the_file() {
     let tmp = tempfile::tempdir().unwrap();
     let cut = tmp.path().join("cut.gguf");

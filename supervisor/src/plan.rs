@@ -73,6 +73,20 @@ pub fn open(model: &Path) -> Result<Model, String> {
     Model::open(model).map_err(|e| format!("cannot read model: {e}"))
 }
 
+/// Reads a model to run it: a GGUF file is estimated by `inspect`, but a worker runs MLX
+/// folders, so it is pointed at `mlxsup import`.
+pub fn open_runnable(model: &Path) -> Result<Model, String> {
+    let m = open(model)?;
+    if m.weights.source == estimate::WeightSource::GgufHeader {
+        return Err(format!(
+            "{} is a GGUF checkpoint: workers run MLX folders; convert it once with `mlxsup import {} DIR`, then run DIR",
+            model.display(),
+            model.display()
+        ));
+    }
+    Ok(m)
+}
+
 /// The estimate of `model` at `context` within `budget`.
 pub fn estimate(model: &Model, context: Option<u64>, prefill_chunk: u64, budget: u64) -> Estimate {
     estimate::estimate(model, &estimate_request(context, prefill_chunk, budget))

@@ -136,7 +136,8 @@ pub struct Preflight {
 
 /// The preflight: read the model and plan it against the budget.
 pub fn preflight(args: &RunArgs) -> Result<Preflight, (Outcome, String)> {
-    let model = plan::open(&args.model).map_err(|e| (Outcome::BadModel, format!("mlxsup: {e}")))?;
+    let model = plan::open_runnable(&args.model)
+        .map_err(|e| (Outcome::BadModel, format!("mlxsup: {e}")))?;
     // Everything a worker would load that can be checked without MLX: shards, tokenizer,
     // tokenizer config, generation config, chat template.
     let text = text::check_loadable(&model)

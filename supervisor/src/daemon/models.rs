@@ -850,7 +850,7 @@ async fn load(
     settings: LoadSettings,
     events: Option<Responder>,
 ) -> Loaded {
-    let model = match crate::plan::open(&dir) {
+    let model = match crate::plan::open_runnable(&dir) {
         Ok(m) => m,
         Err(e) => return Loaded::BadModel(e),
     };
