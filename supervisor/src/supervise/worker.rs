@@ -403,7 +403,9 @@ impl Actor {
                 .map(|c| c.cancel.clone());
             let wake = tokio::select! {
                 biased;
-                _ = self.ceiling_rx.wait_for(|v| *v) => Wake::Ceiling,
+                // Only a kill decided by the sampler: its channel also closes when the
+                // sampler ends because the process is gone, which is the exit's news.
+                Ok(_) = self.ceiling_rx.wait_for(|v| *v) => Wake::Ceiling,
                 exit = async {
                     match self.exit_rx.as_mut() {
                         Some(rx) => rx.await.ok(),
