@@ -12,7 +12,7 @@ use std::{
 
 use serde_json::Value;
 
-use crate::{bin, processes_mentioning};
+use crate::{bin, processes_mentioning, TINY_SHAPE};
 
 /// A running daemon with its own private runtime dir; killed when dropped.
 pub struct Daemon {
@@ -261,22 +261,8 @@ pub fn models_dir() -> &'static Path {
             let out = Command::new(bin("mlxsup"))
                 .args(["make-model"])
                 .arg(dir.path().join(name))
-                .args([
-                    "--arch",
-                    arch,
-                    "--hidden",
-                    "64",
-                    "--layers",
-                    "2",
-                    "--heads",
-                    "4",
-                    "--kv-heads",
-                    "2",
-                    "--intermediate",
-                    "128",
-                    "--vocab",
-                    "512",
-                ])
+                .args(["--arch", arch])
+                .args(TINY_SHAPE)
                 .env("MLXSUP_RUNTIME_DIR", dir.path().join("rt"))
                 .output()
                 .unwrap();
@@ -327,18 +313,11 @@ pub fn gen_args<'a>(model: &'a str, prompt: &'a str, tokens: &'a str) -> Vec<&'a
 
 /// A greedy run of `model` through `mlxsup run` alone: the reference output.
 pub fn solo(model: &str, prompt: &str, tokens: &str) -> String {
+    let model = model_path(model);
+    let mut args = gen_args(&model, prompt, tokens);
+    args[0] = "run";
     let out = Command::new(bin("mlxsup"))
-        .args([
-            "run",
-            &model_path(model),
-            "--json",
-            "--prompt",
-            prompt,
-            "--max-tokens",
-            tokens,
-            "--context",
-            "512",
-        ])
+        .args(&args)
         .env("MLXSUP_RUNTIME_DIR", models_dir().join("rt"))
         .output()
         .unwrap();

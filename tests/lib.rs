@@ -173,6 +173,22 @@ pub fn mlxsup_env(args: &[&str], env: &[(&str, &str)]) -> Run {
     }
 }
 
+/// The shape of the tests' tiny models (`make-model` flags): ~0.3M parameters.
+pub const TINY_SHAPE: [&str; 12] = [
+    "--hidden",
+    "64",
+    "--layers",
+    "2",
+    "--heads",
+    "4",
+    "--kv-heads",
+    "2",
+    "--intermediate",
+    "128",
+    "--vocab",
+    "512",
+];
+
 /// A tiny bf16 model (qwen3-shaped, ~0.3M parameters), made once per test binary with
 /// `mlxsup make-model`.
 pub fn tiny_model() -> &'static Path {
@@ -181,24 +197,9 @@ pub fn tiny_model() -> &'static Path {
         .get_or_init(|| {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("tiny");
-            let run = mlxsup(&[
-                "make-model",
-                path.to_str().unwrap(),
-                "--arch",
-                "qwen3",
-                "--hidden",
-                "64",
-                "--layers",
-                "2",
-                "--heads",
-                "4",
-                "--kv-heads",
-                "2",
-                "--intermediate",
-                "128",
-                "--vocab",
-                "512",
-            ]);
+            let mut args = vec!["make-model", path.to_str().unwrap(), "--arch", "qwen3"];
+            args.extend_from_slice(&TINY_SHAPE);
+            let run = mlxsup(&args);
             assert_eq!(run.code, Some(0), "make-model failed: {}", run.stderr);
             dir
         })
