@@ -59,8 +59,9 @@ pub struct ServeArgs {
     /// (instead of with half the context).
     #[arg(long)]
     pub fallback_cpu: bool,
-    /// Serve the OpenAI-compatible HTTP API here too (e.g. 127.0.0.1:11435).
-    #[arg(long)]
+    /// Serve the OpenAI-compatible HTTP API too: `--http` alone on 127.0.0.1:11435
+    /// (loopback), or `--http ADDR`.
+    #[arg(long, num_args = 0..=1, default_missing_value = "127.0.0.1:11435", value_name = "ADDR")]
     pub http: Option<std::net::SocketAddr>,
     /// HTTP requests must carry `Authorization: Bearer KEY`.
     #[arg(long, env = "MLXSUP_API_KEY", hide_env_values = true)]
