@@ -361,7 +361,7 @@ pub fn generate(args: GenerateArgs) -> Exit {
             }
         };
         let interrupt = tokio_util::sync::CancellationToken::new();
-        let listener = tokio::spawn(run::cancel_on_signal(interrupt.clone()));
+        let listener = run::cancel_on_signal(interrupt.clone());
         let mut cancel_sent = false;
         let exit = loop {
             let next = tokio::select! {

@@ -230,7 +230,7 @@ pub async fn execute(args: &RunArgs, out: &mut Output) -> Outcome {
     }
 
     let interrupt = CancellationToken::new();
-    let listener = tokio::spawn(cancel_on_signal(interrupt.clone()));
+    let listener = cancel_on_signal(interrupt.clone());
     let gen = args.prompt.request(prompt, args.faults().1);
     let outcome = drive(out, plan, gen, &interrupt).await;
     listener.abort();
@@ -241,15 +241,30 @@ pub async fn execute(args: &RunArgs, out: &mut Output) -> Outcome {
     outcome
 }
 
-/// Cancels `token` on Ctrl-C or SIGTERM.
-pub async fn cancel_on_signal(token: CancellationToken) {
+/// Cancels `token` on Ctrl-C (SIGINT) or SIGTERM. The handlers are installed before
+/// this returns, so a signal that comes at once is caught too (a task installing them on
+/// its first poll would leave a window in which SIGTERM still kills the process).
+pub fn cancel_on_signal(token: CancellationToken) -> tokio::task::JoinHandle<()> {
     use tokio::signal::unix::{signal, SignalKind};
+    let mut int = signal(SignalKind::interrupt()).ok();
     let mut term = signal(SignalKind::terminate()).ok();
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = recv(&mut int) => {}
+            _ = recv(&mut term) => {}
+        }
+        token.cancel();
+    })
+}
+
+/// The next delivery of `s`; never, without a handler.
+async fn recv(s: &mut Option<tokio::signal::unix::Signal>) {
+    match s {
+        Some(s) => {
+            s.recv().await;
+        }
+        None => std::future::pending().await,
     }
-    token.cancel();
 }
 
 async fn drive(

@@ -342,7 +342,7 @@ async fn serve(args: ServeArgs) -> Exit {
         shutdown: CancellationToken::new(),
         closed: CancellationToken::new(),
     });
-    tokio::spawn(crate::run::cancel_on_signal(shared.shutdown.clone()));
+    let _signals = crate::run::cancel_on_signal(shared.shutdown.clone());
     if let Some(addr) = args.http {
         let http = match tokio::net::TcpListener::bind(addr).await {
             Ok(l) => l,
