@@ -73,6 +73,21 @@ impl QuantMatrix {
         }))
     }
 
+    /// The dense matrix (MLX's own `dequantize`), evaluated once: for f32 compute.
+    fn dequantized(&self, prefix: &str) -> Result<Array, WorkerError> {
+        let w = ops::dequantize(
+            &self.w,
+            &self.scales,
+            self.biases.as_ref(),
+            self.params.group_size,
+            self.params.bits,
+        )
+        .and_then(|w| w.as_dtype(mlx_rs::Dtype::Float32))
+        .ctx(&format!("dequantizing {prefix}"))?;
+        w.eval().ctx(&format!("dequantizing {prefix}"))?;
+        Ok(w)
+    }
+
     fn matmul_t(&self, x: &Array) -> R<Array> {
         ops::quantized_matmul(
             x,
@@ -108,6 +123,10 @@ impl Linear {
             None
         };
         if let Some(q) = QuantMatrix::take(store, prefix, cfg, in_dim)? {
+            if store.f32() {
+                let w = q.dequantized(prefix)?;
+                return Ok(Linear::Dense { w, bias: b });
+            }
             return Ok(Linear::Quant { q, bias: b });
         }
         let w = store.take_shaped(&format!("{prefix}.weight"), &[out_dim, in_dim])?;
@@ -127,6 +146,11 @@ impl Linear {
                 }
             }
         }
+    }
+
+    /// Whether the matrix is kept quantized.
+    pub fn is_quantized(&self) -> bool {
+        matches!(self, Linear::Quant { .. })
     }
 
     /// Bytes held.
@@ -157,6 +181,9 @@ impl Embedding {
         cfg: &ModelConfig,
     ) -> Result<Embedding, WorkerError> {
         if let Some(q) = QuantMatrix::take(store, prefix, cfg, cfg.hidden_size)? {
+            if store.f32() {
+                return Ok(Embedding::Dense(q.dequantized(prefix)?));
+            }
             return Ok(Embedding::Quant(q));
         }
         Ok(Embedding::Dense(store.take_shaped(
