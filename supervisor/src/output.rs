@@ -17,6 +17,8 @@ pub struct Output {
     pub max_mlx_peak: u64,
     pub samples: u64,
     text_open: bool,
+    /// The compute dtype the worker reported at load.
+    compute_dtype: Option<String>,
 }
 
 impl Output {
@@ -29,6 +31,7 @@ impl Output {
             max_mlx_peak: 0,
             samples: 0,
             text_open: false,
+            compute_dtype: None,
         }
     }
 
@@ -76,10 +79,11 @@ impl Output {
             estimate::Verdict::DoesNotFit => self.paint("1;31", est.verdict.as_str()),
         };
         self.note(&format!(
-            "mlxsup: {} ({}): weights {} + KV {} (context {}) + activations {} + overhead {} = {} of {} budget: {verdict}",
+            "mlxsup: {} ({}): weights {}{} + KV {} (context {}) + activations {} + overhead {} = {} of {} budget: {verdict}",
             est.model,
             est.architecture,
             Bytes(est.weights.bytes),
+            if est.weights.compute_f32 { " (as f32 compute)" } else { "" },
             Bytes(est.kv_cache.bytes),
             est.kv_cache.context,
             Bytes(est.activation_bytes),
@@ -149,14 +153,17 @@ impl Output {
         if let Some(bar) = self.bar.take() {
             bar.finish_and_clear();
         }
+        self.compute_dtype = Some(info.compute_dtype.clone());
         if self.json {
             self.emit("loaded", info);
             return;
         }
         self.note(&format!(
-            "mlxsup: loaded {} in {} ms: MLX holds {} (peak {})",
+            "mlxsup: loaded {} in {} ms on the {}, computing in {}: MLX holds {} (peak {})",
             info.architecture,
             info.load_ms,
+            info.device,
+            info.compute_dtype,
             Bytes(info.active_bytes),
             Bytes(info.peak_bytes)
         ));
@@ -203,6 +210,7 @@ impl Output {
                 estimate_bytes: u64,
                 max_footprint_bytes: u64,
                 telemetry_samples: u64,
+                compute_dtype: Option<&'a str>,
             }
             self.emit(
                 "done",
@@ -211,6 +219,7 @@ impl Output {
                     estimate_bytes,
                     max_footprint_bytes: self.max_footprint,
                     telemetry_samples: self.samples,
+                    compute_dtype: self.compute_dtype.as_deref(),
                 },
             );
             return;
@@ -224,12 +233,13 @@ impl Output {
             String::new()
         };
         self.note(&format!(
-            "mlxsup: {} prompt tokens at {:.1} tok/s, {} generated at {:.1} tok/s ({}); MLX peak {} vs estimate {}{ratio}; footprint peak {} over {} samples",
+            "mlxsup: {} prompt tokens at {:.1} tok/s, {} generated at {:.1} tok/s ({}{}); MLX peak {} vs estimate {}{ratio}; footprint peak {} over {} samples",
             d.prompt_tokens,
             d.prompt_tps,
             d.generated_tokens,
             d.generation_tps,
             serde_json::to_value(d.finish).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
+            self.compute_dtype.as_deref().map(|c| format!(", {c}")).unwrap_or_default(),
             Bytes(d.peak_bytes),
             Bytes(estimate_bytes),
             Bytes(self.max_footprint),
