@@ -44,6 +44,8 @@ if [[ -x scripts/bench_generate.sh ]]; then
   echo "== 4. generation vs mlx-lm"
   scripts/bench_generate.sh | tee "$out/generate.md"
 fi
+echo "== 4b. the CPU compute dtype (issue 14): mlxsup run auto / native vs mlx-lm"
+scripts/bench_compute.sh | tee "$out/compute.md"
 echo "== 5. the daemon: warm generate vs run vs mlx-lm, own memory, death → ps, evict + load"
 cargo build -q --release -p mlxsup --example bench_daemon
 mid=$out/qwen2-40m-bf16

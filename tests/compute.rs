@@ -124,3 +124,90 @@ fn inspect_shows_both_weight_figures() {
         2 * n["kv_cache"]["bytes"].as_u64().unwrap()
     );
 }
+
+#[test]
+fn the_daemon_loads_at_the_policy_it_is_given() {
+    use mlxsup_tests::daemon::{gen_args, model_path, Daemon};
+    let d = Daemon::start(&["--budget", "2GiB"]);
+    let a = model_path("a");
+    let mut args = gen_args(&a, "hello", "4");
+    args.extend_from_slice(&["--compute", "native"]);
+    let out = d.cli(&args);
+    let loaded = out.named("loaded");
+    assert_eq!(loaded.len(), 1, "{}", out.text());
+    assert_eq!(loaded[0]["compute_dtype"], "bfloat16");
+    assert_eq!(out.named("done")[0]["compute_dtype"], "bfloat16");
+    let b = model_path("b");
+    let out = d.cli(&gen_args(&b, "hello", "4"));
+    assert_eq!(out.named("loaded")[0]["compute_dtype"], "float32", "auto");
+    let est = &out.named("estimate")[0];
+    assert_eq!(
+        est["weights"]["compute_f32"], true,
+        "admitted at f32: {est:#}"
+    );
+}
+
+#[test]
+fn the_estimator_counts_the_dequantized_weights_the_worker_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let q4 = dir.path().join("q4");
+    let q4s = q4.to_str().unwrap();
+    let made = mlxsup(&[
+        "make-model",
+        q4s,
+        "--arch",
+        "llama",
+        "--hidden",
+        "128",
+        "--layers",
+        "2",
+        "--intermediate",
+        "256",
+        "--vocab",
+        "512",
+        "--quant-bits",
+        "4",
+    ]);
+    assert_eq!(made.code, Some(0), "{}", made.stderr);
+    let r = mlxsup(&[
+        "run",
+        q4s,
+        "--json",
+        "--prompt",
+        "hi",
+        "--max-tokens",
+        "4",
+        "--context",
+        "256",
+        "--budget",
+        "2GiB",
+    ]);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    let est = one(&r, "estimate");
+    let loaded = one(&r, "loaded");
+    assert_eq!(loaded["compute_dtype"], "float32");
+    assert_eq!(
+        est["weights"]["bytes"], loaded["weight_bytes"],
+        "the f32 estimate is what MLX holds"
+    );
+    let n = mlxsup(&[
+        "run",
+        q4s,
+        "--json",
+        "--prompt",
+        "hi",
+        "--max-tokens",
+        "4",
+        "--context",
+        "256",
+        "--budget",
+        "2GiB",
+        "--compute",
+        "native",
+    ]);
+    assert_eq!(one(&n, "loaded")["compute_dtype"], "bfloat16 (quantized)");
+    assert_eq!(
+        one(&n, "estimate")["weights"]["bytes"],
+        one(&n, "loaded")["weight_bytes"]
+    );
+}
