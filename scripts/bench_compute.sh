@@ -3,7 +3,7 @@
 # backend, on a SmolLM2-135M-shaped llama in bf16 and its 4-bit (group 64) conversion.
 # bf16: ~128 prompt tokens, 64 generated; 4-bit: ~16 and 8 (native 4-bit is ~1 tok/s).
 # Each run is one fresh process and one generation (mlx-lm without warm-up, as one
-# `mlxsup run` is), interleaved auto, native, mlx-lm, … ${RUNS:-3} times; medians.
+# `mlxsup run` is), interleaved auto, native, mlx-lm, then mlx-lm, native, auto, … ${RUNS:-3} rounds; medians.
 # Prompt tps = prompt tokens / time to the first token; generation tps = tokens after
 # the first / their time; peak = MLX's peak memory (the worker's, mlx-lm's).
 set -euo pipefail
@@ -45,12 +45,20 @@ print(json.dumps({"engine": "mlxsup " + sys.argv[2], "model": sys.argv[1], "prom
 for case in "bf16 $gen" "4bit ${GEN_4BIT:-8}"; do
   read -r name g <<<"$case"
   if [[ $name == bf16 ]]; then dir=$bf16 p=$long; else dir=$q4 p=$short; fi
-  for i in $(seq "$runs"); do
-    ours "$dir" auto "$p" "$g" >>"$log"
-    n=$(tail -1 "$log" | $py -c 'import json,sys; print(json.load(sys.stdin)["prompt_tokens"])')
-    ours "$dir" native "$p" "$g" >>"$log"
+  # The prompt's token count, for mlx-lm's ids.
+  n=$($bin run "$dir" --json --prompt "$p" --max-tokens 1 --context 1024 --budget "${BUDGET:-8GiB}" |
+    $py -c 'import json,sys; print([json.loads(l) for l in sys.stdin if "\"done\"" in l][0]["prompt_tokens"])')
+  mlx_lm() {
     $py scripts/bench_mlx_lm.py "$dir" --prompt "$n" --gen "$g" --runs 1 --no-warmup | tail -1 |
       $py -c 'import json,sys; r=json.load(sys.stdin); r["engine"]="mlx-lm"; print(json.dumps(r))' >>"$log"
+  }
+  for i in $(seq "$runs"); do
+    # The order alternates, so that a load change on the machine favours no one.
+    if ((i % 2)); then
+      ours "$dir" auto "$p" "$g" >>"$log"; ours "$dir" native "$p" "$g" >>"$log"; mlx_lm
+    else
+      mlx_lm; ours "$dir" native "$p" "$g" >>"$log"; ours "$dir" auto "$p" "$g" >>"$log"
+    fi
   done
 done
 
