@@ -106,12 +106,18 @@ impl Output {
         let n = |k: &str| fields.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
         let kv = fields.get("kv_cache");
         let context = kv.and_then(|k| k.get("context")).and_then(|v| v.as_u64());
+        let f32 = fields
+            .get("weights")
+            .and_then(|w| w.get("compute_f32"))
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false);
         self.note(&format!(
-            "mlxsup: {}: {} of {} budget at context {}: {}",
+            "mlxsup: {}: {} of {} budget at context {}{}: {}",
             fields.get("model").and_then(|v| v.as_str()).unwrap_or("?"),
             Bytes(n("total_bytes")),
             Bytes(n("budget_bytes")),
             context.unwrap_or(0),
+            if f32 { ", f32 compute" } else { "" },
             fields
                 .get("verdict")
                 .and_then(|v| v.as_str())
