@@ -59,4 +59,6 @@ if [[ -x scripts/bench_real.sh ]]; then
   echo "== 7. the real checkpoint (SmolLM2-135M, imported from GGUF) vs mlx-lm"
   scripts/bench_real.sh | tee "$out/real.md"
 fi
+echo "== 8. the CPU compute dtype (issue 14): mlxsup run auto / native vs mlx-lm"
+scripts/bench_compute.sh | tee "$out/compute.md"
 echo "results in $out/"

@@ -6,6 +6,9 @@ token, MLX peak memory reset before each run. One JSON object per run, then a su
 with the medians.
 
 usage: bench_mlx_lm.py MODEL_DIR [--prompt 128] [--gen 128] [--runs 3] [--prefill-chunk 2048]
+                       [--no-warmup]
+
+--no-warmup measures the first generation of a fresh process, as one `mlxsup run` is.
 """
 
 import argparse
@@ -46,6 +49,7 @@ def main():
     ap.add_argument("--gen", type=int, default=128)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--prefill-chunk", type=int, default=2048)
+    ap.add_argument("--no-warmup", action="store_true")
     args = ap.parse_args()
 
     t0 = time.perf_counter()
@@ -53,7 +57,8 @@ def main():
     load_s = time.perf_counter() - t0
     vocab = model.args.vocab_size
     prompt = prompt_ids(args.prompt, vocab)
-    run_once(model, prompt, args.gen, args.prefill_chunk)  # warm-up
+    if not args.no_warmup:
+        run_once(model, prompt, args.gen, args.prefill_chunk)  # warm-up
     ps, gs, peaks = [], [], []
     for run in range(args.runs):
         mx.reset_peak_memory()

@@ -66,6 +66,7 @@ impl Session {
             telemetry_interval_ms: interval_ms,
             fault: None,
             device: protocol::Device::Default,
+            compute: protocol::ComputeDtype::Native,
         }));
         match reply {
             Reply::Loaded(info) => info,

@@ -15,6 +15,7 @@
 //! ```
 pub mod activation;
 pub mod bytes;
+pub mod compute;
 pub mod config;
 mod dims;
 pub mod dtype;

@@ -40,6 +40,9 @@ pub struct Request {
     pub prefill_chunk: u64,
     /// Bytes the model may use.
     pub budget: Bytes,
+    /// Plan for f32 compute (the worker's CPU policy): weights upcast or dequantized, the
+    /// KV cache in f32.
+    pub compute_f32: bool,
 }
 
 impl Default for Request {
@@ -52,6 +55,7 @@ impl Default for Request {
             quant_bits: None,
             prefill_chunk: DEFAULT_PREFILL_CHUNK,
             budget: Bytes(0),
+            compute_f32: false,
         }
     }
 }
@@ -79,6 +83,12 @@ pub struct WeightsReport {
     pub analytic_parts: Option<WeightParts>,
     /// Vision tower and projector bytes (included in `bytes`).
     pub vision_bytes: u64,
+    /// Whether `bytes` is the weights at f32 compute (`--compute`).
+    pub compute_f32: bool,
+    /// The weights at the checkpoint's own dtype (or the `--quant-bits` what-if).
+    pub native_bytes: u64,
+    /// The weights computed in f32 (upcast, or dequantized at load), when modelled.
+    pub f32_bytes: Option<u64>,
 }
 
 /// Image activations (`--images`).
@@ -145,11 +155,16 @@ struct Totals {
 
 fn totals(model: &Model, weights: u64, context: u64, req: &Request) -> Totals {
     let batch = req.batch.max(1);
+    let kv_dtype_bytes = if req.compute_f32 {
+        4
+    } else {
+        model.kv_dtype_bytes()
+    };
     let kv = kv_cache(
         &model.kv_layers,
         context,
         batch,
-        model.kv_dtype_bytes(),
+        kv_dtype_bytes,
         req.kv_bits,
     );
     let chunk = if req.prefill_chunk == 0 {
@@ -199,7 +214,12 @@ pub fn estimate(model: &Model, req: &Request) -> Estimate {
     if req.quant_bits.is_some() && what_if.is_none() {
         warnings.push("--quant-bits ignored: the config cannot be modelled".to_string());
     }
-    let weights = what_if.map_or(model.weights.bytes, |(_, w)| w);
+    let native = what_if.map_or(model.weights.bytes, |(_, w)| w);
+    let f32_bytes = crate::compute::f32_weight_bytes(model);
+    let weights = match f32_bytes {
+        Some(w) if req.compute_f32 => w,
+        _ => native,
+    };
     let t = totals(model, weights, context, req);
     let budget = req.budget.0;
     let verdict = Verdict::of(t.total, budget);
@@ -226,6 +246,9 @@ pub fn estimate(model: &Model, req: &Request) -> Estimate {
             analytic_bytes: model.weights.analytic_bytes,
             analytic_parts: model.weights.analytic_parts.clone(),
             vision_bytes: model.weights.vision_bytes,
+            compute_f32: req.compute_f32,
+            native_bytes: native,
+            f32_bytes,
         },
         kv_cache: t.kv,
         activation_bytes: t.act.bytes.saturating_add(t.vision_act),

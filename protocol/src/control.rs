@@ -22,8 +22,11 @@ pub mod version {
 
     /// 1.0: status, ps, ls, load, unload, generate, cancel, subscribe, shutdown.
     pub const V1_0: Version = Version { major: 1, minor: 0 };
+    /// 1.1: the compute-dtype policy of a load (`LoadModel::compute`,
+    /// `GenerateModel::compute`).
+    pub const V1_1: Version = Version { major: 1, minor: 1 };
     /// What this build speaks.
-    pub const CURRENT: Version = V1_0;
+    pub const CURRENT: Version = V1_1;
 }
 
 /// Client → daemon.
@@ -119,6 +122,8 @@ pub struct LoadModel {
     pub fault: Option<Fault>,
     /// The MLX device to load on.
     pub device: Device,
+    /// The compute-dtype policy for the load.
+    pub compute: crate::compute::ComputePolicy,
 }
 
 /// Generate from a model, loading it first when needed.
@@ -133,6 +138,8 @@ pub struct GenerateModel {
     pub force: bool,
     /// The MLX device, when the model has to be loaded for this request.
     pub device: Device,
+    /// The compute-dtype policy, when the model has to be loaded for this request.
+    pub compute: crate::compute::ComputePolicy,
 }
 
 /// The final answer to a request.

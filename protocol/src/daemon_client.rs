@@ -20,6 +20,7 @@
 //!             keep_alive: None,
 //!             force: false,
 //!             device: protocol::Device::Default,
+//!             compute: protocol::ComputePolicy::Auto,
 //!         }),
 //!         |event| {
 //!             if let ControlEvent::Worker(protocol::Event::Token { text, .. }) = event {

@@ -8,6 +8,7 @@
 //! each other apart.
 
 pub mod client;
+pub mod compute;
 pub mod control;
 pub mod daemon_client;
 pub mod error;
@@ -18,6 +19,7 @@ pub mod handshake;
 pub mod message;
 pub mod version;
 
+pub use compute::{ComputeDtype, ComputePolicy};
 pub use error::ProtocolError;
 pub use failure::{Failure, FailureKind, Phase, Remedy};
 pub use fault::{Fault, FaultAction, FaultPoint};

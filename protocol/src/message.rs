@@ -175,6 +175,8 @@ pub struct LoadRequest {
     pub fault: Option<Fault>,
     /// Since 1.1: the device to run on.
     pub device: Device,
+    /// Since 1.2: the dtype to compute in (the plan's decision).
+    pub compute: crate::compute::ComputeDtype,
 }
 
 /// What a load produced.
@@ -188,6 +190,9 @@ pub struct LoadInfo {
     pub vocab_size: u32,
     /// Since 1.1: the device it runs on (`cpu`, `gpu`).
     pub device: String,
+    /// Since 1.2: the dtype it computes in (`float32`, `bfloat16`, ...; quantized weights
+    /// report their scales' dtype, with ` (quantized)`).
+    pub compute_dtype: String,
 }
 
 /// A prompt.

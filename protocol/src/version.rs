@@ -12,8 +12,12 @@ pub const V1_0: Version = Version { major: 1, minor: 0 };
 /// Version 1.1: the device of a load (`LoadRequest::device`, `LoadInfo::device`).
 pub const V1_1: Version = Version { major: 1, minor: 1 };
 
+/// Version 1.2: the compute dtype of a load (`LoadRequest::compute`,
+/// `LoadInfo::compute_dtype`).
+pub const V1_2: Version = Version { major: 1, minor: 2 };
+
 /// The version this build speaks.
-pub const CURRENT: Version = V1_1;
+pub const CURRENT: Version = V1_2;
 
 /// A protocol version.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

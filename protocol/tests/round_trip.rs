@@ -58,6 +58,7 @@ fn requests() -> Vec<Request> {
                 point: FaultPoint::Load,
             }),
             device: protocol::Device::Cpu,
+            compute: protocol::ComputeDtype::F32,
         }),
         Request::Generate(GenerateRequest {
             prompt: Prompt::Text("Once upon a time ✨".into()),
@@ -142,6 +143,7 @@ fn replies() -> Vec<Reply> {
             peak_bytes: 1 << 32,
             vocab_size: 151_936,
             device: "gpu".into(),
+            compute_dtype: "float32".into(),
         }),
         Reply::Done(DoneInfo {
             prompt_tokens: 5,
@@ -561,6 +563,7 @@ fn arb_request() -> impl Strategy<Value = Request> {
                 telemetry_interval_ms,
                 fault,
                 device: protocol::Device::Gpu,
+                compute: protocol::ComputeDtype::Native,
             },
         );
     let sampling = (f32_no_nan(), f32_no_nan(), any::<Option<u64>>()).prop_map(
@@ -651,6 +654,7 @@ fn arb_reply() -> impl Strategy<Value = Reply> {
             peak_bytes: n[3],
             vocab_size,
             device: "cpu".into(),
+            compute_dtype: "bfloat16 (quantized)".into(),
         },
     );
     let finish = prop_oneof![

@@ -98,6 +98,7 @@ fn gen_request(
         keep_alive: None,
         force: false,
         device: Device::Default,
+        compute: protocol::ComputePolicy::Auto,
     })
 }
 
@@ -109,6 +110,7 @@ fn load_request(model: &Path, context: Option<u64>) -> ControlRequest {
         force: true,
         fault: None,
         device: Device::Default,
+        compute: protocol::ComputePolicy::Auto,
     })
 }
 

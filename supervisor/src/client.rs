@@ -11,7 +11,7 @@ use protocol::{
         ModelStatus,
     },
     daemon_client::{ClientError, DaemonClient},
-    Device, Failure, FailureKind, Fault,
+    ComputePolicy, Device, Failure, FailureKind, Fault,
 };
 use serde_json::{json, Value};
 
@@ -48,6 +48,9 @@ pub struct ModelArgs {
     /// The MLX device to load on: gpu, cpu or default.
     #[arg(long, default_value = "default", value_parser = Device::parse)]
     pub device: Device,
+    /// The compute dtype on the CPU: auto (f32 when it fits the budget), native or f32.
+    #[arg(long, default_value = "auto", value_parser = ComputePolicy::parse)]
+    pub compute: ComputePolicy,
 }
 
 #[derive(clap::Args, Clone, Debug)]
@@ -238,6 +241,7 @@ pub fn load(args: LoadArgs) -> Exit {
             force: m.force,
             fault: m.inject_fault,
             device: m.device,
+            compute: m.compute,
         });
         let mut client = match connect(&args.client).await {
             Ok(c) => c,
@@ -348,6 +352,7 @@ pub fn generate(args: GenerateArgs) -> Exit {
             keep_alive: m.keep_alive,
             force: m.force,
             device: m.device,
+            compute: m.compute,
         });
         let mut client = match connect(&args.client).await {
             Ok(c) => c,

@@ -37,6 +37,12 @@ pub struct InspectArgs {
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
+    /// The compute dtype planned for: auto (f32 on the CPU when it fits), native or f32.
+    #[arg(long, default_value = "auto", value_parser = protocol::ComputePolicy::parse)]
+    compute: protocol::ComputePolicy,
+    /// The MLX device planned for: gpu, cpu or default.
+    #[arg(long, default_value = "default", value_parser = protocol::Device::parse)]
+    device: protocol::Device,
 }
 
 fn parse_kv_bits(s: &str) -> Result<u8, String> {
@@ -79,14 +85,33 @@ pub fn run(args: InspectArgs) -> Exit {
         quant_bits: args.quant_bits,
         prefill_chunk: args.prefill_chunk,
         budget: budget.bytes,
+        ..Default::default()
     };
-    let est = estimate(&model, &req);
+    // A --quant-bits what-if is about stored bytes: it is planned at the native dtype.
+    let policy = match args.quant_bits {
+        Some(_) => protocol::ComputePolicy::Native,
+        None => args.compute,
+    };
+    let (_, est, note) = crate::compute::decide(&model, policy, args.device, |compute_f32| {
+        estimate(
+            &model,
+            &Request {
+                compute_f32,
+                ..req.clone()
+            },
+        )
+    });
     let mut out = std::io::stdout().lock();
     let written = if args.json {
-        json(&est, &budget).and_then(|s| writeln!(out, "{s}").map_err(|e| e.to_string()))
+        json(&est, &budget, note.as_deref())
+            .and_then(|s| writeln!(out, "{s}").map_err(|e| e.to_string()))
     } else {
         let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-        writeln!(out, "{}", table(&est, &model, &budget, color)).map_err(|e| e.to_string())
+        let mut t = table(&est, &model, &budget, color);
+        if let Some(n) = &note {
+            t.push_str(&format!("\n{n}"));
+        }
+        writeln!(out, "{t}").map_err(|e| e.to_string())
     };
     match written {
         Ok(()) => Exit::Ok,
@@ -98,14 +123,22 @@ pub fn run(args: InspectArgs) -> Exit {
     }
 }
 
-/// The docs/CONTRACT.md object, plus `budget_source`.
-fn json(est: &Estimate, budget: &Budget) -> Result<String, String> {
+/// The docs/CONTRACT.md object, plus `budget_source`, `compute_dtype` (`f32` or
+/// `native`) and `compute_note` (why `auto` stayed native, or null).
+fn json(est: &Estimate, budget: &Budget, note: Option<&str>) -> Result<String, String> {
     let mut v = serde_json::to_value(est).map_err(|e| e.to_string())?;
     if let Some(o) = v.as_object_mut() {
         o.insert(
             "budget_source".into(),
             serde_json::Value::String(budget.source.clone()),
         );
+        let dtype = if est.weights.compute_f32 {
+            "f32"
+        } else {
+            "native"
+        };
+        o.insert("compute_dtype".into(), dtype.into());
+        o.insert("compute_note".into(), note.into());
     }
     serde_json::to_string_pretty(&v).map_err(|e| e.to_string())
 }
@@ -118,6 +151,16 @@ pub fn table(est: &Estimate, model: &Model, budget: &Budget, color: bool) -> Str
     let mut wnote = format!("{}, {}, {}", w.source.as_str(), model.dtype, w.quantization);
     if let Some(b) = w.quant_bits {
         wnote = format!("what-if {b}-bit (stored: {})", Bytes(w.stored_bytes));
+    }
+    if w.compute_f32 {
+        wnote = format!(
+            "{} ({}) → {} as f32 compute on the CPU; {wnote}",
+            Bytes(w.native_bytes),
+            crate::compute::native_name(model),
+            Bytes(w.bytes)
+        );
+    } else if let Some(f) = w.f32_bytes.filter(|&f| f != w.bytes) {
+        wnote = format!("{wnote}; as f32 compute: {}", Bytes(f));
     }
     row("weights", Bytes(w.bytes).to_string(), wnote);
     if let Some(p) = &w.analytic_parts {

@@ -4,6 +4,7 @@ pub mod args;
 pub mod budget;
 pub mod classify;
 pub mod client;
+pub mod compute;
 pub mod daemon;
 pub mod demo;
 pub mod exit;

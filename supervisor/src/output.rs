@@ -17,6 +17,8 @@ pub struct Output {
     pub max_mlx_peak: u64,
     pub samples: u64,
     text_open: bool,
+    /// The compute dtype the worker reported at load.
+    compute_dtype: Option<String>,
 }
 
 impl Output {
@@ -29,6 +31,7 @@ impl Output {
             max_mlx_peak: 0,
             samples: 0,
             text_open: false,
+            compute_dtype: None,
         }
     }
 
@@ -76,10 +79,11 @@ impl Output {
             estimate::Verdict::DoesNotFit => self.paint("1;31", est.verdict.as_str()),
         };
         self.note(&format!(
-            "mlxsup: {} ({}): weights {} + KV {} (context {}) + activations {} + overhead {} = {} of {} budget: {verdict}",
+            "mlxsup: {} ({}): weights {}{} + KV {} (context {}) + activations {} + overhead {} = {} of {} budget: {verdict}",
             est.model,
             est.architecture,
             Bytes(est.weights.bytes),
+            if est.weights.compute_f32 { " (as f32 compute)" } else { "" },
             Bytes(est.kv_cache.bytes),
             est.kv_cache.context,
             Bytes(est.activation_bytes),
@@ -102,12 +106,18 @@ impl Output {
         let n = |k: &str| fields.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
         let kv = fields.get("kv_cache");
         let context = kv.and_then(|k| k.get("context")).and_then(|v| v.as_u64());
+        let f32 = fields
+            .get("weights")
+            .and_then(|w| w.get("compute_f32"))
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false);
         self.note(&format!(
-            "mlxsup: {}: {} of {} budget at context {}: {}",
+            "mlxsup: {}: {} of {} budget at context {}{}: {}",
             fields.get("model").and_then(|v| v.as_str()).unwrap_or("?"),
             Bytes(n("total_bytes")),
             Bytes(n("budget_bytes")),
             context.unwrap_or(0),
+            if f32 { ", f32 compute" } else { "" },
             fields
                 .get("verdict")
                 .and_then(|v| v.as_str())
@@ -149,14 +159,17 @@ impl Output {
         if let Some(bar) = self.bar.take() {
             bar.finish_and_clear();
         }
+        self.compute_dtype = Some(info.compute_dtype.clone());
         if self.json {
             self.emit("loaded", info);
             return;
         }
         self.note(&format!(
-            "mlxsup: loaded {} in {} ms: MLX holds {} (peak {})",
+            "mlxsup: loaded {} in {} ms on the {}, computing in {}: MLX holds {} (peak {})",
             info.architecture,
             info.load_ms,
+            info.device,
+            info.compute_dtype,
             Bytes(info.active_bytes),
             Bytes(info.peak_bytes)
         ));
@@ -203,6 +216,7 @@ impl Output {
                 estimate_bytes: u64,
                 max_footprint_bytes: u64,
                 telemetry_samples: u64,
+                compute_dtype: Option<&'a str>,
             }
             self.emit(
                 "done",
@@ -211,6 +225,7 @@ impl Output {
                     estimate_bytes,
                     max_footprint_bytes: self.max_footprint,
                     telemetry_samples: self.samples,
+                    compute_dtype: self.compute_dtype.as_deref(),
                 },
             );
             return;
@@ -224,12 +239,13 @@ impl Output {
             String::new()
         };
         self.note(&format!(
-            "mlxsup: {} prompt tokens at {:.1} tok/s, {} generated at {:.1} tok/s ({}); MLX peak {} vs estimate {}{ratio}; footprint peak {} over {} samples",
+            "mlxsup: {} prompt tokens at {:.1} tok/s, {} generated at {:.1} tok/s ({}{}); MLX peak {} vs estimate {}{ratio}; footprint peak {} over {} samples",
             d.prompt_tokens,
             d.prompt_tps,
             d.generated_tokens,
             d.generation_tps,
             serde_json::to_value(d.finish).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
+            self.compute_dtype.as_deref().map(|c| format!(", {c}")).unwrap_or_default(),
             Bytes(d.peak_bytes),
             Bytes(estimate_bytes),
             Bytes(self.max_footprint),

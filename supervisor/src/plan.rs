@@ -5,7 +5,7 @@
 use std::{path::Path, time::Duration};
 
 use estimate::{Bytes, Estimate, Model, Verdict};
-use protocol::{Device, Failure, FailureKind, Fault, Limits, LoadRequest, Remedy};
+use protocol::{ComputePolicy, Device, Failure, FailureKind, Fault, Limits, LoadRequest, Remedy};
 
 use crate::supervise::{self, report, runtime_dir, ReportContext, SpawnOptions};
 
@@ -32,6 +32,8 @@ pub struct PlanRequest {
     pub load_fault: Option<Fault>,
     /// The MLX device to run on.
     pub device: Device,
+    /// `--compute`: the compute-dtype policy.
+    pub compute: ComputePolicy,
 }
 
 impl PlanRequest {
@@ -48,6 +50,7 @@ impl PlanRequest {
             telemetry_ms: 100,
             load_fault: None,
             device: Device::Default,
+            compute: ComputePolicy::Auto,
         }
     }
 }
@@ -59,6 +62,8 @@ pub struct Plan {
     pub spawn: SpawnOptions,
     pub report: ReportContext,
     pub load: LoadRequest,
+    /// Why `auto` kept the native dtype on the CPU, in one line (None otherwise).
+    pub compute_note: Option<String>,
 }
 
 impl Plan {
@@ -87,23 +92,43 @@ pub fn open_runnable(model: &Path) -> Result<Model, String> {
     Ok(m)
 }
 
-/// The estimate of `model` at `context` within `budget`.
+/// The estimate of `model` at `context` within `budget`, at the native dtype.
 pub fn estimate(model: &Model, context: Option<u64>, prefill_chunk: u64, budget: u64) -> Estimate {
-    estimate::estimate(model, &estimate_request(context, prefill_chunk, budget))
+    estimate_at(model, context, prefill_chunk, budget, false)
 }
 
-fn estimate_request(context: Option<u64>, prefill_chunk: u64, budget: u64) -> estimate::Request {
+/// [`estimate`], at f32 compute when `f32`.
+pub fn estimate_at(
+    model: &Model,
+    context: Option<u64>,
+    prefill_chunk: u64,
+    budget: u64,
+    f32: bool,
+) -> Estimate {
+    estimate::estimate(
+        model,
+        &estimate_request(context, prefill_chunk, budget, f32),
+    )
+}
+
+fn estimate_request(
+    context: Option<u64>,
+    prefill_chunk: u64,
+    budget: u64,
+    compute_f32: bool,
+) -> estimate::Request {
     estimate::Request {
         context,
         prefill_chunk,
         budget: Bytes(budget),
+        compute_f32,
         ..Default::default()
     }
 }
 
 /// Plans `model` for `req`.
 pub fn plan(model: &Model, req: &PlanRequest) -> Plan {
-    let est = estimate(model, req.context, req.prefill_chunk, req.budget);
+    let (compute, est, compute_note) = crate::compute::choose(model, req);
     let context = est.kv_cache.context;
     let budget = est.budget_bytes;
     let remedy = Remedy {
@@ -145,12 +170,14 @@ pub fn plan(model: &Model, req: &PlanRequest) -> Plan {
         telemetry_interval_ms: req.telemetry_ms.max(1),
         fault: req.load_fault,
         device: req.device,
+        compute,
     };
     Plan {
         estimate: est,
         spawn,
         report,
         load,
+        compute_note,
     }
 }
 
@@ -158,7 +185,7 @@ pub fn plan(model: &Model, req: &PlanRequest) -> Plan {
 pub fn largest_context(model: &Model, est: &Estimate, req: &PlanRequest) -> Option<u64> {
     estimate::request::largest_context_within(
         model,
-        &estimate_request(None, req.prefill_chunk, req.budget),
+        &estimate_request(None, req.prefill_chunk, req.budget, est.weights.compute_f32),
         est.weights.bytes,
         est.kv_cache.context,
         req.budget,
@@ -193,7 +220,13 @@ pub fn check_length(
             ),
         ),
         _ => {
-            let wider = estimate(model, Some(needed), req.prefill_chunk, req.budget);
+            let wider = estimate_at(
+                model,
+                Some(needed),
+                req.prefill_chunk,
+                req.budget,
+                est.weights.compute_f32,
+            );
             let advice = if wider.verdict == Verdict::DoesNotFit {
                 format!(
                     "at context {needed} it needs {} of the {} budget: shorten the prompt or --max-tokens",

@@ -4,7 +4,9 @@
 use std::{path::PathBuf, time::Duration};
 
 use estimate::{Bytes, Estimate, Verdict, DEFAULT_PREFILL_CHUNK};
-use protocol::{Device, Event, Failure, FailureKind, Fault, FaultPoint, Reply, Request};
+use protocol::{
+    ComputePolicy, Device, Event, Failure, FailureKind, Fault, FaultPoint, Reply, Request,
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -43,6 +45,10 @@ pub struct RunArgs {
     /// The MLX device: gpu, cpu or default (on a CPU-only build, gpu is the CPU).
     #[arg(long, default_value = "default", value_parser = Device::parse)]
     pub device: Device,
+    /// The compute dtype on the CPU: auto (f32 when it fits the budget, else native),
+    /// native, or f32 (upcast; quantized weights dequantized once at load).
+    #[arg(long, default_value = "auto", value_parser = ComputePolicy::parse)]
+    pub compute: ComputePolicy,
     /// Tests: make the worker fail on purpose (KIND@PHASE, see docs/CONTRACT.md).
     #[arg(long, hide = true, value_parser = parse_fault)]
     pub inject_fault: Option<Fault>,
@@ -73,6 +79,7 @@ impl RunArgs {
             json: false,
             prefill_chunk: DEFAULT_PREFILL_CHUNK,
             device: Device::Default,
+            compute: ComputePolicy::Auto,
             inject_fault: None,
             heartbeat_timeout_ms: 10_000,
             stall_timeout_ms: supervise::DEFAULT_STALL.as_millis() as u64,
@@ -153,6 +160,7 @@ pub fn preflight(args: &RunArgs) -> Result<Preflight, (Outcome, String)> {
         telemetry_ms: args.telemetry_ms,
         load_fault: args.faults().0,
         device: args.device,
+        compute: args.compute,
         ..PlanRequest::new(budget.bytes.0)
     };
     Ok(Preflight {
@@ -209,6 +217,9 @@ pub async fn execute(args: &RunArgs, out: &mut Output) -> Outcome {
         }
     };
     out.estimate(&plan.estimate);
+    if let Some(n) = &plan.compute_note {
+        out.note_event(n);
+    }
     // The prompt, tokenized as the worker will: with what is asked, it must fit the
     // context the estimate was made for.
     let prompt_tokens = match text.count_prompt_tokens(&prompt) {

@@ -55,6 +55,7 @@ fn load_then_sampling(
         telemetry_interval_ms: 1000,
         fault: None,
         device: protocol::Device::Default,
+        compute: protocol::ComputeDtype::Native,
     });
     let reply = match call(1, load) {
         Reply::Loaded(_) => {

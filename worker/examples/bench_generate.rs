@@ -3,7 +3,7 @@
 //! `scripts/bench_mlx_lm.py` measures mlx-lm the same way (same prompt ids, same clocks).
 //!
 //! cargo run --release -p mlxsup-worker --example bench_generate -- MODEL_DIR \
-//!     [--prompt 128] [--gen 128] [--runs 3] [--prefill-chunk 2048]
+//!     [--prompt 128] [--gen 128] [--runs 3] [--prefill-chunk 2048] [--f32]
 //!
 //! Prints one JSON object per run, then a summary with the medians. With `--make ARCH`
 //! (and `--hidden`, `--layers`, … as `mlxsup make-model`) it first writes the model.
@@ -51,6 +51,9 @@ struct Args {
     quant_bits: Option<u32>,
     #[arg(long, default_value_t = 64)]
     group_size: u32,
+    /// Compute in f32 (weights upcast, quantized ones dequantized at load).
+    #[arg(long)]
+    f32: bool,
 }
 
 struct Quiet;
@@ -104,6 +107,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         &args.model,
         &LoadOptions {
             prefill_chunk: args.prefill_chunk,
+            f32: args.f32,
         },
         &mut Quiet,
     )?;

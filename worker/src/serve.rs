@@ -349,6 +349,7 @@ impl Worker {
             }
             let opts = LoadOptions {
                 prefill_chunk: (req.prefill_chunk as usize).max(1),
+                f32: req.compute == protocol::ComputeDtype::F32,
             };
             let mut hooks = StepHooks {
                 link: &self.link,
@@ -371,6 +372,7 @@ impl Worker {
                     peak_bytes: mlx_rs::memory::peak_memory().unwrap_or(0) as u64,
                     vocab_size: engine.vocab_size(),
                     device: mlx_info::device_name(),
+                    compute_dtype: engine.compute_dtype(),
                 };
                 self.engine = Some(engine);
                 self.load = Some(req);

@@ -2,7 +2,9 @@
 """Reference generations with mlx-lm, for worker/tests/reference_mlx_lm.rs.
 
 Reads a JSON list of jobs on stdin; each job: {"model": dir, "prompt_text": str,
-"prompt_tokens": [int], "max_tokens": int, "prefill_step": int, "chat": [messages]?}.
+"prompt_tokens": [int], "max_tokens": int, "prefill_step": int, "chat": [messages]?, "f32": bool?}. With "f32", the model is
+converted to f32 in memory as `mlx_lm.convert --dequantize --dtype float32` would
+(quantized layers dequantized, then every float parameter cast to float32).
 Writes a JSON list of results: {"prompt_tokens": [...] (mlx-lm's tokenization of
 prompt_text), "tokens": [...] (greedy, eos ignored), "first_logprobs": [...],
 "chat_tokens": [...]?}. Generation is fed `prompt_tokens`, so the token comparison
@@ -14,11 +16,15 @@ import sys
 
 import mlx.core as mx
 from mlx_lm import load
+from mlx_lm.utils import dequantize_model
 from mlx_lm.generate import generate_step
 
 
 def run(job):
     model, tokenizer = load(job["model"])
+    if job.get("f32"):
+        model = dequantize_model(model)
+        model.set_dtype(mx.float32)
     out = {"prompt_tokens": tokenizer.encode(job["prompt_text"])}
     if job.get("chat"):
         chat = tokenizer.apply_chat_template(job["chat"], add_generation_prompt=True)

@@ -24,6 +24,8 @@ pub async fn admit(
     model: &Model,
     context: Option<u64>,
     force: bool,
+    device: protocol::Device,
+    compute: protocol::ComputePolicy,
 ) -> Result<Plan, protocol::Failure> {
     let mut evicted = Vec::new();
     let mut refused: Vec<std::path::PathBuf> = Vec::new();
@@ -34,6 +36,8 @@ pub async fn admit(
         let free = shared.budget.saturating_sub(held);
         let req = PlanRequest {
             context,
+            device,
+            compute,
             ..PlanRequest::new(free)
         };
         let plan = plan::plan(model, &req);

@@ -156,6 +156,7 @@ struct LoadSettings {
     force: bool,
     fault: Option<Fault>,
     device: Device,
+    compute: protocol::ComputePolicy,
 }
 
 /// The model as read for its load: a prompt's length is counted and checked with it.
@@ -320,6 +321,7 @@ impl Actor {
                             force: job.req.force,
                             fault: None,
                             device: job.req.device,
+                            compute: job.req.compute,
                         };
                     }
                     if let Some(k) = job.req.keep_alive {
@@ -349,6 +351,7 @@ impl Actor {
                             force: req.force,
                             fault: req.fault,
                             device: req.device,
+                            compute: req.compute,
                         };
                         self.backoff_until = None;
                         self.start_load(Some(resp.clone()));
@@ -861,7 +864,16 @@ async fn load(
     };
     // One admission at a time, held through the load: what it admits is then counted.
     let _admitting = shared.admission.lock().await;
-    let plan = match admission::admit(&shared, &dir, &model, settings.context, settings.force).await
+    let plan = match admission::admit(
+        &shared,
+        &dir,
+        &model,
+        settings.context,
+        settings.force,
+        settings.device,
+        settings.compute,
+    )
+    .await
     {
         Ok(p) => p,
         Err(f) => return Loaded::Refused(Box::new(f)),
@@ -871,6 +883,9 @@ async fn load(
     plan.load.device = settings.device;
     if let (Some(r), Ok(json)) = (&events, serde_json::to_string(&plan.estimate)) {
         r.event(ControlEvent::Estimate { json });
+    }
+    if let (Some(r), Some(note)) = (&events, &plan.compute_note) {
+        r.event(ControlEvent::Note(note.clone()));
     }
     tracing::info!(model = %dir.display(), estimate = plan.estimate.total_bytes, "spawning a worker");
     let worker = match WorkerHandle::spawn(plan.spawn.clone(), plan.report.clone()).await {

@@ -73,6 +73,21 @@ impl QuantMatrix {
         }))
     }
 
+    /// The dense matrix (MLX's own `dequantize`), evaluated once: for f32 compute.
+    fn dequantized(&self, prefix: &str) -> Result<Array, WorkerError> {
+        let w = ops::dequantize(
+            &self.w,
+            &self.scales,
+            self.biases.as_ref(),
+            self.params.group_size,
+            self.params.bits,
+        )
+        .and_then(|w| w.as_dtype(mlx_rs::Dtype::Float32))
+        .ctx(&format!("dequantizing {prefix}"))?;
+        w.eval().ctx(&format!("dequantizing {prefix}"))?;
+        Ok(w)
+    }
+
     fn matmul_t(&self, x: &Array) -> R<Array> {
         ops::quantized_matmul(
             x,
@@ -88,8 +103,22 @@ impl QuantMatrix {
 
 /// `nn.Linear` or `nn.QuantizedLinear`.
 pub enum Linear {
-    Dense { w: Array, bias: Option<Array> },
-    Quant { q: QuantMatrix, bias: Option<Array> },
+    Dense {
+        w: Array,
+        bias: Option<Array>,
+    },
+    Quant {
+        q: QuantMatrix,
+        bias: Option<Array>,
+    },
+    /// f32 compute: `W^T` stored row-contiguous, so that `x @ W^T` is OpenBLAS' SGEMM
+    /// without a transpose; with `W` transposed on the fly, OpenBLAS packs (copies) the
+    /// whole weight matrix on every decode step (`sgemm_incopy`, 40% of a decode
+    /// profile). Measured: generation +30% (BENCHMARKS.md §6).
+    DenseT {
+        wt: Array,
+        bias: Option<Array>,
+    },
 }
 
 impl Linear {
@@ -108,9 +137,19 @@ impl Linear {
             None
         };
         if let Some(q) = QuantMatrix::take(store, prefix, cfg, in_dim)? {
+            if store.f32() {
+                let wt = transposed(q.dequantized(prefix)?, prefix)?;
+                return Ok(Linear::DenseT { wt, bias: b });
+            }
             return Ok(Linear::Quant { q, bias: b });
         }
         let w = store.take_shaped(&format!("{prefix}.weight"), &[out_dim, in_dim])?;
+        if store.f32() {
+            return Ok(Linear::DenseT {
+                wt: transposed(w, prefix)?,
+                bias: b,
+            });
+        }
         Ok(Linear::Dense { w, bias: b })
     }
 
@@ -119,6 +158,8 @@ impl Linear {
         match self {
             Linear::Dense { w, bias: Some(b) } => ops::addmm(b, x, w.t(), None, None),
             Linear::Dense { w, bias: None } => x.matmul(w.t()),
+            Linear::DenseT { wt, bias: Some(b) } => ops::addmm(b, x, wt, None, None),
+            Linear::DenseT { wt, bias: None } => x.matmul(wt),
             Linear::Quant { q, bias } => {
                 let y = q.matmul_t(x)?;
                 match bias {
@@ -129,10 +170,17 @@ impl Linear {
         }
     }
 
+    /// Whether the matrix is kept quantized.
+    pub fn is_quantized(&self) -> bool {
+        matches!(self, Linear::Quant { .. })
+    }
+
     /// Bytes held.
     pub fn nbytes(&self) -> usize {
         match self {
-            Linear::Dense { w, bias } => w.nbytes() + bias.as_ref().map_or(0, Array::nbytes),
+            Linear::Dense { w, bias } | Linear::DenseT { wt: w, bias } => {
+                w.nbytes() + bias.as_ref().map_or(0, Array::nbytes)
+            }
             Linear::Quant { q, bias } => {
                 q.w.nbytes()
                     + q.scales.nbytes()
@@ -141,6 +189,13 @@ impl Linear {
             }
         }
     }
+}
+
+/// `w.T`, materialized row-contiguous (the original is freed).
+fn transposed(w: Array, prefix: &str) -> Result<Array, WorkerError> {
+    let wt = w.t().contiguous().ctx(&format!("transposing {prefix}"))?;
+    wt.eval().ctx(&format!("transposing {prefix}"))?;
+    Ok(wt)
 }
 
 /// `nn.Embedding` or `nn.QuantizedEmbedding`.
@@ -157,6 +212,9 @@ impl Embedding {
         cfg: &ModelConfig,
     ) -> Result<Embedding, WorkerError> {
         if let Some(q) = QuantMatrix::take(store, prefix, cfg, cfg.hidden_size)? {
+            if store.f32() {
+                return Ok(Embedding::Dense(q.dequantized(prefix)?));
+            }
             return Ok(Embedding::Quant(q));
         }
         Ok(Embedding::Dense(store.take_shaped(

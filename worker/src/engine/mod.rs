@@ -38,6 +38,8 @@ pub use tokenizer::{StreamDecoder, Tokenizer};
 pub struct LoadOptions {
     /// Prompt tokens per prefill step.
     pub prefill_chunk: usize,
+    /// Compute in f32: f16/bf16 weights upcast, quantized weights dequantized at load.
+    pub f32: bool,
 }
 
 /// What the serve loop is told, and asked, while the engine works.
@@ -86,8 +88,9 @@ impl Engine {
         let cfg = ModelConfig::load(dir)?;
         let tokenizer = Tokenizer::load(dir)?;
         let prompts = chat::TokenizerConfig::load(dir)?;
-        let mut store =
-            weights::WeightStore::open(dir, &mut |done, total| hooks.progress(done, total))?;
+        let mut store = weights::WeightStore::open(dir, opts.f32, &mut |done, total| {
+            hooks.progress(done, total)
+        })?;
         let mut cfg = cfg;
         if cfg.eos_token_ids.is_empty() {
             if let Some(id) = prompts
@@ -108,6 +111,7 @@ impl Engine {
             prompts,
             opts: LoadOptions {
                 prefill_chunk: opts.prefill_chunk.max(1),
+                f32: opts.f32,
             },
             weight_bytes,
             first_logprobs: None,
@@ -117,6 +121,11 @@ impl Engine {
     /// The config's `model_type`.
     pub fn architecture(&self) -> &str {
         &self.model.cfg.model_type
+    }
+
+    /// The dtype it computes in (`float32`, `bfloat16 (quantized)`).
+    pub fn compute_dtype(&self) -> String {
+        self.model.compute_dtype()
     }
 
     /// Bytes of weights held by MLX.

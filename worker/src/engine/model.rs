@@ -309,4 +309,29 @@ impl Model {
     pub fn dtype(&self) -> mlx_rs::Dtype {
         self.embed.dtype()
     }
+
+    /// Whether any matrix is kept quantized.
+    pub fn is_quantized(&self) -> bool {
+        matches!(self.embed, super::layers::Embedding::Quant(_))
+            || self.lm_head.as_ref().is_some_and(Linear::is_quantized)
+            || self
+                .layers
+                .iter()
+                .any(|l| l.mlp.down_proj.is_quantized() || l.attn.q_proj.is_quantized())
+    }
+
+    /// The compute dtype as reported (`float32`, `bfloat16 (quantized)`).
+    pub fn compute_dtype(&self) -> String {
+        let name = match self.dtype() {
+            mlx_rs::Dtype::Float32 => "float32",
+            mlx_rs::Dtype::Bfloat16 => "bfloat16",
+            mlx_rs::Dtype::Float16 => "float16",
+            _ => "other",
+        };
+        if self.is_quantized() {
+            format!("{name} (quantized)")
+        } else {
+            name.to_string()
+        }
+    }
 }

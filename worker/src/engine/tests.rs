@@ -61,7 +61,10 @@ fn tiny(dir: &Path) -> Engine {
     crate::make_model::make_model(&spec).unwrap();
     Engine::load(
         dir,
-        &LoadOptions { prefill_chunk: 4 },
+        &LoadOptions {
+            prefill_chunk: 4,
+            f32: false,
+        },
         &mut Record::default(),
     )
     .unwrap()
@@ -229,7 +232,10 @@ fn load_errors_are_structured() {
     .unwrap();
     let err = Engine::load(
         tmp.path(),
-        &LoadOptions { prefill_chunk: 8 },
+        &LoadOptions {
+            prefill_chunk: 8,
+            f32: false,
+        },
         &mut Record::default(),
     )
     .err()
@@ -246,7 +252,10 @@ fn load_errors_are_structured() {
     std::fs::remove_file(tmp.path().join("model.safetensors")).unwrap();
     let err = Engine::load(
         tmp.path(),
-        &LoadOptions { prefill_chunk: 8 },
+        &LoadOptions {
+            prefill_chunk: 8,
+            f32: false,
+        },
         &mut Record::default(),
     )
     .err()
@@ -328,7 +337,10 @@ fn sharded_weights_load_like_a_single_file() {
     .unwrap();
     let mut sharded = Engine::load(
         tmp.path(),
-        &LoadOptions { prefill_chunk: 4 },
+        &LoadOptions {
+            prefill_chunk: 4,
+            f32: false,
+        },
         &mut Record::default(),
     )
     .unwrap();

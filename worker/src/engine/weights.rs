@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use mlx_rs::Array;
+use mlx_rs::{Array, Dtype};
 use protocol::WorkerError;
 
 use super::error::load_failed;
@@ -12,6 +12,7 @@ use super::error::load_failed;
 pub struct WeightStore {
     map: HashMap<String, Array>,
     dir: PathBuf,
+    f32: bool,
 }
 
 /// The safetensors files of `dir`: those the index names, else `model*.safetensors`,
@@ -81,8 +82,12 @@ fn listed_weight_files(dir: &Path) -> Result<Vec<PathBuf>, WorkerError> {
 
 impl WeightStore {
     /// Opens every weight file of `dir`; `progress(done, total)` is told the bytes read.
+    /// With `f32`, f16 and bf16 tensors are upcast as they are read (one tensor at a
+    /// time, so the peak is the f32 weights plus one tensor), and [`WeightStore::f32`]
+    /// tells the layers to dequantize quantized matrices.
     pub fn open(
         dir: &Path,
+        f32: bool,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<WeightStore, WorkerError> {
         let files = weight_files(dir)?;
@@ -99,6 +104,19 @@ impl WeightStore {
                 load_failed(format!("cannot read weights from {}: {e}", file.display()))
             })?;
             for (name, array) in arrays {
+                // Scales and biases of quantized matrices stay as stored: `dequantize` gives
+                // the checkpoint's dtype, then upcast, as mlx-lm's `dequantize_model`.
+                let quant_part = name.ends_with(".scales") || name.ends_with(".biases");
+                let array = if f32
+                    && !quant_part
+                    && matches!(array.dtype(), Dtype::Float16 | Dtype::Bfloat16)
+                {
+                    array.as_dtype(Dtype::Float32).map_err(|e| {
+                        load_failed(format!("cannot upcast tensor {name} to f32: {e}"))
+                    })?
+                } else {
+                    array
+                };
                 array.eval().map_err(|e| {
                     load_failed(format!(
                         "cannot read tensor {name} of {}: {e}",
@@ -113,7 +131,13 @@ impl WeightStore {
         Ok(WeightStore {
             map,
             dir: dir.to_path_buf(),
+            f32,
         })
+    }
+
+    /// Whether the model is built for f32 compute (quantized matrices dequantized).
+    pub fn f32(&self) -> bool {
+        self.f32
     }
 
     /// True if the tensor is present.

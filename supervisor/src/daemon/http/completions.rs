@@ -129,6 +129,7 @@ fn request(
         keep_alive: None,
         force: false,
         device: Device::Default,
+        compute: protocol::ComputePolicy::Auto,
     })
 }
 
