@@ -247,6 +247,9 @@ fn the_imported_weights_take_4_bit_space_in_mlx_memory() {
         "--context",
         "64",
         "--json",
+        // The weights as stored (on the CPU, `auto` would compute in f32).
+        "--compute",
+        "native",
     ]);
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     let loaded = run.named("loaded");
