@@ -309,15 +309,7 @@ pub fn import(
     if let Some(b) = bar {
         b.finish_and_clear();
     }
-    let _ = std::fs::remove_dir(dir);
-    let kept = tmp.keep();
-    std::fs::rename(&kept, dir).map_err(|e| {
-        let _ = std::fs::remove_dir_all(&kept);
-        (
-            Exit::Internal,
-            format!("cannot move the model into {}: {e}", dir.display()),
-        )
-    })?;
+    crate::make_model::move_into_place(tmp, dir)?;
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
 }
