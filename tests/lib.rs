@@ -128,7 +128,9 @@ pub fn mlxsup(args: &[&str]) -> Run {
     mlxsup_env(args, &[])
 }
 
-pub fn mlxsup_env(args: &[&str], env: &[(&str, &str)]) -> Run {
+/// `mlxsup ARGS` with a fresh private runtime dir (kept alive by the returned guard),
+/// stdin closed, stdout and stderr piped.
+fn mlxsup_command(args: &[&str]) -> (Command, tempfile::TempDir) {
     let runtime_dir = tempfile::Builder::new()
         .prefix("rt")
         .tempdir_in("/tmp")
@@ -140,6 +142,11 @@ pub fn mlxsup_env(args: &[&str], env: &[(&str, &str)]) -> Run {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    (cmd, runtime_dir)
+}
+
+pub fn mlxsup_env(args: &[&str], env: &[(&str, &str)]) -> Run {
+    let (mut cmd, runtime_dir) = mlxsup_command(args);
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -280,18 +287,8 @@ pub struct GuardedRun {
 #[allow(clippy::zombie_processes)] // Reaped by `wait4` below, not by `Child::wait`.
 pub fn mlxsup_guarded(args: &[&str], env: &[(&str, &str)], limit: Duration) -> GuardedRun {
     use std::os::unix::process::CommandExt;
-    let runtime_dir = tempfile::Builder::new()
-        .prefix("rt")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let mut cmd = Command::new(bin("mlxsup"));
-    cmd.args(args)
-        .env("MLXSUP_RUNTIME_DIR", runtime_dir.path().join("r"))
-        .env_remove("LD_LIBRARY_PATH")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
+    let (mut cmd, _runtime_dir) = mlxsup_command(args);
+    cmd.process_group(0);
     for (k, v) in env {
         cmd.env(k, v);
     }
