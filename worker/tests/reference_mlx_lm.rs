@@ -158,27 +158,13 @@ fn greedy_tokens_match_mlx_lm() {
         .unwrap();
         let prompt = engine.prompt_ids(&Prompt::Text(PROMPT.into())).unwrap();
         let chat_ids = engine.prompt_ids(&Prompt::Chat(chat.clone())).unwrap();
-        let req = GenerateRequest {
-            prompt: Prompt::Tokens(prompt.clone()),
-            max_tokens: MAX_TOKENS,
-            sampling: Sampling::default(),
-            stop: vec![],
-            fault: None,
-        };
-        let opts = GenerateOptions {
-            ignore_eos: true,
-            keep_first_logprobs: true,
-        };
-        let mut hooks = Collect(vec![]);
-        let done = engine.generate_with(&req, &opts, &mut hooks).unwrap();
-        assert_eq!(done.generated_tokens, MAX_TOKENS, "{}", case.name);
-        let logprobs = engine.first_logprobs().unwrap().to_vec();
+        let (tokens, logprobs) = generate(&mut engine, &prompt);
         jobs.push(json!({
             "model": case.dir, "prompt_text": PROMPT, "prompt_tokens": prompt,
             "max_tokens": MAX_TOKENS, "prefill_step": PREFILL_CHUNK,
             "chat": [{"role": "user", "content": chat[0].content}],
         }));
-        ours.push((prompt, chat_ids, hooks.0, logprobs));
+        ours.push((prompt, chat_ids, tokens, logprobs));
     }
     let reference = run_python(&Value::Array(jobs));
 
@@ -258,8 +244,15 @@ fn greedy(dir: &Path, f32: bool) -> (Vec<u32>, Vec<u32>, Vec<f32>, String) {
     )
     .unwrap();
     let prompt = engine.prompt_ids(&Prompt::Text(PROMPT.into())).unwrap();
+    let (tokens, lp) = generate(&mut engine, &prompt);
+    (prompt, tokens, lp, engine.compute_dtype())
+}
+
+/// `MAX_TOKENS` greedy tokens from `prompt`, eos ignored, and the first step's
+/// log-probabilities.
+fn generate(engine: &mut Engine, prompt: &[u32]) -> (Vec<u32>, Vec<f32>) {
     let req = GenerateRequest {
-        prompt: Prompt::Tokens(prompt.clone()),
+        prompt: Prompt::Tokens(prompt.to_vec()),
         max_tokens: MAX_TOKENS,
         sampling: Sampling::default(),
         stop: vec![],
@@ -270,9 +263,9 @@ fn greedy(dir: &Path, f32: bool) -> (Vec<u32>, Vec<u32>, Vec<f32>, String) {
         keep_first_logprobs: true,
     };
     let mut hooks = Collect(vec![]);
-    engine.generate_with(&req, &opts, &mut hooks).unwrap();
-    let lp = engine.first_logprobs().unwrap().to_vec();
-    (prompt, hooks.0, lp, engine.compute_dtype())
+    let done = engine.generate_with(&req, &opts, &mut hooks).unwrap();
+    assert_eq!(done.generated_tokens, MAX_TOKENS);
+    (hooks.0, engine.first_logprobs().unwrap().to_vec())
 }
 
 #[test]
