@@ -108,6 +108,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         &LoadOptions {
             prefill_chunk: args.prefill_chunk,
             f32: args.f32,
+            matmul_lanes: 0,
         },
         &mut Quiet,
     )?;

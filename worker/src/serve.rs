@@ -350,6 +350,7 @@ impl Worker {
             let opts = LoadOptions {
                 prefill_chunk: (req.prefill_chunk as usize).max(1),
                 f32: req.compute == protocol::ComputeDtype::F32,
+                matmul_lanes: 0,
             };
             let mut hooks = StepHooks {
                 link: &self.link,

@@ -152,6 +152,7 @@ fn greedy_tokens_match_mlx_lm() {
             &LoadOptions {
                 prefill_chunk: PREFILL_CHUNK,
                 f32: false,
+                matmul_lanes: 0,
             },
             &mut Collect(vec![]),
         )
@@ -239,6 +240,7 @@ fn greedy(dir: &Path, f32: bool) -> (Vec<u32>, Vec<u32>, Vec<f32>, String) {
         &LoadOptions {
             prefill_chunk: PREFILL_CHUNK,
             f32,
+            matmul_lanes: 0,
         },
         &mut Collect(vec![]),
     )

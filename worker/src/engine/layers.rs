@@ -11,11 +11,13 @@ use protocol::WorkerError;
 
 use super::config::{ModelConfig, QuantParams, RopeKind};
 use super::error::{load_failed, MlxResultExt};
+use super::parallel::{self, Lanes};
 use super::weights::WeightStore;
 
 type R<T> = Result<T, Exception>;
 
 /// An affine-quantized matrix (`mx.quantize` layout: packed `uint32` weight, scales, biases).
+#[derive(Clone)]
 pub struct QuantMatrix {
     pub w: Array,
     pub scales: Array,
@@ -88,6 +90,20 @@ impl QuantMatrix {
         Ok(w)
     }
 
+    /// Rows `r` of the matrix (views of the packed weight, scales and biases).
+    fn rows(&self, r: (i32, i32)) -> R<QuantMatrix> {
+        Ok(QuantMatrix {
+            w: parallel::rows(&self.w, r)?,
+            scales: parallel::rows(&self.scales, r)?,
+            biases: self
+                .biases
+                .as_ref()
+                .map(|b| parallel::rows(b, r))
+                .transpose()?,
+            params: self.params,
+        })
+    }
+
     fn matmul_t(&self, x: &Array) -> R<Array> {
         ops::quantized_matmul(
             x,
@@ -119,6 +135,12 @@ pub enum Linear {
         wt: Array,
         bias: Option<Array>,
     },
+    /// Native dtype on the CPU device: `Dense` or `Quant` parts, views of one matrix cut
+    /// by output rows, run on one CPU stream each ([`parallel`]).
+    Split {
+        parts: Vec<Linear>,
+        lanes: Lanes,
+    },
 }
 
 impl Linear {
@@ -141,7 +163,9 @@ impl Linear {
                 let wt = transposed(q.dequantized(prefix)?, prefix)?;
                 return Ok(Linear::DenseT { wt, bias: b });
             }
-            return Ok(Linear::Quant { q, bias: b });
+            return Linear::Quant { q, bias: b }
+                .split(store.lanes(), out_dim, in_dim)
+                .ctx(&format!("splitting {prefix}"));
         }
         let w = store.take_shaped(&format!("{prefix}.weight"), &[out_dim, in_dim])?;
         if store.f32() {
@@ -150,7 +174,43 @@ impl Linear {
                 bias: b,
             });
         }
-        Ok(Linear::Dense { w, bias: b })
+        Linear::Dense { w, bias: b }
+            .split(store.lanes(), out_dim, in_dim)
+            .ctx(&format!("splitting {prefix}"))
+    }
+
+    /// A `Dense` or `Quant` matrix of `rows × cols`, cut for `lanes` when it is large
+    /// enough (else unchanged).
+    fn split(self, lanes: &Lanes, rows: i32, cols: i32) -> R<Linear> {
+        let Some(ranges) = lanes.ranges(rows, cols) else {
+            return Ok(self);
+        };
+        let bias_rows = |bias: &Option<Array>, r| bias.as_ref().map(|b| parallel::rows(b, r));
+        let parts = match &self {
+            Linear::Dense { w, bias } => ranges
+                .iter()
+                .map(|&r| {
+                    Ok(Linear::Dense {
+                        w: parallel::rows(w, r)?,
+                        bias: bias_rows(bias, r).transpose()?,
+                    })
+                })
+                .collect::<R<Vec<_>>>()?,
+            Linear::Quant { q, bias } => ranges
+                .iter()
+                .map(|&r| {
+                    Ok(Linear::Quant {
+                        q: q.rows(r)?,
+                        bias: bias_rows(bias, r).transpose()?,
+                    })
+                })
+                .collect::<R<Vec<_>>>()?,
+            _ => return Ok(self),
+        };
+        Ok(Linear::Split {
+            parts,
+            lanes: lanes.clone(),
+        })
     }
 
     /// `x @ W.T + b`, as mlx.nn does it (`addmm` when there is a bias).
@@ -167,12 +227,17 @@ impl Linear {
                     None => Ok(y),
                 }
             }
+            Linear::Split { parts, lanes } => lanes.run(parts.len(), |i| parts[i].forward(x)),
         }
     }
 
     /// Whether the matrix is kept quantized.
     pub fn is_quantized(&self) -> bool {
-        matches!(self, Linear::Quant { .. })
+        match self {
+            Linear::Quant { .. } => true,
+            Linear::Split { parts, .. } => parts.iter().any(Linear::is_quantized),
+            _ => false,
+        }
     }
 
     /// Bytes held.
@@ -187,6 +252,7 @@ impl Linear {
                     + q.biases.as_ref().map_or(0, Array::nbytes)
                     + bias.as_ref().map_or(0, Array::nbytes)
             }
+            Linear::Split { parts, .. } => parts.iter().map(Linear::nbytes).sum(),
         }
     }
 }
@@ -199,7 +265,13 @@ fn transposed(w: Array, prefix: &str) -> Result<Array, WorkerError> {
 }
 
 /// `nn.Embedding` or `nn.QuantizedEmbedding`.
-pub enum Embedding {
+pub struct Embedding {
+    table: Table,
+    /// The tied output projection cut for the CPU lanes: views of the table.
+    head: Option<Linear>,
+}
+
+enum Table {
     Dense(Array),
     Quant(QuantMatrix),
 }
@@ -211,23 +283,40 @@ impl Embedding {
         prefix: &str,
         cfg: &ModelConfig,
     ) -> Result<Embedding, WorkerError> {
-        if let Some(q) = QuantMatrix::take(store, prefix, cfg, cfg.hidden_size)? {
+        let (vocab, hidden) = (cfg.vocab_size, cfg.hidden_size);
+        let table = if let Some(q) = QuantMatrix::take(store, prefix, cfg, hidden)? {
             if store.f32() {
-                return Ok(Embedding::Dense(q.dequantized(prefix)?));
+                Table::Dense(q.dequantized(prefix)?)
+            } else {
+                Table::Quant(q)
             }
-            return Ok(Embedding::Quant(q));
+        } else {
+            Table::Dense(store.take_shaped(&format!("{prefix}.weight"), &[vocab, hidden])?)
+        };
+        // The head's parts are views: they cost no memory, used or not.
+        let head = match &table {
+            Table::Dense(w) if store.f32() || w.dtype() == mlx_rs::Dtype::Float32 => None,
+            Table::Dense(w) => Some(Linear::Dense {
+                w: w.clone(),
+                bias: None,
+            }),
+            Table::Quant(q) => Some(Linear::Quant {
+                q: q.clone(),
+                bias: None,
+            }),
         }
-        Ok(Embedding::Dense(store.take_shaped(
-            &format!("{prefix}.weight"),
-            &[cfg.vocab_size, cfg.hidden_size],
-        )?))
+        .map(|l| l.split(store.lanes(), vocab, hidden))
+        .transpose()
+        .ctx(&format!("splitting {prefix}"))?
+        .filter(|l| matches!(l, Linear::Split { .. }));
+        Ok(Embedding { table, head })
     }
 
     /// `weight[ids]` (dequantized for a quantized table).
     pub fn forward(&self, ids: &Array) -> R<Array> {
-        match self {
-            Embedding::Dense(w) => take_axis(w, ids, 0),
-            Embedding::Quant(q) => ops::dequantize(
+        match &self.table {
+            Table::Dense(w) => take_axis(w, ids, 0),
+            Table::Quant(q) => ops::dequantize(
                 take_axis(&q.w, ids, 0)?,
                 take_axis(&q.scales, ids, 0)?,
                 q.biases
@@ -243,25 +332,31 @@ impl Embedding {
 
     /// The tied output projection, `x @ weight.T`.
     pub fn as_linear(&self, x: &Array) -> R<Array> {
-        match self {
-            Embedding::Dense(w) => x.matmul(w.t()),
-            Embedding::Quant(q) => q.matmul_t(x),
+        match (&self.head, &self.table) {
+            (Some(head), _) => head.forward(x),
+            (None, Table::Dense(w)) => x.matmul(w.t()),
+            (None, Table::Quant(q)) => q.matmul_t(x),
         }
+    }
+
+    /// Whether the table is kept quantized.
+    pub fn is_quantized(&self) -> bool {
+        matches!(self.table, Table::Quant(_))
     }
 
     /// The dtype of the embedded vectors.
     pub fn dtype(&self) -> mlx_rs::Dtype {
-        match self {
-            Embedding::Dense(w) => w.dtype(),
-            Embedding::Quant(q) => q.scales.dtype(),
+        match &self.table {
+            Table::Dense(w) => w.dtype(),
+            Table::Quant(q) => q.scales.dtype(),
         }
     }
 
-    /// Bytes held.
+    /// Bytes held (the head's views share the table's).
     pub fn nbytes(&self) -> usize {
-        match self {
-            Embedding::Dense(w) => w.nbytes(),
-            Embedding::Quant(q) => {
+        match &self.table {
+            Table::Dense(w) => w.nbytes(),
+            Table::Quant(q) => {
                 q.w.nbytes() + q.scales.nbytes() + q.biases.as_ref().map_or(0, Array::nbytes)
             }
         }

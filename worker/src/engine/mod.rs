@@ -16,6 +16,7 @@ mod generate;
 mod layers;
 mod memory;
 mod model;
+mod parallel;
 pub(crate) mod sample;
 mod stop;
 mod tokenizer;
@@ -40,6 +41,9 @@ pub struct LoadOptions {
     pub prefill_chunk: usize,
     /// Compute in f32: f16/bf16 weights upcast, quantized weights dequantized at load.
     pub f32: bool,
+    /// CPU streams a native-dtype matmul is split over (0: one per core on the CPU
+    /// device, or `MLXSUP_MATMUL_LANES`; 1: no split). See [`parallel`].
+    pub matmul_lanes: usize,
 }
 
 /// What the serve loop is told, and asked, while the engine works.
@@ -88,9 +92,15 @@ impl Engine {
         let cfg = ModelConfig::load(dir)?;
         let tokenizer = Tokenizer::load(dir)?;
         let prompts = chat::TokenizerConfig::load(dir)?;
+        let lanes = if opts.f32 {
+            parallel::Lanes::single()
+        } else {
+            parallel::Lanes::new(opts.matmul_lanes)
+        };
         let mut store = weights::WeightStore::open(dir, opts.f32, &mut |done, total| {
             hooks.progress(done, total)
-        })?;
+        })?
+        .with_lanes(lanes);
         let mut cfg = cfg;
         if cfg.eos_token_ids.is_empty() {
             if let Some(id) = prompts
@@ -111,7 +121,7 @@ impl Engine {
             prompts,
             opts: LoadOptions {
                 prefill_chunk: opts.prefill_chunk.max(1),
-                f32: opts.f32,
+                ..opts.clone()
             },
             weight_bytes,
             first_logprobs: None,

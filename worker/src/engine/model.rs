@@ -312,7 +312,7 @@ impl Model {
 
     /// Whether any matrix is kept quantized.
     pub fn is_quantized(&self) -> bool {
-        matches!(self.embed, super::layers::Embedding::Quant(_))
+        self.embed.is_quantized()
             || self.lm_head.as_ref().is_some_and(Linear::is_quantized)
             || self
                 .layers

@@ -64,6 +64,7 @@ fn tiny(dir: &Path) -> Engine {
         &LoadOptions {
             prefill_chunk: 4,
             f32: false,
+            matmul_lanes: 0,
         },
         &mut Record::default(),
     )
@@ -235,6 +236,7 @@ fn load_errors_are_structured() {
         &LoadOptions {
             prefill_chunk: 8,
             f32: false,
+            matmul_lanes: 0,
         },
         &mut Record::default(),
     )
@@ -255,6 +257,7 @@ fn load_errors_are_structured() {
         &LoadOptions {
             prefill_chunk: 8,
             f32: false,
+            matmul_lanes: 0,
         },
         &mut Record::default(),
     )
@@ -340,6 +343,7 @@ fn sharded_weights_load_like_a_single_file() {
         &LoadOptions {
             prefill_chunk: 4,
             f32: false,
+            matmul_lanes: 0,
         },
         &mut Record::default(),
     )

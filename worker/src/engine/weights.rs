@@ -7,12 +7,14 @@ use mlx_rs::{Array, Dtype};
 use protocol::WorkerError;
 
 use super::error::load_failed;
+use super::parallel::Lanes;
 
 /// The weights of a model folder, taken out one by one as the model is built.
 pub struct WeightStore {
     map: HashMap<String, Array>,
     dir: PathBuf,
     f32: bool,
+    lanes: Lanes,
 }
 
 /// The safetensors files of `dir`: those the index names, else `model*.safetensors`,
@@ -132,7 +134,19 @@ impl WeightStore {
             map,
             dir: dir.to_path_buf(),
             f32,
+            lanes: Lanes::single(),
         })
+    }
+
+    /// The CPU streams native-dtype matmuls are split over ([`Lanes`]).
+    pub fn with_lanes(mut self, lanes: Lanes) -> WeightStore {
+        self.lanes = lanes;
+        self
+    }
+
+    /// See [`WeightStore::with_lanes`].
+    pub fn lanes(&self) -> &Lanes {
+        &self.lanes
     }
 
     /// Whether the model is built for f32 compute (quantized matrices dequantized).
