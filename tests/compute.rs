@@ -211,3 +211,89 @@ fn the_estimator_counts_the_dequantized_weights_the_worker_holds() {
         one(&n, "loaded")["weight_bytes"]
     );
 }
+
+/// The f32 build's load peak (MLX's peak once the model is loaded) is what the estimate
+/// plans: the f32 weights plus `load_transient_bytes`, never more and at most 2% less,
+/// for dense and quantized checkpoints with untied (llama) and tied (qwen3) heads.
+#[test]
+fn the_f32_load_peak_is_the_planned_transient() {
+    let dir = tempfile::tempdir().unwrap();
+    for (arch, quant) in [
+        ("llama", None),
+        ("llama", Some("4")),
+        ("qwen3", None),
+        ("qwen3", Some("8")),
+    ] {
+        let model = dir
+            .path()
+            .join(format!("{arch}-{}", quant.unwrap_or("bf16")));
+        let m = model.to_str().unwrap();
+        let mut args = vec![
+            "make-model",
+            m,
+            "--arch",
+            arch,
+            "--hidden",
+            "256",
+            "--layers",
+            "3",
+            "--intermediate",
+            "768",
+            "--vocab",
+            "4096",
+        ];
+        if let Some(b) = quant {
+            args.extend_from_slice(&["--quant-bits", b]);
+        }
+        let made = mlxsup(&args);
+        assert_eq!(made.code, Some(0), "{}", made.stderr);
+        let r = mlxsup(&[
+            "run",
+            m,
+            "--json",
+            "--compute",
+            "f32",
+            "--prompt",
+            "hi",
+            "--max-tokens",
+            "2",
+            "--context",
+            "256",
+            "--budget",
+            "4GiB",
+        ]);
+        assert_eq!(r.code, Some(0), "{}", r.stderr);
+        let est = one(&r, "estimate");
+        let peak = one(&r, "loaded")["peak_bytes"].as_u64().unwrap();
+        let transient = est["load_transient_bytes"].as_u64().unwrap();
+        let planned = est["weights"]["bytes"].as_u64().unwrap() + transient;
+        assert!(transient > 0, "{m}: {est:#}");
+        assert!(
+            peak <= planned && peak * 100 >= planned * 98,
+            "{m}: load peak {peak} vs planned {planned}"
+        );
+        let total = est["total_bytes"].as_u64().unwrap();
+        assert!(total >= planned, "{m}: the total covers the load peak");
+    }
+}
+
+/// Under `--compute f32`, a model that does not fit is told to compute natively (a
+/// smaller quantization would not help: f32 compute dequantizes it).
+#[test]
+fn f32_that_does_not_fit_is_advised_the_native_dtype() {
+    let native = inspect(&["--compute", "native", "--budget", "8GiB"]);
+    let f32 = inspect(&["--compute", "f32", "--budget", "8GiB"]);
+    let (n, f) = (
+        native["total_bytes"].as_u64().unwrap(),
+        f32["total_bytes"].as_u64().unwrap(),
+    );
+    assert!(f > n, "f32 {f} vs native {n}");
+    let between = ((n + f) / 2).to_string();
+    let tight = inspect(&["--compute", "f32", "--budget", &between]);
+    assert_eq!(tight["verdict"], "does_not_fit", "{tight:#}");
+    let advice = tight["advice"].as_str().unwrap();
+    assert!(
+        advice.contains("--compute native") && !advice.contains("--quant-bits"),
+        "{advice}"
+    );
+}

@@ -5,7 +5,7 @@
 //! MLX-affine weight (`uint32`, with a `.scales` sibling) counts its unpacked elements at
 //! 4 bytes; its `.scales` and `.biases` are dropped. Without headers, the analytic dense
 //! figure at 4 bytes per element. Other quantization schemes: `None` (not modelled).
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use crate::dtype::Dtype;
 use crate::model::Model;
@@ -37,12 +37,76 @@ pub fn f32_weight_bytes(model: &Model) -> Option<u64> {
         };
         return Some(dense / elem * 4);
     }
+    f32_matrices(model, bits, overrides).map(|m| m.iter().map(|t| t.f32_bytes).sum())
+}
+
+/// The f32 build's load transient, on top of the f32 weights (measured in the worker):
+/// the largest matrix it transposes once more — a dense matrix while it is transposed
+/// for the BLAS, a quantized one while its dequantized blocks are joined, with its
+/// quantized tensors still held and one block's working space. A tied embedding table is
+/// not transposed (it is looked up by rows). Freed before the first token, so the peak
+/// is the larger of this and the KV cache with activations.
+pub fn f32_load_transient_bytes(model: &Model) -> u64 {
+    let (bits, overrides) = match &model.quantization {
+        Quantization::MlxAffine {
+            bits, overrides, ..
+        } => (*bits, &overrides[..]),
+        _ => (0, &[][..]),
+    };
+    match f32_matrices(model, bits, overrides) {
+        Some(m) if !model.shards.is_empty() => {
+            let tied = !m.iter().any(|t| t.name.ends_with("lm_head.weight"));
+            m.iter()
+                .filter(|t| t.matrix && !(tied && t.name.ends_with("embed_tokens.weight")))
+                .map(|t| {
+                    let block = if t.quant_bytes > 0 {
+                        DEQUANT_BLOCK_BYTES.min(t.f32_bytes)
+                    } else {
+                        0
+                    };
+                    t.f32_bytes + t.quant_bytes + block
+                })
+                .max()
+                .unwrap_or(0)
+        }
+        _ => {
+            let d = &model.activation;
+            d.vocab
+                .max(d.intermediate)
+                .saturating_mul(d.hidden)
+                .saturating_mul(4)
+        }
+    }
+}
+
+/// The worker dequantizes in blocks of 65536 elements: one block at f32.
+const DEQUANT_BLOCK_BYTES: u64 = (1 << 16) * 4;
+
+/// One weight tensor as the f32 build holds it.
+struct F32Tensor<'a> {
+    name: &'a str,
+    /// Bytes at f32 (a packed quantized weight unpacked; its scales and biases: 0).
+    f32_bytes: u64,
+    /// For a quantized weight: its packed weight, scales and biases as stored.
+    quant_bytes: u64,
+    /// Two-dimensional (a matrix the worker transposes or dequantizes).
+    matrix: bool,
+}
+
+/// Every tensor of the shard headers at f32, `None` when a bit width is unknown.
+fn f32_matrices<'a>(
+    model: &'a Model,
+    bits: u64,
+    overrides: &[(String, Option<(u64, u64)>)],
+) -> Option<Vec<F32Tensor<'a>>> {
     let tensors: Vec<_> = model.shards.iter().flat_map(|s| &s.tensors).collect();
     let scaled: BTreeSet<&str> = tensors
         .iter()
         .filter_map(|t| t.name.strip_suffix(".scales"))
         .collect();
-    let mut total = 0u64;
+    let bytes: HashMap<&str, u64> = tensors.iter().map(|t| (t.name.as_str(), t.bytes)).collect();
+    let stored = |name: &str| bytes.get(name).copied().unwrap_or(0);
+    let mut out = Vec::with_capacity(tensors.len());
     for t in &tensors {
         let numel: u64 = t.shape.iter().product();
         let module = t.name.strip_suffix(".weight");
@@ -52,7 +116,7 @@ pub fn f32_weight_bytes(model: &Model) -> Option<u64> {
             .strip_suffix(".scales")
             .or_else(|| t.name.strip_suffix(".biases"))
             .is_some_and(|m| scaled.contains(m));
-        let bytes = if packed {
+        let (f32_bytes, quant_bytes) = if packed {
             let m = module.unwrap_or_default();
             let b = match overrides.iter().find(|(k, _)| same_module(k, m)) {
                 Some((_, Some((b, _)))) => *b,
@@ -61,15 +125,21 @@ pub fn f32_weight_bytes(model: &Model) -> Option<u64> {
             if b == 0 {
                 return None;
             }
-            numel.saturating_mul(32) / b * 4
+            let q = t.bytes + stored(&format!("{m}.scales")) + stored(&format!("{m}.biases"));
+            (numel.saturating_mul(32) / b * 4, q)
         } else if quant_part {
-            0
+            (0, 0)
         } else if matches!(t.dtype, Dtype::F16 | Dtype::Bf16) {
-            numel.saturating_mul(4)
+            (numel.saturating_mul(4), 0)
         } else {
-            t.bytes
+            (t.bytes, 0)
         };
-        total = total.saturating_add(bytes);
+        out.push(F32Tensor {
+            name: &t.name,
+            f32_bytes,
+            quant_bytes,
+            matrix: t.shape.len() == 2 && !quant_part,
+        });
     }
-    Some(total)
+    Some(out)
 }

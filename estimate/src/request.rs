@@ -117,7 +117,11 @@ pub struct Estimate {
     pub activation_bytes: u64,
     /// Fixed runtime overhead.
     pub overhead_bytes: u64,
-    /// Weights + KV cache + activations + overhead.
+    /// What loading adds for a moment on top of the weights (f32 compute: the largest
+    /// matrix once more while it is transposed or dequantized; 0 otherwise).
+    pub load_transient_bytes: u64,
+    /// Weights + the larger of (KV cache + activations) and the load transient +
+    /// overhead: the peak.
     pub total_bytes: u64,
     /// The budget compared against.
     pub budget_bytes: u64,
@@ -150,6 +154,7 @@ struct Totals {
     kv: KvCache,
     act: Activation,
     vision_act: u64,
+    load_transient: u64,
     total: u64,
 }
 
@@ -179,15 +184,25 @@ fn totals(model: &Model, weights: u64, context: u64, req: &Request) -> Totals {
         }
         _ => 0,
     };
-    let total = weights
-        .saturating_add(kv.bytes)
+    // The f32 build's load transient is freed before the first token: the peak is the
+    // larger of it and what the run adds.
+    let load_transient = if req.compute_f32 {
+        crate::compute::f32_load_transient_bytes(model)
+    } else {
+        0
+    };
+    let run = kv
+        .bytes
         .saturating_add(act.bytes)
-        .saturating_add(vision_act)
+        .saturating_add(vision_act);
+    let total = weights
+        .saturating_add(run.max(load_transient))
         .saturating_add(overhead_bytes());
     Totals {
         kv,
         act,
         vision_act,
+        load_transient,
         total,
     }
 }
@@ -253,6 +268,7 @@ pub fn estimate(model: &Model, req: &Request) -> Estimate {
         kv_cache: t.kv,
         activation_bytes: t.act.bytes.saturating_add(t.vision_act),
         overhead_bytes: overhead_bytes(),
+        load_transient_bytes: t.load_transient,
         total_bytes: t.total,
         budget_bytes: budget,
         verdict,
@@ -309,6 +325,25 @@ fn advise(
             }
         }
         Verdict::DoesNotFit => {
+            // f32 compute holds quantized weights dequantized: a smaller quantization
+            // does not help it; the checkpoint's own dtype does.
+            let native = Request {
+                compute_f32: false,
+                ..req.clone()
+            };
+            let native_weights = req
+                .quant_bits
+                .and_then(|b| model.weights_at_bits(b))
+                .unwrap_or(model.weights.bytes);
+            let native_total = totals(model, native_weights, context, &native).total;
+            if req.compute_f32 && native_total <= budget {
+                return format!(
+                    "does not fit as f32 compute: needs {} of {}; in the checkpoint's own dtype it needs {} (--compute native)",
+                    Bytes(total),
+                    Bytes(budget),
+                    Bytes(native_total)
+                );
+            }
             if let Some(c) =
                 largest_context_within(model, req, weights, context, budget).filter(|&c| c >= 256)
             {
@@ -327,6 +362,14 @@ fn advise(
                     }
                 }
                 return s;
+            }
+            if req.compute_f32 {
+                return format!(
+                    "does not fit as f32 compute: needs {} of {}, and {} in the checkpoint's own dtype: --compute native, with a smaller context or quantization (mlxsup inspect --compute native)",
+                    Bytes(total),
+                    Bytes(budget),
+                    Bytes(native_total)
+                );
             }
             let current_bits = req.quant_bits.map(u64::from);
             for bits in ADVICE_BITS {

@@ -127,6 +127,8 @@ pub struct AdviceFacts {
     pub exit: Option<String>,
     pub message: Option<String>,
     pub heartbeat_timeout_ms: Option<u64>,
+    /// The worker computed in f32: `--compute native` is the lighter choice.
+    pub compute_f32: bool,
 }
 
 /// One line for a person: what happened and what to try.
@@ -142,17 +144,23 @@ pub fn advice(kind: FailureKind, f: &AdviceFacts) -> String {
         .map(|c| format!("try --context {}", (c / 2).max(256)))
         .unwrap_or_else(|| "try a shorter context".into());
     let phase = f.phase.map_or(String::new(), |p| format!(" during {p}"));
+    // f32 compute dequantizes a quantized model: the lighter choice is the native dtype.
+    let lighter = if f.compute_f32 {
+        "--compute native (f32 compute holds the weights at 4 bytes each)"
+    } else {
+        "a 4-bit model"
+    };
     match kind {
         FailureKind::InsufficientMemory => format!(
-            "{need}; the budget is {}: {smaller} or a 4-bit model (--force loads anyway)",
+            "{need}; the budget is {}: {smaller} or {lighter} (--force loads anyway)",
             b(f.budget_bytes)
         ),
         FailureKind::MetalOutOfMemory => format!(
-            "Metal ran out of memory{phase}: {need}; the budget is {}: {smaller}, a 4-bit model, or close other GPU apps",
+            "Metal ran out of memory{phase}: {need}; the budget is {}: {smaller}, {lighter}, or close other GPU apps",
             b(f.budget_bytes)
         ),
         FailureKind::AllocationFailed => format!(
-            "MLX could not allocate memory{phase} (peak {}): {need}; {smaller} or a 4-bit model",
+            "MLX could not allocate memory{phase} (peak {}): {need}; {smaller} or {lighter}",
             b(f.peak_bytes)
         ),
         FailureKind::MemoryBudgetExceeded => format!(
@@ -160,12 +168,12 @@ pub fn advice(kind: FailureKind, f: &AdviceFacts) -> String {
             b(f.budget_bytes)
         ),
         FailureKind::MemoryCeilingExceeded => format!(
-            "the worker's footprint reached {}, over the ceiling of {}{phase}; it was stopped before the system ran short: {smaller}, a 4-bit model, or a higher --memory-ceiling",
+            "the worker's footprint reached {}, over the ceiling of {}{phase}; it was stopped before the system ran short: {smaller}, {lighter}, or a higher --memory-ceiling",
             b(f.peak_bytes),
             b(f.ceiling_bytes)
         ),
         FailureKind::KilledByOs => format!(
-            "the operating system killed the worker{phase} (SIGKILL not sent by mlxsup: out of memory, most likely) at a footprint of {}: {smaller} or a 4-bit model",
+            "the operating system killed the worker{phase} (SIGKILL not sent by mlxsup: out of memory, most likely) at a footprint of {}: {smaller} or {lighter}",
             b(f.peak_bytes)
         ),
         FailureKind::Crashed => format!(
@@ -292,5 +300,22 @@ mod tests {
             a.contains("3 GiB") && a.contains("2 GiB") && a.contains("--context 2048"),
             "{a}"
         );
+        assert!(a.contains("4-bit") && !a.contains("--compute"), "{a}");
+        let f32 = AdviceFacts {
+            compute_f32: true,
+            ..f
+        };
+        for kind in [
+            FailureKind::MetalOutOfMemory,
+            FailureKind::AllocationFailed,
+            FailureKind::KilledByOs,
+            FailureKind::MemoryCeilingExceeded,
+        ] {
+            let a = advice(kind, &f32);
+            assert!(
+                a.contains("--compute native") && !a.contains("4-bit"),
+                "{a}"
+            );
+        }
     }
 }

@@ -5,7 +5,9 @@
 use std::{path::Path, time::Duration};
 
 use estimate::{Bytes, Estimate, Model, Verdict};
-use protocol::{ComputePolicy, Device, Failure, FailureKind, Fault, Limits, LoadRequest, Remedy};
+use protocol::{
+    ComputeDtype, ComputePolicy, Device, Failure, FailureKind, Fault, Limits, LoadRequest, Remedy,
+};
 
 use crate::supervise::{self, report, runtime_dir, ReportContext, SpawnOptions};
 
@@ -157,6 +159,7 @@ pub fn plan(model: &Model, req: &PlanRequest) -> Plan {
         budget_bytes: Some(budget),
         context: Some(context),
         remedy,
+        compute_f32: compute == ComputeDtype::F32,
     };
     let load = LoadRequest {
         model_dir: model.dir.display().to_string(),

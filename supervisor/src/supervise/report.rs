@@ -23,6 +23,8 @@ pub struct ReportContext {
     pub context: Option<u64>,
     /// What would make it fit (the largest context that does, say).
     pub remedy: Remedy,
+    /// It computes in f32 (the CPU policy): the advice names `--compute native`.
+    pub compute_f32: bool,
 }
 
 /// Everything known when a worker's request or life ends badly.
@@ -87,6 +89,7 @@ pub fn build(opts: &SpawnOptions, ctx: &ReportContext, f: Facts) -> Failure {
         exit: f.exit.as_ref().map(ExitInfo::describe),
         message: message.clone(),
         heartbeat_timeout_ms: Some(opts.heartbeat_timeout.as_millis() as u64),
+        compute_f32: ctx.compute_f32,
     };
     let exit = f.exit.as_ref();
     let remedy = if memory_kind(kind) {

@@ -16,6 +16,9 @@ use super::weights::WeightStore;
 
 type R<T> = Result<T, Exception>;
 
+/// Elements per block when a quantized matrix is dequantized for f32 compute.
+const DEQUANT_BLOCK_ELEMENTS: i64 = 1 << 16;
+
 /// An affine-quantized matrix (`mx.quantize` layout: packed `uint32` weight, scales, biases).
 #[derive(Clone)]
 pub struct QuantMatrix {
@@ -75,18 +78,42 @@ impl QuantMatrix {
         }))
     }
 
-    /// The dense matrix (MLX's own `dequantize`), evaluated once: for f32 compute.
-    fn dequantized(&self, prefix: &str) -> Result<Array, WorkerError> {
-        let w = ops::dequantize(
-            &self.w,
-            &self.scales,
-            self.biases.as_ref(),
-            self.params.group_size,
-            self.params.bits,
-        )
-        .and_then(|w| w.as_dtype(mlx_rs::Dtype::Float32))
-        .ctx(&format!("dequantizing {prefix}"))?;
-        w.eval().ctx(&format!("dequantizing {prefix}"))?;
+    /// The dense f32 matrix (MLX's own `dequantize`, then an upcast, as mlx-lm's
+    /// `dequantize_model`), evaluated once, for f32 compute; `W^T` when `transpose`.
+    ///
+    /// Done in blocks of rows: MLX's CPU `dequantize` + upcast of a whole matrix peaks at
+    /// 3.5× the f32 matrix (measured), so block by block the load's transient is the f32
+    /// matrix once (the blocks, then their concatenation), as for a dense bf16 matrix's
+    /// transpose — the figure the estimate plans (`estimate::compute`). Dequantization is
+    /// elementwise within a row's groups: the blocks give the same values.
+    fn dequantized(&self, prefix: &str, transpose: bool) -> Result<Array, WorkerError> {
+        let what = format!("dequantizing {prefix}");
+        let rows = *self.w.shape().first().unwrap_or(&0);
+        let cols = (self.w.shape().last().copied().unwrap_or(0) as i64 * 32
+            / self.params.bits.max(1) as i64)
+            .max(1);
+        let block = ((DEQUANT_BLOCK_ELEMENTS / cols) as i32).max(1);
+        let mut parts = Vec::new();
+        let mut r = 0;
+        while r < rows {
+            let end = (r + block).min(rows);
+            let q = self.rows((r, end)).ctx(&what)?;
+            let w = ops::dequantize(
+                &q.w,
+                &q.scales,
+                q.biases.as_ref(),
+                q.params.group_size,
+                q.params.bits,
+            )
+            .and_then(|w| w.as_dtype(mlx_rs::Dtype::Float32))
+            .and_then(|w| if transpose { w.t().contiguous() } else { Ok(w) })
+            .ctx(&what)?;
+            w.eval().ctx(&what)?;
+            parts.push(w);
+            r = end;
+        }
+        let w = ops::concatenate(&parts, if transpose { 1 } else { 0 }).ctx(&what)?;
+        w.eval().ctx(&what)?;
         Ok(w)
     }
 
@@ -160,7 +187,7 @@ impl Linear {
         };
         if let Some(q) = QuantMatrix::take(store, prefix, cfg, in_dim)? {
             if store.f32() {
-                let wt = transposed(q.dequantized(prefix)?, prefix)?;
+                let wt = q.dequantized(prefix, true)?;
                 return Ok(Linear::DenseT { wt, bias: b });
             }
             return Linear::Quant { q, bias: b }
@@ -286,7 +313,7 @@ impl Embedding {
         let (vocab, hidden) = (cfg.vocab_size, cfg.hidden_size);
         let table = if let Some(q) = QuantMatrix::take(store, prefix, cfg, hidden)? {
             if store.f32() {
-                Table::Dense(q.dequantized(prefix)?)
+                Table::Dense(q.dequantized(prefix, false)?)
             } else {
                 Table::Quant(q)
             }
