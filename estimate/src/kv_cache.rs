@@ -171,10 +171,15 @@ pub fn kv_cache(
         state_bytes: 0,
     };
     for layer in layers {
-        let b = layer_bytes(layer, context, dtype_bytes, kv_bits).saturating_mul(batch);
+        // The worker (as mlx-lm) keeps sliding-window layers' ring buffers unquantized.
+        let bits = match layer {
+            LayerKv::Sliding { .. } => None,
+            _ => kv_bits,
+        };
+        let b = layer_bytes(layer, context, dtype_bytes, bits).saturating_mul(batch);
         kv.bytes_per_token =
             kv.bytes_per_token
-                .saturating_add(kv_bytes_per_token(layer, dtype_bytes, kv_bits));
+                .saturating_add(kv_bytes_per_token(layer, dtype_bytes, bits));
         let slot = match layer {
             LayerKv::Full { .. } => &mut kv.full_bytes,
             LayerKv::Sliding { .. } => &mut kv.sliding_bytes,

@@ -177,6 +177,9 @@ pub struct LoadRequest {
     pub device: Device,
     /// Since 1.2: the dtype to compute in (the plan's decision).
     pub compute: crate::compute::ComputeDtype,
+    /// Since 1.3: quantize the full-attention KV caches to this many bits (4 or 8, group
+    /// size 64, as mlx-lm's `--kv-bits`).
+    pub kv_bits: Option<u8>,
 }
 
 /// What a load produced.

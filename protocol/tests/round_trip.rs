@@ -59,6 +59,7 @@ fn requests() -> Vec<Request> {
             }),
             device: protocol::Device::Cpu,
             compute: protocol::ComputeDtype::F32,
+            kv_bits: None,
         }),
         Request::Generate(GenerateRequest {
             prompt: Prompt::Text("Once upon a time ✨".into()),
@@ -564,6 +565,7 @@ fn arb_request() -> impl Strategy<Value = Request> {
                 fault,
                 device: protocol::Device::Gpu,
                 compute: protocol::ComputeDtype::Native,
+                kv_bits: None,
             },
         );
     let sampling = (f32_no_nan(), f32_no_nan(), any::<Option<u64>>()).prop_map(

@@ -45,7 +45,7 @@ pub struct InspectArgs {
     device: protocol::Device,
 }
 
-fn parse_kv_bits(s: &str) -> Result<u8, String> {
+pub fn parse_kv_bits(s: &str) -> Result<u8, String> {
     match s {
         "4" => Ok(4),
         "8" => Ok(8),

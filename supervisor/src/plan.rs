@@ -36,6 +36,8 @@ pub struct PlanRequest {
     pub device: Device,
     /// `--compute`: the compute-dtype policy.
     pub compute: ComputePolicy,
+    /// `--kv-bits`: the KV cache quantized to 4 or 8 bits.
+    pub kv_bits: Option<u8>,
 }
 
 impl PlanRequest {
@@ -53,6 +55,7 @@ impl PlanRequest {
             load_fault: None,
             device: Device::Default,
             compute: ComputePolicy::Auto,
+            kv_bits: None,
         }
     }
 }
@@ -109,7 +112,15 @@ pub fn estimate_at(
 ) -> Estimate {
     estimate::estimate(
         model,
-        &estimate_request(context, prefill_chunk, budget, f32),
+        &estimate_request(context, prefill_chunk, budget, f32, None),
+    )
+}
+
+/// The estimate for `req` at `context` (its own, or a wider one), at f32 when `f32`.
+pub fn estimate_for(model: &Model, req: &PlanRequest, context: Option<u64>, f32: bool) -> Estimate {
+    estimate::estimate(
+        model,
+        &estimate_request(context, req.prefill_chunk, req.budget, f32, req.kv_bits),
     )
 }
 
@@ -118,12 +129,14 @@ fn estimate_request(
     prefill_chunk: u64,
     budget: u64,
     compute_f32: bool,
+    kv_bits: Option<u8>,
 ) -> estimate::Request {
     estimate::Request {
         context,
         prefill_chunk,
         budget: Bytes(budget),
         compute_f32,
+        kv_bits,
         ..Default::default()
     }
 }
@@ -174,6 +187,7 @@ pub fn plan(model: &Model, req: &PlanRequest) -> Plan {
         fault: req.load_fault,
         device: req.device,
         compute,
+        kv_bits: req.kv_bits,
     };
     Plan {
         estimate: est,
@@ -188,7 +202,13 @@ pub fn plan(model: &Model, req: &PlanRequest) -> Plan {
 pub fn largest_context(model: &Model, est: &Estimate, req: &PlanRequest) -> Option<u64> {
     estimate::request::largest_context_within(
         model,
-        &estimate_request(None, req.prefill_chunk, req.budget, est.weights.compute_f32),
+        &estimate_request(
+            None,
+            req.prefill_chunk,
+            req.budget,
+            est.weights.compute_f32,
+            req.kv_bits,
+        ),
         est.weights.bytes,
         est.kv_cache.context,
         req.budget,
@@ -223,13 +243,7 @@ pub fn check_length(
             ),
         ),
         _ => {
-            let wider = estimate_at(
-                model,
-                Some(needed),
-                req.prefill_chunk,
-                req.budget,
-                est.weights.compute_f32,
-            );
+            let wider = estimate_for(model, req, Some(needed), est.weights.compute_f32);
             let advice = if wider.verdict == Verdict::DoesNotFit {
                 format!(
                     "at context {needed} it needs {} of the {} budget: shorten the prompt or --max-tokens",

@@ -49,6 +49,10 @@ pub struct RunArgs {
     /// native, or f32 (upcast; quantized weights dequantized once at load).
     #[arg(long, default_value = "auto", value_parser = ComputePolicy::parse)]
     pub compute: ComputePolicy,
+    /// Quantize the KV cache to 4 or 8 bits (group size 64, as mlx-lm's --kv-bits;
+    /// sliding-window layers stay unquantized).
+    #[arg(long, value_parser = crate::inspect::parse_kv_bits)]
+    pub kv_bits: Option<u8>,
     /// Tests: make the worker fail on purpose (KIND@PHASE, see docs/CONTRACT.md).
     #[arg(long, hide = true, value_parser = parse_fault)]
     pub inject_fault: Option<Fault>,
@@ -80,6 +84,7 @@ impl RunArgs {
             prefill_chunk: DEFAULT_PREFILL_CHUNK,
             device: Device::Default,
             compute: ComputePolicy::Auto,
+            kv_bits: None,
             inject_fault: None,
             heartbeat_timeout_ms: 10_000,
             stall_timeout_ms: supervise::DEFAULT_STALL.as_millis() as u64,
@@ -161,6 +166,7 @@ pub fn preflight(args: &RunArgs) -> Result<Preflight, (Outcome, String)> {
         load_fault: args.faults().0,
         device: args.device,
         compute: args.compute,
+        kv_bits: args.kv_bits,
         ..PlanRequest::new(budget.bytes.0)
     };
     Ok(Preflight {

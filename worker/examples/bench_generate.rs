@@ -109,6 +109,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             prefill_chunk: args.prefill_chunk,
             f32: args.f32,
             matmul_lanes: 0,
+            kv_bits: None,
         },
         &mut Quiet,
     )?;

@@ -351,6 +351,7 @@ impl Worker {
                 prefill_chunk: (req.prefill_chunk as usize).max(1),
                 f32: req.compute == protocol::ComputeDtype::F32,
                 matmul_lanes: 0,
+                kv_bits: req.kv_bits,
             };
             let mut hooks = StepHooks {
                 link: &self.link,

@@ -2,7 +2,9 @@
 """Reference generations with mlx-lm, for worker/tests/reference_mlx_lm.rs.
 
 Reads a JSON list of jobs on stdin; each job: {"model": dir, "prompt_text": str,
-"prompt_tokens": [int], "max_tokens": int, "prefill_step": int, "chat": [messages]?, "f32": bool?}. With "f32", the model is
+"prompt_tokens": [int], "max_tokens": int, "prefill_step": int, "chat": [messages]?, "f32": bool?,
+"kv_bits": 4|8?}. With "kv_bits", generation quantizes the KV cache from the first step
+(`kv_bits`, group size 64, `quantized_kv_start=0`). With "f32", the model is
 converted to f32 in memory as `mlx_lm.convert --dequantize --dtype float32` would
 (quantized layers dequantized, then every float parameter cast to float32).
 Writes a JSON list of results: {"prompt_tokens": [...] (mlx-lm's tokenization of
@@ -37,6 +39,11 @@ def run(job):
         model,
         max_tokens=job["max_tokens"],
         prefill_step_size=job["prefill_step"],
+        **(
+            {"kv_bits": job["kv_bits"], "kv_group_size": 64, "quantized_kv_start": 0}
+            if job.get("kv_bits")
+            else {}
+        ),
     ):
         if first is None:
             first = logprobs.astype(mx.float32).tolist()

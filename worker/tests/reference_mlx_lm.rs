@@ -153,6 +153,7 @@ fn greedy_tokens_match_mlx_lm() {
                 prefill_chunk: PREFILL_CHUNK,
                 f32: false,
                 matmul_lanes: 0,
+                kv_bits: None,
             },
             &mut Collect(vec![]),
         )
@@ -241,6 +242,7 @@ fn greedy(dir: &Path, f32: bool) -> (Vec<u32>, Vec<u32>, Vec<f32>, String) {
             prefill_chunk: PREFILL_CHUNK,
             f32,
             matmul_lanes: 0,
+            kv_bits: None,
         },
         &mut Collect(vec![]),
     )
@@ -332,6 +334,99 @@ fn f32_compute_matches_mlx_lm_on_the_f32_conversion() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// The quantized KV cache (`--kv-bits`, issue 12): mlx-lm's tokens with the same
+/// setting (`kv_bits`, group 64, quantized from the first step), in bf16, 4-bit and f32
+/// compute. Head size 64 (the KV quantization groups run along it).
+#[test]
+fn quantized_kv_cache_matches_mlx_lm() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut jobs = Vec::new();
+    let mut ours = Vec::new();
+    // The long prompt passes the cache's 256-position step: the quantized buffers grow.
+    let long = [PROMPT; 7].join(" ");
+    for (k, (arch, quant, f32, bits, text)) in [
+        ("llama", None, false, 8u8, PROMPT),
+        ("qwen3", None, false, 4, long.as_str()),
+        ("qwen2", Some(4), false, 8, PROMPT),
+        ("mistral", None, true, 8, PROMPT),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let name = format!(
+            "{arch}-{}-kv{bits}{}",
+            if quant.is_some() { "q4" } else { "bf16" },
+            if f32 { "-f32" } else { "" }
+        );
+        let dir = tmp.path().join(&name);
+        let mut s = spec(&dir, arch, quant, 4000 + k as u64);
+        s.hidden = 256;
+        worker::make_model::make_model(&s).unwrap();
+        let mut engine = Engine::load(
+            &dir,
+            &LoadOptions {
+                prefill_chunk: PREFILL_CHUNK,
+                f32,
+                matmul_lanes: 0,
+                kv_bits: Some(bits),
+            },
+            &mut Collect(vec![]),
+        )
+        .unwrap();
+        let prompt = engine.prompt_ids(&Prompt::Text(text.into())).unwrap();
+        assert!(text == PROMPT || prompt.len() > 256, "{}", prompt.len());
+        let (tokens, lp) = generate(&mut engine, &prompt);
+        jobs.push(json!({
+            "model": dir, "prompt_text": text, "prompt_tokens": prompt,
+            "max_tokens": MAX_TOKENS, "prefill_step": PREFILL_CHUNK, "f32": f32,
+            "kv_bits": bits,
+        }));
+        ours.push((name, tokens, lp));
+    }
+    let reference = run_python(&Value::Array(jobs));
+    let mut failures = Vec::new();
+    for ((name, tokens, lp), r) in ours.iter().zip(&reference) {
+        let theirs = ids(&r["tokens"]);
+        let ref_lp: Vec<f32> = r["first_logprobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect();
+        let max_diff = lp
+            .iter()
+            .zip(&ref_lp)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        eprintln!(
+            "{name}: tokens identical to mlx-lm's: {}, max |Δ logprob| = {max_diff:e}",
+            &theirs == tokens
+        );
+        if &theirs != tokens {
+            let at = tokens.iter().zip(&theirs).position(|(a, b)| a != b);
+            failures.push(format!(
+                "{name}: tokens differ at {at:?}:\n  ours   {tokens:?}\n  mlx-lm {theirs:?}"
+            ));
+        }
+        // f32 compute multiplies by transposed weights (OpenBLAS without packing), a
+        // different accumulation order than mlx-lm's f32 conversion (~1e-6, see the f32
+        // test); the KV cache's rounding to 8 bits can turn that into one quantization
+        // step of a key. Native dtypes run mlx-lm's exact kernels: exactly 0 there.
+        let tolerance = if name.ends_with("-f32") {
+            F32_KV_LOGPROB_TOLERANCE
+        } else {
+            LOGPROB_TOLERANCE
+        };
+        if ref_lp.len() != lp.len() || max_diff > tolerance {
+            failures.push(format!("{name}: first-step logprobs differ by {max_diff}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// See [`quantized_kv_cache_matches_mlx_lm`]: measured 0.035 on the mistral case.
+const F32_KV_LOGPROB_TOLERANCE: f32 = 0.1;
 
 /// Not a parity check but a measurement the issue asks for: how often the greedy tokens
 /// of a 4-bit model computed in f32 (dequantized once) differ from the 4-bit run. Printed

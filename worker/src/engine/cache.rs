@@ -4,9 +4,12 @@
 
 use mlx_rs::{
     error::Exception,
+    fast::{self, ScaledDotProductAttentionMask},
     ops::{self, indexing::IndexOp, indexing::TryIndexMutOp},
     Array,
 };
+
+use super::kv_quant::{self, QuantKvCache};
 
 type R<T> = Result<T, Exception>;
 
@@ -44,6 +47,8 @@ pub fn causal_mask(n: i32, offset: i32, window: Option<i32>) -> R<Array> {
 pub enum LayerCache {
     Full(KvCache),
     Rotating(RotatingKvCache),
+    /// `--kv-bits`: a full cache, quantized ([`kv_quant`]).
+    Quantized(QuantKvCache),
 }
 
 impl LayerCache {
@@ -52,22 +57,59 @@ impl LayerCache {
         match self {
             LayerCache::Full(c) => c.offset,
             LayerCache::Rotating(c) => c.offset,
+            LayerCache::Quantized(c) => c.offset,
         }
     }
 
-    /// Appends `keys`/`values` (B, heads, L, D) and returns what attention should see.
+    /// Appends `keys`/`values` (B, heads, L, D) and returns what attention should see
+    /// (a quantized cache has no dense keys: use [`LayerCache::attend`]).
     pub fn update_and_fetch(&mut self, keys: &Array, values: &Array) -> R<(Array, Array)> {
         match self {
             LayerCache::Full(c) => c.update_and_fetch(keys, values),
             LayerCache::Rotating(c) => c.update_and_fetch(keys, values),
+            LayerCache::Quantized(_) => Err(Exception::custom(
+                "a quantized KV cache has no dense keys (attention goes through attend)",
+            )),
+        }
+    }
+
+    /// Appends `keys`/`values` and attends `queries` (B, heads, L, D) to the cache:
+    /// MLX's fused scaled-dot-product attention, or mlx-lm's quantized attention for a
+    /// quantized cache.
+    pub fn attend(
+        &mut self,
+        queries: &Array,
+        keys: &Array,
+        values: &Array,
+        scale: f32,
+        mask: &Mask,
+    ) -> R<Array> {
+        if let LayerCache::Quantized(c) = self {
+            let bits = c.bits();
+            let (k, v) = c.update_and_fetch(keys, values)?;
+            return kv_quant::attention(queries, &k, &v, scale, mask, bits);
+        }
+        let (k, v) = self.update_and_fetch(keys, values)?;
+        let q = queries;
+        match mask {
+            Mask::None => fast::scaled_dot_product_attention(q, &k, &v, scale, None, None),
+            Mask::Causal => fast::scaled_dot_product_attention(
+                q,
+                &k,
+                &v,
+                scale,
+                ScaledDotProductAttentionMask::Causal,
+                None,
+            ),
+            Mask::Array(m) => fast::scaled_dot_product_attention(q, &k, &v, scale, m, None),
         }
     }
 
     /// The mask for `n` new queries (mlx-lm's `make_mask`).
     pub fn make_mask(&self, n: i32, window: Option<i32>) -> R<Mask> {
         match self {
-            LayerCache::Full(c) => match window {
-                Some(w) => Ok(Mask::Array(causal_mask(n, c.offset, Some(w))?)),
+            LayerCache::Full(_) | LayerCache::Quantized(_) => match window {
+                Some(w) => Ok(Mask::Array(causal_mask(n, self.offset(), Some(w))?)),
                 None if n == 1 => Ok(Mask::None),
                 None => Ok(Mask::Causal),
             },
@@ -80,6 +122,7 @@ impl LayerCache {
         let (k, v) = match self {
             LayerCache::Full(c) => (&c.keys, &c.values),
             LayerCache::Rotating(c) => (&c.keys, &c.values),
+            LayerCache::Quantized(c) => return c.state(),
         };
         k.iter().chain(v.iter()).collect()
     }
@@ -94,6 +137,7 @@ impl LayerCache {
         match self {
             LayerCache::Full(c) => c.keys.as_ref().map_or(0, |k| k.dim(2)),
             LayerCache::Rotating(c) => c.keys.as_ref().map_or(0, |k| k.dim(2)),
+            LayerCache::Quantized(c) => c.capacity(),
         }
     }
 }
@@ -107,6 +151,11 @@ pub struct KvCache {
 }
 
 impl KvCache {
+    /// The key and value buffers (all positions allocated).
+    pub(super) fn buffers(&self) -> (Option<&Array>, Option<&Array>) {
+        (self.keys.as_ref(), self.values.as_ref())
+    }
+
     fn update_and_fetch(&mut self, keys: &Array, values: &Array) -> R<(Array, Array)> {
         let prev = self.offset;
         let n = keys.dim(2);

@@ -15,6 +15,7 @@ use protocol::{DoneInfo, FinishReason, GenerateRequest, Phase, WorkerError};
 
 use super::cache::LayerCache;
 use super::error::{bad_request, MlxResultExt};
+use super::kv_quant;
 use super::memory::step_bytes;
 use super::model::Model;
 use super::sample::Sampler;
@@ -43,8 +44,10 @@ fn forward(
     caches: &mut [LayerCache],
     input: &Array,
     greedy: bool,
+    kv_bits: Option<i32>,
 ) -> Result<Step, Exception> {
     let h = model.hidden(input, caches)?;
+    kv_quant::quantize_caches(caches, kv_bits)?;
     let logits = model.logits(&h)?.reshape(&[1, -1])?;
     let logprobs = logits.subtract(logits.logsumexp(true)?)?;
     let token = if greedy {
@@ -126,6 +129,7 @@ pub(super) fn run(
     let elem = elem_bytes(model.dtype());
     let mut caches = model.make_cache();
     let chunk = engine.opts.prefill_chunk;
+    let kv_bits = engine.opts.kv_bits.map(i32::from);
 
     hooks.phase(Phase::Prefill);
     let n = prompt.len();
@@ -147,6 +151,7 @@ pub(super) fn run(
         let ids: Vec<i32> = prompt[pos..pos + take].iter().map(|&t| t as i32).collect();
         let input = Array::from_slice(&ids, &[1, take as i32]);
         model.hidden(&input, &mut caches).ctx("prefill")?;
+        kv_quant::quantize_caches(&mut caches, kv_bits).ctx("prefill")?;
         eval(caches.iter().flat_map(|c| c.state())).ctx("prefill")?;
         let _ = mlx_rs::memory::clear_cache();
         pos += take;
@@ -170,7 +175,7 @@ pub(super) fn run(
 
     hooks.before_step(Phase::Decode, 1, step_bytes(cfg, &caches, elem, 1, true))?;
     let last = Array::from_slice(&[prompt[n - 1] as i32], &[1, 1]);
-    let mut cur = forward(model, &mut caches, &last, greedy).ctx("decode")?;
+    let mut cur = forward(model, &mut caches, &last, greedy, kv_bits).ctx("decode")?;
     let mut generated = 0u32;
     let (mut prompt_secs, mut gen_start) = (0.0, Instant::now());
     let finish = loop {
@@ -191,7 +196,7 @@ pub(super) fn run(
                         .transpose()
                         .ctx("decode")?;
                     let input = input.ok_or_else(|| bad_request("greedy step without a token"))?;
-                    next = Some(forward(model, &mut caches, &input, true).ctx("decode")?);
+                    next = Some(forward(model, &mut caches, &input, true, kv_bits).ctx("decode")?);
                 }
                 Err(e) => refused = Some(e),
             }
@@ -262,7 +267,7 @@ pub(super) fn run(
                     step_bytes(cfg, &caches, elem, 1, true),
                 )?;
                 let input = Array::from_slice(&[id], &[1, 1]);
-                forward(model, &mut caches, &input, greedy).ctx("decode")?
+                forward(model, &mut caches, &input, greedy, kv_bits).ctx("decode")?
             }
         };
     };

@@ -53,6 +53,16 @@ pub fn kv_growth_bytes(cfg: &ModelConfig, caches: &[LayerCache], elem: u64, n: i
                 LayerCache::Rotating(r) if cap < r.max_size() && offset >= cap => {
                     (cap + STEP.min(r.max_size() - offset)) as u64 * per_pos
                 }
+                LayerCache::Quantized(q) if offset + n > cap => {
+                    // Packed values plus a scale and a bias per group of 64, for keys
+                    // and values; grown by whole steps, old and new buffer at once.
+                    let hd = cfg.head_dim as u64;
+                    let per_pos_q = 2
+                        * cfg.num_kv_heads as u64
+                        * (hd * q.bits() as u64 / 8 + 2 * (hd / 64).max(1) * elem);
+                    let grow = (n + STEP - 1) / STEP * STEP;
+                    (cap + grow) as u64 * per_pos_q
+                }
                 _ => 0,
             }
         })

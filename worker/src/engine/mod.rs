@@ -13,6 +13,7 @@ mod chat;
 mod config;
 mod error;
 mod generate;
+mod kv_quant;
 mod layers;
 mod memory;
 mod model;
@@ -44,6 +45,8 @@ pub struct LoadOptions {
     /// CPU streams a native-dtype matmul is split over (0: one per core on the CPU
     /// device, or `MLXSUP_MATMUL_LANES`; 1: no split). See [`parallel`].
     pub matmul_lanes: usize,
+    /// `--kv-bits`: quantize the full-attention KV caches to 4 or 8 bits (group 64).
+    pub kv_bits: Option<u8>,
 }
 
 /// What the serve loop is told, and asked, while the engine works.
@@ -90,6 +93,9 @@ impl Engine {
         hooks: &mut dyn Hooks,
     ) -> Result<Engine, WorkerError> {
         let cfg = ModelConfig::load(dir)?;
+        if let Some(bits) = opts.kv_bits {
+            kv_quant::check(bits, &cfg)?;
+        }
         let tokenizer = Tokenizer::load(dir)?;
         let prompts = chat::TokenizerConfig::load(dir)?;
         let lanes = if opts.f32 {

@@ -3,13 +3,7 @@
 
 use std::cell::RefCell;
 
-use mlx_rs::{
-    error::Exception,
-    fast::{self, ScaledDotProductAttentionMask},
-    ops,
-    transforms::compile::compile,
-    Array,
-};
+use mlx_rs::{error::Exception, ops, transforms::compile::compile, Array};
 use protocol::WorkerError;
 
 use super::cache::{KvCache, LayerCache, Mask, RotatingKvCache};
@@ -131,19 +125,7 @@ impl Attention {
         let offset = cache.offset();
         let q = rope.forward(&q, offset)?;
         let k = rope.forward(&k, offset)?;
-        let (k, v) = cache.update_and_fetch(&k, &v)?;
-        let o = match mask {
-            Mask::None => fast::scaled_dot_product_attention(&q, &k, &v, self.scale, None, None)?,
-            Mask::Causal => fast::scaled_dot_product_attention(
-                &q,
-                &k,
-                &v,
-                self.scale,
-                ScaledDotProductAttentionMask::Causal,
-                None,
-            )?,
-            Mask::Array(m) => fast::scaled_dot_product_attention(&q, &k, &v, self.scale, m, None)?,
-        };
+        let o = cache.attend(&q, &k, &v, self.scale, mask)?;
         let o = o.transpose_axes(&perm)?.reshape(&[b, l, -1])?;
         self.o_proj.forward(&o)
     }

@@ -143,6 +143,7 @@ mod tests {
                 prefill_chunk: 5,
                 f32: false,
                 matmul_lanes: lanes,
+                kv_bits: None,
             },
             &mut Tokens::default(),
         )

@@ -65,6 +65,7 @@ fn tiny(dir: &Path) -> Engine {
             prefill_chunk: 4,
             f32: false,
             matmul_lanes: 0,
+            kv_bits: None,
         },
         &mut Record::default(),
     )
@@ -237,6 +238,7 @@ fn load_errors_are_structured() {
             prefill_chunk: 8,
             f32: false,
             matmul_lanes: 0,
+            kv_bits: None,
         },
         &mut Record::default(),
     )
@@ -258,6 +260,7 @@ fn load_errors_are_structured() {
             prefill_chunk: 8,
             f32: false,
             matmul_lanes: 0,
+            kv_bits: None,
         },
         &mut Record::default(),
     )
@@ -344,6 +347,7 @@ fn sharded_weights_load_like_a_single_file() {
             prefill_chunk: 4,
             f32: false,
             matmul_lanes: 0,
+            kv_bits: None,
         },
         &mut Record::default(),
     )
