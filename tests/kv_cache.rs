@@ -31,12 +31,10 @@ fn run(model: &str, extra: &[&str]) -> Run {
     mlxsup(&args)
 }
 
-#[test]
-fn kv_bits_quantize_the_cache_and_the_estimate_plans_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("hd64");
+/// A llama whose head size is 256 / 4 = 64: the KV quantization groups run along it.
+fn hd64(dir: &std::path::Path) -> String {
+    let model = dir.join("hd64");
     let m = model.to_str().unwrap();
-    // Head size 256 / 4 = 64: the KV quantization groups run along it.
     let made = mlxsup(&[
         "make-model",
         m,
@@ -56,6 +54,14 @@ fn kv_bits_quantize_the_cache_and_the_estimate_plans_it() {
         "512",
     ]);
     assert_eq!(made.code, Some(0), "{}", made.stderr);
+    m.to_string()
+}
+
+#[test]
+fn kv_bits_quantize_the_cache_and_the_estimate_plans_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = hd64(dir.path());
+    let m = m.as_str();
     let plain = run(m, &["--compute", "native"]);
     assert_eq!(plain.code, Some(0), "{}", plain.stderr);
     let mut kv_bytes = vec![];
@@ -95,4 +101,24 @@ fn kv_bits_other_than_4_or_8_is_a_usage_error() {
     let r = run(tiny_model().to_str().unwrap(), &["--kv-bits", "3"]);
     assert_eq!(r.code, Some(2), "{}", r.stderr);
     assert!(r.stderr.contains("not 4 or 8"), "{}", r.stderr);
+}
+
+#[test]
+fn the_daemon_loads_with_the_kv_bits_it_is_given() {
+    use mlxsup_tests::daemon::{gen_args, Daemon};
+    let dir = tempfile::tempdir().unwrap();
+    let m = hd64(dir.path());
+    let d = Daemon::start(&["--budget", "2GiB"]);
+    let mut args = gen_args(&m, "hello there", "6");
+    args.extend_from_slice(&["--kv-bits", "8"]);
+    let out = d.cli(&args);
+    let est = &out.named("estimate");
+    assert_eq!(est.len(), 1, "{}", out.text());
+    assert_eq!(est[0]["kv_cache"]["kv_bits"], 8, "{:#}", est[0]);
+    assert_eq!(
+        out.named("done")[0]["generated_tokens"],
+        6,
+        "{}",
+        out.text()
+    );
 }

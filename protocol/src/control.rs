@@ -25,8 +25,11 @@ pub mod version {
     /// 1.1: the compute-dtype policy of a load (`LoadModel::compute`,
     /// `GenerateModel::compute`).
     pub const V1_1: Version = Version { major: 1, minor: 1 };
+    /// 1.2: the KV-cache quantization of a load (`LoadModel::kv_bits`,
+    /// `GenerateModel::kv_bits`).
+    pub const V1_2: Version = Version { major: 1, minor: 2 };
     /// What this build speaks.
-    pub const CURRENT: Version = V1_1;
+    pub const CURRENT: Version = V1_2;
 }
 
 /// Client → daemon.
@@ -124,6 +127,8 @@ pub struct LoadModel {
     pub device: Device,
     /// The compute-dtype policy for the load.
     pub compute: crate::compute::ComputePolicy,
+    /// Since 1.2: quantize the KV cache to 4 or 8 bits.
+    pub kv_bits: Option<u8>,
 }
 
 /// Generate from a model, loading it first when needed.
@@ -140,6 +145,8 @@ pub struct GenerateModel {
     pub device: Device,
     /// The compute-dtype policy, when the model has to be loaded for this request.
     pub compute: crate::compute::ComputePolicy,
+    /// Since 1.2: the KV-cache quantization, when the model has to be loaded for it.
+    pub kv_bits: Option<u8>,
 }
 
 /// The final answer to a request.

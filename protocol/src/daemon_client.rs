@@ -21,6 +21,7 @@
 //!             force: false,
 //!             device: protocol::Device::Default,
 //!             compute: protocol::ComputePolicy::Auto,
+//!             kv_bits: None,
 //!         }),
 //!         |event| {
 //!             if let ControlEvent::Worker(protocol::Event::Token { text, .. }) = event {

@@ -99,6 +99,7 @@ fn gen_request(
         force: false,
         device: Device::Default,
         compute: protocol::ComputePolicy::Auto,
+        kv_bits: None,
     })
 }
 
@@ -111,6 +112,7 @@ fn load_request(model: &Path, context: Option<u64>) -> ControlRequest {
         fault: None,
         device: Device::Default,
         compute: protocol::ComputePolicy::Auto,
+        kv_bits: None,
     })
 }
 

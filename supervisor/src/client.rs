@@ -51,6 +51,9 @@ pub struct ModelArgs {
     /// The compute dtype on the CPU: auto (f32 when it fits the budget), native or f32.
     #[arg(long, default_value = "auto", value_parser = ComputePolicy::parse)]
     pub compute: ComputePolicy,
+    /// Quantize the KV cache to 4 or 8 bits (group size 64), when it loads.
+    #[arg(long, value_parser = crate::inspect::parse_kv_bits)]
+    pub kv_bits: Option<u8>,
 }
 
 #[derive(clap::Args, Clone, Debug)]
@@ -242,6 +245,7 @@ pub fn load(args: LoadArgs) -> Exit {
             fault: m.inject_fault,
             device: m.device,
             compute: m.compute,
+            kv_bits: m.kv_bits,
         });
         let mut client = match connect(&args.client).await {
             Ok(c) => c,
@@ -353,6 +357,7 @@ pub fn generate(args: GenerateArgs) -> Exit {
             force: m.force,
             device: m.device,
             compute: m.compute,
+            kv_bits: m.kv_bits,
         });
         let mut client = match connect(&args.client).await {
             Ok(c) => c,

@@ -16,16 +16,15 @@ use crate::{
     supervise::report,
 };
 
-/// Plans `model` within what is free, evicting idle models as needed. The caller holds
-/// the admission lock.
+/// Plans `model` within what is free, evicting idle models as needed: `wanted` says
+/// what the load asks for (context, device, compute, KV bits); its budget is what is
+/// free. The caller holds the admission lock.
 pub async fn admit(
     shared: &Shared,
     dir: &Path,
     model: &Model,
-    context: Option<u64>,
+    wanted: &PlanRequest,
     force: bool,
-    device: protocol::Device,
-    compute: protocol::ComputePolicy,
 ) -> Result<Plan, protocol::Failure> {
     let mut evicted = Vec::new();
     let mut refused: Vec<std::path::PathBuf> = Vec::new();
@@ -35,10 +34,8 @@ pub async fn admit(
         let loaded = others.iter().filter(|(_, r)| r.held_bytes > 0).count();
         let free = shared.budget.saturating_sub(held);
         let req = PlanRequest {
-            context,
-            device,
-            compute,
-            ..PlanRequest::new(free)
+            budget: free,
+            ..wanted.clone()
         };
         let plan = plan::plan(model, &req);
         let fits = plan.fits() && loaded < shared.max_loaded;

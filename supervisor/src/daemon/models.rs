@@ -157,6 +157,7 @@ struct LoadSettings {
     fault: Option<Fault>,
     device: Device,
     compute: protocol::ComputePolicy,
+    kv_bits: Option<u8>,
 }
 
 /// The model as read for its load: a prompt's length is counted and checked with it.
@@ -322,6 +323,7 @@ impl Actor {
                             fault: None,
                             device: job.req.device,
                             compute: job.req.compute,
+                            kv_bits: job.req.kv_bits,
                         };
                     }
                     if let Some(k) = job.req.keep_alive {
@@ -352,6 +354,7 @@ impl Actor {
                             fault: req.fault,
                             device: req.device,
                             compute: req.compute,
+                            kv_bits: req.kv_bits,
                         };
                         self.backoff_until = None;
                         self.start_load(Some(resp.clone()));
@@ -864,17 +867,14 @@ async fn load(
     };
     // One admission at a time, held through the load: what it admits is then counted.
     let _admitting = shared.admission.lock().await;
-    let plan = match admission::admit(
-        &shared,
-        &dir,
-        &model,
-        settings.context,
-        settings.force,
-        settings.device,
-        settings.compute,
-    )
-    .await
-    {
+    let wanted = crate::plan::PlanRequest {
+        context: settings.context,
+        device: settings.device,
+        compute: settings.compute,
+        kv_bits: settings.kv_bits,
+        ..crate::plan::PlanRequest::new(0)
+    };
+    let plan = match admission::admit(&shared, &dir, &model, &wanted, settings.force).await {
         Ok(p) => p,
         Err(f) => return Loaded::Refused(Box::new(f)),
     };

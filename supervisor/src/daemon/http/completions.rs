@@ -130,6 +130,7 @@ fn request(
         force: false,
         device: Device::Default,
         compute: protocol::ComputePolicy::Auto,
+        kv_bits: None,
     })
 }
 
