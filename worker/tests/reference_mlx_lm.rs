@@ -233,6 +233,38 @@ fn greedy_tokens_match_mlx_lm() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// Our greedy tokens and first-step log-probabilities against one mlx-lm result: what
+/// differs (tokens, or log-probs by more than `tolerance`), printed either way.
+fn compare(name: &str, tokens: &[u32], lp: &[f32], r: &Value, tolerance: f32) -> Vec<String> {
+    let theirs = ids(&r["tokens"]);
+    let ref_lp: Vec<f32> = r["first_logprobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap() as f32)
+        .collect();
+    let max_diff = lp
+        .iter()
+        .zip(&ref_lp)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    eprintln!(
+        "{name}: tokens identical to mlx-lm's: {}, max |Δ logprob| = {max_diff:e}",
+        theirs == tokens
+    );
+    let mut failures = Vec::new();
+    if theirs != tokens {
+        let at = tokens.iter().zip(&theirs).position(|(a, b)| a != b);
+        failures.push(format!(
+            "{name}: tokens differ at {at:?}:\n  ours   {tokens:?}\n  mlx-lm {theirs:?}"
+        ));
+    }
+    if ref_lp.len() != lp.len() || max_diff > tolerance {
+        failures.push(format!("{name}: first-step logprobs differ by {max_diff}"));
+    }
+    failures
+}
+
 /// Our greedy run of `dir`: the prompt ids, the tokens, the first step's log-probabilities
 /// and the reported compute dtype.
 fn greedy(dir: &Path, f32: bool) -> (Vec<u32>, Vec<u32>, Vec<f32>, String) {
@@ -301,36 +333,8 @@ fn f32_compute_matches_mlx_lm_on_the_f32_conversion() {
     let reference = run_python(&Value::Array(jobs));
     let mut failures = Vec::new();
     for ((case, (tokens, lp)), r) in cases.iter().zip(&ours).zip(&reference) {
-        let theirs = ids(&r["tokens"]);
-        let ref_lp: Vec<f32> = r["first_logprobs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_f64().unwrap() as f32)
-            .collect();
-        let max_diff = lp
-            .iter()
-            .zip(&ref_lp)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, f32::max);
-        eprintln!(
-            "{} in f32: tokens identical to mlx-lm's f32 conversion: {}, max |Δ logprob| = {max_diff:e}",
-            case.name,
-            &theirs == tokens
-        );
-        if &theirs != tokens {
-            let at = tokens.iter().zip(&theirs).position(|(a, b)| a != b);
-            failures.push(format!(
-                "{} (f32): tokens differ at {at:?}:\n  ours   {tokens:?}\n  mlx-lm {theirs:?}",
-                case.name
-            ));
-        }
-        if ref_lp.len() != lp.len() || max_diff > LOGPROB_TOLERANCE {
-            failures.push(format!(
-                "{} (f32): first-step logprobs differ by {max_diff}",
-                case.name
-            ));
-        }
+        let name = format!("{} (f32)", case.name);
+        failures.extend(compare(&name, tokens, lp, r, LOGPROB_TOLERANCE));
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
@@ -387,28 +391,6 @@ fn quantized_kv_cache_matches_mlx_lm() {
     let reference = run_python(&Value::Array(jobs));
     let mut failures = Vec::new();
     for ((name, tokens, lp), r) in ours.iter().zip(&reference) {
-        let theirs = ids(&r["tokens"]);
-        let ref_lp: Vec<f32> = r["first_logprobs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_f64().unwrap() as f32)
-            .collect();
-        let max_diff = lp
-            .iter()
-            .zip(&ref_lp)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, f32::max);
-        eprintln!(
-            "{name}: tokens identical to mlx-lm's: {}, max |Δ logprob| = {max_diff:e}",
-            &theirs == tokens
-        );
-        if &theirs != tokens {
-            let at = tokens.iter().zip(&theirs).position(|(a, b)| a != b);
-            failures.push(format!(
-                "{name}: tokens differ at {at:?}:\n  ours   {tokens:?}\n  mlx-lm {theirs:?}"
-            ));
-        }
         // f32 compute multiplies by transposed weights (OpenBLAS without packing), a
         // different accumulation order than mlx-lm's f32 conversion (~1e-6, see the f32
         // test); the KV cache's rounding to 8 bits can turn that into one quantization
@@ -418,9 +400,7 @@ fn quantized_kv_cache_matches_mlx_lm() {
         } else {
             LOGPROB_TOLERANCE
         };
-        if ref_lp.len() != lp.len() || max_diff > tolerance {
-            failures.push(format!("{name}: first-step logprobs differ by {max_diff}"));
-        }
+        failures.extend(compare(name, tokens, lp, r, tolerance));
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
