@@ -185,42 +185,7 @@ fn greedy_tokens_match_mlx_lm() {
                 case.name, r["chat_tokens"]
             ));
         }
-        let theirs = ids(&r["tokens"]);
-        if &theirs != tokens {
-            let at = tokens.iter().zip(&theirs).position(|(a, b)| a != b);
-            failures.push(format!(
-                "{}: tokens differ at {at:?}:\n  ours   {tokens:?}\n  mlx-lm {theirs:?}",
-                case.name
-            ));
-        }
-        let ref_lp: Vec<f32> = r["first_logprobs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_f64().unwrap() as f32)
-            .collect();
-        assert_eq!(ref_lp.len(), logprobs.len(), "{}", case.name);
-        let max_diff = logprobs
-            .iter()
-            .zip(&ref_lp)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, f32::max);
-        eprintln!(
-            "{}: {} tokens identical: {}, max |Δ logprob| = {max_diff:e}, {} distinct",
-            case.name,
-            tokens.len(),
-            &theirs == tokens,
-            tokens
-                .iter()
-                .collect::<std::collections::BTreeSet<_>>()
-                .len()
-        );
-        if max_diff > LOGPROB_TOLERANCE {
-            failures.push(format!(
-                "{}: first-step logprobs differ by {max_diff} > {LOGPROB_TOLERANCE}",
-                case.name
-            ));
-        }
+        failures.extend(compare(&case.name, tokens, logprobs, r, LOGPROB_TOLERANCE));
         let distinct: std::collections::BTreeSet<_> = tokens.iter().collect();
         if distinct.len() < 8 {
             failures.push(format!(
