@@ -1,5 +1,7 @@
-//! `make-model`: deterministic random-weight model folders (Llama, Mistral, Qwen2, Qwen3)
-//! with a small real byte-level BPE tokenizer and a ChatML chat template.
+//! `make-model`: deterministic random-weight model folders (Llama, Mistral, Qwen2, Qwen3,
+//! Gemma 2, Gemma 3, Phi-3, Mixtral, Qwen3-MoE) with a small real byte-level BPE
+//! tokenizer and a ChatML chat template. Family options (experts, RoPE scaling, sliding
+//! window) are in `family_config.rs`.
 //!
 //! Weights come from our own seeded generator (the same spec gives the same bytes on
 //! every platform); quantized folders are quantized by MLX itself (`mx.quantize`), so
@@ -11,6 +13,9 @@ use std::io::{BufWriter, Write};
 use std::path::Path;
 
 use crate::engine::sample::Rng;
+
+#[path = "make_model_family.rs"]
+mod family;
 use half::{bf16, f16};
 use mlx_rs::{Array, Dtype};
 use protocol::{ModelSpec, WorkerError, WorkerErrorKind};
@@ -86,17 +91,19 @@ impl Gen {
 
 /// How a tensor is initialised.
 #[derive(Clone, Copy)]
-enum Init {
+pub(crate) enum Init {
     Normal(f64),
     Ones,
 }
 
-struct TensorSpec {
-    name: String,
-    shape: Vec<i32>,
-    init: Init,
+pub(crate) struct TensorSpec {
+    pub name: String,
+    pub shape: Vec<i32>,
+    pub init: Init,
     /// Quantize this one (a linear or embedding weight whose rows fit the group size).
-    quantize: bool,
+    pub quantize: bool,
+    /// Bits for this one instead of the folder's (Qwen3-MoE's 8-bit router).
+    pub bits: Option<u32>,
 }
 
 /// A tensor ready to write: dtype tag of safetensors, shape, raw little-endian bytes.
@@ -106,13 +113,28 @@ struct Tensor {
     data: Vec<u8>,
 }
 
+/// The architectures `make-model` writes.
+pub const ARCHS: &[&str] = &[
+    "llama",
+    "mistral",
+    "qwen2",
+    "qwen3",
+    "gemma2",
+    "gemma3_text",
+    "phi3",
+    "mixtral",
+    "qwen3_moe",
+];
+
 fn check(spec: &ModelSpec) -> Result<(), WorkerError> {
-    if !["llama", "mistral", "qwen2", "qwen3"].contains(&spec.arch.as_str()) {
+    if !ARCHS.contains(&spec.arch.as_str()) {
         return Err(bad(format!(
-            "unsupported arch {:?}; supported: llama, mistral, qwen2, qwen3",
-            spec.arch
+            "unsupported arch {:?}; supported: {}",
+            spec.arch,
+            ARCHS.join(", ")
         )));
     }
+    family::check(spec).map_err(bad)?;
     if !["bf16", "f16", "f32"].contains(&spec.dtype.as_str()) {
         return Err(bad(format!(
             "unsupported dtype {:?}; supported: bf16, f16, f32",
@@ -180,27 +202,40 @@ fn tensor_specs(spec: &ModelSpec) -> Vec<TensorSpec> {
         shape: vec![out, inp],
         init: Init::Normal(1.0 / (inp as f64).sqrt()),
         quantize: q && inp % gs == 0,
+        bits: None,
     };
     let vec_of = |name: String, n: i32, init| TensorSpec {
         name,
         shape: vec![n],
         init,
         quantize: false,
+        bits: None,
     };
-    let embed_std = 1.0 / (d as f64).sqrt();
+    // Gemma scales the (tied) embeddings by √hidden: smaller ones keep the random blocks,
+    // not the input token, in charge of the next token.
+    let embed_std = if spec.arch.starts_with("gemma") { 0.1 } else { 1.0 } / (d as f64).sqrt();
     let mut t = vec![TensorSpec {
         name: "model.embed_tokens.weight".into(),
         shape: vec![v, d],
         init: Init::Normal(embed_std),
         quantize: q && d % gs == 0,
+        bits: None,
     }];
+    let arch = spec.arch.as_str();
+    let gemma = arch.starts_with("gemma");
+    // Gemma norms are `(1 + weight)`: small random weights around 0, not ones.
+    let norm_init = if gemma { Init::Normal(0.1) } else { Init::Ones };
     for l in 0..spec.layers {
         let p = format!("model.layers.{l}");
-        t.push(lin(format!("{p}.self_attn.q_proj.weight"), qd, d));
-        t.push(lin(format!("{p}.self_attn.k_proj.weight"), kvd, d));
-        t.push(lin(format!("{p}.self_attn.v_proj.weight"), kvd, d));
+        if arch == "phi3" {
+            t.push(lin(format!("{p}.self_attn.qkv_proj.weight"), qd + 2 * kvd, d));
+        } else {
+            t.push(lin(format!("{p}.self_attn.q_proj.weight"), qd, d));
+            t.push(lin(format!("{p}.self_attn.k_proj.weight"), kvd, d));
+            t.push(lin(format!("{p}.self_attn.v_proj.weight"), kvd, d));
+        }
         t.push(lin(format!("{p}.self_attn.o_proj.weight"), d, qd));
-        if spec.arch == "qwen2" {
+        if arch == "qwen2" {
             t.push(vec_of(
                 format!("{p}.self_attn.q_proj.bias"),
                 qd,
@@ -217,29 +252,34 @@ fn tensor_specs(spec: &ModelSpec) -> Vec<TensorSpec> {
                 Init::Normal(0.02),
             ));
         }
-        if spec.arch == "qwen3" {
-            t.push(vec_of(
-                format!("{p}.self_attn.q_norm.weight"),
-                hd,
-                Init::Ones,
-            ));
-            t.push(vec_of(
-                format!("{p}.self_attn.k_norm.weight"),
-                hd,
-                Init::Ones,
-            ));
+        if ["qwen3", "qwen3_moe", "gemma3_text"].contains(&arch) {
+            t.push(vec_of(format!("{p}.self_attn.q_norm.weight"), hd, norm_init));
+            t.push(vec_of(format!("{p}.self_attn.k_norm.weight"), hd, norm_init));
         }
-        t.push(lin(format!("{p}.mlp.gate_proj.weight"), i, d));
-        t.push(lin(format!("{p}.mlp.up_proj.weight"), i, d));
-        t.push(lin(format!("{p}.mlp.down_proj.weight"), d, i));
-        t.push(vec_of(format!("{p}.input_layernorm.weight"), d, Init::Ones));
+        match arch {
+            "phi3" => {
+                t.push(lin(format!("{p}.mlp.gate_up_proj.weight"), 2 * i, d));
+                t.push(lin(format!("{p}.mlp.down_proj.weight"), d, i));
+            }
+            "mixtral" | "qwen3_moe" => t.extend(family::expert_specs(spec, &p, &lin)),
+            _ => {
+                t.push(lin(format!("{p}.mlp.gate_proj.weight"), i, d));
+                t.push(lin(format!("{p}.mlp.up_proj.weight"), i, d));
+                t.push(lin(format!("{p}.mlp.down_proj.weight"), d, i));
+            }
+        }
+        t.push(vec_of(format!("{p}.input_layernorm.weight"), d, norm_init));
         t.push(vec_of(
             format!("{p}.post_attention_layernorm.weight"),
             d,
-            Init::Ones,
+            norm_init,
         ));
+        if gemma {
+            t.push(vec_of(format!("{p}.pre_feedforward_layernorm.weight"), d, norm_init));
+            t.push(vec_of(format!("{p}.post_feedforward_layernorm.weight"), d, norm_init));
+        }
     }
-    t.push(vec_of("model.norm.weight".into(), d, Init::Ones));
+    t.push(vec_of("model.norm.weight".into(), d, norm_init));
     if !tied(spec) {
         let mut head = lin("lm_head.weight".into(), v, d);
         head.init = Init::Normal(embed_std);
@@ -249,10 +289,10 @@ fn tensor_specs(spec: &ModelSpec) -> Vec<TensorSpec> {
     t
 }
 
-/// Qwen folders tie the output projection to the embeddings (as small Qwens do);
-/// Llama and Mistral folders have their own `lm_head`.
+/// Qwen and Gemma folders tie the output projection to the embeddings (as small Qwens
+/// and every Gemma do); Llama, Mistral, Phi-3 and Mixtral folders have their own `lm_head`.
 fn tied(spec: &ModelSpec) -> bool {
-    spec.arch.starts_with("qwen")
+    spec.arch.starts_with("qwen") || spec.arch.starts_with("gemma")
 }
 
 fn dtype_of(spec: &ModelSpec) -> (Dtype, &'static str, &'static str) {
@@ -357,15 +397,17 @@ fn build_tensors(spec: &ModelSpec) -> Result<Vec<(String, Tensor)>, WorkerError>
         drop(values);
         match (t.quantize, spec.quant_bits) {
             (true, Some(bits)) => {
-                let (gs, bits) = (spec.group_size as i32, bits as i32);
+                let (gs, bits) = (spec.group_size as i32, t.bits.unwrap_or(bits) as i32);
                 let [q, s, b] = quantize(&data, &t.shape, dtype, gs, bits)?;
                 let base = t.name.trim_end_matches(".weight");
-                let (rows, cols) = (t.shape[0], t.shape[1]);
+                let (lead, cols) = t.shape.split_at(t.shape.len() - 1);
+                let cols = cols[0];
+                let with_last = |last: i32| [lead, &[last]].concat();
                 out.push((
                     format!("{base}.biases"),
                     Tensor {
                         dtype: tag,
-                        shape: vec![rows, cols / gs],
+                        shape: with_last(cols / gs),
                         data: b,
                     },
                 ));
@@ -373,7 +415,7 @@ fn build_tensors(spec: &ModelSpec) -> Result<Vec<(String, Tensor)>, WorkerError>
                     format!("{base}.scales"),
                     Tensor {
                         dtype: tag,
-                        shape: vec![rows, cols / gs],
+                        shape: with_last(cols / gs),
                         data: s,
                     },
                 ));
@@ -381,7 +423,7 @@ fn build_tensors(spec: &ModelSpec) -> Result<Vec<(String, Tensor)>, WorkerError>
                     t.name.clone(),
                     Tensor {
                         dtype: "U32",
-                        shape: vec![rows, cols * bits / 32],
+                        shape: with_last(cols * bits / 32),
                         data: q,
                     },
                 ));
@@ -600,6 +642,11 @@ fn config_json(spec: &ModelSpec, endoftext: usize) -> Value {
         "llama" => "LlamaForCausalLM",
         "mistral" => "MistralForCausalLM",
         "qwen2" => "Qwen2ForCausalLM",
+        "gemma2" => "Gemma2ForCausalLM",
+        "gemma3_text" => "Gemma3ForCausalLM",
+        "phi3" => "Phi3ForCausalLM",
+        "mixtral" => "MixtralForCausalLM",
+        "qwen3_moe" => "Qwen3MoeForCausalLM",
         _ => "Qwen3ForCausalLM",
     };
     let mut c = json!({
@@ -633,14 +680,19 @@ fn config_json(spec: &ModelSpec, endoftext: usize) -> Value {
         "qwen2" => {
             json!({"rope_theta": 1000000.0, "use_sliding_window": false, "sliding_window": null})
         }
+        "gemma2" | "gemma3_text" | "phi3" | "mixtral" | "qwen3_moe" => family::config(spec),
         _ => {
             json!({"rope_theta": 1000000.0, "attention_bias": false, "use_sliding_window": false, "sliding_window": null})
         }
     };
     if let (Some(c), Value::Object(e)) = (c.as_object_mut(), extra) {
         c.extend(e);
+        family::apply_options(spec, c);
         if let Some(bits) = spec.quant_bits {
-            let q = json!({"group_size": spec.group_size, "bits": bits, "mode": "affine"});
+            let mut q = json!({"group_size": spec.group_size, "bits": bits, "mode": "affine"});
+            if let Some(q) = q.as_object_mut() {
+                q.extend(family::quant_overrides(spec));
+            }
             c.insert("quantization".into(), q.clone());
             c.insert("quantization_config".into(), q);
         }

@@ -8,14 +8,18 @@
 //! The computation mirrors mlx-lm 0.32 op for op (same fast kernels, same casts, same
 //! cache layout, same prefill chunking), so greedy decoding gives the same tokens.
 
+mod attention;
 mod cache;
 mod chat;
 mod config;
 mod error;
+mod ffn;
 mod generate;
 mod layers;
 mod memory;
 mod model;
+mod moe;
+mod rope;
 pub(crate) mod sample;
 mod stop;
 mod tokenizer;

@@ -160,6 +160,11 @@ impl WeightStore {
         })
     }
 
+    /// Puts a tensor in (one built from others, e.g. stacked experts).
+    pub fn insert(&mut self, name: String, array: Array) {
+        self.map.insert(name, array);
+    }
+
     /// Takes a tensor out if present.
     pub fn take_opt(&mut self, name: &str) -> Option<Array> {
         self.map.remove(name)
