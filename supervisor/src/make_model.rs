@@ -37,6 +37,16 @@ pub struct MakeModelArgs {
     pub group_size: u32,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    #[command(flatten)]
+    pub family: FamilyArgs,
+    /// One JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The family options of `make-model` (issue 13).
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct FamilyArgs {
     /// Routed experts per layer (mixtral, qwen3_moe; default 4).
     #[arg(long)]
     pub experts: Option<u32>,
@@ -55,9 +65,6 @@ pub struct MakeModelArgs {
     /// `max_position_embeddings` of config.json.
     #[arg(long)]
     pub max_position: Option<u32>,
-    /// One JSON object on stdout.
-    #[arg(long)]
-    pub json: bool,
 }
 
 impl MakeModelArgs {
@@ -76,12 +83,12 @@ impl MakeModelArgs {
             group_size: self.group_size,
             seed: self.seed,
             options: protocol::ModelOptions {
-                experts: self.experts.unwrap_or(0),
-                experts_per_token: self.experts_per_token.unwrap_or(0),
-                stacked_experts: self.stacked_experts,
-                rope_scaling: self.rope_scaling.clone(),
-                sliding_window: self.sliding_window,
-                max_position: self.max_position,
+                experts: self.family.experts.unwrap_or(0),
+                experts_per_token: self.family.experts_per_token.unwrap_or(0),
+                stacked_experts: self.family.stacked_experts,
+                rope_scaling: self.family.rope_scaling.clone(),
+                sliding_window: self.family.sliding_window,
+                max_position: self.family.max_position,
             },
         }
     }
@@ -110,7 +117,7 @@ fn validate(a: &MakeModelArgs) -> Result<(), String> {
             a.heads, a.kv_heads
         ));
     }
-    if a.experts == Some(0) || a.experts_per_token == Some(0) {
+    if a.family.experts == Some(0) || a.family.experts_per_token == Some(0) {
         return Err("--experts and --experts-per-token must be at least 1".into());
     }
     if ![32, 64, 128].contains(&a.group_size) {

@@ -213,7 +213,11 @@ fn tensor_specs(spec: &ModelSpec) -> Vec<TensorSpec> {
     };
     // Gemma scales the (tied) embeddings by √hidden: smaller ones keep the random blocks,
     // not the input token, in charge of the next token.
-    let embed_std = if spec.arch.starts_with("gemma") { 0.1 } else { 1.0 } / (d as f64).sqrt();
+    let embed_std = if spec.arch.starts_with("gemma") {
+        0.1
+    } else {
+        1.0
+    } / (d as f64).sqrt();
     let mut t = vec![TensorSpec {
         name: "model.embed_tokens.weight".into(),
         shape: vec![v, d],
@@ -228,7 +232,11 @@ fn tensor_specs(spec: &ModelSpec) -> Vec<TensorSpec> {
     for l in 0..spec.layers {
         let p = format!("model.layers.{l}");
         if arch == "phi3" {
-            t.push(lin(format!("{p}.self_attn.qkv_proj.weight"), qd + 2 * kvd, d));
+            t.push(lin(
+                format!("{p}.self_attn.qkv_proj.weight"),
+                qd + 2 * kvd,
+                d,
+            ));
         } else {
             t.push(lin(format!("{p}.self_attn.q_proj.weight"), qd, d));
             t.push(lin(format!("{p}.self_attn.k_proj.weight"), kvd, d));
@@ -253,8 +261,16 @@ fn tensor_specs(spec: &ModelSpec) -> Vec<TensorSpec> {
             ));
         }
         if ["qwen3", "qwen3_moe", "gemma3_text"].contains(&arch) {
-            t.push(vec_of(format!("{p}.self_attn.q_norm.weight"), hd, norm_init));
-            t.push(vec_of(format!("{p}.self_attn.k_norm.weight"), hd, norm_init));
+            t.push(vec_of(
+                format!("{p}.self_attn.q_norm.weight"),
+                hd,
+                norm_init,
+            ));
+            t.push(vec_of(
+                format!("{p}.self_attn.k_norm.weight"),
+                hd,
+                norm_init,
+            ));
         }
         match arch {
             "phi3" => {
@@ -275,8 +291,16 @@ fn tensor_specs(spec: &ModelSpec) -> Vec<TensorSpec> {
             norm_init,
         ));
         if gemma {
-            t.push(vec_of(format!("{p}.pre_feedforward_layernorm.weight"), d, norm_init));
-            t.push(vec_of(format!("{p}.post_feedforward_layernorm.weight"), d, norm_init));
+            t.push(vec_of(
+                format!("{p}.pre_feedforward_layernorm.weight"),
+                d,
+                norm_init,
+            ));
+            t.push(vec_of(
+                format!("{p}.post_feedforward_layernorm.weight"),
+                d,
+                norm_init,
+            ));
         }
     }
     t.push(vec_of("model.norm.weight".into(), d, norm_init));

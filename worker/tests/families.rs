@@ -17,15 +17,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use protocol::{
-    GenerateRequest, ModelOptions, ModelSpec, Phase, Prompt, Sampling, WorkerError,
-    WorkerErrorKind,
+    GenerateRequest, ModelOptions, ModelSpec, Phase, Prompt, Sampling, WorkerError, WorkerErrorKind,
 };
 use serde_json::{json, Value};
 use worker::engine::{Engine, GenerateOptions, Hooks, LoadOptions};
 
 const TOLERANCE: f32 = 1e-3;
-/// Quantized MoE against our f32 run of its dequantized weights (issue 13).
-const QUANT_MOE_TOLERANCE: f32 = 1e-2;
+/// Native 4-bit MoE (bf16 activations) against our f32 run of the same folder: a loose
+/// bound, since bf16 against f32 moves these tiny random models' log-probs by ~0.2.
+const BF16_VS_F32_BOUND: f32 = 0.5;
 const MAX_TOKENS: u32 = 64;
 /// 32 prompt tokens × 2 experts reach mlx-lm's 64-index threshold: the prefill takes
 /// SwitchGLU's sorted path, the decode steps the unsorted one.
@@ -76,7 +76,11 @@ fn rope(s: &str) -> ModelOptions {
 
 fn run_python(script: &str, jobs: &Value) -> Vec<Value> {
     let mut child = Command::new(python())
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join(script))
+        .arg(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests")
+                .join(script),
+        )
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -243,7 +247,9 @@ fn gemma_phi3_and_rope_scalings_match_mlx_lm() {
         let seed = 300 + k as u64;
         // Gemma 2: soft-capping, four norms, scaled embeddings (mlx-lm 0.32.2 attends in
         // full on every layer, whatever sliding_window says; a window of 16 is passed).
-        add(&format!("gemma2-{tag}"), false, &|d| spec(d, "gemma2", q, seed, window()));
+        add(&format!("gemma2-{tag}"), false, &|d| {
+            spec(d, "gemma2", q, seed, window())
+        });
         // Gemma 3: 1 sliding (window 16, passed by the 100-token run) + 1 global layer,
         // two RoPE bases, linear scaling on the global one as gemma-3-4b has.
         add(&format!("gemma3_text-linear8-{tag}"), false, &|d| {
@@ -257,22 +263,38 @@ fn gemma_phi3_and_rope_scalings_match_mlx_lm() {
         });
     }
     // phi-4 style: Phi-3 without scaling.
-    add("phi3-plain-bf16", false, &|d| spec(d, "phi3", None, 310, ModelOptions::default()));
+    add("phi3-plain-bf16", false, &|d| {
+        spec(d, "phi3", None, 310, ModelOptions::default())
+    });
     // The other scalings on the dense families.
-    add("llama-yarn4-bf16", false, &|d| spec(d, "llama", None, 311, rope("yarn:4")));
-    add("llama-yarn4-q4", false, &|d| spec(d, "llama", Some(4), 312, rope("yarn:4")));
+    add("llama-yarn4-bf16", false, &|d| {
+        spec(d, "llama", None, 311, rope("yarn:4"))
+    });
+    add("llama-yarn4-q4", false, &|d| {
+        spec(d, "llama", Some(4), 312, rope("yarn:4"))
+    });
     add("qwen2-dynamic2-bf16", false, &|d| {
         // max_position 64: the 100-token run passes it, where dynamic NTK moves the base.
         let mut o = rope("dynamic:2");
         o.max_position = Some(64);
         spec(d, "qwen2", None, 313, o)
     });
-    add("qwen3-longrope4-bf16", false, &|d| spec(d, "qwen3", None, 314, rope("longrope:4")));
-    add("mistral-linear2-q4", false, &|d| spec(d, "mistral", Some(4), 315, rope("linear:2")));
+    add("qwen3-longrope4-bf16", false, &|d| {
+        spec(d, "qwen3", None, 314, rope("longrope:4"))
+    });
+    add("mistral-linear2-q4", false, &|d| {
+        spec(d, "mistral", Some(4), 315, rope("linear:2"))
+    });
     // f32 compute against mlx-lm's f32 conversion, once per new dense family.
-    add("gemma2-f32", true, &|d| spec(d, "gemma2", Some(4), 320, window()));
-    add("gemma3_text-f32", true, &|d| spec(d, "gemma3_text", None, 321, window()));
-    add("phi3-longrope-f32", true, &|d| spec(d, "phi3", None, 322, rope("longrope:8")));
+    add("gemma2-f32", true, &|d| {
+        spec(d, "gemma2", Some(4), 320, window())
+    });
+    add("gemma3_text-f32", true, &|d| {
+        spec(d, "gemma3_text", None, 321, window())
+    });
+    add("phi3-longrope-f32", true, &|d| {
+        spec(d, "phi3", None, 322, rope("longrope:8"))
+    });
     compare_with_mlx_lm(&cases);
 }
 
@@ -307,7 +329,9 @@ fn moe_families_match_mlx_lm_in_f32_and_4_bit() {
         }
         // mlx-lm's own layout for a quantized MoE: stacked switch_mlp, 8 experts.
         let name = format!("{arch}-stacked-q4");
-        let dir = make(t, &name, |d| spec(d, arch, Some(4), seed + 5, moe(8, 2, true)));
+        let dir = make(t, &name, |d| {
+            spec(d, arch, Some(4), seed + 5, moe(8, 2, true))
+        });
         f32_cases.push(Case {
             name: format!("{name} in f32"),
             dir: dir.clone(),
@@ -321,7 +345,9 @@ fn moe_families_match_mlx_lm_in_f32_and_4_bit() {
     }
     // Per-expert quantized tensors (mlx-lm's mixtral sanitize stacks those too).
     let name = "mixtral-hf-q4".to_string();
-    let dir = make(t, &name, |d| spec(d, "mixtral", Some(4), 430, moe(4, 2, false)));
+    let dir = make(t, &name, |d| {
+        spec(d, "mixtral", Some(4), 430, moe(4, 2, false))
+    });
     quant.push(Case {
         name,
         dir,
@@ -335,7 +361,14 @@ fn moe_families_match_mlx_lm_in_f32_and_4_bit() {
     // could run it: bf16 activations against f32 ones. On these random tiny models
     // that gap is ~0.1–0.25 in log-prob (dense 4-bit folders show the same), so the
     // bound is loose; the exact check is the one above.
-    for case in &quant {
+    let dense = Case {
+        name: "llama-q4 (dense, for scale)".into(),
+        dir: make(t, "llama-q4", |d| {
+            spec(d, "llama", Some(4), 440, ModelOptions::default())
+        }),
+        f32: false,
+    };
+    for case in quant.iter().chain(std::iter::once(&dense)) {
         let native = greedy(&case.dir, false);
         let f32 = greedy(&case.dir, true);
         let d = max_diff(&native.logprobs, &f32.logprobs);
@@ -349,7 +382,11 @@ fn moe_families_match_mlx_lm_in_f32_and_4_bit() {
             "{}: native 4-bit vs our f32 of it: max |Δ logprob| = {d:e}, first {same} tokens equal",
             case.name
         );
-        assert!(d < 0.5, "{}: native vs f32 Δ logprob {d}", case.name);
+        assert!(
+            d < BF16_VS_F32_BOUND,
+            "{}: native vs f32 Δ logprob {d}",
+            case.name
+        );
     }
 }
 
@@ -359,7 +396,9 @@ fn a_native_bf16_moe_on_the_cpu_is_a_clear_load_failed() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let dir = make(tmp.path(), "m", |d| spec(d, "qwen3_moe", None, 1, moe(4, 2, true)));
+    let dir = make(tmp.path(), "m", |d| {
+        spec(d, "qwen3_moe", None, 1, moe(4, 2, true))
+    });
     let err = match Engine::load(
         &dir,
         &LoadOptions {
