@@ -165,10 +165,14 @@ impl SwitchLinear {
         let w = store.take_shaped(&format!("{prefix}.weight"), &shape)?;
         if w.dtype() != Dtype::Float32 && crate::mlx_info::device_name() == "cpu" {
             return Err(load_failed(format!(
-                "{} ({}): the routed experts run on MLX's GatherMM, which on MLX 0.32.2's CPU backend supports only float32, and these experts are {:?}; compute in float32 (`--compute f32`, which `auto` picks on the CPU when it fits) or use a quantized folder",
+                "{} ({}): the routed experts run on MLX's GatherMM, which on MLX 0.32.2's CPU backend supports only float32, and these experts are {}; compute in float32 (`--compute f32`, which `auto` picks on the CPU when it fits) or use a quantized folder",
                 cfg.model_type,
                 store.dir().display(),
-                w.dtype()
+                match w.dtype() {
+                    Dtype::Bfloat16 => "bfloat16",
+                    Dtype::Float16 => "float16",
+                    _ => "not float32",
+                }
             )));
         }
         Ok(SwitchLinear::Dense(w))
