@@ -183,7 +183,13 @@ fn compare_with(cases: &[Case], script: &str) {
     let mut jobs = Vec::new();
     for case in cases {
         let o = greedy(&case.dir, case.f32);
-        let want = if case.f32 { "float32" } else { "bfloat16" };
+        let want = if case.f32 {
+            "float32"
+        } else if case.name.ends_with("-f16") {
+            "float16"
+        } else {
+            "bfloat16"
+        };
         assert!(o.dtype.starts_with(want), "{}: {}", case.name, o.dtype);
         jobs.push(json!({
             "model": case.dir, "prompt_text": PROMPT, "prompt_tokens": o.prompt,
@@ -291,6 +297,12 @@ fn gemma_phi3_and_rope_scalings_match_mlx_lm() {
     });
     add("gemma3_text-f32", true, &|d| {
         spec(d, "gemma3_text", None, 321, window())
+    });
+    // Gemma 3 in float16: the residuals go through mlx-lm's clip_residual.
+    add("gemma3_text-f16", false, &|d| {
+        let mut s = spec(d, "gemma3_text", None, 323, window());
+        s.dtype = "f16".into();
+        s
     });
     add("phi3-longrope-f32", true, &|d| {
         spec(d, "phi3", None, 322, rope("longrope:8"))

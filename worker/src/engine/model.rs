@@ -25,6 +25,8 @@ struct Block {
     pre_feedforward_layernorm: Option<RmsNorm>,
     post_feedforward_layernorm: Option<RmsNorm>,
     sliding: bool,
+    /// Gemma 3: float16 residuals are added in f32 and clipped.
+    clip_f16: bool,
 }
 
 /// A loaded decoder.
@@ -57,9 +59,9 @@ impl Block {
             &self.post_feedforward_layernorm,
         ) {
             (Some(pre), Some(post)) => {
-                let h = h.add(self.post_attention_layernorm.forward(&r)?)?;
+                let h = self.residual(h, &self.post_attention_layernorm.forward(&r)?)?;
                 let r = self.ffn.forward(&pre.forward(&h)?, act)?;
-                h.add(post.forward(&r)?)
+                self.residual(&h, &post.forward(&r)?)
             }
             _ => {
                 let h = h.add(&r)?;
@@ -69,6 +71,18 @@ impl Block {
                 h.add(&r)
             }
         }
+    }
+
+    /// Gemma's residual add; Gemma 3 in float16 adds in f32 and clips to the f16 range
+    /// (mlx-lm's `clip_residual`).
+    fn residual(&self, x: &Array, y: &Array) -> R<Array> {
+        if !self.clip_f16 || x.dtype() != mlx_rs::Dtype::Float16 {
+            return x.add(y);
+        }
+        let f = mlx_rs::Dtype::Float32;
+        let bound = Array::from_f32(65504.0);
+        let s = x.as_dtype(f)?.add(y.as_dtype(f)?)?;
+        ops::clip(&s, (bound.negative()?, bound))?.as_dtype(mlx_rs::Dtype::Float16)
     }
 
     fn nbytes(&self) -> usize {
@@ -118,6 +132,7 @@ impl Model {
                 pre_feedforward_layernorm: extra(store, "pre_feedforward_layernorm")?,
                 post_feedforward_layernorm: extra(store, "post_feedforward_layernorm")?,
                 sliding: cfg.sliding_layers.get(n).copied().unwrap_or(false),
+                clip_f16: cfg.family == Family::Gemma3Text,
             });
         }
         let norm = norm(store, "model.norm.weight", d, &cfg)?;
