@@ -6,7 +6,7 @@
 # - mixtral, f32 (hidden 512, 8 layers, 8 heads / 2 KV, 8 experts × MLP 1024, top 2,
 #   vocab 32000): f32 because MLX 0.32.2's CPU GatherMM runs only in float32 (mlx-lm
 #   fails on a bf16 MoE), so both run the same f32 folder.
-# ~128 prompt tokens, 64 generated; each run one fresh process and one generation,
+# ~240 prompt tokens, 64 generated; each run one fresh process and one generation,
 # interleaved (ours, mlx-lm, then mlx-lm, ours, …) ${RUNS:-3} rounds; medians.
 # Prompt tps = prompt tokens / time to the first token; generation tps = tokens after the
 # first / their time; peak = MLX's peak memory; predicted = the run's estimate total_bytes.
