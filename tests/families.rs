@@ -206,3 +206,49 @@ fn family_flags_a_family_cannot_honour_are_refused() {
         assert!(!dir.exists(), "nothing is left behind");
     }
 }
+
+/// Per-expert (Hugging Face) tensors are stacked into one buffer expert by expert: the
+/// load's peak exceeds the weights by about one expert, not by a whole stacked projection
+/// (which an `mx.stack` of the parts would add).
+#[test]
+fn stacking_per_expert_tensors_holds_no_second_copy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("m");
+    let args = [
+        "--hidden",
+        "256",
+        "--intermediate",
+        "512",
+        "--vocab",
+        "512",
+        "--experts",
+        "8",
+        "--dtype",
+        "f32",
+        "--layers",
+        "2",
+    ];
+    let d = dir.to_str().unwrap();
+    let mut a = vec!["make-model", d, "--arch", "qwen3_moe"];
+    a.extend_from_slice(&args);
+    assert_eq!(mlxsup(&a).code, Some(0));
+    let r = mlxsup(&[
+        "run",
+        d,
+        "--prompt",
+        "Hi",
+        "--max-tokens",
+        "2",
+        "--context",
+        "256",
+        "--json",
+    ]);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    let loaded = r.named("loaded")[0];
+    let over = loaded["peak_bytes"].as_u64().unwrap() - loaded["weight_bytes"].as_u64().unwrap();
+    let projection = 8 * 512 * 256 * 4;
+    assert!(
+        over < projection / 2,
+        "load peak {over} bytes over the weights (one projection: {projection})"
+    );
+}

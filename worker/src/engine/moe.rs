@@ -5,7 +5,7 @@
 
 use mlx_rs::{
     error::Exception,
-    ops::{self, indexing::take_along_axis, indexing::take_axis},
+    ops::{self, indexing::take_along_axis, indexing::take_axis, indexing::TryIndexMutOp},
     Array, Dtype,
 };
 use protocol::WorkerError;
@@ -137,13 +137,33 @@ fn stack_experts(
         if !store.has(&format!("{p}.experts.0.{hf}.{part}")) {
             continue;
         }
-        let mut parts = Vec::with_capacity(experts as usize);
-        for e in 0..experts {
-            parts.push(store.take(&format!("{p}.experts.{e}.{hf}.{part}"))?);
-        }
+        // One buffer, filled expert by expert: each (lazy) expert is read into it and
+        // freed, so the projection never exists twice (an `mx.stack` of the parts holds
+        // all of them and the result at once).
         let what = format!("stacking the experts of {p}.{hf}");
-        let stacked = ops::stack(&parts, 0).ctx(&what)?;
+        let first = store.take(&format!("{p}.experts.0.{hf}.{part}"))?;
+        let shape: Vec<i32> = std::iter::once(experts)
+            .chain(first.shape().iter().copied())
+            .collect();
+        let mut stacked = ops::zeros_dtype(&shape, first.dtype()).ctx(&what)?;
         stacked.eval().ctx(&what)?;
+        let mut next = Some(first);
+        for e in 0..experts {
+            let x = match next.take() {
+                Some(x) => x,
+                None => store.take(&format!("{p}.experts.{e}.{hf}.{part}"))?,
+            };
+            if x.shape() != &shape[1..] {
+                return Err(load_failed(format!(
+                    "{p}.experts.{e}.{hf}.{part} has shape {:?}, expert 0 has {:?} (in {})",
+                    x.shape(),
+                    &shape[1..],
+                    store.dir().display()
+                )));
+            }
+            stacked.try_index_mut(e, &x).ctx(&what)?;
+            stacked.eval().ctx(&what)?;
+        }
         store.insert(format!("{p}.switch_mlp.{name}.{part}"), stacked);
     }
     Ok(())

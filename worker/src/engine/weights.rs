@@ -117,12 +117,17 @@ impl WeightStore {
                 } else {
                     array
                 };
-                array.eval().map_err(|e| {
-                    load_failed(format!(
-                        "cannot read tensor {name} of {}: {e}",
-                        file.display()
-                    ))
-                })?;
+                // Per-expert MoE tensors stay lazy: the experts' stacking (moe.rs) reads
+                // them one at a time into the stacked buffer, so the per-expert copies
+                // never all exist next to it. Every other tensor is read here.
+                if !name.contains(".experts.") {
+                    array.eval().map_err(|e| {
+                        load_failed(format!(
+                            "cannot read tensor {name} of {}: {e}",
+                            file.display()
+                        ))
+                    })?;
+                }
                 map.insert(name, array);
             }
             done += size;
