@@ -107,7 +107,7 @@ pub(crate) struct TensorSpec {
 }
 
 /// A tensor ready to write: dtype tag of safetensors, shape, raw little-endian bytes.
-struct Tensor {
+pub(crate) struct Tensor {
     dtype: &'static str,
     shape: Vec<i32>,
     data: Vec<u8>,
@@ -121,6 +121,7 @@ pub const ARCHS: &[&str] = &[
     "qwen3",
     "gemma2",
     "gemma3_text",
+    "gemma3",
     "phi3",
     "mixtral",
     "qwen3_moe",
@@ -668,6 +669,7 @@ fn config_json(spec: &ModelSpec, endoftext: usize) -> Value {
         "qwen2" => "Qwen2ForCausalLM",
         "gemma2" => "Gemma2ForCausalLM",
         "gemma3_text" => "Gemma3ForCausalLM",
+        "gemma3" => "Gemma3ForConditionalGeneration",
         "phi3" => "Phi3ForCausalLM",
         "mixtral" => "MixtralForCausalLM",
         "qwen3_moe" => "Qwen3MoeForCausalLM",
@@ -755,13 +757,30 @@ pub fn make_model(spec: &ModelSpec) -> Result<u64, WorkerError> {
         "special_tokens_map.json",
         &json!({"eos_token": IM_END, "pad_token": ENDOFTEXT}),
     )?;
-    write_json(dir, "config.json", &config_json(spec, endoftext))?;
+    // A multimodal Gemma 3 is its text model (gemma3_text) wrapped, plus a vision tower.
+    let wrapped = spec.arch == "gemma3";
+    let text_spec = if wrapped {
+        ModelSpec {
+            arch: "gemma3_text".into(),
+            ..spec.clone()
+        }
+    } else {
+        spec.clone()
+    };
+    let mut config = config_json(&text_spec, endoftext);
+    if wrapped {
+        config = family::wrap_gemma3(config);
+    }
+    write_json(dir, "config.json", &config)?;
     write_json(
         dir,
         "generation_config.json",
         &json!({"bos_token_id": null, "eos_token_id": [im_end, endoftext], "do_sample": false}),
     )?;
-    let tensors = build_tensors(spec)?;
+    let mut tensors = build_tensors(&text_spec)?;
+    if wrapped {
+        tensors = family::wrap_gemma3_tensors(tensors, spec);
+    }
     write_safetensors(&dir.join("model.safetensors"), &tensors)
 }
 

@@ -6,10 +6,18 @@
 use protocol::ModelSpec;
 use serde_json::{json, Map, Value};
 
-use super::TensorSpec;
+use super::{Tensor, TensorSpec};
 
 /// The families whose rope_scaling mlx-lm 0.32.2 applies (it ignores it for the rest).
-const ROPE_SCALED: &[&str] = &["llama", "mistral", "qwen2", "qwen3", "gemma3_text", "phi3"];
+const ROPE_SCALED: &[&str] = &[
+    "llama",
+    "mistral",
+    "qwen2",
+    "qwen3",
+    "gemma3_text",
+    "gemma3",
+    "phi3",
+];
 
 fn moe(spec: &ModelSpec) -> bool {
     matches!(spec.arch.as_str(), "mixtral" | "qwen3_moe")
@@ -221,4 +229,66 @@ pub(super) fn quant_overrides(spec: &ModelSpec) -> Map<String, Value> {
         }
     }
     m
+}
+
+/// A gemma3_text config.json as a multimodal Gemma 3's: the text model under
+/// `text_config`, vocab, eos and quantization at the top (mlx-lm's `gemma3.py` reads it so).
+pub(super) fn wrap_gemma3(text: Value) -> Value {
+    let mut text = match text {
+        Value::Object(m) => m,
+        other => return other,
+    };
+    let mut top = Map::new();
+    top.insert(
+        "architectures".into(),
+        json!(["Gemma3ForConditionalGeneration"]),
+    );
+    top.insert("model_type".into(), "gemma3".into());
+    for key in ["vocab_size", "eos_token_id", "torch_dtype"] {
+        if let Some(v) = text.get(key) {
+            top.insert(key.into(), v.clone());
+        }
+    }
+    for key in ["quantization", "quantization_config", "architectures"] {
+        if let Some(q) = text.remove(key) {
+            if key != "architectures" {
+                top.insert(key.into(), q);
+            }
+        }
+    }
+    top.insert("mm_tokens_per_image".into(), 256.into());
+    top.insert(
+        "vision_config".into(),
+        json!({"model_type": "siglip_vision_model", "hidden_size": 8}),
+    );
+    top.insert("text_config".into(), Value::Object(text));
+    Value::Object(top)
+}
+
+/// The text model's tensors under `language_model.`, and a (tiny) vision tower that a
+/// text-only run must leave unread.
+pub(super) fn wrap_gemma3_tensors(
+    tensors: Vec<(String, Tensor)>,
+    spec: &ModelSpec,
+) -> Vec<(String, Tensor)> {
+    let tag = tensors
+        .iter()
+        .find(|(n, _)| n.ends_with("input_layernorm.weight"))
+        .map_or("BF16", |(_, t)| t.dtype);
+    let width = if tag == "F32" { 4 } else { 2 };
+    let mut out: Vec<(String, Tensor)> = tensors
+        .into_iter()
+        .map(|(n, t)| (format!("language_model.{n}"), t))
+        .collect();
+    let n = 8 * spec.hidden as usize;
+    out.push((
+        "vision_tower.vision_model.post_layernorm.weight".into(),
+        Tensor {
+            dtype: tag,
+            shape: vec![8, spec.hidden as i32],
+            data: vec![0; n * width],
+        },
+    ));
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
 }

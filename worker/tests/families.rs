@@ -263,6 +263,11 @@ fn gemma_phi3_and_rope_scalings_match_mlx_lm() {
             o.rope_scaling = Some("linear:8".into());
             spec(d, "gemma3_text", q, seed, o)
         });
+        // A multimodal Gemma 3 folder (text_config, language_model.*, a vision tower),
+        // run as its text model as mlx-lm does.
+        add(&format!("gemma3-{tag}"), false, &|d| {
+            spec(d, "gemma3", q, seed + 7, window())
+        });
         // Phi-3 mini 128k style: fused qkv / gate_up, LongRoPE.
         add(&format!("phi3-longrope-{tag}"), false, &|d| {
             spec(d, "phi3", q, seed, rope("longrope:8"))

@@ -19,6 +19,7 @@ pub const SUPPORTED: &[&str] = &[
     "qwen3",
     "gemma2",
     "gemma3_text",
+    "gemma3",
     "phi3",
     "mixtral",
     "qwen3_moe",
@@ -116,6 +117,9 @@ pub struct ModelConfig {
     pub final_softcap: Option<f32>,
     /// Routed experts (Mixtral, Qwen3-MoE).
     pub moe: Option<MoeConfig>,
+    /// The weights' name prefix of the text model (`language_model.` for a multimodal
+    /// Gemma 3, whose other tensors — the vision tower — are not loaded).
+    pub weight_prefix: Option<String>,
     /// `None`: decide from the presence of `lm_head.weight`.
     pub tie_word_embeddings: Option<bool>,
     pub attention_bias: bool,
@@ -195,6 +199,9 @@ impl ModelConfig {
             .and_then(Value::as_str)
             .ok_or_else(|| load_failed(format!("{source} has no model_type")))?
             .to_string();
+        if model_type == "gemma3" {
+            return Self::gemma3(v, source);
+        }
         let family = match model_type.as_str() {
             "llama" => Family::Llama,
             "mistral" => Family::Mistral,
@@ -365,6 +372,7 @@ impl ModelConfig {
             attn_softcap,
             final_softcap,
             moe,
+            weight_prefix: None,
             tie_word_embeddings: match family {
                 // mlx-lm: Gemma 2 always ties; Gemma 3 ties when lm_head.weight is absent.
                 Family::Gemma2 => Some(true),
@@ -383,6 +391,50 @@ impl ModelConfig {
             quantization,
             quantization_raw,
         })
+    }
+
+    /// A multimodal Gemma 3 (`gemma3`) run as its text model, as mlx-lm's `gemma3.py`:
+    /// `text_config` with the top level's vocab_size (default 262208), 8 heads and 4 KV
+    /// heads when unsaid; weights under `language_model.`, the vision tower left unread.
+    fn gemma3(v: &Value, source: &str) -> Result<ModelConfig, WorkerError> {
+        let mut t = v
+            .get("text_config")
+            .and_then(Value::as_object)
+            .ok_or_else(|| {
+                load_failed(format!(
+                    "{source}: model_type gemma3 without a text_config object"
+                ))
+            })?
+            .clone();
+        t.insert("model_type".into(), "gemma3_text".into());
+        t.insert(
+            "vocab_size".into(),
+            v.get("vocab_size")
+                .cloned()
+                .unwrap_or_else(|| 262_208.into()),
+        );
+        t.entry("num_attention_heads").or_insert_with(|| 8.into());
+        t.entry("num_key_value_heads").or_insert_with(|| 4.into());
+        if let (None, Some(eos)) = (t.get("eos_token_id"), v.get("eos_token_id")) {
+            t.insert("eos_token_id".into(), eos.clone());
+        }
+        if let Some(Value::Object(q)) = v.get("quantization") {
+            // Per-layer entries name full paths; the text model's are read without the prefix.
+            let q: serde_json::Map<String, Value> = q
+                .iter()
+                .map(|(k, x)| {
+                    (
+                        k.strip_prefix("language_model.").unwrap_or(k).to_string(),
+                        x.clone(),
+                    )
+                })
+                .collect();
+            t.insert("quantization".into(), Value::Object(q));
+        }
+        let mut cfg = Self::from_value(&Value::Object(t), &format!("{source} (text_config)"))?;
+        cfg.model_type = "gemma3".into();
+        cfg.weight_prefix = Some("language_model.".into());
+        Ok(cfg)
     }
 
     /// Quantization of the layer at `path` (e.g. `model.layers.0.self_attn.q_proj`):

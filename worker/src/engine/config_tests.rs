@@ -152,6 +152,32 @@ fn the_new_families_read_their_switches() {
 }
 
 #[test]
+fn a_multimodal_gemma3_is_read_as_its_text_model() {
+    let mut text = base("gemma3_text");
+    text.as_object_mut().unwrap().remove("vocab_size");
+    text.as_object_mut().unwrap().remove("num_key_value_heads");
+    text.as_object_mut().unwrap().remove("eos_token_id");
+    let v = json!({"model_type": "gemma3", "text_config": text, "eos_token_id": [1, 106],
+        "quantization": {"group_size": 64, "bits": 4,
+            "language_model.model.layers.0.mlp.down_proj": {"group_size": 32, "bits": 8}}});
+    let c = ModelConfig::from_value(&v, "c").unwrap();
+    assert_eq!(c.model_type, "gemma3");
+    assert_eq!(c.family, Family::Gemma3Text);
+    assert_eq!(c.weight_prefix.as_deref(), Some("language_model."));
+    assert_eq!((c.vocab_size, c.num_kv_heads), (262_208, 4));
+    assert_eq!(c.eos_token_ids, vec![1, 106]);
+    assert_eq!(
+        c.quant_for("model.layers.0.mlp.down_proj"),
+        Some(QuantParams {
+            group_size: 32,
+            bits: 8
+        })
+    );
+    let e = ModelConfig::from_value(&json!({"model_type": "gemma3"}), "c").unwrap_err();
+    assert!(e.message.contains("text_config"), "{}", e.message);
+}
+
+#[test]
 fn a_known_unsupported_family_names_what_is_missing() {
     let e = ModelConfig::from_value(&base("deepseek_v3"), "config.json").unwrap_err();
     assert!(
@@ -160,7 +186,7 @@ fn a_known_unsupported_family_names_what_is_missing() {
         e.message
     );
     assert!(
-        e.message.contains("gemma3_text, phi3, mixtral, qwen3_moe"),
+        e.message.contains("gemma3_text, gemma3, phi3, mixtral, qwen3_moe"),
         "{}",
         e.message
     );

@@ -92,9 +92,11 @@ impl Engine {
         let cfg = ModelConfig::load(dir)?;
         let tokenizer = Tokenizer::load(dir)?;
         let prompts = chat::TokenizerConfig::load(dir)?;
-        let mut store = weights::WeightStore::open(dir, opts.f32, &mut |done, total| {
-            hooks.progress(done, total)
-        })?;
+        let prefix = cfg.weight_prefix.clone();
+        let mut store =
+            weights::WeightStore::open(dir, opts.f32, prefix.as_deref(), &mut |done, total| {
+                hooks.progress(done, total)
+            })?;
         let mut cfg = cfg;
         if cfg.eos_token_ids.is_empty() {
             if let Some(id) = prompts

@@ -85,9 +85,12 @@ impl WeightStore {
     /// With `f32`, f16 and bf16 tensors are upcast as they are read (one tensor at a
     /// time, so the peak is the f32 weights plus one tensor), and [`WeightStore::f32`]
     /// tells the layers to dequantize quantized matrices.
+    /// With `prefix`, only the tensors under it are kept, named without it (the others,
+    /// e.g. a vision tower, are never read).
     pub fn open(
         dir: &Path,
         f32: bool,
+        prefix: Option<&str>,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<WeightStore, WorkerError> {
         let files = weight_files(dir)?;
@@ -104,6 +107,13 @@ impl WeightStore {
                 load_failed(format!("cannot read weights from {}: {e}", file.display()))
             })?;
             for (name, array) in arrays {
+                let name = match prefix {
+                    Some(p) => match name.strip_prefix(p) {
+                        Some(rest) => rest.to_string(),
+                        None => continue,
+                    },
+                    None => name,
+                };
                 // Scales and biases of quantized matrices stay as stored: `dequantize` gives
                 // the checkpoint's dtype, then upcast, as mlx-lm's `dequantize_model`.
                 let quant_part = name.ends_with(".scales") || name.ends_with(".biases");
