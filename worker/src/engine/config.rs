@@ -25,42 +25,6 @@ pub const SUPPORTED: &[&str] = &[
     "qwen3_moe",
 ];
 
-/// `model_type`s people run that this engine does not, and what it lacks for each.
-const MISSING: &[(&str, &str)] = &[
-    (
-        "gemma",
-        "Gemma 1's decoder (gelu MLP without the extra Gemma 2 norms)",
-    ),
-    (
-        "gemma3",
-        "the Gemma 3 vision tower (its text model, gemma3_text, runs)",
-    ),
-    ("gemma3n", "Gemma 3n's per-layer embeddings and AltUp"),
-    ("gemma4", "Gemma 4's decoder"),
-    ("gemma4_text", "Gemma 4's decoder"),
-    (
-        "phi",
-        "Phi-1/2's parallel attention and partial LayerNorm decoder",
-    ),
-    ("phimoe", "Phi-3.5-MoE's sparse-mixer routing"),
-    ("qwen2_moe", "Qwen2-MoE's shared expert"),
-    ("qwen3_next", "Qwen3-Next's linear (gated delta) attention"),
-    ("qwen3_5", "Qwen3.5's linear attention layers"),
-    ("qwen3_5_moe_text", "Qwen3.5's linear attention layers"),
-    ("qwen2_vl", "the vision tower and multimodal RoPE"),
-    ("qwen2_5_vl", "the vision tower and multimodal RoPE"),
-    ("qwen3_vl", "the vision tower and multimodal RoPE"),
-    ("deepseek_v2", "multi-head latent attention"),
-    ("deepseek_v3", "multi-head latent attention"),
-    ("gpt_oss", "attention sinks and the OpenAI SwiGLU variant"),
-    (
-        "granitemoe",
-        "Granite's embedding, residual and logit multipliers",
-    ),
-    ("lfm2", "LFM2's short convolution layers"),
-    ("falcon", "Falcon's parallel attention block"),
-];
-
 /// The decoder families, each a switch in the one shared decoder.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Family {
@@ -200,7 +164,7 @@ impl ModelConfig {
             .ok_or_else(|| load_failed(format!("{source} has no model_type")))?
             .to_string();
         if model_type == "gemma3" {
-            return Self::gemma3(v, source);
+            return family::gemma3(v, source);
         }
         let family = match model_type.as_str() {
             "llama" => Family::Llama,
@@ -213,7 +177,7 @@ impl ModelConfig {
             "mixtral" => Family::Mixtral,
             "qwen3_moe" => Family::Qwen3Moe,
             other => {
-                let missing = MISSING
+                let missing = family::MISSING
                     .iter()
                     .find(|(t, _)| *t == other)
                     .map(|(_, what)| format!(" (this engine lacks {what})"))
@@ -281,7 +245,7 @@ impl ModelConfig {
             Family::Gemma3Text => {
                 rope::parse(scaling, max_pos.or(Some(32768.0)), rope_dims, source)?
             }
-            Family::Phi3 => phi3_rope(v, scaling, rope_dims, source)?,
+            Family::Phi3 => family::phi3_rope(v, scaling, rope_dims, source)?,
             _ => rope::parse(scaling, max_pos, rope_dims, source)?,
         };
         let sliding_window = match family {
@@ -393,50 +357,6 @@ impl ModelConfig {
         })
     }
 
-    /// A multimodal Gemma 3 (`gemma3`) run as its text model, as mlx-lm's `gemma3.py`:
-    /// `text_config` with the top level's vocab_size (default 262208), 8 heads and 4 KV
-    /// heads when unsaid; weights under `language_model.`, the vision tower left unread.
-    fn gemma3(v: &Value, source: &str) -> Result<ModelConfig, WorkerError> {
-        let mut t = v
-            .get("text_config")
-            .and_then(Value::as_object)
-            .ok_or_else(|| {
-                load_failed(format!(
-                    "{source}: model_type gemma3 without a text_config object"
-                ))
-            })?
-            .clone();
-        t.insert("model_type".into(), "gemma3_text".into());
-        t.insert(
-            "vocab_size".into(),
-            v.get("vocab_size")
-                .cloned()
-                .unwrap_or_else(|| 262_208.into()),
-        );
-        t.entry("num_attention_heads").or_insert_with(|| 8.into());
-        t.entry("num_key_value_heads").or_insert_with(|| 4.into());
-        if let (None, Some(eos)) = (t.get("eos_token_id"), v.get("eos_token_id")) {
-            t.insert("eos_token_id".into(), eos.clone());
-        }
-        if let Some(Value::Object(q)) = v.get("quantization") {
-            // Per-layer entries name full paths; the text model's are read without the prefix.
-            let q: serde_json::Map<String, Value> = q
-                .iter()
-                .map(|(k, x)| {
-                    (
-                        k.strip_prefix("language_model.").unwrap_or(k).to_string(),
-                        x.clone(),
-                    )
-                })
-                .collect();
-            t.insert("quantization".into(), Value::Object(q));
-        }
-        let mut cfg = Self::from_value(&Value::Object(t), &format!("{source} (text_config)"))?;
-        cfg.model_type = "gemma3".into();
-        cfg.weight_prefix = Some("language_model.".into());
-        Ok(cfg)
-    }
-
     /// Quantization of the layer at `path` (e.g. `model.layers.0.self_attn.q_proj`):
     /// a per-layer override if there is one, else the default.
     pub fn quant_for(&self, path: &str) -> Option<QuantParams> {
@@ -457,32 +377,6 @@ impl ModelConfig {
             }),
             _ => self.quantization,
         }
-    }
-}
-
-/// Phi-3's RoPE as mlx-lm's `phi3.py` builds it: `su`/`longrope` with the top-level
-/// `original_max_position_embeddings`, `linear`, or (any other type) plain.
-fn phi3_rope(
-    v: &Value,
-    scaling: Option<&Value>,
-    dims: i32,
-    source: &str,
-) -> Result<RopeKind, WorkerError> {
-    let Some(s) = scaling else {
-        return Ok(RopeKind::Default { scale: 1.0 });
-    };
-    match rope::scaling_type(s) {
-        "su" | "longrope" => {
-            let mut s = s.clone();
-            if let Some(o) = s.as_object_mut() {
-                let orig = num(v, "original_max_position_embeddings").unwrap_or(4096.0);
-                o.insert("original_max_position_embeddings".into(), orig.into());
-            }
-            let max_pos = num(v, "max_position_embeddings").unwrap_or(131072.0);
-            rope::parse(Some(&s), Some(max_pos), dims, source)
-        }
-        "linear" => rope::parse(Some(s), None, dims, source),
-        _ => Ok(RopeKind::Default { scale: 1.0 }),
     }
 }
 
@@ -527,6 +421,9 @@ fn sliding_layers(
     }
     Ok(vec![family == Family::Mistral && window.is_some(); layers])
 }
+
+#[path = "config_family.rs"]
+mod family;
 
 #[cfg(test)]
 #[path = "config_tests.rs"]

@@ -186,7 +186,8 @@ fn a_known_unsupported_family_names_what_is_missing() {
         e.message
     );
     assert!(
-        e.message.contains("gemma3_text, gemma3, phi3, mixtral, qwen3_moe"),
+        e.message
+            .contains("gemma3_text, gemma3, phi3, mixtral, qwen3_moe"),
         "{}",
         e.message
     );
