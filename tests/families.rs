@@ -43,7 +43,8 @@ fn make(dir: &std::path::Path, arch: &str, extra: &[&str]) {
 #[test]
 fn every_new_family_is_made_and_runs() {
     let tmp = tempfile::tempdir().unwrap();
-    let cases: [(&str, &[&str]); 6] = [
+    let cases: [(&str, &[&str]); 7] = [
+        ("gemma", &[]),
         ("gemma3", &["--sliding-window", "8", "--quant-bits", "4"]),
         ("gemma2", &["--sliding-window", "8"]),
         (
@@ -67,6 +68,10 @@ fn every_new_family_is_made_and_runs() {
         let names = tensor_names(&dir);
         assert_eq!(c["model_type"], arch);
         match arch {
+            "gemma" => {
+                assert_eq!(c["hidden_act"], "gelu");
+                assert!(!names.iter().any(|n| n.contains("feedforward_layernorm")));
+            }
             "gemma2" => {
                 assert_eq!(c["sliding_window"], 8);
                 assert!(c["attn_logit_softcapping"].as_f64().is_some(), "{c}");

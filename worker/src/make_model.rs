@@ -109,6 +109,7 @@ pub const ARCHS: &[&str] = &[
     "mistral",
     "qwen2",
     "qwen3",
+    "gemma",
     "gemma2",
     "gemma3_text",
     "gemma3",
@@ -281,7 +282,7 @@ fn tensor_specs(spec: &ModelSpec) -> Vec<TensorSpec> {
             d,
             norm_init,
         ));
-        if gemma {
+        if gemma && arch != "gemma" {
             t.push(vec_of(
                 format!("{p}.pre_feedforward_layernorm.weight"),
                 d,
@@ -492,6 +493,7 @@ fn config_json(spec: &ModelSpec, endoftext: usize) -> Value {
         "llama" => "LlamaForCausalLM",
         "mistral" => "MistralForCausalLM",
         "qwen2" => "Qwen2ForCausalLM",
+        "gemma" => "GemmaForCausalLM",
         "gemma2" => "Gemma2ForCausalLM",
         "gemma3_text" => "Gemma3ForCausalLM",
         "gemma3" => "Gemma3ForConditionalGeneration",
@@ -531,7 +533,9 @@ fn config_json(spec: &ModelSpec, endoftext: usize) -> Value {
         "qwen2" => {
             json!({"rope_theta": 1000000.0, "use_sliding_window": false, "sliding_window": null})
         }
-        "gemma2" | "gemma3_text" | "phi3" | "mixtral" | "qwen3_moe" => family::config(spec),
+        "gemma" | "gemma2" | "gemma3_text" | "phi3" | "mixtral" | "qwen3_moe" => {
+            family::config(spec)
+        }
         _ => {
             json!({"rope_theta": 1000000.0, "attention_bias": false, "use_sliding_window": false, "sliding_window": null})
         }

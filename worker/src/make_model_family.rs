@@ -153,6 +153,10 @@ pub(super) fn config(spec: &ModelSpec) -> Value {
             "final_logit_softcapping": 0.25, "sliding_window": 4096,
             "hidden_activation": "gelu_pytorch_tanh", "max_position_embeddings": 8192
         }),
+        "gemma" => json!({
+            "rope_theta": 10000.0, "hidden_act": "gelu", "max_position_embeddings": 8192,
+            "attention_bias": false
+        }),
         "gemma3_text" => json!({
             "rope_theta": 1000000.0, "rope_local_base_freq": 10000.0, "query_pre_attn_scalar": hd,
             "sliding_window": 512, "sliding_window_pattern": spec.layers.clamp(1, 6),

@@ -268,6 +268,10 @@ fn gemma_phi3_and_rope_scalings_match_mlx_lm() {
         add(&format!("gemma3-{tag}"), false, &|d| {
             spec(d, "gemma3", q, seed + 7, window())
         });
+        // Gemma 1: (1 + weight) norms, scaled embeddings, exact-GELU MLP, tied.
+        add(&format!("gemma-{tag}"), false, &|d| {
+            spec(d, "gemma", q, seed + 9, ModelOptions::default())
+        });
         // Phi-3 mini 128k style: fused qkv / gate_up, LongRoPE.
         add(&format!("phi3-longrope-{tag}"), false, &|d| {
             spec(d, "phi3", q, seed, rope("longrope:8"))

@@ -17,6 +17,7 @@ pub const SUPPORTED: &[&str] = &[
     "mistral",
     "qwen2",
     "qwen3",
+    "gemma",
     "gemma2",
     "gemma3_text",
     "gemma3",
@@ -32,6 +33,8 @@ pub enum Family {
     Mistral,
     Qwen2,
     Qwen3,
+    /// Gemma 1 (`gemma`).
+    Gemma,
     Gemma2,
     Gemma3Text,
     Phi3,
@@ -42,6 +45,11 @@ pub enum Family {
 impl Family {
     /// Gemma's `(1 + weight)` RMSNorm, scaled embeddings, extra norms and gelu MLP.
     pub fn is_gemma(self) -> bool {
+        matches!(self, Family::Gemma | Family::Gemma2 | Family::Gemma3Text)
+    }
+
+    /// Gemma 2/3: norms around the attention output and the MLP too.
+    pub fn has_sandwich_norms(self) -> bool {
         matches!(self, Family::Gemma2 | Family::Gemma3Text)
     }
 }
@@ -171,6 +179,7 @@ impl ModelConfig {
             "mistral" => Family::Mistral,
             "qwen2" => Family::Qwen2,
             "qwen3" => Family::Qwen3,
+            "gemma" => Family::Gemma,
             "gemma2" => Family::Gemma2,
             "gemma3_text" => Family::Gemma3Text,
             "phi3" => Family::Phi3,
@@ -241,7 +250,9 @@ impl ModelConfig {
         }
         let rope = match family {
             // mlx-lm 0.32.2 builds a plain nn.RoPE for these, whatever rope_scaling says.
-            Family::Gemma2 | Family::Mixtral | Family::Qwen3Moe => RopeKind::Default { scale: 1.0 },
+            Family::Gemma | Family::Gemma2 | Family::Mixtral | Family::Qwen3Moe => {
+                RopeKind::Default { scale: 1.0 }
+            }
             Family::Gemma3Text => {
                 rope::parse(scaling, max_pos.or(Some(32768.0)), rope_dims, source)?
             }
@@ -339,7 +350,7 @@ impl ModelConfig {
             weight_prefix: None,
             tie_word_embeddings: match family {
                 // mlx-lm: Gemma 2 always ties; Gemma 3 ties when lm_head.weight is absent.
-                Family::Gemma2 => Some(true),
+                Family::Gemma | Family::Gemma2 => Some(true),
                 Family::Gemma3Text => None,
                 _ => v.get("tie_word_embeddings").and_then(Value::as_bool),
             },
@@ -391,7 +402,7 @@ fn sliding_layers(
 ) -> Result<Vec<bool>, WorkerError> {
     match family {
         // mlx-lm 0.32.2 runs every layer of these with full attention.
-        Family::Gemma2 | Family::Phi3 | Family::Mixtral | Family::Qwen3Moe => {
+        Family::Gemma | Family::Gemma2 | Family::Phi3 | Family::Mixtral | Family::Qwen3Moe => {
             return Ok(vec![false; layers])
         }
         // Every `sliding_window_pattern`-th layer is global, the others slide.

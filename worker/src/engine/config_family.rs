@@ -11,10 +11,6 @@ use super::{num, ModelConfig, RopeKind};
 /// `model_type`s people run that this engine does not, and what it lacks for each.
 pub(super) const MISSING: &[(&str, &str)] = &[
     (
-        "gemma",
-        "Gemma 1's decoder (gelu MLP without the extra Gemma 2 norms)",
-    ),
-    (
         "gemma3",
         "the Gemma 3 vision tower (its text model, gemma3_text, runs)",
     ),

@@ -187,7 +187,7 @@ fn a_known_unsupported_family_names_what_is_missing() {
     );
     assert!(
         e.message
-            .contains("gemma3_text, gemma3, phi3, mixtral, qwen3_moe"),
+            .contains("gemma, gemma2, gemma3_text, gemma3, phi3, mixtral, qwen3_moe"),
         "{}",
         e.message
     );
@@ -224,6 +224,7 @@ fn the_fixture_corpus_configs_parse() {
         }
     }
     for family in [
+        "gemma",
         "gemma3_text",
         "phi3",
         "mixtral",

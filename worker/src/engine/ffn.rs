@@ -31,10 +31,18 @@ fn gelu_approx_fn(x: &Array) -> R<Array> {
     c(0.5)?.multiply(x)?.multiply(c(1.0)?.add(&t)?)
 }
 
+/// `mlx.nn.gelu` (the exact, erf one; Gemma 1), op for op, constants in `x`'s dtype.
+fn gelu_fn(x: &Array) -> R<Array> {
+    let c = |v: f64| Array::from_f32(v as f32).as_dtype(x.dtype());
+    let e = ops::erf(x.divide(c(std::f64::consts::SQRT_2)?)?)?;
+    x.multiply(c(1.0)?.add(&e)?)?.divide(c(2.0)?)
+}
+
 /// The compiled activations, kept for the model's lifetime so each is traced once.
 pub struct Activations {
     swiglu: RefCell<Compiled2>,
     gelu: RefCell<Compiled1>,
+    gelu_exact: RefCell<Compiled1>,
 }
 
 impl Activations {
@@ -42,6 +50,7 @@ impl Activations {
         Activations {
             swiglu: RefCell::new(Box::new(compile(swiglu_fn, true))),
             gelu: RefCell::new(Box::new(compile(gelu_approx_fn, true))),
+            gelu_exact: RefCell::new(Box::new(compile(gelu_fn, true))),
         }
     }
 
@@ -51,6 +60,10 @@ impl Activations {
 
     pub fn gelu_approx(&self, x: &Array) -> R<Array> {
         (self.gelu.borrow_mut())(x)
+    }
+
+    pub fn gelu(&self, x: &Array) -> R<Array> {
+        (self.gelu_exact.borrow_mut())(x)
     }
 }
 
@@ -63,11 +76,21 @@ enum GateUp {
     Fused(Linear),
 }
 
+/// The gate's activation.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Act {
+    Silu,
+    /// Gemma 2/3: tanh-approximated GELU.
+    GeluApprox,
+    /// Gemma 1: the exact GELU.
+    Gelu,
+}
+
 /// A dense gated MLP.
 pub struct Mlp {
     gate_up: GateUp,
     down_proj: Linear,
-    gelu: bool,
+    act: Act,
 }
 
 /// The feed-forward part of one block.
@@ -108,7 +131,11 @@ impl Ffn {
         Ok(Ffn::Dense(Mlp {
             gate_up,
             down_proj: Linear::load(store, &format!("{p}.mlp.down_proj"), cfg, i, d, b)?,
-            gelu: cfg.family.is_gemma(),
+            act: match cfg.family {
+                Family::Gemma => Act::Gelu,
+                f if f.is_gemma() => Act::GeluApprox,
+                _ => Act::Silu,
+            },
         }))
     }
 
@@ -127,10 +154,10 @@ impl Ffn {
                         }
                     }
                 };
-                let h = if m.gelu {
-                    act.gelu_approx(&gate)?.multiply(&up)?
-                } else {
-                    act.swiglu(&gate, &up)?
+                let h = match m.act {
+                    Act::GeluApprox => act.gelu_approx(&gate)?.multiply(&up)?,
+                    Act::Gelu => act.gelu(&gate)?.multiply(&up)?,
+                    Act::Silu => act.swiglu(&gate, &up)?,
                 };
                 m.down_proj.forward(&h)
             }

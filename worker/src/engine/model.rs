@@ -107,13 +107,13 @@ impl Model {
     pub fn load(cfg: ModelConfig, store: &mut WeightStore) -> Result<Model, WorkerError> {
         let embed = Embedding::load(store, "model.embed_tokens", &cfg)?;
         let d = cfg.hidden_size;
-        let gemma = cfg.family.is_gemma();
+        let sandwich = cfg.family.has_sandwich_norms();
         let mut layers = Vec::with_capacity(cfg.num_layers);
         for n in 0..cfg.num_layers {
             let p = format!("model.layers.{n}");
             let extra =
                 |store: &mut WeightStore, name: &str| -> Result<Option<RmsNorm>, WorkerError> {
-                    if gemma {
+                    if sandwich {
                         Ok(Some(norm(store, &format!("{p}.{name}.weight"), d, &cfg)?))
                     } else {
                         Ok(None)
@@ -205,7 +205,9 @@ impl Model {
         let h = self.embed.forward(ids)?;
         let root = (self.cfg.hidden_size as f64).sqrt() as f32;
         match self.cfg.family {
-            Family::Gemma2 => h.multiply(Array::from_f32(root).as_dtype(h.dtype())?),
+            Family::Gemma | Family::Gemma2 => {
+                h.multiply(Array::from_f32(root).as_dtype(h.dtype())?)
+            }
             Family::Gemma3Text => h.multiply(
                 Array::from_f32(root)
                     .as_dtype(mlx_rs::Dtype::Bfloat16)?
