@@ -45,8 +45,6 @@ pub enum RopeKind {
         long_factor: Vec<f32>,
         max_position_embeddings: f64,
         original_max_position_embeddings: f64,
-        /// An explicit `long_mscale` (None: derived from the two lengths).
-        long_mscale: Option<f64>,
     },
 }
 
@@ -148,7 +146,6 @@ pub fn parse(
                         "{source}: longrope rope_scaling needs original_max_position_embeddings"
                     ))
                 })?,
-            long_mscale: None,
         }),
         other => Err(load_failed(format!(
             "{source}: rope scaling type {other:?} is not supported (supported: {ROPE_TYPES})"
@@ -255,18 +252,16 @@ impl Rope {
                 long_factor,
                 max_position_embeddings,
                 original_max_position_embeddings,
-                long_mscale,
             } => {
                 let freqs =
                     su_freqs(dims, base, long_factor).ctx("computing longrope frequencies")?;
                 let factor = max_position_embeddings / original_max_position_embeddings;
-                let m = long_mscale
-                    .filter(|m| *m != 0.0)
-                    .unwrap_or(if factor <= 1.0 {
-                        1.0
-                    } else {
-                        (1.0 + factor.ln() / original_max_position_embeddings.ln()).sqrt()
-                    });
+                // mlx-lm passes no long_mscale: the default from the two lengths.
+                let m = if factor <= 1.0 {
+                    1.0
+                } else {
+                    (1.0 + factor.ln() / original_max_position_embeddings.ln()).sqrt()
+                };
                 Ok(Rope {
                     base: None,
                     freqs: Some(freqs),
