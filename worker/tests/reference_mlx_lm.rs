@@ -64,6 +64,7 @@ fn spec(dir: &Path, arch: &str, quant: Option<u32>, seed: u64) -> ModelSpec {
         quant_bits: quant,
         group_size: 64,
         seed,
+        options: Default::default(),
     }
 }
 
