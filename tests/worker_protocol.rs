@@ -67,6 +67,7 @@ impl Session {
             fault: None,
             device: protocol::Device::Default,
             compute: protocol::ComputeDtype::Native,
+            activation: None,
         }));
         match reply {
             Reply::Loaded(info) => info,

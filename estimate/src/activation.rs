@@ -1,45 +1,166 @@
-//! The activation and runtime-overhead model: what a prefill chunk needs on top of the
-//! weights and the KV cache. All constants live here, in [`constants`].
+//! The activation and runtime-overhead model: what a prefill chunk or a decode step needs
+//! on top of the weights and the KV cache. It is the one model of mlxsup: the preflight
+//! (`estimate`), the worker's soft guard, the daemon's admission, the run summary and the
+//! calibration store all call [`ActivationModel::predict`].
 //!
 //! The peak of one prefill chunk of `chunk` tokens against `context` cached tokens is
 //!
 //! ```text
-//! scores  = heads × chunk × context × SCORE_BYTES × SCORE_LIVE_FRACTION   (per layer, one layer at a time)
-//! mlp     = chunk × (hidden + intermediate) × MLP_BYTES_PER_ELEMENT
-//! logits  = vocab × LOGIT_BYTES                                            (last position only)
-//! overhead = RUNTIME_OVERHEAD_BYTES
+//! scores   = heads × chunk × context × score_bytes     (per layer, one layer at a time)
+//! mlp      = chunk × (hidden + intermediate) × mlp_bytes
+//! logits   = vocab × LOGIT_BYTES                       (last position only)
+//! overhead = overhead_bytes
 //! ```
 //!
-//! times the batch. mlx-lm evaluates only the cache during prefill, so the output head
-//! runs for the last position only. The constants are fitted to the three peaks measured
-//! with mlx-lm 0.32.2 on the CPU backend (DESIGN.md: a bf16 qwen2 with 16 heads, 4 KV
-//! heads of 64, 16 layers, hidden 1024, intermediate 2816, vocab 32000, 492 MB of
-//! weights: prompt 128 → 503 MB, 1024 → 596 MB, 2048 → 770 MB); the model reproduces them
-//! within 1% (see the tests). A later issue recalibrates them from peaks the worker
-//! measures on more models and on Metal.
-use serde::Serialize;
+//! times the batch, with one set of [`Coefficients`] per activation dtype class (2-byte
+//! bf16/f16, 4-byte f32): the CPU backend keeps f32 scores and softmax in both, but the
+//! buffers around them follow the dtype. The built-in coefficients ([`BUILTIN`]) are
+//! fitted to MLX peaks the worker measured on this project's CPU machine (BENCHMARKS.md,
+//! section 10); the calibration store refits them per machine from the user's own runs.
+use serde::{Deserialize, Serialize};
 
-/// Every constant of the activation model, in one place.
+/// Constants that are not fitted.
 pub mod constants {
-    /// Bytes per attention score: the CPU backend computes scores in f32.
-    pub const SCORE_BYTES: f64 = 4.0;
-    /// Fraction of one layer's f32 score matrix live at the peak (fitted: 0.538).
-    pub const SCORE_LIVE_FRACTION: f64 = 0.538;
-    /// Bytes live per token and per (hidden + intermediate) element in the MLP and
-    /// residual stream (fitted: 12.43, about three f32 or six bf16 buffers).
-    pub const MLP_BYTES_PER_ELEMENT: f64 = 12.43;
     /// Bytes per logit of the last position (f32).
     pub const LOGIT_BYTES: u64 = 4;
-    /// Fixed runtime overhead: MLX allocator headroom, small buffers (fitted: 2.1 MB).
-    pub const RUNTIME_OVERHEAD_BYTES: u64 = 2_100_000;
     /// mlx-lm's `prefill_step_size`: the default prefill chunk in tokens.
     pub const DEFAULT_PREFILL_CHUNK: u64 = 2048;
 }
 
 pub use constants::DEFAULT_PREFILL_CHUNK;
 
+/// The fitted coefficients for one activation dtype class.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Coefficients {
+    /// Bytes live at the peak per attention score of one layer (heads × chunk × context).
+    pub score_bytes: f64,
+    /// Bytes live per token and per (hidden + intermediate) element.
+    pub mlp_bytes: f64,
+    /// Fixed runtime overhead in bytes (allocator rounding, small buffers).
+    pub overhead_bytes: f64,
+}
+
+/// The activation model: coefficients for 2-byte and for 4-byte activations.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ActivationModel {
+    /// bf16 / f16 activations (and quantized weights, whose scales are bf16/f16).
+    pub half: Coefficients,
+    /// f32 activations (f32 checkpoints, `--compute f32`).
+    pub full: Coefficients,
+}
+
+/// The built-in coefficients (see the module docs).
+pub const BUILTIN: ActivationModel = ActivationModel {
+    half: Coefficients {
+        score_bytes: 2.152,
+        mlp_bytes: 12.43,
+        overhead_bytes: 2_100_000.0,
+    },
+    full: Coefficients {
+        score_bytes: 2.152,
+        mlp_bytes: 12.43,
+        overhead_bytes: 2_100_000.0,
+    },
+};
+
+impl Default for ActivationModel {
+    fn default() -> Self {
+        BUILTIN
+    }
+}
+
+/// The activation dtype class of elements of `elem_bytes` bytes: `half` or `full`.
+pub fn dtype_class(elem_bytes: u64) -> &'static str {
+    if elem_bytes >= 4 {
+        "full"
+    } else {
+        "half"
+    }
+}
+
+impl ActivationModel {
+    /// The coefficients for activations of `elem_bytes` bytes.
+    pub fn coefficients(&self, elem_bytes: u64) -> &Coefficients {
+        if elem_bytes >= 4 {
+            &self.full
+        } else {
+            &self.half
+        }
+    }
+
+    /// The coefficients for a dtype class (`half`, `full`), mutably.
+    pub fn coefficients_mut(&mut self, elem_bytes: u64) -> &mut Coefficients {
+        if elem_bytes >= 4 {
+            &mut self.full
+        } else {
+            &mut self.half
+        }
+    }
+
+    /// Activation bytes of one forward pass over `chunk` new tokens (capped at
+    /// `context`) attending to `context` positions, for `batch` sequences, with
+    /// activations of `elem_bytes` bytes. Excludes the runtime overhead
+    /// ([`ActivationModel::overhead_bytes`]). The preflight calls it for the largest
+    /// prefill chunk at the planned context; the worker's soft guard before every chunk
+    /// and decode step.
+    pub fn predict(
+        &self,
+        d: &ActivationDims,
+        elem_bytes: u64,
+        chunk: u64,
+        context: u64,
+        batch: u64,
+    ) -> Activation {
+        let k = self.coefficients(elem_bytes);
+        let f = Features::of(d, chunk, context, batch);
+        let scores = f.scores * k.score_bytes;
+        let mlp = f.mlp * k.mlp_bytes;
+        let (scores, mlp, logits) = (to_u64(scores), to_u64(mlp), to_u64(f.logits));
+        Activation {
+            scores_bytes: scores,
+            mlp_bytes: mlp,
+            logits_bytes: logits,
+            bytes: scores.saturating_add(mlp).saturating_add(logits),
+            chunk: f.chunk,
+        }
+    }
+
+    /// The fixed runtime overhead for activations of `elem_bytes` bytes.
+    pub fn overhead_bytes(&self, elem_bytes: u64) -> u64 {
+        to_u64(self.coefficients(elem_bytes).overhead_bytes)
+    }
+}
+
+/// The quantities the coefficients multiply, for one forward pass (the calibration fit
+/// regresses measured peaks on them).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Features {
+    /// The chunk actually used (capped at the context, at least 1).
+    pub chunk: u64,
+    /// Attention scores of one layer: heads × chunk × context × batch.
+    pub scores: f64,
+    /// chunk × (hidden + intermediate) × batch.
+    pub mlp: f64,
+    /// Logit bytes of the last position (not fitted).
+    pub logits: f64,
+}
+
+impl Features {
+    /// The features of `chunk` tokens attending to `context` positions.
+    pub fn of(d: &ActivationDims, chunk: u64, context: u64, batch: u64) -> Features {
+        let chunk = chunk.min(context).max(1);
+        let batch = batch.max(1) as f64;
+        Features {
+            chunk,
+            scores: d.heads as f64 * chunk as f64 * context as f64 * batch,
+            mlp: chunk as f64 * (d.hidden as f64 + d.intermediate as f64) * batch,
+            logits: d.vocab as f64 * constants::LOGIT_BYTES as f64 * batch,
+        }
+    }
+}
+
 /// The dimensions the activation model needs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ActivationDims {
     /// Query heads.
     pub heads: u64,
@@ -66,30 +187,14 @@ pub struct Activation {
     pub chunk: u64,
 }
 
-/// Activation bytes of one prefill chunk of `chunk` tokens (capped at `context`) attending
-/// to `context` tokens, for `batch` sequences. Excludes [`constants::RUNTIME_OVERHEAD_BYTES`],
-/// which [`overhead_bytes`] reports.
+/// [`ActivationModel::predict`] with the built-in coefficients, for 2-byte activations.
 pub fn activation_bytes(d: &ActivationDims, chunk: u64, context: u64, batch: u64) -> Activation {
-    use constants::*;
-    let chunk = chunk.min(context).max(1);
-    let batch = batch.max(1) as f64;
-    let scores =
-        d.heads as f64 * chunk as f64 * context as f64 * SCORE_BYTES * SCORE_LIVE_FRACTION * batch;
-    let mlp = chunk as f64 * (d.hidden + d.intermediate) as f64 * MLP_BYTES_PER_ELEMENT * batch;
-    let logits = d.vocab as f64 * LOGIT_BYTES as f64 * batch;
-    let (scores, mlp, logits) = (to_u64(scores), to_u64(mlp), to_u64(logits));
-    Activation {
-        scores_bytes: scores,
-        mlp_bytes: mlp,
-        logits_bytes: logits,
-        bytes: scores.saturating_add(mlp).saturating_add(logits),
-        chunk,
-    }
+    BUILTIN.predict(d, 2, chunk, context, batch)
 }
 
-/// The fixed runtime overhead.
+/// The built-in fixed runtime overhead (2-byte activations).
 pub fn overhead_bytes() -> u64 {
-    constants::RUNTIME_OVERHEAD_BYTES
+    BUILTIN.overhead_bytes(2)
 }
 
 /// The largest prefill chunk (≤ `max_chunk`) whose activations fit in `bytes`, for a
@@ -129,11 +234,11 @@ pub fn largest_fitting(upto: u64, fits: impl Fn(u64) -> bool) -> Option<u64> {
 /// Activations of the vision encoder for `images` images of `patches` patches each, with
 /// encoder width `d`, MLP width `inter` and `heads` heads (full attention per image).
 pub fn vision_activation_bytes(images: u64, patches: u64, d: u64, inter: u64, heads: u64) -> u64 {
-    use constants::*;
+    let k = BUILTIN.half;
     // In f64 throughout: patches² and d + inter can pass u64 for implausible inputs.
     let patches = patches as f64;
-    let per_image = heads as f64 * patches * patches * SCORE_BYTES * SCORE_LIVE_FRACTION
-        + patches * (d as f64 + inter as f64) * MLP_BYTES_PER_ELEMENT;
+    let per_image = heads as f64 * patches * patches * k.score_bytes
+        + patches * (d as f64 + inter as f64) * k.mlp_bytes;
     to_u64(per_image * images as f64)
 }
 

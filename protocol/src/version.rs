@@ -16,8 +16,12 @@ pub const V1_1: Version = Version { major: 1, minor: 1 };
 /// `LoadInfo::compute_dtype`).
 pub const V1_2: Version = Version { major: 1, minor: 2 };
 
+/// Version 1.3: the activation coefficients of a load (`LoadRequest::activation`), the
+/// MLX version and backend of a load (`LoadInfo::mlx_version`, `LoadInfo::backend`).
+pub const V1_3: Version = Version { major: 1, minor: 3 };
+
 /// The version this build speaks.
-pub const CURRENT: Version = V1_2;
+pub const CURRENT: Version = V1_3;
 
 /// A protocol version.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

@@ -10,7 +10,7 @@
 use estimate::{Bytes, Estimate, Model, Verdict};
 use protocol::{ComputeDtype, ComputePolicy, Device};
 
-use crate::plan::{estimate_at, PlanRequest};
+use crate::plan::{estimate_for, PlanRequest};
 
 /// Whether the worker will compute on the CPU device: asked for, or the default device
 /// of a CPU-only build (Linux without `MLX_BACKEND=cuda` at build time; macOS has Metal).
@@ -27,7 +27,7 @@ pub fn runs_on_cpu(device: Device) -> bool {
 /// `auto` kept the native dtype on the CPU (or `f32` cannot be modelled).
 pub fn choose(model: &Model, req: &PlanRequest) -> (ComputeDtype, Estimate, Option<String>) {
     decide(model, req.compute, req.device, |f32| {
-        estimate_at(model, req.context, req.prefill_chunk, req.budget, f32)
+        estimate_for(model, req, req.context, f32)
     })
 }
 

@@ -34,6 +34,8 @@ pub struct PlanRequest {
     pub device: Device,
     /// `--compute`: the compute-dtype policy.
     pub compute: ComputePolicy,
+    /// The activation coefficients and measured floor (the calibration store's).
+    pub calibration: estimate::Calibration,
 }
 
 impl PlanRequest {
@@ -51,6 +53,7 @@ impl PlanRequest {
             load_fault: None,
             device: Device::Default,
             compute: ComputePolicy::Auto,
+            calibration: estimate::Calibration::default(),
         }
     }
 }
@@ -108,6 +111,17 @@ pub fn estimate_at(
     estimate::estimate(
         model,
         &estimate_request(context, prefill_chunk, budget, f32),
+    )
+}
+
+/// The estimate for `req` at `context`, at f32 compute when `f32`, with its calibration.
+pub fn estimate_for(model: &Model, req: &PlanRequest, context: Option<u64>, f32: bool) -> Estimate {
+    estimate::estimate(
+        model,
+        &estimate::Request {
+            calibration: req.calibration.clone(),
+            ..estimate_request(context, req.prefill_chunk, req.budget, f32)
+        },
     )
 }
 
@@ -171,6 +185,7 @@ pub fn plan(model: &Model, req: &PlanRequest) -> Plan {
         fault: req.load_fault,
         device: req.device,
         compute,
+        activation: Some(wire_activation(&est.activation_model)),
     };
     Plan {
         estimate: est,
@@ -185,7 +200,10 @@ pub fn plan(model: &Model, req: &PlanRequest) -> Plan {
 pub fn largest_context(model: &Model, est: &Estimate, req: &PlanRequest) -> Option<u64> {
     estimate::request::largest_context_within(
         model,
-        &estimate_request(None, req.prefill_chunk, req.budget, est.weights.compute_f32),
+        &estimate::Request {
+            calibration: req.calibration.clone(),
+            ..estimate_request(None, req.prefill_chunk, req.budget, est.weights.compute_f32)
+        },
         est.weights.bytes,
         est.kv_cache.context,
         req.budget,
@@ -220,13 +238,7 @@ pub fn check_length(
             ),
         ),
         _ => {
-            let wider = estimate_at(
-                model,
-                Some(needed),
-                req.prefill_chunk,
-                req.budget,
-                est.weights.compute_f32,
-            );
+            let wider = estimate_for(model, req, Some(needed), est.weights.compute_f32);
             let advice = if wider.verdict == Verdict::DoesNotFit {
                 format!(
                     "at context {needed} it needs {} of the {} budget: shorten the prompt or --max-tokens",
@@ -259,6 +271,19 @@ pub fn check_length(
     f.estimate_bytes = Some(est.total_bytes);
     f.budget_bytes = Some(est.budget_bytes);
     Err(Box::new(f))
+}
+
+/// The activation coefficients as the worker protocol carries them.
+pub fn wire_activation(m: &estimate::ActivationModel) -> protocol::ActivationModel {
+    let k = |c: &estimate::Coefficients| protocol::ActivationCoefficients {
+        score_bytes: c.score_bytes,
+        mlp_bytes: c.mlp_bytes,
+        overhead_bytes: c.overhead_bytes,
+    };
+    protocol::ActivationModel {
+        half: k(&m.half),
+        full: k(&m.full),
+    }
 }
 
 /// MLX's buffer cache: what the budget leaves beyond the estimate, within 64 MiB..1/4.

@@ -56,6 +56,7 @@ fn load_then_sampling(
         fault: None,
         device: protocol::Device::Default,
         compute: protocol::ComputeDtype::Native,
+        activation: None,
     });
     let reply = match call(1, load) {
         Reply::Loaded(_) => {
