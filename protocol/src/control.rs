@@ -25,8 +25,11 @@ pub mod version {
     /// 1.1: the compute-dtype policy of a load (`LoadModel::compute`,
     /// `GenerateModel::compute`).
     pub const V1_1: Version = Version { major: 1, minor: 1 };
+    /// 1.2: the estimate at the context a generation used (`GenerateDone::context_used`,
+    /// `GenerateDone::estimate_used_bytes`).
+    pub const V1_2: Version = Version { major: 1, minor: 2 };
     /// What this build speaks.
-    pub const CURRENT: Version = V1_1;
+    pub const CURRENT: Version = V1_2;
 }
 
 /// Client → daemon.
@@ -186,6 +189,10 @@ pub struct GenerateDone {
     pub estimate_bytes: u64,
     /// What the daemon changed to make it work, if anything (an automatic retry).
     pub note: Option<String>,
+    /// Since 1.2: prompt + generated tokens.
+    pub context_used: u64,
+    /// Since 1.2: the estimate at `context_used` (0 when unknown).
+    pub estimate_used_bytes: u64,
 }
 
 /// The daemon itself.

@@ -1,0 +1,132 @@
+//! The calibration store (issue 12): every successful run records, per machine, backend
+//! and MLX version, the model's shape facts, dtype, context, prefill chunk, predicted and
+//! measured peak; the preflight refits the activation coefficients from the records of
+//! this machine and backend (`estimate::calibration::refit`) and never predicts below a
+//! peak measured for the same shape (the floor).
+pub mod record;
+pub mod store;
+
+use estimate::{
+    calibration::{median, predicted_peak, refit, relative_error, FloorPoint},
+    Calibration, CalibrationSource, Estimate, Model,
+};
+use protocol::{Device, LoadInfo};
+
+pub use record::{Machine, ModelFacts, Record};
+pub use store::Store;
+
+/// The backend a model on `device` runs on, as the preflight plans it (the worker
+/// reports the real one in `loaded`).
+pub fn planned_backend(device: Device) -> &'static str {
+    if crate::compute::runs_on_cpu(device) {
+        "cpu"
+    } else if cfg!(target_os = "macos") {
+        "metal"
+    } else {
+        "cuda"
+    }
+}
+
+/// This machine's name.
+pub fn host() -> String {
+    sysinfo::System::host_name().unwrap_or_else(|| "unknown".into())
+}
+
+/// Where a run ran, from its `loaded` reply.
+pub fn machine_of(info: &LoadInfo) -> Machine {
+    Machine {
+        host: host(),
+        backend: info.backend.clone(),
+        mlx_version: info.mlx_version.clone(),
+    }
+}
+
+/// The calibration for `model` on `backend`: the store's records of this machine and
+/// backend refit, with the floor of this model's own records; built-in without any.
+/// Warnings are for a person (a store set aside).
+pub fn calibration(
+    store: Option<&Store>,
+    model: &Model,
+    backend: &str,
+) -> (Calibration, Vec<String>) {
+    let Some(store) = store else {
+        return (Calibration::default(), Vec::new());
+    };
+    let (records, warnings) = store.load();
+    (
+        calibration_from(&records, &ModelFacts::of(model), &host(), backend),
+        warnings,
+    )
+}
+
+/// [`calibration`] from records already read.
+pub fn calibration_from(
+    records: &[Record],
+    facts: &ModelFacts,
+    host: &str,
+    backend: &str,
+) -> Calibration {
+    let mine: Vec<&Record> = records
+        .iter()
+        .filter(|r| r.machine.host == host && r.machine.backend == backend && r.peak_bytes > 0)
+        .collect();
+    if mine.is_empty() {
+        return Calibration::default();
+    }
+    let samples: Vec<_> = mine.iter().map(|r| r.sample()).collect();
+    let model = refit(&estimate::activation::BUILTIN, &samples);
+    let errors: Vec<f64> = samples
+        .iter()
+        .map(|s| relative_error(predicted_peak(&model, s), s.peak_bytes))
+        .collect();
+    let mlx = mine
+        .iter()
+        .max_by_key(|r| r.unix_time)
+        .map_or(String::new(), |r| r.machine.mlx_version.clone());
+    let floor = mine
+        .iter()
+        .filter(|r| &r.model == facts)
+        .map(|r| FloorPoint {
+            elem_bytes: r.elem_bytes,
+            context: r.context,
+            chunk: r.chunk,
+            peak_bytes: r.peak_bytes,
+        })
+        .collect();
+    Calibration {
+        model,
+        source: CalibrationSource::Machine,
+        description: format!(
+            "this machine: {} run{}, {backend}, MLX {mlx}, median error {:+.1}%",
+            mine.len(),
+            if mine.len() == 1 { "" } else { "s" },
+            median(&errors) * 100.0
+        ),
+        floor,
+    }
+}
+
+/// Records a successful run of `model` whose estimate at the context it used is `used`;
+/// warnings for a person (a store set aside, a write that failed). Nothing without a store
+/// or a measured peak.
+pub fn record(
+    store: Option<&Store>,
+    machine: Machine,
+    model: &Model,
+    used: &Estimate,
+    peak_bytes: u64,
+    source: &str,
+) -> Vec<String> {
+    let Some(store) = store else {
+        return Vec::new();
+    };
+    if peak_bytes == 0 {
+        return Vec::new();
+    }
+    match store.append(Record::new(machine, model, used, peak_bytes, source)) {
+        Ok(w) => w,
+        Err(e) => vec![format!(
+            "the run was not recorded in the calibration store: {e}"
+        )],
+    }
+}
