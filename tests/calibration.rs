@@ -190,3 +190,57 @@ fn two_processes_recording_at_once_lose_no_record() {
     }
     assert_eq!(records(&store).len(), 4);
 }
+
+#[test]
+fn calibrate_measures_a_ladder_records_it_and_refits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("calibration.json");
+    let r = mlxsup_env(
+        &[
+            "calibrate",
+            tiny_model().to_str().unwrap(),
+            "--contexts",
+            "128,32,64",
+            "--prefill-chunk",
+            "32",
+            "--budget",
+            "1GiB",
+            "--json",
+        ],
+        &[("MLXSUP_CALIBRATION", store.to_str().unwrap())],
+    );
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    // Progress, one context after the other.
+    for c in ["context 32 (1/3)", "context 64 (2/3)", "context 128 (3/3)"] {
+        assert!(r.stderr.contains(c), "{}", r.stderr);
+    }
+    let v: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v["calibration_before"], "built-in (CPU, 64 peaks)");
+    assert!(v["calibration_after"]
+        .as_str()
+        .unwrap()
+        .starts_with("this machine: 3 runs"));
+    let points = v["points"].as_array().unwrap();
+    assert_eq!(points.len(), 3);
+    let recs = records(&store);
+    assert_eq!(recs.len(), 3);
+    for (p, rec) in points.iter().zip(&recs) {
+        assert_eq!(rec["source"], "calibrate");
+        assert_eq!(rec["peak_bytes"], p["peak_bytes"]);
+        assert_eq!(rec["context"], p["context_used"]);
+        // The floor: never below what was just measured.
+        assert!(
+            p["predicted_after"].as_u64() >= p["peak_bytes"].as_u64(),
+            "{p}"
+        );
+        let (b, a) = (
+            p["error_before_pct"].as_f64().unwrap(),
+            p["error_refit_pct"].as_f64().unwrap(),
+        );
+        assert!(a >= -1e-6, "the refit of 3 points under-predicts one: {p}");
+        assert!(b.is_finite() && a.is_finite());
+    }
+    // The refit is what inspect uses now.
+    let est = inspect(&store, "128");
+    assert_eq!(est["calibration_source"], "machine");
+}

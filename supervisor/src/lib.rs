@@ -2,6 +2,7 @@
 
 pub mod args;
 pub mod budget;
+pub mod calibrate;
 pub mod calibration;
 pub mod classify;
 pub mod client;

@@ -441,3 +441,24 @@ impl Output {
         self.note(&lines.join("\n"));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_weight_check_warns_over_two_percent_naming_both_figures() {
+        let ok = LoadCheck::new(100 << 20, (100 << 20) + (1 << 20));
+        assert!(ok.warning().is_none());
+        assert!((ok.weight_delta_pct - 1.0).abs() < 1e-9);
+        let off = LoadCheck::new(100 << 20, 103 << 20);
+        let w = off.warning().unwrap_or_default();
+        assert!(
+            w.contains("103 MiB") && w.contains("100 MiB") && w.contains("+3.0%"),
+            "{w}"
+        );
+        let under = LoadCheck::new(100 << 20, 90 << 20);
+        assert_eq!(under.weight_delta_bytes, -(10 << 20));
+        assert!(under.warning().is_some());
+    }
+}
