@@ -61,4 +61,6 @@ if [[ -x scripts/bench_real.sh ]]; then
 fi
 echo "== 8. the CPU compute dtype (issue 14): mlxsup run auto / native vs mlx-lm"
 scripts/bench_compute.sh | tee "$out/compute.md"
+echo "== 10. Memory model accuracy (issue 12): predicted vs measured MLX peak, built-in and after calibrate"
+scripts/bench_accuracy.sh | tee "$out/accuracy.md"
 echo "results in $out/"

@@ -4,10 +4,13 @@
 //! calibration store supplies the samples.
 use serde::{Deserialize, Serialize};
 
-use crate::activation::{dtype_class, ActivationDims, ActivationModel, Coefficients, Features};
+use crate::activation::{
+    dtype_class, ActivationDims, ActivationModel, Attended, Coefficients, Features,
+};
 
-/// Fewer samples than this in a dtype class: its coefficients are only scaled, not refit.
-pub const MIN_SAMPLES_FOR_FIT: usize = 4;
+/// Fewer samples than this in a dtype class: its coefficients are only scaled, not refit
+/// (a three-coefficient fit to one short ladder would extrapolate badly to other shapes).
+pub const MIN_SAMPLES_FOR_FIT: usize = 6;
 
 /// One measured run, as the fit needs it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -20,6 +23,8 @@ pub struct Sample {
     pub chunk: u64,
     /// Context used: prompt + generated tokens.
     pub context: u64,
+    /// What the last chunk attended to ([`crate::activation::attended_positions`]).
+    pub attended: Attended,
     /// Predicted weights + KV cache at that context (what the activations come on top of).
     pub base_bytes: u64,
     /// MLX's measured peak.
@@ -64,7 +69,7 @@ pub struct Calibration {
 }
 
 /// How the built-in coefficients are described.
-pub const BUILTIN_DESCRIPTION: &str = "built-in (CPU, 64 peaks)";
+pub const BUILTIN_DESCRIPTION: &str = "built-in (CPU, 92 peaks)";
 
 impl Default for Calibration {
     fn default() -> Self {
@@ -100,7 +105,7 @@ pub fn predicted_peak(model: &ActivationModel, s: &Sample) -> u64 {
     s.base_bytes
         .saturating_add(
             model
-                .predict(&s.dims, s.elem_bytes, s.chunk, s.context, 1)
+                .predict(&s.dims, s.elem_bytes, s.chunk, s.attended, 1)
                 .bytes,
         )
         .saturating_add(model.overhead_bytes(s.elem_bytes))
@@ -134,8 +139,9 @@ pub fn median(xs: &[f64]) -> f64 {
 /// a constant, each sample weighted by 1/peak (relative error), then refit without the
 /// samples whose residual is over 3 median absolute deviations (a robust fit). A
 /// negative coefficient is dropped to 0 and the rest refit. A class with fewer than
-/// [`MIN_SAMPLES_FOR_FIT`] samples keeps its shape and is scaled so that none of its
-/// samples is under-predicted.
+/// [`MIN_SAMPLES_FOR_FIT`] samples keeps its shape and its score and MLP coefficients are
+/// scaled by the median ratio of measured to predicted activations (the floor keeps the
+/// measured shapes themselves from being under-predicted).
 pub fn refit(start: &ActivationModel, samples: &[Sample]) -> ActivationModel {
     let mut out = *start;
     for elem in [2u64, 4] {
@@ -149,7 +155,8 @@ pub fn refit(start: &ActivationModel, samples: &[Sample]) -> ActivationModel {
         let k = if class.len() < MIN_SAMPLES_FOR_FIT {
             scale_up(start.coefficients(elem), &class)
         } else {
-            robust_fit(&class).unwrap_or_else(|| scale_up(start.coefficients(elem), &class))
+            robust_fit(start.coefficients(elem), &class)
+                .unwrap_or_else(|| scale_up(start.coefficients(elem), &class))
         };
         *out.coefficients_mut(elem) = k;
     }
@@ -158,21 +165,23 @@ pub fn refit(start: &ActivationModel, samples: &[Sample]) -> ActivationModel {
 
 /// The target of the fit: activation bytes without the (unfitted) logits.
 fn target(s: &Sample) -> (Features, f64) {
-    let f = Features::of(&s.dims, s.chunk, s.context, 1);
+    let f = Features::of(&s.dims, s.chunk, s.attended, 1);
     let y = s.peak_bytes as f64 - s.base_bytes as f64 - f.logits;
     (f, y)
 }
 
-/// Scales the score and MLP coefficients so that no sample is under-predicted.
+/// Scales the score and MLP coefficients by the median ratio of measured to predicted
+/// activation bytes.
 fn scale_up(k: &Coefficients, class: &[&Sample]) -> Coefficients {
-    let mut factor: f64 = 0.0;
-    for s in class {
-        let (f, y) = target(s);
-        let act = f.scores * k.score_bytes + f.mlp * k.mlp_bytes;
-        if act > 0.0 {
-            factor = factor.max((y - k.overhead_bytes) / act);
-        }
-    }
+    let ratios: Vec<f64> = class
+        .iter()
+        .filter_map(|s| {
+            let (f, y) = target(s);
+            let act = f.scores * k.score_bytes + f.mlp * k.mlp_bytes + f.mask * k.mask_bytes;
+            (act > 0.0).then(|| (y - k.overhead_bytes) / act)
+        })
+        .collect();
+    let factor = median(&ratios);
     // A millionth more: the prediction rounds each term down to whole bytes.
     let factor = if factor.is_finite() && factor > 0.0 {
         factor * (1.0 + 1e-6)
@@ -182,19 +191,26 @@ fn scale_up(k: &Coefficients, class: &[&Sample]) -> Coefficients {
     Coefficients {
         score_bytes: k.score_bytes * factor,
         mlp_bytes: k.mlp_bytes * factor,
+        mask_bytes: k.mask_bytes * factor,
         overhead_bytes: k.overhead_bytes,
     }
 }
 
-fn robust_fit(class: &[&Sample]) -> Option<Coefficients> {
-    let rows: Vec<([f64; 3], f64, f64)> = class
+/// Unknowns of the fit: score, MLP, mask and overhead bytes.
+const N: usize = 4;
+type Row = ([f64; N], f64, f64);
+
+fn robust_fit(start: &Coefficients, class: &[&Sample]) -> Option<Coefficients> {
+    let rows: Vec<Row> = class
         .iter()
         .map(|s| {
             let (f, y) = target(s);
-            ([f.scores, f.mlp, 1.0], y, 1.0 / s.peak_bytes as f64)
+            ([f.scores, f.mlp, f.mask, 1.0], y, 1.0 / s.peak_bytes as f64)
         })
         .collect();
-    let first = nonnegative_fit(&rows)?;
+    // A feature no sample exercises (no sliding window passed) keeps its start value.
+    let seen: [bool; N] = std::array::from_fn(|j| rows.iter().any(|r| r.0[j] != 0.0));
+    let first = nonnegative_fit(&rows, seen)?;
     let residuals: Vec<f64> = rows
         .iter()
         .map(|(x, y, w)| (dot(x, &first) - y) * w)
@@ -206,35 +222,35 @@ fn robust_fit(class: &[&Sample]) -> Option<Coefficients> {
             .map(|r| (r - med).abs())
             .collect::<Vec<_>>(),
     );
-    let kept: Vec<([f64; 3], f64, f64)> = rows
+    let kept: Vec<Row> = rows
         .iter()
         .zip(&residuals)
         .filter(|(_, r)| mad <= 0.0 || (*r - med).abs() <= 3.0 * mad)
         .map(|(row, _)| *row)
         .collect();
     let c = if kept.len() >= MIN_SAMPLES_FOR_FIT && kept.len() < rows.len() {
-        nonnegative_fit(&kept).unwrap_or(first)
+        nonnegative_fit(&kept, seen).unwrap_or(first)
     } else {
         first
     };
     Some(Coefficients {
         score_bytes: c[0],
         mlp_bytes: c[1],
-        overhead_bytes: c[2],
+        mask_bytes: if seen[2] { c[2] } else { start.mask_bytes },
+        overhead_bytes: c[3],
     })
 }
 
-fn dot(a: &[f64; 3], b: &[f64; 3]) -> f64 {
-    a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
+fn dot(a: &[f64; N], b: &[f64; N]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
-/// Weighted least squares with non-negative coefficients: a negative one is fixed at 0
-/// and the others refit (three unknowns, so at most three rounds).
-fn nonnegative_fit(rows: &[([f64; 3], f64, f64)]) -> Option<[f64; 3]> {
-    let mut active = [true; 3];
-    for _ in 0..3 {
+/// Weighted least squares with non-negative coefficients over the `active` columns: a
+/// negative one is fixed at 0 and the others refit (at most N rounds).
+fn nonnegative_fit(rows: &[Row], mut active: [bool; N]) -> Option<[f64; N]> {
+    for _ in 0..N {
         let c = weighted_lsq(rows, &active)?;
-        match (0..3).find(|&i| active[i] && c[i] < 0.0) {
+        match (0..N).find(|&i| active[i] && c[i] < 0.0) {
             Some(i) => active[i] = false,
             None => return Some(c),
         }
@@ -243,8 +259,8 @@ fn nonnegative_fit(rows: &[([f64; 3], f64, f64)]) -> Option<[f64; 3]> {
 }
 
 /// Solves the normal equations over the active columns (inactive ones are 0).
-fn weighted_lsq(rows: &[([f64; 3], f64, f64)], active: &[bool; 3]) -> Option<[f64; 3]> {
-    let idx: Vec<usize> = (0..3).filter(|&i| active[i]).collect();
+fn weighted_lsq(rows: &[Row], active: &[bool; N]) -> Option<[f64; N]> {
+    let idx: Vec<usize> = (0..N).filter(|&i| active[i]).collect();
     let n = idx.len();
     if n == 0 || rows.len() < n {
         return None;
@@ -270,7 +286,7 @@ fn weighted_lsq(rows: &[([f64; 3], f64, f64)], active: &[bool; 3]) -> Option<[f6
         }
     }
     let sol = solve(a)?;
-    let mut c = [0.0; 3];
+    let mut c = [0.0; N];
     for (k, &j) in idx.iter().enumerate() {
         c[j] = sol[k] / scale[k];
     }
@@ -319,6 +335,7 @@ mod tests {
         let truth = Coefficients {
             score_bytes: 6.0,
             mlp_bytes: 20.0,
+            mask_bytes: 1.0,
             overhead_bytes: 500_000.0,
         };
         let model = ActivationModel {
@@ -327,13 +344,14 @@ mod tests {
         };
         let mut samples = Vec::new();
         for context in [128u64, 512, 2048, 8192] {
-            for chunk in [256u64, 2048] {
+            for chunk in [256u64, 1024, 2048] {
                 let base = 5_000_000 + context * 4096;
                 let mut s = Sample {
                     dims: dims(),
                     elem_bytes: 2,
                     chunk: chunk.min(context),
                     context,
+                    attended: Attended::full(context),
                     base_bytes: base,
                     peak_bytes: 0,
                 };
@@ -356,6 +374,7 @@ mod tests {
         let truth = Coefficients {
             score_bytes: 3.0,
             mlp_bytes: 10.0,
+            mask_bytes: 1.0,
             overhead_bytes: 1_000_000.0,
         };
         let model = ActivationModel {
@@ -369,6 +388,7 @@ mod tests {
                 elem_bytes: 4,
                 chunk: 512.min(context),
                 context,
+                attended: Attended::full(context),
                 base_bytes: 1_000_000,
                 peak_bytes: 0,
             };
@@ -380,8 +400,8 @@ mod tests {
         assert!((k.score_bytes - 3.0).abs() < 0.05, "{k:?}");
     }
 
-    /// Under-predicted samples, too few to refit: the coefficients scale up until none is
-    /// under-predicted.
+    /// Under-predicted samples, too few to refit: the coefficients scale up by the median
+    /// ratio (one sample: exactly to it).
     #[test]
     fn few_samples_scale_up() {
         let s = Sample {
@@ -389,6 +409,7 @@ mod tests {
             elem_bytes: 2,
             chunk: 1024,
             context: 1024,
+            attended: Attended::full(1024),
             base_bytes: 1_000_000,
             peak_bytes: 0,
         };

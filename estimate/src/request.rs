@@ -189,7 +189,8 @@ fn totals(model: &Model, weights: u64, context: u64, req: &Request) -> Totals {
         req.prefill_chunk
     };
     let coefficients = &req.calibration.model;
-    let act = coefficients.predict(&model.activation, kv_dtype_bytes, chunk, context, batch);
+    let attended = crate::activation::attended_positions(&model.kv_layers, context, chunk);
+    let act = coefficients.predict(&model.activation, kv_dtype_bytes, chunk, attended, batch);
     let overhead = coefficients.overhead_bytes(kv_dtype_bytes);
     let vision_act = match (&model.vision, req.images) {
         (Some(v), n) if n > 0 => {

@@ -179,7 +179,7 @@ pub struct LoadRequest {
     pub compute: crate::compute::ComputeDtype,
     /// Since 1.3: the activation coefficients the preflight used, so the soft guard
     /// predicts with the same model (`None`: the built-in ones).
-    pub activation: Option<ActivationModel>,
+    pub activation: Option<Box<ActivationModel>>,
 }
 
 /// Since 1.3: the activation model's coefficients (the `estimate` crate's
@@ -199,6 +199,8 @@ pub struct ActivationCoefficients {
     pub score_bytes: f64,
     /// Bytes per token and per (hidden + intermediate) element.
     pub mlp_bytes: f64,
+    /// Bytes per element of an explicit (sliding-window) attention mask.
+    pub mask_bytes: f64,
     /// Fixed runtime overhead.
     pub overhead_bytes: f64,
 }

@@ -59,18 +59,20 @@ fn requests() -> Vec<Request> {
             }),
             device: protocol::Device::Cpu,
             compute: protocol::ComputeDtype::F32,
-            activation: Some(protocol::ActivationModel {
+            activation: Some(Box::new(protocol::ActivationModel {
                 half: protocol::ActivationCoefficients {
                     score_bytes: 2.5,
                     mlp_bytes: 12.0,
+                    mask_bytes: 1.0,
                     overhead_bytes: 2e6,
                 },
                 full: protocol::ActivationCoefficients {
                     score_bytes: 4.5,
                     mlp_bytes: 24.0,
+                    mask_bytes: 1.5,
                     overhead_bytes: 1e6,
                 },
-            }),
+            })),
         }),
         Request::Generate(GenerateRequest {
             prompt: Prompt::Text("Once upon a time ✨".into()),

@@ -185,7 +185,7 @@ pub fn plan(model: &Model, req: &PlanRequest) -> Plan {
         fault: req.load_fault,
         device: req.device,
         compute,
-        activation: Some(wire_activation(&est.activation_model)),
+        activation: Some(Box::new(wire_activation(&est.activation_model))),
     };
     Plan {
         estimate: est,
@@ -278,6 +278,7 @@ pub fn wire_activation(m: &estimate::ActivationModel) -> protocol::ActivationMod
     let k = |c: &estimate::Coefficients| protocol::ActivationCoefficients {
         score_bytes: c.score_bytes,
         mlp_bytes: c.mlp_bytes,
+        mask_bytes: c.mask_bytes,
         overhead_bytes: c.overhead_bytes,
     };
     protocol::ActivationModel {

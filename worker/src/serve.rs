@@ -360,7 +360,7 @@ impl Worker {
                 delivered: 0,
             };
             let mut engine = Engine::load(Path::new(&req.model_dir), &opts, &mut hooks)?;
-            engine.set_activation_model(crate::engine::activation_model(req.activation.as_ref()));
+            engine.set_activation_model(crate::engine::activation_model(req.activation.as_deref()));
             Ok(engine)
         })();
         self.link.set_phase(Phase::Idle);

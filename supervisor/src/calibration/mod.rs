@@ -68,7 +68,12 @@ pub fn calibration_from(
 ) -> Calibration {
     let mine: Vec<&Record> = records
         .iter()
-        .filter(|r| r.machine.host == host && r.machine.backend == backend && r.peak_bytes > 0)
+        .filter(|r| {
+            r.machine.host == host
+                && r.machine.backend == backend
+                && r.peak_bytes > 0
+                && r.kv_bits.is_none()
+        })
         .collect();
     if mine.is_empty() {
         return Calibration::default();
@@ -128,5 +133,73 @@ pub fn record(
         Err(e) => vec![format!(
             "the run was not recorded in the calibration store: {e}"
         )],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts(hidden: u64) -> ModelFacts {
+        ModelFacts {
+            architecture: "llama".into(),
+            layers: 4,
+            heads: 4,
+            kv_heads: 2,
+            head_dim: 64,
+            hidden,
+            intermediate: 512,
+            vocab: 1024,
+            dtype: "BF16".into(),
+            quantization: "none".into(),
+            stored_weight_bytes: 5 << 20,
+        }
+    }
+
+    fn rec(host: &str, backend: &str, hidden: u64, context: u64, peak: u64) -> Record {
+        Record {
+            machine: Machine {
+                host: host.into(),
+                backend: backend.into(),
+                mlx_version: "0.32.2".into(),
+            },
+            model: facts(hidden),
+            elem_bytes: 4,
+            context,
+            chunk: context.min(512),
+            attended: 0,
+            window: None,
+            kv_bits: None,
+            base_bytes: 10 << 20,
+            predicted_bytes: 0,
+            peak_bytes: peak,
+            unix_time: 1,
+            source: "run".into(),
+        }
+    }
+
+    #[test]
+    fn only_this_machine_and_backend_count_and_the_floor_is_per_model() {
+        let records = vec![
+            rec("here", "cpu", 256, 1024, 90 << 20),
+            rec("here", "metal", 256, 2048, 900 << 20),
+            rec("elsewhere", "cpu", 256, 2048, 900 << 20),
+            rec("here", "cpu", 512, 2048, 300 << 20),
+        ];
+        let none = calibration_from(&records, &facts(256), "nobody", "cpu");
+        assert_eq!(none.source, CalibrationSource::Builtin);
+        let c = calibration_from(&records, &facts(256), "here", "cpu");
+        assert_eq!(c.source, CalibrationSource::Machine);
+        assert!(c
+            .description
+            .starts_with("this machine: 2 runs, cpu, MLX 0.32.2, median error"));
+        // The floor holds only this model's peak (hidden 256), not the other model's.
+        assert_eq!(c.floor.len(), 1);
+        assert_eq!(c.floor_bytes(4, 4096, 512), 90 << 20);
+        let mut kv = rec("here", "cpu", 256, 4096, 999 << 20);
+        kv.kv_bits = Some(8);
+        let with_kv = [records.clone(), vec![kv]].concat();
+        let c2 = calibration_from(&with_kv, &facts(256), "here", "cpu");
+        assert_eq!(c2.floor_bytes(4, 8192, 512), 90 << 20);
     }
 }

@@ -74,6 +74,16 @@ pub struct Record {
     pub context: u64,
     /// The largest prefill chunk (capped at the context).
     pub chunk: u64,
+    /// Keys the last chunk attended to (less than `context` behind a sliding window).
+    #[serde(default)]
+    pub attended: u64,
+    /// The sliding window, when every attention layer keeps one.
+    #[serde(default)]
+    pub window: Option<u64>,
+    /// Quantized KV cache bits, when the run used them (such records are kept but not
+    /// fitted: the activation model is for the model-dtype cache).
+    #[serde(default)]
+    pub kv_bits: Option<u8>,
     /// Predicted weights + KV cache at `context`.
     pub base_bytes: u64,
     /// The predicted peak at `context` (the estimate's total).
@@ -96,12 +106,20 @@ impl Record {
         peak_bytes: u64,
         source: &str,
     ) -> Record {
+        let attended = estimate::activation::attended_positions(
+            &model.kv_layers,
+            used.kv_cache.context,
+            used.activation.chunk,
+        );
         Record {
             machine,
             model: ModelFacts::of(model),
             elem_bytes: used.activation_elem_bytes,
             context: used.kv_cache.context,
             chunk: used.activation.chunk,
+            attended: attended.positions,
+            window: attended.window,
+            kv_bits: used.kv_cache.kv_bits,
             base_bytes: used.weights.bytes.saturating_add(used.kv_cache.bytes),
             predicted_bytes: used.total_bytes,
             peak_bytes,
@@ -119,6 +137,14 @@ impl Record {
             elem_bytes: self.elem_bytes,
             chunk: self.chunk,
             context: self.context,
+            attended: estimate::activation::Attended {
+                positions: if self.attended > 0 {
+                    self.attended
+                } else {
+                    self.context
+                },
+                window: self.window,
+            },
             base_bytes: self.base_bytes,
             peak_bytes: self.peak_bytes,
         }

@@ -3,7 +3,7 @@
 //! activations, which come from the one activation model of the `estimate` crate — the
 //! preflight's, with the coefficients the load request carried.
 
-use estimate::{ActivationDims, ActivationModel, Coefficients};
+use estimate::{activation::Attended, ActivationDims, ActivationModel, Coefficients};
 
 use super::cache::{LayerCache, STEP};
 use super::config::ModelConfig;
@@ -24,6 +24,7 @@ pub fn activation_model(wire: Option<&protocol::ActivationModel>) -> ActivationM
     let k = |c: &protocol::ActivationCoefficients| Coefficients {
         score_bytes: c.score_bytes,
         mlp_bytes: c.mlp_bytes,
+        mask_bytes: c.mask_bytes,
         overhead_bytes: c.overhead_bytes,
     };
     wire.map_or(estimate::activation::BUILTIN, |m| ActivationModel {
@@ -33,17 +34,17 @@ pub fn activation_model(wire: Option<&protocol::ActivationModel>) -> ActivationM
 }
 
 /// Transient activation bytes of one forward pass over `n` new tokens attending to
-/// `context` positions (including the new ones), with activations of `elem` bytes:
+/// `attended` (including the new ones), with activations of `elem` bytes:
 /// [`ActivationModel::predict`], the preflight's function.
 pub fn activation_bytes(
     model: &ActivationModel,
     cfg: &ModelConfig,
     elem: u64,
     n: u64,
-    context: u64,
+    attended: Attended,
 ) -> u64 {
     model
-        .predict(&activation_dims(cfg), elem, n, context, 1)
+        .predict(&activation_dims(cfg), elem, n, attended, 1)
         .bytes
 }
 
@@ -81,7 +82,32 @@ pub fn step_bytes(
     elem: u64,
     n: i32,
 ) -> u64 {
-    let context = caches.iter().map(|c| c.offset()).max().unwrap_or(0) as u64 + n as u64;
     kv_growth_bytes(cfg, caches, elem, n)
-        + activation_bytes(model, cfg, elem, n.max(1) as u64, context)
+        + activation_bytes(model, cfg, elem, n.max(1) as u64, attended(caches, n))
+}
+
+/// What the `n` new tokens attend to: every cached position plus themselves, or, when
+/// every layer keeps a sliding window, the `window − 1` a rotating cache holds (the
+/// preflight's `estimate::activation::attended_positions`).
+pub fn attended(caches: &[LayerCache], n: i32) -> Attended {
+    let positions = caches
+        .iter()
+        .map(|c| match c {
+            LayerCache::Rotating(r) => c.offset().min(r.max_size() - 1) + n,
+            _ => c.offset() + n,
+        })
+        .max()
+        .unwrap_or(n)
+        .max(1) as u64;
+    let all_rotating =
+        !caches.is_empty() && caches.iter().all(|c| matches!(c, LayerCache::Rotating(_)));
+    let window = caches
+        .iter()
+        .filter_map(|c| match c {
+            LayerCache::Rotating(r) => Some(r.max_size().max(0) as u64),
+            _ => None,
+        })
+        .max()
+        .filter(|_| all_rotating);
+    Attended { positions, window }
 }

@@ -27,11 +27,13 @@ fn custom() -> estimate::ActivationModel {
         half: estimate::Coefficients {
             score_bytes: 7.25,
             mlp_bytes: 33.0,
+            mask_bytes: 1.5,
             overhead_bytes: 1e6,
         },
         full: estimate::Coefficients {
             score_bytes: 9.5,
             mlp_bytes: 41.0,
+            mask_bytes: 2.5,
             overhead_bytes: 2e6,
         },
     }
