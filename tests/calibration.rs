@@ -7,7 +7,10 @@
 
 use std::path::Path;
 
-use mlxsup_tests::{mlxsup_env, tiny_model, Run};
+use mlxsup_tests::{
+    daemon::{gen_args, Daemon},
+    mlxsup_env, tiny_model, Run,
+};
 use serde_json::Value;
 
 fn run_with_store(store: &Path, prompt: &str, max_tokens: &str) -> Run {
@@ -242,4 +245,39 @@ fn calibrate_measures_a_ladder_records_it_and_refits() {
     // The refit is what inspect uses now.
     let est = inspect(&store, "128");
     assert_eq!(est["calibration_source"], "machine");
+}
+
+#[test]
+fn a_daemon_generation_records_itself_and_reports_the_estimate_at_the_context_used() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("calibration.json");
+    let dir = tempfile::Builder::new()
+        .prefix("d")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let d = Daemon::start_env(
+        dir,
+        &["--budget", "2GiB"],
+        &[("MLXSUP_CALIBRATION", store.to_str().unwrap())],
+    );
+    let out = d.cli(&gen_args("b", "The quick brown fox", "6"));
+    assert_eq!(out.code, Some(0), "{}\n{}", out.stderr, d.log());
+    let events = out.events();
+    let done = events.iter().find(|e| e["event"] == "done").unwrap();
+    let used = done["context_used"].as_u64().unwrap();
+    assert!(used > 6 && used < 512, "{done}");
+    assert_eq!(done["planned_context"], 512);
+    assert!(
+        done["estimate_used_bytes"].as_u64().unwrap() < done["estimate_bytes"].as_u64().unwrap()
+    );
+    // The daemon writes the record off its actor's thread: wait for it.
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !store.exists() && std::time::Instant::now() < until {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let recs = records(&store);
+    assert_eq!(recs.len(), 1, "{}", d.log());
+    assert_eq!(recs[0]["source"], "daemon");
+    assert_eq!(recs[0]["context"].as_u64().unwrap(), used);
+    assert_eq!(recs[0]["peak_bytes"], done["peak_bytes"]);
 }
