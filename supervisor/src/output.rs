@@ -70,10 +70,10 @@ impl LoadCheck {
         })
     }
 
-    /// The delta in words: `+0.0% of the predicted 5.0 MiB`.
+    /// The delta in words: `weights +0.0% vs the predicted 5 MiB`.
     pub fn describe(&self) -> String {
         format!(
-            "{:+.1}% of the predicted {} of weights",
+            "weights {:+.1}% vs the predicted {}",
             self.weight_delta_pct,
             Bytes(self.predicted_weight_bytes)
         )
@@ -365,7 +365,7 @@ impl Output {
         };
         let weights = self
             .load_check
-            .map_or(String::new(), |c| format!("; weights {}", c.describe()));
+            .map_or(String::new(), |c| format!("; {}", c.describe()));
         self.note(&format!(
             "mlxsup: {} prompt tokens at {:.1} tok/s, {} generated at {:.1} tok/s ({}{}); MLX peak {} vs {versus}{weights}; footprint peak {} over {} samples",
             d.prompt_tokens,
