@@ -139,9 +139,10 @@ pub fn median(xs: &[f64]) -> f64 {
 /// a constant, each sample weighted by 1/peak (relative error), then refit without the
 /// samples whose residual is over 3 median absolute deviations (a robust fit). A
 /// negative coefficient is dropped to 0 and the rest refit. A class with fewer than
-/// [`MIN_SAMPLES_FOR_FIT`] samples keeps its shape and its score and MLP coefficients are
-/// scaled by the median ratio of measured to predicted activations (the floor keeps the
-/// measured shapes themselves from being under-predicted).
+/// [`MIN_SAMPLES_FOR_FIT`] samples keeps its shape: from two samples on, a scale of its
+/// activation terms and a new overhead are fitted the same way; from one, the activation
+/// terms are scaled to it (the floor keeps the measured shapes themselves from being
+/// under-predicted).
 pub fn refit(start: &ActivationModel, samples: &[Sample]) -> ActivationModel {
     let mut out = *start;
     for elem in [2u64, 4] {
@@ -153,7 +154,8 @@ pub fn refit(start: &ActivationModel, samples: &[Sample]) -> ActivationModel {
             continue;
         }
         let k = if class.len() < MIN_SAMPLES_FOR_FIT {
-            scale_up(start.coefficients(elem), &class)
+            let start = start.coefficients(elem);
+            shape_fit(start, &class).unwrap_or_else(|| scale_up(start, &class))
         } else {
             robust_fit(start.coefficients(elem), &class)
                 .unwrap_or_else(|| scale_up(start.coefficients(elem), &class))
@@ -168,6 +170,29 @@ fn target(s: &Sample) -> (Features, f64) {
     let f = Features::of(&s.dims, s.chunk, s.attended, 1);
     let y = s.peak_bytes as f64 - s.base_bytes as f64 - f.logits;
     (f, y)
+}
+
+/// Keeps `k`'s shape: fits a scale of its activation terms and a new overhead (two or
+/// more samples).
+fn shape_fit(k: &Coefficients, class: &[&Sample]) -> Option<Coefficients> {
+    if class.len() < 2 {
+        return None;
+    }
+    let rows: Vec<Row> = class
+        .iter()
+        .map(|s| {
+            let (f, y) = target(s);
+            let act = f.scores * k.score_bytes + f.mlp * k.mlp_bytes + f.mask * k.mask_bytes;
+            ([act, 0.0, 0.0, 1.0], y, 1.0 / s.peak_bytes as f64)
+        })
+        .collect();
+    let c = nonnegative_fit(&rows, [true, false, false, true])?;
+    (c[0] > 0.0).then_some(Coefficients {
+        score_bytes: k.score_bytes * c[0],
+        mlp_bytes: k.mlp_bytes * c[0],
+        mask_bytes: k.mask_bytes * c[0],
+        overhead_bytes: c[3],
+    })
 }
 
 /// Scales the score and MLP coefficients by the median ratio of measured to predicted
@@ -421,6 +446,44 @@ mod tests {
         let fit = refit(&BUILTIN, std::slice::from_ref(&s));
         assert!(predicted_peak(&fit, &s) >= s.peak_bytes);
         assert!(fit.half.score_bytes > BUILTIN.half.score_bytes);
+    }
+
+    /// A short ladder (three contexts) keeps the built-in shape: the scale of its
+    /// activations and the overhead are recovered.
+    #[test]
+    fn a_short_ladder_fits_scale_and_overhead() {
+        let k = BUILTIN.full;
+        let truth = ActivationModel {
+            half: BUILTIN.half,
+            full: Coefficients {
+                score_bytes: k.score_bytes * 1.3,
+                mlp_bytes: k.mlp_bytes * 1.3,
+                mask_bytes: k.mask_bytes * 1.3,
+                overhead_bytes: 200_000.0,
+            },
+        };
+        let samples: Vec<Sample> = [128u64, 512, 2048]
+            .iter()
+            .map(|&context| {
+                let mut s = Sample {
+                    dims: dims(),
+                    elem_bytes: 4,
+                    chunk: 2048.min(context),
+                    context,
+                    attended: Attended::full(context),
+                    base_bytes: 10_000_000 + context * 8192,
+                    peak_bytes: 0,
+                };
+                s.peak_bytes = predicted_peak(&truth, &s);
+                s
+            })
+            .collect();
+        let fit = refit(&BUILTIN, &samples).full;
+        assert!(
+            (fit.score_bytes / k.score_bytes - 1.3).abs() < 1e-3,
+            "{fit:?}"
+        );
+        assert!((fit.overhead_bytes - 200_000.0).abs() < 2_000.0, "{fit:?}");
     }
 
     #[test]
