@@ -38,6 +38,8 @@ pub struct PlanRequest {
     pub compute: ComputePolicy,
     /// `--kv-bits`: the KV cache quantized to 4 or 8 bits.
     pub kv_bits: Option<u8>,
+    /// The activation coefficients and measured floor (the calibration store's).
+    pub calibration: estimate::Calibration,
 }
 
 impl PlanRequest {
@@ -56,6 +58,7 @@ impl PlanRequest {
             device: Device::Default,
             compute: ComputePolicy::Auto,
             kv_bits: None,
+            calibration: estimate::Calibration::default(),
         }
     }
 }
@@ -116,11 +119,15 @@ pub fn estimate_at(
     )
 }
 
-/// The estimate for `req` at `context` (its own, or a wider one), at f32 when `f32`.
+/// The estimate for `req` at `context` (its own, or a wider one), at f32 compute when
+/// `f32`, with its KV bits and calibration.
 pub fn estimate_for(model: &Model, req: &PlanRequest, context: Option<u64>, f32: bool) -> Estimate {
     estimate::estimate(
         model,
-        &estimate_request(context, req.prefill_chunk, req.budget, f32, req.kv_bits),
+        &estimate::Request {
+            calibration: req.calibration.clone(),
+            ..estimate_request(context, req.prefill_chunk, req.budget, f32, req.kv_bits)
+        },
     )
 }
 
@@ -188,6 +195,7 @@ pub fn plan(model: &Model, req: &PlanRequest) -> Plan {
         device: req.device,
         compute,
         kv_bits: req.kv_bits,
+        activation: Some(Box::new(wire_activation(&est.activation_model))),
     };
     Plan {
         estimate: est,
@@ -202,13 +210,16 @@ pub fn plan(model: &Model, req: &PlanRequest) -> Plan {
 pub fn largest_context(model: &Model, est: &Estimate, req: &PlanRequest) -> Option<u64> {
     estimate::request::largest_context_within(
         model,
-        &estimate_request(
-            None,
-            req.prefill_chunk,
-            req.budget,
-            est.weights.compute_f32,
-            req.kv_bits,
-        ),
+        &estimate::Request {
+            calibration: req.calibration.clone(),
+            ..estimate_request(
+                None,
+                req.prefill_chunk,
+                req.budget,
+                est.weights.compute_f32,
+                req.kv_bits,
+            )
+        },
         est.weights.bytes,
         est.kv_cache.context,
         req.budget,
@@ -276,6 +287,20 @@ pub fn check_length(
     f.estimate_bytes = Some(est.total_bytes);
     f.budget_bytes = Some(est.budget_bytes);
     Err(Box::new(f))
+}
+
+/// The activation coefficients as the worker protocol carries them.
+pub fn wire_activation(m: &estimate::ActivationModel) -> protocol::ActivationModel {
+    let k = |c: &estimate::Coefficients| protocol::ActivationCoefficients {
+        score_bytes: c.score_bytes,
+        mlp_bytes: c.mlp_bytes,
+        mask_bytes: c.mask_bytes,
+        overhead_bytes: c.overhead_bytes,
+    };
+    protocol::ActivationModel {
+        half: k(&m.half),
+        full: k(&m.full),
+    }
 }
 
 /// MLX's buffer cache: what the budget leaves beyond the estimate, within 64 MiB..1/4.

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     budget::budget,
+    calibration,
     exit::Exit,
     output::Output,
     plan::{self, Plan, PlanRequest},
@@ -144,6 +145,8 @@ pub struct Preflight {
     pub request: PlanRequest,
     /// The tokenizer and template, checked: the prompt's length is counted with them.
     pub text: text::TextFiles,
+    /// Warnings from the calibration store, for a person.
+    pub notes: Vec<String>,
 }
 
 /// The preflight: read the model and plan it against the budget.
@@ -155,6 +158,11 @@ pub fn preflight(args: &RunArgs) -> Result<Preflight, (Outcome, String)> {
     let text = text::check_loadable(&model)
         .map_err(|e| (Outcome::BadModel, format!("mlxsup: cannot read model: {e}")))?;
     let budget = budget(args.budget).map_err(|e| (Outcome::Internal, format!("mlxsup: {e}")))?;
+    let (calibration, notes) = calibration::calibration(
+        calibration::Store::default_store().as_ref(),
+        &model,
+        calibration::planned_backend(args.device),
+    );
     let req = PlanRequest {
         context: args.context,
         prefill_chunk: args.prefill_chunk,
@@ -167,6 +175,7 @@ pub fn preflight(args: &RunArgs) -> Result<Preflight, (Outcome, String)> {
         device: args.device,
         compute: args.compute,
         kv_bits: args.kv_bits,
+        calibration,
         ..PlanRequest::new(budget.bytes.0)
     };
     Ok(Preflight {
@@ -174,6 +183,7 @@ pub fn preflight(args: &RunArgs) -> Result<Preflight, (Outcome, String)> {
         model,
         request: req,
         text,
+        notes,
     })
 }
 
@@ -215,6 +225,7 @@ pub async fn execute(args: &RunArgs, out: &mut Output) -> Outcome {
         plan,
         request,
         text,
+        notes,
     } = match preflight(args) {
         Ok(p) => p,
         Err((outcome, msg)) => {
@@ -222,6 +233,9 @@ pub async fn execute(args: &RunArgs, out: &mut Output) -> Outcome {
             return outcome;
         }
     };
+    for n in &notes {
+        out.note_event(&format!("warning: {n}"));
+    }
     out.estimate(&plan.estimate);
     if let Some(n) = &plan.compute_note {
         out.note_event(n);
@@ -249,7 +263,7 @@ pub async fn execute(args: &RunArgs, out: &mut Output) -> Outcome {
     let interrupt = CancellationToken::new();
     let listener = cancel_on_signal(interrupt.clone());
     let gen = args.prompt.request(prompt, args.faults().1);
-    let outcome = drive(out, plan, gen, &interrupt).await;
+    let outcome = drive(out, &model, &request, plan, gen, &interrupt).await;
     listener.abort();
     if interrupt.is_cancelled() {
         out.note("mlxsup: interrupted; the worker was stopped");
@@ -286,11 +300,14 @@ async fn recv(s: &mut Option<tokio::signal::unix::Signal>) {
 
 async fn drive(
     out: &mut Output,
+    model: &estimate::Model,
+    request: &PlanRequest,
     plan: Plan,
     gen: protocol::GenerateRequest,
     interrupt: &CancellationToken,
 ) -> Outcome {
     let estimate_bytes = plan.estimate.total_bytes;
+    let compute_f32 = plan.estimate.weights.compute_f32;
     let worker = match WorkerHandle::spawn(plan.spawn, plan.report).await {
         Ok(w) => w,
         Err(SpawnError::Setup(m)) => {
@@ -307,10 +324,13 @@ async fn drive(
             on_event(out, ev)
         })
         .await;
-    match end {
-        End::Reply(Reply::Loaded(info)) => out.loaded(&info),
+    let info = match end {
+        End::Reply(Reply::Loaded(info)) => {
+            out.loaded(&info);
+            info
+        }
         other => return finish(out, worker, other, interrupt).await,
-    }
+    };
     let end = worker
         .call(Request::Generate(gen), interrupt.clone(), |ev| {
             on_event(out, ev)
@@ -318,12 +338,44 @@ async fn drive(
         .await;
     match end {
         End::Reply(Reply::Done(done)) => {
-            out.done(&done, estimate_bytes);
+            let used = used_estimate(model, request, &done, compute_f32);
+            out.done(
+                &done,
+                estimate_bytes,
+                Some(crate::output::UsedEstimate {
+                    context_used: used.kv_cache.context,
+                    estimate_used_bytes: used.total_bytes,
+                }),
+            );
             worker.shutdown().await;
+            let store = calibration::Store::default_store();
+            let machine = calibration::machine_of(&info);
+            for w in calibration::record(
+                store.as_ref(),
+                machine,
+                model,
+                &used,
+                done.peak_bytes,
+                "run",
+            ) {
+                out.note_event(&format!("warning: {w}"));
+            }
             Outcome::Done
         }
         other => finish(out, worker, other, interrupt).await,
     }
+}
+
+/// The estimate at the context a generation used (prompt + generated tokens), at the
+/// compute dtype it ran in, with the plan's calibration.
+pub fn used_estimate(
+    model: &estimate::Model,
+    request: &PlanRequest,
+    done: &protocol::DoneInfo,
+    compute_f32: bool,
+) -> Estimate {
+    let used = u64::from(done.prompt_tokens) + u64::from(done.generated_tokens);
+    plan::estimate_for(model, request, Some(used.max(1)), compute_f32)
 }
 
 /// An end that is not the expected reply: report it, stop the worker.
