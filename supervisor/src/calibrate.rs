@@ -36,6 +36,10 @@ pub struct CalibrateArgs {
     /// The MLX device: gpu, cpu or default.
     #[arg(long, default_value = "default", value_parser = Device::parse)]
     pub device: Device,
+    /// Quantize the KV cache to 4 or 8 bits (as `run`). Such runs are measured and
+    /// recorded, but the refit leaves them out (it models the model-dtype cache).
+    #[arg(long, value_parser = crate::inspect::parse_kv_bits)]
+    pub kv_bits: Option<u8>,
     /// One JSON object on stdout instead of the table.
     #[arg(long)]
     pub json: bool,
@@ -66,6 +70,7 @@ struct Report<'a> {
     model: String,
     prefill_chunk: u64,
     compute_f32: bool,
+    kv_bits: Option<u8>,
     calibration_before: &'a str,
     calibration_after: &'a str,
     calibration_source: estimate::CalibrationSource,
@@ -115,6 +120,7 @@ async fn run(args: CalibrateArgs) -> Exit {
         prefill_chunk: args.prefill_chunk,
         device: args.device,
         compute: args.compute,
+        kv_bits: args.kv_bits,
         calibration,
         ..PlanRequest::new(budget)
     };
@@ -213,6 +219,7 @@ async fn run(args: CalibrateArgs) -> Exit {
         model: model.dir.display().to_string(),
         prefill_chunk: args.prefill_chunk,
         compute_f32,
+        kv_bits: args.kv_bits,
         calibration_before: &before.description,
         calibration_after: &after.description,
         calibration_source: after.source,
