@@ -281,3 +281,58 @@ fn a_daemon_generation_records_itself_and_reports_the_estimate_at_the_context_us
     assert_eq!(recs[0]["context"].as_u64().unwrap(), used);
     assert_eq!(recs[0]["peak_bytes"], done["peak_bytes"]);
 }
+
+/// `calibrate --kv-bits 8` measures and records the quantized-KV runs (the store keeps
+/// their bits) but leaves them out of the refit, which models the model-dtype cache.
+#[test]
+fn calibrate_with_quantized_kv_records_but_does_not_refit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("calibration.json");
+    let model = tmp.path().join("llama-hd64");
+    let m = model.to_str().unwrap();
+    let made = mlxsup_env(
+        &[
+            "make-model",
+            m,
+            "--arch",
+            "llama",
+            "--hidden",
+            "256",
+            "--layers",
+            "2",
+            "--heads",
+            "4",
+            "--kv-heads",
+            "2",
+            "--intermediate",
+            "512",
+            "--vocab",
+            "512",
+        ],
+        &[],
+    );
+    assert_eq!(made.code, Some(0), "{}", made.stderr);
+    let r = mlxsup_env(
+        &[
+            "calibrate",
+            m,
+            "--contexts",
+            "64,128",
+            "--kv-bits",
+            "8",
+            "--budget",
+            "1GiB",
+            "--json",
+        ],
+        &[("MLXSUP_CALIBRATION", store.to_str().unwrap())],
+    );
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    let v: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v["kv_bits"], 8);
+    assert_eq!(v["calibration_source"], "builtin", "{v:#}");
+    let recs = records(&store);
+    assert_eq!(recs.len(), 2);
+    assert!(recs.iter().all(|r| r["kv_bits"] == 8), "{recs:#?}");
+    let bad = mlxsup_env(&["calibrate", m, "--kv-bits", "3", "--json"], &[]);
+    assert_eq!(bad.code, Some(2), "{}", bad.stderr);
+}
