@@ -139,7 +139,8 @@ pub fn median(xs: &[f64]) -> f64 {
 /// a constant, each sample weighted by 1/peak (relative error), then refit without the
 /// samples whose residual is over 3 median absolute deviations (a robust fit). A
 /// negative coefficient is dropped to 0 and the rest refit. A class with fewer than
-/// [`MIN_SAMPLES_FOR_FIT`] samples keeps its shape: from two samples on, a scale of its
+/// [`MIN_SAMPLES_FOR_FIT`] samples, or of too few shapes of run ([`MIN_DISTINCT_POINTS`],
+/// [`MIN_SCORE_SPREAD`]), keeps its shape: from two samples on, a scale of its
 /// activation terms and a new overhead are fitted the same way; from one, the activation
 /// terms are scaled to it (the floor keeps the measured shapes themselves from being
 /// under-predicted).
@@ -153,7 +154,7 @@ pub fn refit(start: &ActivationModel, samples: &[Sample]) -> ActivationModel {
         if class.is_empty() {
             continue;
         }
-        let k = if class.len() < MIN_SAMPLES_FOR_FIT {
+        let k = if class.len() < MIN_SAMPLES_FOR_FIT || !identifiable(&class) {
             let start = start.coefficients(elem);
             shape_fit(start, &class).unwrap_or_else(|| scale_up(start, &class))
         } else {
@@ -163,6 +164,37 @@ pub fn refit(start: &ActivationModel, samples: &[Sample]) -> ActivationModel {
         *out.coefficients_mut(elem) = k;
     }
     out
+}
+
+/// Distinct shapes of run (prefill chunk, attended positions, model dimensions) before the
+/// score, MLP and overhead terms are fitted apart, more than the terms fitted: a few, however
+/// many runs of each, determine the terms exactly, noise included, and such a fit can drop
+/// an activation term to 0 — an estimate that then under-predicts longer contexts.
+pub const MIN_DISTINCT_POINTS: usize = 5;
+
+/// The largest attention-score feature at least this many times the smallest (the
+/// quadratic term needs lengths far apart to be told from the linear one).
+pub const MIN_SCORE_SPREAD: f64 = 4.0;
+
+fn identifiable(class: &[&Sample]) -> bool {
+    let points: std::collections::BTreeSet<(u64, u64, u64, u64)> = class
+        .iter()
+        .map(|s| {
+            (
+                s.chunk,
+                s.attended.positions,
+                s.dims.hidden,
+                s.dims.intermediate,
+            )
+        })
+        .collect();
+    let scores: Vec<f64> = class
+        .iter()
+        .map(|s| Features::of(&s.dims, s.chunk, s.attended, 1).scores)
+        .collect();
+    let lo = scores.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = scores.iter().copied().fold(0.0, f64::max);
+    points.len() >= MIN_DISTINCT_POINTS && lo > 0.0 && hi >= lo * MIN_SCORE_SPREAD
 }
 
 /// The target of the fit: activation bytes without the (unfitted) logits.
@@ -484,6 +516,50 @@ mod tests {
             "{fit:?}"
         );
         assert!((fit.overhead_bytes - 200_000.0).abs() < 2_000.0, "{fit:?}");
+    }
+
+    /// Many runs of a few lengths (as a user's chats) keep the built-in shape, scaled: a
+    /// free fit to them sets an activation term to 0 (measured on this machine's store).
+    #[test]
+    fn runs_of_similar_lengths_keep_the_activation_terms() {
+        let k = BUILTIN.full;
+        let truth = ActivationModel {
+            half: BUILTIN.half,
+            full: Coefficients {
+                score_bytes: k.score_bytes * 1.2,
+                mlp_bytes: k.mlp_bytes * 1.2,
+                mask_bytes: k.mask_bytes * 1.2,
+                overhead_bytes: 3_000_000.0,
+            },
+        };
+        // A user's chats: ten runs of three lengths; at the two short ones MLX's peak is
+        // the same (its allocator hands out the same buffers), as measured here.
+        let mut samples: Vec<Sample> = [21u64, 77, 77, 77, 77, 77, 77, 300, 300, 300]
+            .iter()
+            .map(|&context| {
+                let mut s = Sample {
+                    dims: dims(),
+                    elem_bytes: 4,
+                    chunk: context,
+                    context,
+                    attended: Attended::full(context),
+                    base_bytes: 10_000_000 + context * 8192,
+                    peak_bytes: 0,
+                };
+                s.peak_bytes = predicted_peak(&truth, &s);
+                s
+            })
+            .collect();
+        let flat = samples[1].peak_bytes - samples[1].base_bytes;
+        samples[0].peak_bytes = samples[0].base_bytes + flat;
+        let fit = refit(&BUILTIN, &samples).full;
+        for (term, got, built_in) in [
+            ("score", fit.score_bytes, k.score_bytes),
+            ("mlp", fit.mlp_bytes, k.mlp_bytes),
+        ] {
+            let scale = got / built_in;
+            assert!((1.1..1.3).contains(&scale), "{term} ×{scale}: {fit:?}");
+        }
     }
 
     #[test]
