@@ -3,14 +3,8 @@
 # bench-out/*.md; BENCHMARKS.md quotes them with the date and machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-out=bench-out
-mkdir -p "$out"
-# The runs record themselves in a store of this benchmark's own, fresh each time: the
-# predictions shown are the built-in model's, and the user's store stays untouched.
-if [[ -z ${MLXSUP_CALIBRATION:-} ]]; then
-  export MLXSUP_CALIBRATION=$out/calibration-$(basename "$0" .sh).json
-  rm -f "$MLXSUP_CALIBRATION"
-fi
+# shellcheck source=bench_env.sh
+source scripts/bench_env.sh
 py=.venv/bin/python
 bin=target/release
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }

@@ -9,14 +9,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 py=.venv/bin/python
-out=bench-out
-mkdir -p "$out"
-# The runs record themselves in a store of this benchmark's own, fresh each time: the
-# predictions shown are the built-in model's, and the user's store stays untouched.
-if [[ -z ${MLXSUP_CALIBRATION:-} ]]; then
-  export MLXSUP_CALIBRATION=$out/calibration-$(basename "$0" .sh).json
-  rm -f "$MLXSUP_CALIBRATION"
-fi
+# shellcheck source=bench_env.sh
+source scripts/bench_env.sh
 runs=${RUNS:-3}
 gen=${GEN:-64}
 bin=target/release/mlxsup

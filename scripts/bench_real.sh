@@ -11,14 +11,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 py=.venv/bin/python
-out=bench-out
-mkdir -p "$out"
-# The runs record themselves in a store of this benchmark's own, fresh each time: the
-# predictions shown are the built-in model's, and the user's store stays untouched.
-if [[ -z ${MLXSUP_CALIBRATION:-} ]]; then
-  export MLXSUP_CALIBRATION=$out/calibration-$(basename "$0" .sh).json
-  rm -f "$MLXSUP_CALIBRATION"
-fi
+# shellcheck source=bench_env.sh
+source scripts/bench_env.sh
 runs=${RUNS:-3}
 if [[ $(uname -s) == Darwin ]]; then cache=$HOME/Library/Caches; else cache=${XDG_CACHE_HOME:-$HOME/.cache}; fi
 gguf=$cache/mlxsup/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
