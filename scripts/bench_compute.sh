@@ -31,6 +31,7 @@ short=$(printf 'the supervisor watches the worker and %.0s' {1..2})
 ours() { # MODEL COMPUTE PROMPT GEN [LANES]
   # native1: --compute native with the matmul split off (one CPU stream: the engine before
   # the split, for the record of what the split gives).
+  # (0: the worker's default, one lane per core on the CPU device.)
   local policy=$2 lanes=${5:-0}
   [[ $policy == native1 ]] && policy=native lanes=1
   MLXSUP_MATMUL_LANES=$lanes $bin run "$1" --json --compute "$policy" --prompt "$3" --max-tokens "$4" --context 1024 --budget "${BUDGET:-8GiB}" |

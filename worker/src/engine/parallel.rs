@@ -24,7 +24,7 @@ pub const MIN_SPLIT_ELEMENTS: i64 = 1 << 18;
 pub const MAX_LANES: usize = 8;
 
 /// `MLXSUP_MATMUL_LANES`: the number of CPU streams a matmul is split over (`1` turns
-/// the split off); unset, one per core on the CPU device.
+/// the split off); unset or `0`, one per core on the CPU device.
 pub const LANES_ENV: &str = "MLXSUP_MATMUL_LANES";
 
 /// The CPU streams a split matmul runs on: the first part runs on the caller's default
@@ -91,19 +91,21 @@ impl Lanes {
 
 /// The lane count when none was asked for.
 fn decide() -> usize {
-    if let Some(n) = std::env::var(LANES_ENV)
-        .ok()
-        .and_then(|v| v.trim().parse::<usize>().ok())
-    {
-        return n.max(1);
-    }
     let on_cpu = Device::try_default()
         .and_then(|d| d.get_type())
         .is_ok_and(|t| matches!(t, DeviceType::Cpu));
-    if !on_cpu {
-        return 1;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    lanes_for(std::env::var(LANES_ENV).ok().as_deref(), on_cpu, cores)
+}
+
+/// `MLXSUP_MATMUL_LANES`'s value if it is a positive number; else (unset, `0`, not a
+/// number) one lane per core on the CPU device, one elsewhere.
+fn lanes_for(env: Option<&str>, on_cpu: bool, cores: usize) -> usize {
+    match env.and_then(|v| v.trim().parse::<usize>().ok()) {
+        Some(n) if n > 0 => n,
+        _ if on_cpu => cores.max(1),
+        _ => 1,
     }
-    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// Rows `a..b` of `w` (a view: no copy), evaluated.
@@ -122,6 +124,18 @@ mod tests {
     use super::super::tests::mlx_lock;
     use super::super::{Engine, GenerateOptions, Hooks, LoadOptions};
     use super::*;
+
+    /// `0` is the default, as unset is (the benchmark's "0" had meant one lane).
+    #[test]
+    fn zero_or_unset_lanes_mean_one_per_core_on_the_cpu() {
+        assert_eq!(lanes_for(None, true, 2), 2);
+        assert_eq!(lanes_for(Some("0"), true, 2), 2);
+        assert_eq!(lanes_for(Some(" 3 "), true, 2), 3);
+        assert_eq!(lanes_for(Some("1"), true, 2), 1);
+        assert_eq!(lanes_for(Some("many"), true, 4), 4);
+        assert_eq!(lanes_for(None, false, 8), 1);
+        assert_eq!(lanes_for(Some("2"), false, 8), 2);
+    }
 
     #[derive(Default)]
     struct Tokens(Vec<u32>);
