@@ -34,6 +34,10 @@ pub struct Request {
     pub kv_bits: Option<u8>,
     /// Images in the prompt.
     pub images: u64,
+    /// Their size (width, height); `None` = [`crate::vision::DEFAULT_IMAGE_SIZE`]. On the
+    /// Qwen2-VL family the processor's smart resize of this size decides the patches and
+    /// tokens planned.
+    pub image_size: Option<(u32, u32)>,
     /// What-if: weights quantized with MLX affine at this many bits (group 64).
     pub quant_bits: Option<u8>,
     /// Prefill chunk in tokens.
@@ -52,6 +56,7 @@ impl Default for Request {
             batch: 1,
             kv_bits: None,
             images: 0,
+            image_size: None,
             quant_bits: None,
             prefill_chunk: DEFAULT_PREFILL_CHUNK,
             budget: Bytes(0),
@@ -100,6 +105,14 @@ pub struct VisionReport {
     pub tokens_per_image: u64,
     /// Encoder activation bytes for all images.
     pub activation_bytes: u64,
+    /// The image size planned and what the processor makes of it.
+    pub image: Option<crate::vision::ImagePlan>,
+    /// Patches the vision tower sees per image.
+    pub patches_per_image: u64,
+    /// All images' tokens (added to the context in the KV cache).
+    pub image_tokens: u64,
+    /// The KV cache bytes of those tokens (included in `kv_cache.bytes`).
+    pub kv_bytes: u64,
 }
 
 /// The estimate: the `inspect --json` object.
@@ -154,8 +167,18 @@ struct Totals {
     kv: KvCache,
     act: Activation,
     vision_act: u64,
+    image_kv: u64,
     load_transient: u64,
     total: u64,
+}
+
+/// One image as planned, when images are asked for on a model with a vision tower (a
+/// size the processor refuses falls back to the default size; `estimate` warns).
+fn image_plan(model: &Model, req: &Request) -> Option<crate::vision::ImagePlan> {
+    let v = model.vision.as_ref().filter(|_| req.images > 0)?;
+    crate::vision::plan_image(v, req.image_size)
+        .or_else(|_| crate::vision::plan_image(v, None))
+        .ok()
 }
 
 fn totals(model: &Model, weights: u64, context: u64, req: &Request) -> Totals {
@@ -165,6 +188,11 @@ fn totals(model: &Model, weights: u64, context: u64, req: &Request) -> Totals {
     } else {
         model.kv_dtype_bytes()
     };
+    let image = image_plan(model, req);
+    // `context` counts the text; the images' tokens come on top of it.
+    let image_tokens = image.map_or(0, |p| p.tokens.saturating_mul(req.images));
+    let text_context = context;
+    let context = context.saturating_add(image_tokens);
     let kv = kv_cache(
         &model.kv_layers,
         context,
@@ -172,15 +200,27 @@ fn totals(model: &Model, weights: u64, context: u64, req: &Request) -> Totals {
         kv_dtype_bytes,
         req.kv_bits,
     );
+    let image_kv = if image_tokens > 0 {
+        let text = kv_cache(
+            &model.kv_layers,
+            text_context,
+            batch,
+            kv_dtype_bytes,
+            req.kv_bits,
+        );
+        kv.bytes.saturating_sub(text.bytes)
+    } else {
+        0
+    };
     let chunk = if req.prefill_chunk == 0 {
         DEFAULT_PREFILL_CHUNK
     } else {
         req.prefill_chunk
     };
     let act = activation_bytes(&model.activation, chunk, context, batch);
-    let vision_act = match (&model.vision, req.images) {
-        (Some(v), n) if n > 0 => {
-            vision_activation_bytes(n, v.patches_per_image, v.width, v.intermediate, v.heads)
+    let vision_act = match (&model.vision, image) {
+        (Some(v), Some(p)) => {
+            vision_activation_bytes(req.images, p.patches, v.width, v.intermediate, v.heads)
         }
         _ => 0,
     };
@@ -202,6 +242,7 @@ fn totals(model: &Model, weights: u64, context: u64, req: &Request) -> Totals {
         kv,
         act,
         vision_act,
+        image_kv,
         load_transient,
         total,
     }
@@ -239,10 +280,25 @@ pub fn estimate(model: &Model, req: &Request) -> Estimate {
     let budget = req.budget.0;
     let verdict = Verdict::of(t.total, budget);
     let advice = advise(model, req, weights, context, t.total, verdict);
+    let image = image_plan(model, req);
+    if let (Some(v), Some(size)) = (&model.vision, req.image_size.filter(|_| req.images > 0)) {
+        if let Err(e) = crate::vision::plan_image(v, Some(size)) {
+            warnings.push(format!("{e}; planned at the default size instead"));
+        } else if v.qwen.is_none() {
+            warnings.push(format!(
+                "--image-size is not modelled for `{}`: its fixed {} tokens per image are planned",
+                model.architecture, v.tokens_per_image
+            ));
+        }
+    }
     let vision = (req.images > 0).then(|| VisionReport {
         images: req.images,
-        tokens_per_image: model.vision.map_or(0, |v| v.tokens_per_image),
+        tokens_per_image: image.map_or(0, |p| p.tokens),
         activation_bytes: t.vision_act,
+        image,
+        patches_per_image: image.map_or(0, |p| p.patches),
+        image_tokens: image.map_or(0, |p| p.tokens.saturating_mul(req.images)),
+        kv_bytes: t.image_kv,
     });
     if req.images > 0 && model.vision.is_none() {
         warnings.push("--images given but the model has no vision tower".to_string());

@@ -88,7 +88,9 @@ impl ProcessorConfig {
         })
     }
 
-    fn from_json(raw: &serde_json::Map<String, serde_json::Value>) -> Result<Self, String> {
+    /// The settings of a parsed `preprocessor_config.json` object over the defaults, or
+    /// which field is wrong.
+    pub fn from_json(raw: &serde_json::Map<String, serde_json::Value>) -> Result<Self, String> {
         let mut c = Self::default();
         let uint = |key: &str, max: u64| -> Result<Option<u64>, String> {
             match raw.get(key) {
