@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use image::{ImageBuffer, ImageEncoder, Luma, LumaA, Rgb, Rgba};
-use vision::{decode_file, process_image, ProcessorConfig, Rescale, RgbImage};
+use vision::{decode_file, process_image, smart_resize, ProcessorConfig, Rescale, RgbImage};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -99,18 +99,90 @@ fn compare(ours: &[f32], theirs: &[f32]) -> (usize, f32) {
     (differ, max)
 }
 
+/// The reference's interpreter, or `None` when MLXSUP_SKIP_VLM says it was not installed.
+fn reference_python() -> Option<PathBuf> {
+    let py = repo().join(".venv-vlm/bin/python");
+    if py.exists() {
+        return Some(py);
+    }
+    assert!(
+        std::env::var_os("MLXSUP_SKIP_VLM").is_some(),
+        "{} is missing: run scripts/setup.sh (or set MLXSUP_SKIP_VLM=1)",
+        py.display()
+    );
+    eprintln!("skipped: MLXSUP_SKIP_VLM is set and .venv-vlm is missing");
+    None
+}
+
+#[test]
+fn smart_resize_equals_the_references() {
+    let Some(py) = reference_python() else { return };
+    // Ties (x.5 × 28 rounds to even), both limits, thin and huge images, Qwen2-VL's
+    // defaults and Qwen2.5-VL-7B's max_pixels.
+    let mut cases: Vec<[u64; 4]> = Vec::new();
+    let limits = [
+        (3136u64, 1_003_520u64),
+        (3136, 12_845_056),
+        (200_704, 401_408),
+    ];
+    let mut x = 12345u64;
+    for i in 0..600u64 {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let h = match i % 4 {
+            0 => 14 + 28 * (i % 60), // a tie every time
+            1 => 1 + (x >> 33) % 9000,
+            2 => 1 + (x >> 40) % 300,
+            _ => 1 + (x >> 20) % 30000,
+        };
+        let w = 1 + (x >> 13) % if i % 3 == 0 { 400 } else { 12000 };
+        let (lo, hi) = limits[(i % 3) as usize];
+        cases.push([h, w, lo, hi]);
+    }
+    let mut child = Command::new(&py)
+        .arg(repo().join("vision/tests/reference_processor.py"))
+        .arg("--sizes")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run the reference");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin
+            .write_all(serde_json::to_string(&cases).expect("json").as_bytes())
+            .expect("write cases");
+    }
+    let out = child.wait_with_output().expect("reference output");
+    assert!(out.status.success(), "reference failed");
+    let theirs: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("json");
+    let mut refused = 0;
+    for (c, t) in cases.iter().zip(&theirs) {
+        let cfg = ProcessorConfig {
+            min_pixels: c[2],
+            max_pixels: c[3],
+            ..ProcessorConfig::default()
+        };
+        let ours = match smart_resize(c[0] as u32, c[1] as u32, &cfg) {
+            Ok((h, w)) => serde_json::json!([h, w]),
+            Err(_) => {
+                refused += 1;
+                serde_json::Value::Null
+            }
+        };
+        assert_eq!(ours, t["mlxvlm"], "{c:?} vs mlx-vlm");
+        assert_eq!(ours, t["hf"], "{c:?} vs transformers");
+    }
+    assert!(
+        refused > 0 && refused < cases.len() / 2,
+        "{refused} refused"
+    );
+}
+
 #[test]
 fn pixel_values_equal_the_reference_processors() {
-    let py = repo().join(".venv-vlm/bin/python");
-    if !py.exists() {
-        assert!(
-            std::env::var_os("MLXSUP_SKIP_VLM").is_some(),
-            "{} is missing: run scripts/setup.sh (or set MLXSUP_SKIP_VLM=1)",
-            py.display()
-        );
-        eprintln!("skipped: MLXSUP_SKIP_VLM is set and .venv-vlm is missing");
-        return;
-    }
+    let Some(py) = reference_python() else { return };
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
     // (file, is_jpeg): sizes chosen for each path of smart resize and the resampler.

@@ -2,6 +2,9 @@
 """The reference image processors for vision/tests/reference.rs, run from .venv-vlm.
 
   reference_processor.py OUT_DIR FILE...
+  reference_processor.py --sizes      stdin: JSON [[h, w, min_pixels, max_pixels], ...];
+                                      prints both references' smart_resize of each
+                                      ([h, w] or null where they refuse it)
 
 For each FILE (index i) writes into OUT_DIR:
   i.rgb          Pillow's decode, convert("RGB"), as raw bytes (H, W, 3)
@@ -47,5 +50,21 @@ def main(out, files):
     print(json.dumps(report))
 
 
+def sizes(cases):
+    from mlx_vlm.models.qwen3_vl.processing_qwen3_vl import _smart_resize_image
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+
+    def one(f, h, w, lo, hi):
+        try:
+            return list(f(h, w, factor=28, min_pixels=lo, max_pixels=hi))
+        except ValueError:
+            return None
+
+    print(json.dumps([{"mlxvlm": one(_smart_resize_image, *c), "hf": one(smart_resize, *c)} for c in cases]))
+
+
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2:])
+    if sys.argv[1] == "--sizes":
+        sizes(json.load(sys.stdin))
+    else:
+        main(sys.argv[1], sys.argv[2:])
