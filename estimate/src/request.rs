@@ -279,7 +279,12 @@ pub fn estimate(model: &Model, req: &Request) -> Estimate {
     let t = totals(model, weights, context, req);
     let budget = req.budget.0;
     let verdict = Verdict::of(t.total, budget);
-    let advice = advise(model, req, weights, context, t.total, verdict);
+    let mut advice = advise(model, req, weights, context, t.total, verdict);
+    if verdict == Verdict::DoesNotFit {
+        if let Some(a) = image_advice(model, req, weights, context, budget) {
+            advice.push_str(&a);
+        }
+    }
     let image = image_plan(model, req);
     if let (Some(v), Some(size)) = (&model.vision, req.image_size.filter(|_| req.images > 0)) {
         if let Err(e) = crate::vision::plan_image(v, Some(size)) {
@@ -348,6 +353,58 @@ pub fn largest_context_within(
     limit: u64,
 ) -> Option<u64> {
     crate::activation::largest_fitting(upto, |c| totals(model, weights, c, req).total <= limit)
+}
+
+/// With images that do not fit: how many do at this size, and at what size all of them
+/// do (the same aspect, the longest side cut); `None` when even the text alone does not
+/// fit or the model has no vision tower.
+fn image_advice(
+    model: &Model,
+    req: &Request,
+    weights: u64,
+    context: u64,
+    limit: u64,
+) -> Option<String> {
+    model.vision.as_ref().filter(|_| req.images > 0)?;
+    let fits = |r: &Request| totals(model, weights, context, r).total <= limit;
+    let with = |images: u64, image_size: Option<(u32, u32)>| Request {
+        images,
+        image_size,
+        ..req.clone()
+    };
+    if !fits(&with(0, None)) {
+        return None;
+    }
+    let (w, h) = req.image_size.unwrap_or(crate::vision::DEFAULT_IMAGE_SIZE);
+    let mut parts = Vec::new();
+    if req.images > 1 {
+        let n =
+            crate::activation::largest_fitting(req.images - 1, |n| fits(&with(n, req.image_size)))
+                .filter(|&n| fits(&with(n, req.image_size)));
+        match n {
+            Some(n) => parts.push(format!("{n} of the {} images fit at {w}x{h}", req.images)),
+            None => parts.push(format!("not one image fits at {w}x{h}")),
+        }
+    }
+    let long = w.max(h);
+    let scaled = |l: u64| {
+        let l = l as u32;
+        let sw = (u64::from(w) * u64::from(l) / u64::from(long)).max(1) as u32;
+        let sh = (u64::from(h) * u64::from(l) / u64::from(long)).max(1) as u32;
+        (sw, sh)
+    };
+    if let Some(l) = crate::activation::largest_fitting(u64::from(long), |l| {
+        fits(&with(req.images, Some(scaled(l))))
+    })
+    .filter(|&l| l >= 28 && fits(&with(req.images, Some(scaled(l)))))
+    {
+        let (sw, sh) = scaled(l);
+        parts.push(format!(
+            "all {} fit at {sw}x{sh} (--image-size {sw}x{sh})",
+            req.images
+        ));
+    }
+    Some(format!("; images: {}", parts.join(", ")))
 }
 
 fn advise(

@@ -137,3 +137,65 @@ fn refused_sizes_and_unmodelled_towers_warn() {
         est.warnings
     );
 }
+
+#[test]
+fn advice_names_how_many_images_or_what_size_fit() {
+    let model = Model::open(&fixture(QWEN_VL[0])).unwrap_or_else(|e| panic!("{e}"));
+    let text = estimate(&model, &req(0, None, 4096));
+    let one = estimate(&model, &req(1, Some((3000, 2000)), 4096));
+    // Room for the text and one 3000x2000 image, not for four.
+    let budget = Bytes(one.total_bytes + (one.total_bytes - text.total_bytes) / 2);
+    let four = estimate(
+        &model,
+        &Request {
+            budget,
+            ..req(4, Some((3000, 2000)), 4096)
+        },
+    );
+    assert_eq!(
+        four.verdict,
+        estimate::Verdict::DoesNotFit,
+        "{}",
+        four.advice
+    );
+    assert!(
+        four.advice.contains("1 of the 4 images fit at 3000x2000"),
+        "{}",
+        four.advice
+    );
+    let size = four
+        .advice
+        .split("--image-size ")
+        .nth(1)
+        .and_then(|s| s.trim_end_matches(')').split_once('x'))
+        .and_then(|(w, h)| Some((w.parse::<u32>().ok()?, h.parse::<u32>().ok()?)))
+        .unwrap_or_else(|| panic!("no size in: {}", four.advice));
+    assert!(size.0 < 3000 && size.0 * 2 / 3 <= size.1 + 1, "{size:?}");
+    let at = estimate(
+        &model,
+        &Request {
+            budget,
+            ..req(4, Some(size), 4096)
+        },
+    );
+    assert_ne!(
+        at.verdict,
+        estimate::Verdict::DoesNotFit,
+        "{size:?}: {}",
+        at.advice
+    );
+    // A few pixels more on the long side no longer fits (the size is the largest).
+    let over = estimate(
+        &model,
+        &Request {
+            budget,
+            ..req(4, Some((size.0 + 60, size.1 + 40)), 4096)
+        },
+    );
+    assert_eq!(
+        over.verdict,
+        estimate::Verdict::DoesNotFit,
+        "{}",
+        over.advice
+    );
+}
