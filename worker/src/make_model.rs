@@ -16,6 +16,8 @@ use mlx_rs::{Array, Dtype};
 use protocol::{ModelSpec, WorkerError, WorkerErrorKind};
 use serde_json::{json, Value};
 
+mod vl;
+
 const ENDOFTEXT: &str = "<|endoftext|>";
 const IM_START: &str = "<|im_start|>";
 const IM_END: &str = "<|im_end|>";
@@ -107,9 +109,9 @@ struct Tensor {
 }
 
 fn check(spec: &ModelSpec) -> Result<(), WorkerError> {
-    if !["llama", "mistral", "qwen2", "qwen3"].contains(&spec.arch.as_str()) {
+    if !["llama", "mistral", "qwen2", "qwen3", "qwen2_5_vl"].contains(&spec.arch.as_str()) {
         return Err(bad(format!(
-            "unsupported arch {:?}; supported: llama, mistral, qwen2, qwen3",
+            "unsupported arch {:?}; supported: llama, mistral, qwen2, qwen3, qwen2_5_vl",
             spec.arch
         )));
     }
@@ -657,6 +659,9 @@ fn write_json(dir: &Path, name: &str, v: &Value) -> Result<(), WorkerError> {
 /// Writes the model folder described by `spec`; returns the bytes of weights written.
 pub fn make_model(spec: &ModelSpec) -> Result<u64, WorkerError> {
     check(spec)?;
+    if spec.arch == "qwen2_5_vl" {
+        return vl::make(spec);
+    }
     let dir = Path::new(&spec.dir);
     std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
     let (vocab, merges) = build_bpe(spec.vocab as usize);

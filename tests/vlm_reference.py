@@ -1,0 +1,50 @@
+#!/usr/bin/env python3
+"""mlx-vlm (from .venv-vlm) on a `mlxsup make-model --arch qwen2_5_vl` folder, for
+tests/vlm.rs. Prints one JSON object.
+
+  vlm_reference.py generate DIR OUT_DIR MAX_TOKENS IMAGE...
+
+Loads DIR with mlx_vlm.load (its processor read from the folder), renders the chat
+template for one user message with the images and a question, runs the processor, writes
+its pixel_values to OUT_DIR/pixel_values.f32 (little-endian) and greedily generates
+MAX_TOKENS tokens with mlx_vlm.stream_generate (temperature 0).
+"""
+
+import json
+import os
+import sys
+
+import numpy as np
+
+
+def generate(model_dir, out, max_tokens, images):
+    import mlx.core as mx
+    from PIL import Image
+    from mlx_vlm import load, stream_generate
+
+    model, processor = load(model_dir)
+    content = [{"type": "image"} for _ in images] + [{"type": "text", "text": "What is in the picture?"}]
+    prompt = processor.tokenizer.apply_chat_template(
+        [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True)
+    pil = [Image.open(p).convert("RGB") for p in images]
+    inputs = processor(text=[prompt], images=pil, return_tensors="np")
+    np.asarray(inputs["pixel_values"], dtype="<f4").tofile(os.path.join(out, "pixel_values.f32"))
+    ids = np.asarray(inputs["input_ids"])
+    tokens = []
+    for r in stream_generate(model, processor, prompt, image=list(images), max_tokens=max_tokens,
+                             temperature=0.0):
+        tokens.append(int(r.token))
+    print(json.dumps({
+        "mlx": mx.__version__,
+        "prompt": prompt,
+        "image_tokens": int((ids == model.config.image_token_id).sum()),
+        "image_grid_thw": np.asarray(inputs["image_grid_thw"]).tolist(),
+        "pixel_values_shape": list(np.asarray(inputs["pixel_values"]).shape),
+        "tokens": tokens,
+    }))
+
+
+if __name__ == "__main__":
+    if sys.argv[1] != "generate":
+        sys.exit(__doc__)
+    generate(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5:])
