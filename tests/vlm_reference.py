@@ -3,6 +3,10 @@
 tests/vlm.rs. Prints one JSON object.
 
   vlm_reference.py generate DIR OUT_DIR MAX_TOKENS IMAGE...
+  vlm_reference.py tower DIR PIXELS.f32 GRIDS_JSON OUT.f32
+                   mlx-vlm's vision tower on the given pixel_values (little-endian f32,
+                   rows of C*T*P*P) for the images of GRIDS_JSON ([[t, h, w], ...]); its
+                   output written as little-endian f32
 
 Loads DIR with mlx_vlm.load (its processor read from the folder), renders the chat
 template for one user message with the images and a question, runs the processor, writes
@@ -44,7 +48,24 @@ def generate(model_dir, out, max_tokens, images):
     }))
 
 
+def tower(model_dir, pixels, grids, out):
+    import mlx.core as mx
+    from mlx_vlm import load
+
+    model, _ = load(model_dir)
+    pv = np.fromfile(pixels, dtype="<f4")
+    vt = model.vision_tower
+    cols = vt.patch_embed.in_channels * vt.patch_embed.temporal_patch_size * vt.patch_embed.patch_size ** 2
+    pv = mx.array(pv.reshape(-1, cols)).astype(vt.patch_embed.proj.weight.dtype)
+    y = vt(pv, mx.array(json.loads(grids)), output_hidden_states=False)
+    np.asarray(y.astype(mx.float32), dtype="<f4").tofile(out)
+    print(json.dumps({"shape": list(y.shape), "dtype": str(y.dtype)}))
+
+
 if __name__ == "__main__":
-    if sys.argv[1] != "generate":
+    if sys.argv[1] == "generate":
+        generate(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5:])
+    elif sys.argv[1] == "tower":
+        tower(*sys.argv[2:6])
+    else:
         sys.exit(__doc__)
-    generate(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5:])

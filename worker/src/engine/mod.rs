@@ -21,6 +21,7 @@ mod parallel;
 pub(crate) mod sample;
 mod stop;
 mod tokenizer;
+pub mod vision;
 mod weights;
 
 use std::path::Path;

@@ -1,0 +1,346 @@
+//! Qwen2.5-VL's vision tower, op for op as mlx-vlm's `qwen2_5_vl/vision.py`: the patch
+//! embedding (a Conv3d over 2-frame temporal patches, stride = kernel), the 2D rotary
+//! embedding (row and column positions, each on half the rotary dims), window attention
+//! (windows of `window_size` px over merged 2×2 units) with the full-attention blocks
+//! `fullatt_block_indexes` names, RMS-normed SwiGLU blocks, and the 2×2 patch merger.
+//! Input: the processor's `pixel_values` (N, C·T·P·P) and `image_grid_thw`; output: one
+//! row per merged unit (N/4, out_hidden_size), in the processor's order.
+use std::collections::HashMap;
+
+use mlx_rs::{error::Exception, fast, ops, ops::indexing::IndexOp, Array, Dtype};
+use serde_json::Value;
+
+type R<T> = Result<T, Exception>;
+
+/// `vision_config` of a Qwen2.5-VL `config.json`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TowerConfig {
+    pub depth: usize,
+    pub hidden: i32,
+    pub heads: i32,
+    pub intermediate: i32,
+    pub out_hidden: i32,
+    pub patch: i32,
+    pub temporal: i32,
+    pub merge: i32,
+    pub window: i32,
+    pub in_channels: i32,
+    pub fullatt: Vec<usize>,
+}
+
+impl TowerConfig {
+    /// Reads `vision_config` of a parsed `config.json`; errors name the field.
+    pub fn from_config(config: &Value) -> Result<TowerConfig, String> {
+        let v = config
+            .get("vision_config")
+            .ok_or("config.json has no vision_config")?;
+        let int = |key: &str, default: Option<i64>| -> Result<i32, String> {
+            match v.get(key).and_then(Value::as_i64).or(default) {
+                Some(n) if (1..=1 << 20).contains(&n) => Ok(n as i32),
+                _ => Err(format!(
+                    "vision_config.{key}: missing or not a positive integer"
+                )),
+            }
+        };
+        let depth = int("depth", None)? as usize;
+        let hidden = int("hidden_size", None)?;
+        let heads = int("num_heads", None)?;
+        if hidden % heads != 0 || (hidden / heads) % 4 != 0 {
+            return Err(format!(
+                "vision_config: hidden_size {hidden} / num_heads {heads} must be a multiple of 4"
+            ));
+        }
+        let fullatt = v
+            .get("fullatt_block_indexes")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_u64)
+                    .map(|i| i as usize)
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(TowerConfig {
+            depth,
+            hidden,
+            heads,
+            intermediate: int("intermediate_size", None)?,
+            out_hidden: int("out_hidden_size", None)?,
+            patch: int("patch_size", Some(14))?,
+            temporal: int("temporal_patch_size", Some(2))?,
+            merge: int("spatial_merge_size", Some(2))?,
+            window: int("window_size", Some(112))?,
+            in_channels: int("in_chans", Some(3))?,
+            fullatt,
+        })
+    }
+}
+
+struct Linear {
+    w: Array,
+    b: Array,
+}
+
+impl Linear {
+    fn forward(&self, x: &Array) -> R<Array> {
+        ops::addmm(&self.b, x, self.w.t(), None, None)
+    }
+}
+
+struct Block {
+    norm1: Array,
+    norm2: Array,
+    qkv: Linear,
+    proj: Linear,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+/// The tower's weights.
+pub struct VisionTower {
+    cfg: TowerConfig,
+    patch_embed: Array,
+    blocks: Vec<Block>,
+    ln_q: Array,
+    mlp0: Linear,
+    mlp2: Linear,
+}
+
+const EPS: f32 = 1e-6;
+
+impl VisionTower {
+    /// Takes the `vision_tower.*` tensors out of `weights` (a safetensors load).
+    pub fn load(cfg: TowerConfig, weights: &mut HashMap<String, Array>) -> Result<Self, String> {
+        let mut take = |name: &str| {
+            weights
+                .remove(&format!("vision_tower.{name}"))
+                .ok_or_else(|| format!("vision_tower.{name} is missing"))
+        };
+        let mut linear = |name: &str| -> Result<Linear, String> {
+            Ok(Linear {
+                w: take(&format!("{name}.weight"))?,
+                b: take(&format!("{name}.bias"))?,
+            })
+        };
+        let mut blocks = Vec::with_capacity(cfg.depth);
+        for i in 0..cfg.depth {
+            let p = format!("blocks.{i}");
+            blocks.push(Block {
+                qkv: linear(&format!("{p}.attn.qkv"))?,
+                proj: linear(&format!("{p}.attn.proj"))?,
+                gate: linear(&format!("{p}.mlp.gate_proj"))?,
+                up: linear(&format!("{p}.mlp.up_proj"))?,
+                down: linear(&format!("{p}.mlp.down_proj"))?,
+                norm1: Array::from_int(0),
+                norm2: Array::from_int(0),
+            });
+        }
+        let mlp0 = linear("merger.mlp.0")?;
+        let mlp2 = linear("merger.mlp.2")?;
+        for (i, b) in blocks.iter_mut().enumerate() {
+            b.norm1 = take(&format!("blocks.{i}.norm1.weight"))?;
+            b.norm2 = take(&format!("blocks.{i}.norm2.weight"))?;
+        }
+        Ok(VisionTower {
+            patch_embed: take("patch_embed.proj.weight")?,
+            ln_q: take("merger.ln_q.weight")?,
+            blocks,
+            mlp0,
+            mlp2,
+            cfg,
+        })
+    }
+
+    /// Runs the tower on `pixel_values` (N, C·T·P·P) for images of `grids` (t, h, w).
+    pub fn forward(&self, pixel_values: &Array, grids: &[[i32; 3]]) -> R<Array> {
+        let c = &self.cfg;
+        let unit = c.merge * c.merge;
+        let x = pixel_values.as_dtype(self.patch_embed.dtype())?;
+        let x = x
+            .reshape(&[-1, c.in_channels, c.temporal, c.patch, c.patch])?
+            .transpose_axes(&[0, 2, 3, 4, 1])?;
+        let stride = (c.temporal, c.patch, c.patch);
+        let x = ops::conv3d(&x, &self.patch_embed, stride, None, None, None)?;
+        let x = x.reshape(&[-1, c.hidden])?;
+        let seq = x.shape()[0];
+
+        let rotary = self.rotary(grids)?;
+        let (window_index, cu_window) = window_index(c, grids);
+        let order = Array::from_slice(&window_index, &[window_index.len() as i32]);
+        let regroup = |a: &Array, last: i32| -> R<Array> {
+            a.reshape(&[seq / unit, unit, -1])?
+                .take_axis(&order, 0)?
+                .reshape(&[seq, last])
+        };
+        let head_dim = c.hidden / c.heads;
+        let mut x = regroup(&x, c.hidden)?;
+        let rotary = regroup(&rotary, head_dim / 2)?;
+        let (cos, sin) = rotary_tables(&rotary)?;
+
+        let mut cu_full = vec![0i32];
+        for g in grids {
+            for _ in 0..g[0] {
+                let last = *cu_full.last().unwrap_or(&0);
+                cu_full.push(last + g[1] * g[2]);
+            }
+        }
+        for (i, b) in self.blocks.iter().enumerate() {
+            let cu = if c.fullatt.contains(&i) {
+                &cu_full
+            } else {
+                &cu_window
+            };
+            let h = fast::rms_norm(&x, Some(&b.norm1), EPS)?;
+            let a = self.attention(b, &h, cu, &cos, &sin)?;
+            x = ops::add(&x, &a)?;
+            let h = fast::rms_norm(&x, Some(&b.norm2), EPS)?;
+            let gate = mlx_rs::nn::silu(b.gate.forward(&h)?)?;
+            let m = b.down.forward(&ops::multiply(&gate, &b.up.forward(&h)?)?)?;
+            x = ops::add(&x, &m)?;
+        }
+        let x = fast::rms_norm(&x, Some(&self.ln_q), EPS)?.reshape(&[-1, c.hidden * unit])?;
+        let x = mlx_rs::nn::gelu(self.mlp0.forward(&x)?)?;
+        let x = self.mlp2.forward(&x)?;
+        let reverse = ops::argsort_axis(&order, 0)?;
+        x.take_axis(&reverse, 0)
+    }
+
+    fn attention(&self, b: &Block, x: &Array, cu: &[i32], cos: &Array, sin: &Array) -> R<Array> {
+        let c = &self.cfg;
+        let seq = x.shape()[0];
+        let head_dim = c.hidden / c.heads;
+        let qkv = b
+            .qkv
+            .forward(x)?
+            .reshape(&[seq, 3, c.heads, head_dim])?
+            .transpose_axes(&[1, 0, 2, 3])?;
+        let parts = qkv.split_equal(3, 0)?;
+        let rope = |t: &Array| -> R<Array> {
+            let dtype = t.dtype();
+            let rotated = rotate_half(t)?;
+            ops::add(&ops::multiply(t, cos)?, &ops::multiply(&rotated, sin)?)?.as_dtype(dtype)
+        };
+        let q = rope(&parts[0])?.transpose_axes(&[0, 2, 1, 3])?;
+        let k = rope(&parts[1])?.transpose_axes(&[0, 2, 1, 3])?;
+        let v = parts[2].transpose_axes(&[0, 2, 1, 3])?;
+        let scale = (head_dim as f32).powf(-0.5);
+        let mut outs = Vec::with_capacity(cu.len());
+        for w in cu.windows(2) {
+            let (s, e) = (w[0], w[1]);
+            let seg = |t: &Array| t.index((.., .., s..e));
+            outs.push(fast::scaled_dot_product_attention(
+                seg(&q),
+                seg(&k),
+                seg(&v),
+                scale,
+                None,
+                None,
+            )?);
+        }
+        let o = ops::concatenate(&outs, 2)?
+            .transpose_axes(&[0, 2, 1, 3])?
+            .reshape(&[seq, -1])?;
+        b.proj.forward(&o)
+    }
+
+    /// The rotary angles per patch (N, head_dim/2): row angles then column angles, in the
+    /// processor's patch order, as mlx-vlm's `rot_pos_emb`.
+    fn rotary(&self, grids: &[[i32; 3]]) -> R<Array> {
+        let c = &self.cfg;
+        let dim = c.hidden / c.heads / 2;
+        let m = c.merge;
+        let mut pos: Vec<i32> = Vec::new();
+        for g in grids {
+            let (t, h, w) = (g[0], g[1], g[2]);
+            let mut one = Vec::with_capacity((h * w * 2) as usize);
+            for bh in 0..h / m {
+                for bw in 0..w / m {
+                    for mh in 0..m {
+                        for mw in 0..m {
+                            one.push(bh * m + mh);
+                            one.push(bw * m + mw);
+                        }
+                    }
+                }
+            }
+            for _ in 0..t {
+                pos.extend_from_slice(&one);
+            }
+        }
+        let max_grid = grids.iter().map(|g| g[1].max(g[2])).max().unwrap_or(1);
+        // inv_freq = 1 / theta^(arange(0, dim, 2) / dim), in MLX's f32 as mlx-vlm has it.
+        let exponents = ops::divide(
+            &Array::arange::<_, f32>(0.0, dim as f32, 2.0)?,
+            Array::from_f32(dim as f32),
+        )?;
+        let inv_freq = ops::divide(
+            Array::from_f32(1.0),
+            &ops::power(Array::from_f32(10_000.0), &exponents)?,
+        )?;
+        let seq = Array::arange::<_, f32>(0.0, max_grid as f32, 1.0)?;
+        let full = ops::outer(&seq, &inv_freq)?;
+        let n = (pos.len() / 2) as i32;
+        let ids = Array::from_slice(&pos, &[n * 2]);
+        full.take_axis(&ids, 0)?.reshape(&[n, dim])
+    }
+}
+
+/// cos and sin of the angles, each repeated over both halves, shaped to broadcast against
+/// (1, S, heads, head_dim).
+fn rotary_tables(angles: &Array) -> R<(Array, Array)> {
+    let shape =
+        |a: Array| -> R<Array> { ops::tile(&a.expand_dims(1)?, &[1, 1, 2])?.expand_dims(0) };
+    Ok((shape(ops::cos(angles)?)?, shape(ops::sin(angles)?)?))
+}
+
+fn rotate_half(x: &Array) -> R<Array> {
+    let d = x.shape()[x.ndim() - 1];
+    let x1 = x.index((.., .., .., ..d / 2));
+    let x2 = x.index((.., .., .., d / 2..));
+    ops::concatenate(&[ops::negative(&x2)?, x1], -1)
+}
+
+/// mlx-vlm's `get_window_index`: the merged units in window order, and the cumulative
+/// patch counts of the (non-empty) windows.
+fn window_index(c: &TowerConfig, grids: &[[i32; 3]]) -> (Vec<i32>, Vec<i32>) {
+    let vw = (c.window / c.merge / c.patch).max(1);
+    let unit = c.merge * c.merge;
+    let mut index = Vec::new();
+    let mut cu = vec![0i32];
+    let mut base = 0i32;
+    for g in grids {
+        let (t, gh, gw) = (g[0], g[1] / c.merge, g[2] / c.merge);
+        // As the reference: a side already a multiple of the window still gets one more
+        // (empty) window; empty windows add nothing.
+        let (nh, nw) = ((gh + vw - gh % vw) / vw, (gw + vw - gw % vw) / vw);
+        for tt in 0..t {
+            for wh in 0..nh {
+                for ww in 0..nw {
+                    let mut count = 0;
+                    for y in wh * vw..(wh + 1) * vw {
+                        for x in ww * vw..(ww + 1) * vw {
+                            if y < gh && x < gw {
+                                index.push(base + tt * gh * gw + y * gw + x);
+                                count += 1;
+                            }
+                        }
+                    }
+                    if count > 0 {
+                        let last = *cu.last().unwrap_or(&0);
+                        cu.push(last + count * unit);
+                    }
+                }
+            }
+        }
+        base += t * gh * gw;
+    }
+    (index, cu)
+}
+
+/// Casts to f32 and copies out, for comparisons.
+pub fn to_f32_vec(a: &Array) -> R<Vec<f32>> {
+    let a = a.as_dtype(Dtype::Float32)?;
+    a.eval()?;
+    Ok(a.as_slice::<f32>().to_vec())
+}
