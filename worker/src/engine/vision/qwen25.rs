@@ -154,6 +154,17 @@ impl VisionTower {
 
     /// Runs the tower on `pixel_values` (N, C·T·P·P) for images of `grids` (t, h, w).
     pub fn forward(&self, pixel_values: &Array, grids: &[[i32; 3]]) -> R<Array> {
+        self.forward_traced(pixel_values, grids, None)
+    }
+
+    /// [`Self::forward`], keeping the hidden states after the patch embedding and after
+    /// each block (in window order) in `trace`, for comparisons.
+    pub fn forward_traced(
+        &self,
+        pixel_values: &Array,
+        grids: &[[i32; 3]],
+        mut trace: Option<&mut Vec<Array>>,
+    ) -> R<Array> {
         let c = &self.cfg;
         let unit = c.merge * c.merge;
         let x = pixel_values.as_dtype(self.patch_embed.dtype())?;
@@ -175,6 +186,9 @@ impl VisionTower {
         };
         let head_dim = c.hidden / c.heads;
         let mut x = regroup(&x, c.hidden)?;
+        if let Some(t) = trace.as_deref_mut() {
+            t.push(x.clone());
+        }
         let rotary = regroup(&rotary, head_dim / 2)?;
         let (cos, sin) = rotary_tables(&rotary)?;
 
@@ -198,9 +212,12 @@ impl VisionTower {
             let gate = mlx_rs::nn::silu(b.gate.forward(&h)?)?;
             let m = b.down.forward(&ops::multiply(&gate, &b.up.forward(&h)?)?)?;
             x = ops::add(&x, &m)?;
+            if let Some(t) = trace.as_deref_mut() {
+                t.push(x.clone());
+            }
         }
         let x = fast::rms_norm(&x, Some(&self.ln_q), EPS)?.reshape(&[-1, c.hidden * unit])?;
-        let x = mlx_rs::nn::gelu(self.mlp0.forward(&x)?)?;
+        let x = gelu(&self.mlp0.forward(&x)?)?;
         let x = self.mlp2.forward(&x)?;
         let reverse = ops::argsort_axis(&order, 0)?;
         x.take_axis(&reverse, 0)
@@ -292,6 +309,15 @@ fn rotary_tables(angles: &Array) -> R<(Array, Array)> {
     let shape =
         |a: Array| -> R<Array> { ops::tile(&a.expand_dims(1)?, &[1, 1, 2])?.expand_dims(0) };
     Ok((shape(ops::cos(angles)?)?, shape(ops::sin(angles)?)?))
+}
+
+/// mlx's `nn.gelu`, `x * (1 + erf(x / sqrt 2)) / 2`, with the constants in `x`'s dtype as
+/// Python's weakly typed scalars are (mlx-rs's `gelu` uses f32 constants, which promotes a
+/// bf16 input to f32 and no longer rounds like the reference).
+fn gelu(x: &Array) -> R<Array> {
+    let c = |v: f32| Array::from_f32(v).as_dtype(x.dtype());
+    let inner = ops::erf(ops::divide(x, c(std::f32::consts::SQRT_2)?)?)?;
+    ops::divide(ops::multiply(x, ops::add(c(1.0)?, &inner)?)?, c(2.0)?)
 }
 
 fn rotate_half(x: &Array) -> R<Array> {
