@@ -28,8 +28,12 @@ q4=$out/smollm2-135m-shape-4bit
 long=$(printf 'the supervisor watches the worker and %.0s' {1..18})
 short=$(printf 'the supervisor watches the worker and %.0s' {1..2})
 
-ours() { # MODEL COMPUTE PROMPT GEN
-  $bin run "$1" --json --compute "$2" --prompt "$3" --max-tokens "$4" --context 1024 --budget "${BUDGET:-8GiB}" |
+ours() { # MODEL COMPUTE PROMPT GEN [LANES]
+  # native1: --compute native with the matmul split off (one CPU stream: the engine before
+  # the split, for the record of what the split gives).
+  local policy=$2 lanes=${5:-0}
+  [[ $policy == native1 ]] && policy=native lanes=1
+  MLXSUP_MATMUL_LANES=$lanes $bin run "$1" --json --compute "$policy" --prompt "$3" --max-tokens "$4" --context 1024 --budget "${BUDGET:-8GiB}" |
     $py -c '
 import json, sys
 ev = {}
@@ -55,9 +59,11 @@ for case in "bf16 $gen" "4bit ${GEN_4BIT:-8}"; do
   for i in $(seq "$runs"); do
     # The order alternates, so that a load change on the machine favours no one.
     if ((i % 2)); then
-      ours "$dir" auto "$p" "$g" >>"$log"; ours "$dir" native "$p" "$g" >>"$log"; mlx_lm
+      ours "$dir" auto "$p" "$g" >>"$log"; ours "$dir" native "$p" "$g" >>"$log"
+      ours "$dir" native1 "$p" "$g" >>"$log"; mlx_lm
     else
-      mlx_lm; ours "$dir" native "$p" "$g" >>"$log"; ours "$dir" auto "$p" "$g" >>"$log"
+      mlx_lm; ours "$dir" native1 "$p" "$g" >>"$log"; ours "$dir" native "$p" "$g" >>"$log"
+      ours "$dir" auto "$p" "$g" >>"$log"
     fi
   done
 done
@@ -73,11 +79,12 @@ for model in dict.fromkeys(r["model"] for r in rows):
         return statistics.median(r[key] for r in rows if r["model"] == model and r["engine"] == engine)
     ref = {k: med("mlx-lm", k) for k in ("prompt_tps", "generation_tps", "peak_bytes")}
     name = model.rsplit("/", 1)[-1]
-    for policy in ("auto", "native"):
+    for policy in ("auto", "native", "native1"):
         e = "mlxsup " + policy
+        label = "--compute native, 1 lane" if policy == "native1" else f"--compute {policy}"
         o = {k: med(e, k) for k in ("prompt_tps", "generation_tps", "peak_bytes", "prompt_tokens", "generated_tokens")}
         dtype = next(r["compute_dtype"] for r in rows if r["model"] == model and r["engine"] == e)
-        print(f"| {name} ({o['prompt_tokens']:.0f} prompt, {o['generated_tokens']:.0f} gen) | --compute {policy} | {dtype} | "
+        print(f"| {name} ({o['prompt_tokens']:.0f} prompt, {o['generated_tokens']:.0f} gen) | {label} | {dtype} | "
               f"{o['prompt_tps']:.1f} / {ref['prompt_tps']:.1f} | {o['prompt_tps'] / ref['prompt_tps']:.2f}× | "
               f"{o['generation_tps']:.2f} / {ref['generation_tps']:.2f} | {o['generation_tps'] / ref['generation_tps']:.2f}× | "
               f"{mb(o['peak_bytes'])} / {mb(ref['peak_bytes'])} |")

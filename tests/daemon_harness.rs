@@ -249,9 +249,9 @@ pub fn wait_out(mut child: Child) -> Out {
 
 /// Four tiny models (a–d, two families), made once per test binary.
 pub fn models_dir() -> &'static Path {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = crate::process_tempdir();
         for (name, arch) in [
             ("a", "qwen3"),
             ("b", "llama"),
@@ -260,10 +260,10 @@ pub fn models_dir() -> &'static Path {
         ] {
             let out = Command::new(bin("mlxsup"))
                 .args(["make-model"])
-                .arg(dir.path().join(name))
+                .arg(dir.join(name))
                 .args(["--arch", arch])
                 .args(TINY_SHAPE)
-                .env("MLXSUP_RUNTIME_DIR", dir.path().join("rt"))
+                .env("MLXSUP_RUNTIME_DIR", dir.join("rt"))
                 .output()
                 .unwrap();
             assert!(
@@ -274,7 +274,6 @@ pub fn models_dir() -> &'static Path {
         }
         dir
     })
-    .path()
 }
 
 pub fn model_path(name: &str) -> String {

@@ -82,7 +82,7 @@ fn kv_bits_quantize_the_cache_and_the_estimate_plans_it() {
 }
 
 #[test]
-fn kv_bits_on_a_head_size_that_cannot_be_grouped_is_load_failed() {
+fn kv_bits_a_model_cannot_take_is_load_failed() {
     // The tiny model's head size is 16.
     let r = run(tiny_model().to_str().unwrap(), &["--kv-bits", "8"]);
     assert_eq!(r.code, Some(4), "{}\n{}", r.stdout, r.stderr);
@@ -94,6 +94,37 @@ fn kv_bits_on_a_head_size_that_cannot_be_grouped_is_load_failed() {
         "{advice}"
     );
     assert!(r.orphans().is_empty(), "worker processes left behind");
+
+    // Gemma 2's soft-capped attention has no quantized form.
+    let dir = tempfile::tempdir().unwrap();
+    let g = dir.path().join("gemma2");
+    let g = g.to_str().unwrap();
+    let made = mlxsup(&[
+        "make-model",
+        g,
+        "--arch",
+        "gemma2",
+        "--hidden",
+        "256",
+        "--heads",
+        "4",
+        "--kv-heads",
+        "2",
+        "--layers",
+        "2",
+        "--intermediate",
+        "512",
+        "--vocab",
+        "512",
+    ]);
+    assert_eq!(made.code, Some(0), "{}", made.stderr);
+    let r = run(g, &["--kv-bits", "8"]);
+    assert_eq!(r.code, Some(4), "{}\n{}", r.stdout, r.stderr);
+    let (_, f) = r.failure().unwrap();
+    assert!(
+        f["advice"].as_str().unwrap().contains("soft-capped"),
+        "{f:#}"
+    );
 }
 
 #[test]

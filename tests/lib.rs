@@ -10,7 +10,7 @@ use std::{
     io::{BufRead, BufReader, Read},
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    sync::OnceLock,
+    sync::{Mutex, OnceLock},
     time::{Duration, SystemTime},
 };
 
@@ -199,30 +199,39 @@ pub const TINY_SHAPE: [&str; 12] = [
 /// A tiny bf16 model (qwen3-shaped, ~0.3M parameters), made once per test binary with
 /// `mlxsup make-model`.
 pub fn tiny_model() -> &'static Path {
-    static MODEL: OnceLock<tempfile::TempDir> = OnceLock::new();
-    MODEL
-        .get_or_init(|| {
-            let dir = tempfile::tempdir().unwrap();
-            let path = dir.path().join("tiny");
-            let mut args = vec!["make-model", path.to_str().unwrap(), "--arch", "qwen3"];
-            args.extend_from_slice(&TINY_SHAPE);
-            let run = mlxsup(&args);
-            assert_eq!(run.code, Some(0), "make-model failed: {}", run.stderr);
-            dir
-        })
-        .path()
-        .join("tiny")
-        .leak_static()
+    static MODEL: OnceLock<PathBuf> = OnceLock::new();
+    MODEL.get_or_init(|| {
+        let path = process_tempdir().join("tiny");
+        let mut args = vec!["make-model", path.to_str().unwrap(), "--arch", "qwen3"];
+        args.extend_from_slice(&TINY_SHAPE);
+        let run = mlxsup(&args);
+        assert_eq!(run.code, Some(0), "make-model failed: {}", run.stderr);
+        path
+    })
 }
 
-trait LeakStatic {
-    fn leak_static(self) -> &'static Path;
-}
-
-impl LeakStatic for PathBuf {
-    fn leak_static(self) -> &'static Path {
-        Box::leak(self.into_boxed_path())
+/// A temporary directory for what a test binary makes once (models, in statics, which
+/// are never dropped): removed when the process exits, pass or fail (`atexit`), so runs
+/// leave nothing in the temp dir.
+pub fn process_tempdir() -> PathBuf {
+    static DIRS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+    static REGISTER: std::sync::Once = std::sync::Once::new();
+    extern "C" fn remove_all() {
+        if let Ok(dirs) = DIRS.lock() {
+            for d in dirs.iter() {
+                let _ = std::fs::remove_dir_all(d);
+            }
+        }
     }
+    REGISTER.call_once(|| {
+        // SAFETY: registers a plain function; it only touches the mutex above.
+        unsafe { libc::atexit(remove_all) };
+    });
+    let dir = tempfile::tempdir().unwrap().keep();
+    DIRS.lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(dir.clone());
+    dir
 }
 
 /// Starts the real worker on a socket of the test's own and handshakes with it, as a

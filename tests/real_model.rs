@@ -58,12 +58,11 @@ fn python(args: &[&str]) -> Value {
 
 /// The model imported once per dtype for this test binary.
 fn imported(dtype: &'static str) -> &'static Path {
-    static F32: OnceLock<tempfile::TempDir> = OnceLock::new();
-    static F16: OnceLock<tempfile::TempDir> = OnceLock::new();
+    static F32: OnceLock<PathBuf> = OnceLock::new();
+    static F16: OnceLock<PathBuf> = OnceLock::new();
     let cell = if dtype == "f32" { &F32 } else { &F16 };
     cell.get_or_init(|| {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("smollm2");
+        let dir = mlxsup_tests::process_tempdir().join("smollm2");
         let g = gguf();
         let run = mlxsup(&[
             "import",
@@ -85,11 +84,8 @@ fn imported(dtype: &'static str) -> &'static Path {
         let again = mlxsup(&["import", g.to_str().unwrap(), dir.to_str().unwrap()]);
         assert_eq!(again.code, Some(2), "{}", again.stderr);
         assert!(again.stderr.contains("not empty"), "{}", again.stderr);
-        tmp
+        dir
     })
-    .path()
-    .join("smollm2")
-    .leak()
 }
 
 #[test]

@@ -44,8 +44,9 @@ pub fn f32_weight_bytes(model: &Model) -> Option<u64> {
 /// the largest matrix it transposes once more — a dense matrix while it is transposed
 /// for the BLAS, a quantized one while its dequantized blocks are joined, with its
 /// quantized tensors still held and one block's working space. A tied embedding table is
-/// not transposed (it is looked up by rows). Freed before the first token, so the peak
-/// is the larger of this and the KV cache with activations.
+/// not transposed (it is looked up by rows). Or, if larger, what reading the shards adds
+/// over the f32 weights ([`read_peak`]). Freed before the first token, so the peak is the
+/// larger of this and the KV cache with activations.
 pub fn f32_load_transient_bytes(model: &Model) -> u64 {
     let (bits, overrides) = match &model.quantization {
         Quantization::MlxAffine {
@@ -55,7 +56,9 @@ pub fn f32_load_transient_bytes(model: &Model) -> u64 {
     };
     match f32_matrices(model, bits, overrides) {
         Some(m) if !model.shards.is_empty() => {
+            let weights: u64 = m.iter().map(|t| t.f32_bytes).sum();
             let tied = !m.iter().any(|t| t.name.ends_with("lm_head.weight"));
+            let read = read_peak(model).saturating_sub(weights);
             m.iter()
                 .filter(|t| t.matrix && !(tied && t.name.ends_with("embed_tokens.weight")))
                 .map(|t| {
@@ -68,6 +71,7 @@ pub fn f32_load_transient_bytes(model: &Model) -> u64 {
                 })
                 .max()
                 .unwrap_or(0)
+                .max(read)
         }
         _ => {
             let d = &model.activation;
@@ -77,6 +81,28 @@ pub fn f32_load_transient_bytes(model: &Model) -> u64 {
                 .saturating_mul(4)
         }
     }
+}
+
+/// The peak while the worker reads the shards for f32 compute: shard by shard, each
+/// shard's tensors largest first (the worker's order), a f16/bf16 tensor held in both
+/// dtypes while it is upcast; everything else as stored.
+fn read_peak(model: &Model) -> u64 {
+    let (mut held, mut peak) = (0u64, 0u64);
+    for shard in &model.shards {
+        let mut tensors: Vec<_> = shard.tensors.iter().collect();
+        tensors.sort_by(|a, b| b.bytes.cmp(&a.bytes).then_with(|| a.name.cmp(&b.name)));
+        for t in tensors {
+            let quant_part = t.name.ends_with(".scales") || t.name.ends_with(".biases");
+            if !quant_part && matches!(t.dtype, Dtype::F16 | Dtype::Bf16) {
+                peak = peak.max(held + t.bytes * 3);
+                held += t.bytes * 2;
+            } else {
+                held += t.bytes;
+                peak = peak.max(held);
+            }
+        }
+    }
+    peak
 }
 
 /// The worker dequantizes in blocks of 65536 elements: one block at f32.

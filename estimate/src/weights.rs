@@ -299,6 +299,14 @@ pub enum Mixer {
 /// The mixer of every layer, from `layer_types`, the family's pattern or the config's
 /// indexes. Sliding layers are reported only when the config sets a window.
 pub fn layer_mixers(cfg: &Config, layers: u64) -> Vec<Mixer> {
+    // mlx-lm 0.32.2 (and the worker, token for token with it) keeps a full cache on every
+    // layer of these, whatever sliding_window / layer_types say.
+    if matches!(
+        cfg.text_model_type(),
+        "gemma2" | "phi3" | "mixtral" | "qwen3_moe"
+    ) {
+        return vec![Mixer::Full; layers as usize];
+    }
     let window = sliding_window(cfg).is_some();
     if let Some(types) = cfg.layer_types() {
         if types.len() as u64 == layers {

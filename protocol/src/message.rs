@@ -357,4 +357,23 @@ pub struct ModelSpec {
     pub quant_bits: Option<u32>,
     pub group_size: u32,
     pub seed: u64,
+    /// Family options (experts, RoPE scaling, sliding window); all off by default.
+    pub options: ModelOptions,
+}
+
+/// The family options of a [`ModelSpec`] (issue 13).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ModelOptions {
+    /// Routed experts per MoE layer (`mixtral`, `qwen3_moe`; 0: the family's default).
+    pub experts: u32,
+    /// Experts each token is routed to (0: the family's default).
+    pub experts_per_token: u32,
+    /// Write the experts stacked as mlx-community does (`switch_mlp`), not per expert.
+    pub stacked_experts: bool,
+    /// `TYPE[:FACTOR]`: `linear`, `dynamic`, `yarn`, `longrope`, `llama3` or `none`.
+    pub rope_scaling: Option<String>,
+    /// The sliding window of the sliding-window layers.
+    pub sliding_window: Option<u32>,
+    /// `max_position_embeddings` written into config.json.
+    pub max_position: Option<u32>,
 }

@@ -115,6 +115,7 @@ fn requests() -> Vec<Request> {
             quant_bits: Some(4),
             group_size: 64,
             seed: 7,
+            options: Default::default(),
         }),
     ]
 }
@@ -612,6 +613,7 @@ fn arb_request() -> impl Strategy<Value = Request> {
                 quant_bits,
                 group_size,
                 seed,
+                options: Default::default(),
             },
         );
     prop_oneof![

@@ -55,6 +55,7 @@ fn demo_model(dir: PathBuf) -> MakeModelArgs {
         quant_bits: None,
         group_size: 64,
         seed: 7,
+        family: Default::default(),
         json: false,
     }
 }

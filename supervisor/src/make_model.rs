@@ -15,7 +15,7 @@ use crate::{
 pub struct MakeModelArgs {
     /// Folder to write (must not exist, or be empty).
     pub dir: PathBuf,
-    #[arg(long, value_parser = ["llama", "mistral", "qwen2", "qwen3", "qwen2_5_vl"])]
+    #[arg(long, value_parser = ["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "gemma3", "phi3", "mixtral", "qwen3_moe", "qwen2_5_vl"])]
     pub arch: String,
     #[arg(long, default_value_t = 256)]
     pub hidden: u32,
@@ -37,9 +37,34 @@ pub struct MakeModelArgs {
     pub group_size: u32,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    #[command(flatten)]
+    pub family: FamilyArgs,
     /// One JSON object on stdout.
     #[arg(long)]
     pub json: bool,
+}
+
+/// The family options of `make-model` (issue 13).
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct FamilyArgs {
+    /// Routed experts per layer (mixtral, qwen3_moe; default 4).
+    #[arg(long)]
+    pub experts: Option<u32>,
+    /// Experts per token (mixtral, qwen3_moe; default 2).
+    #[arg(long)]
+    pub experts_per_token: Option<u32>,
+    /// Write the experts stacked (mlx-community's `switch_mlp`), not per expert.
+    #[arg(long)]
+    pub stacked_experts: bool,
+    /// RoPE scaling `TYPE[:FACTOR]`: linear, dynamic, yarn, longrope, llama3, none.
+    #[arg(long, value_name = "TYPE[:FACTOR]")]
+    pub rope_scaling: Option<String>,
+    /// The sliding window of the sliding-window layers (mistral, gemma2, gemma3_text).
+    #[arg(long)]
+    pub sliding_window: Option<u32>,
+    /// `max_position_embeddings` of config.json.
+    #[arg(long)]
+    pub max_position: Option<u32>,
 }
 
 impl MakeModelArgs {
@@ -57,6 +82,14 @@ impl MakeModelArgs {
             quant_bits: self.quant_bits.as_deref().and_then(|b| b.parse().ok()),
             group_size: self.group_size,
             seed: self.seed,
+            options: protocol::ModelOptions {
+                experts: self.family.experts.unwrap_or(0),
+                experts_per_token: self.family.experts_per_token.unwrap_or(0),
+                stacked_experts: self.family.stacked_experts,
+                rope_scaling: self.family.rope_scaling.clone(),
+                sliding_window: self.family.sliding_window,
+                max_position: self.family.max_position,
+            },
         }
     }
 }
@@ -83,6 +116,9 @@ fn validate(a: &MakeModelArgs) -> Result<(), String> {
             "--heads {} is not a multiple of --kv-heads {}",
             a.heads, a.kv_heads
         ));
+    }
+    if a.family.experts == Some(0) || a.family.experts_per_token == Some(0) {
+        return Err("--experts and --experts-per-token must be at least 1".into());
     }
     if ![32, 64, 128].contains(&a.group_size) {
         return Err(format!(

@@ -98,6 +98,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             quant_bits: args.quant_bits,
             group_size: args.group_size,
             seed: 0,
+            options: Default::default(),
         };
         let bytes = worker::make_model::make_model(&spec)?;
         eprintln!("wrote {} ({bytes} bytes of weights)", args.model.display());

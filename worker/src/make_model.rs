@@ -1,37 +1,32 @@
-//! `make-model`: deterministic random-weight model folders (Llama, Mistral, Qwen2, Qwen3)
-//! with a small real byte-level BPE tokenizer and a ChatML chat template.
+//! `make-model`: deterministic random-weight model folders (Llama, Mistral, Qwen2, Qwen3,
+//! Gemma 2, Gemma 3, Phi-3, Mixtral, Qwen3-MoE) with a small real byte-level BPE
+//! tokenizer and a ChatML chat template. Family options (experts, RoPE scaling, sliding
+//! window) are in `family_config.rs`.
 //!
 //! Weights come from our own seeded generator (the same spec gives the same bytes on
 //! every platform); quantized folders are quantized by MLX itself (`mx.quantize`), so
 //! their layout is exactly what mlx-lm's `convert` writes. The safetensors file is
 //! written here, tensors in name order, so its bytes do not depend on hash order.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::HashMap;
 use std::io::{BufWriter, Write};
 use std::path::Path;
 
 use crate::engine::sample::Rng;
+
+#[path = "make_model_family.rs"]
+mod family;
+#[path = "make_model_tokenizer.rs"]
+mod tokenizer;
+
 use half::{bf16, f16};
 use mlx_rs::{Array, Dtype};
 use protocol::{ModelSpec, WorkerError, WorkerErrorKind};
 use serde_json::{json, Value};
+use tokenizer::{build_bpe, tokenizer_config, tokenizer_json, ENDOFTEXT, IM_END, IM_START};
+pub use tokenizer::{bytes_to_unicode, tokenizer_json_for, CHAT_TEMPLATE};
 
 mod vl;
-
-const ENDOFTEXT: &str = "<|endoftext|>";
-const IM_START: &str = "<|im_start|>";
-const IM_END: &str = "<|im_end|>";
-
-/// The ChatML template written into tokenizer_config.json.
-pub const CHAT_TEMPLATE: &str = "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
-
-const CORPUS: &str = "The quick brown fox jumps over the lazy dog. A model that runs out of memory should \
-fail with a clear message, and the process that supervises it should keep running. The worker loads \
-the weights, the supervisor watches the memory, and the user reads the report. Tokens stream one by \
-one as the model generates them; the text is decoded as it arrives. There is the memory, there is the \
-model, and there is the machine that runs them both. Hello, world! How are you today? I am fine, thank \
-you, and the weather is nice. Numbers like 1, 2, 3, 10, 42 and 2048 appear in the text too. \
-Que la lumière soit: façon, déjà, naïve, où, ça — et les guillemets « français ».";
 
 fn err(kind: WorkerErrorKind, message: impl Into<String>) -> WorkerError {
     WorkerError {
@@ -88,33 +83,53 @@ impl Gen {
 
 /// How a tensor is initialised.
 #[derive(Clone, Copy)]
-enum Init {
+pub(crate) enum Init {
     Normal(f64),
     Ones,
 }
 
-struct TensorSpec {
-    name: String,
-    shape: Vec<i32>,
-    init: Init,
+pub(crate) struct TensorSpec {
+    pub name: String,
+    pub shape: Vec<i32>,
+    pub init: Init,
     /// Quantize this one (a linear or embedding weight whose rows fit the group size).
-    quantize: bool,
+    pub quantize: bool,
+    /// Bits for this one instead of the folder's (Qwen3-MoE's 8-bit router).
+    pub bits: Option<u32>,
 }
 
 /// A tensor ready to write: dtype tag of safetensors, shape, raw little-endian bytes.
-struct Tensor {
+pub(crate) struct Tensor {
     dtype: &'static str,
     shape: Vec<i32>,
     data: Vec<u8>,
 }
 
+/// The architectures `make-model` writes.
+pub const ARCHS: &[&str] = &[
+    "llama",
+    "mistral",
+    "qwen2",
+    "qwen3",
+    "gemma",
+    "gemma2",
+    "gemma3_text",
+    "gemma3",
+    "phi3",
+    "mixtral",
+    "qwen3_moe",
+    "qwen2_5_vl",
+];
+
 fn check(spec: &ModelSpec) -> Result<(), WorkerError> {
-    if !["llama", "mistral", "qwen2", "qwen3", "qwen2_5_vl"].contains(&spec.arch.as_str()) {
+    if !ARCHS.contains(&spec.arch.as_str()) {
         return Err(bad(format!(
-            "unsupported arch {:?}; supported: llama, mistral, qwen2, qwen3, qwen2_5_vl",
-            spec.arch
+            "unsupported arch {:?}; supported: {}",
+            spec.arch,
+            ARCHS.join(", ")
         )));
     }
+    family::check(spec).map_err(bad)?;
     if !["bf16", "f16", "f32"].contains(&spec.dtype.as_str()) {
         return Err(bad(format!(
             "unsupported dtype {:?}; supported: bf16, f16, f32",
@@ -182,27 +197,48 @@ fn tensor_specs(spec: &ModelSpec) -> Vec<TensorSpec> {
         shape: vec![out, inp],
         init: Init::Normal(1.0 / (inp as f64).sqrt()),
         quantize: q && inp % gs == 0,
+        bits: None,
     };
     let vec_of = |name: String, n: i32, init| TensorSpec {
         name,
         shape: vec![n],
         init,
         quantize: false,
+        bits: None,
     };
-    let embed_std = 1.0 / (d as f64).sqrt();
+    // Gemma scales the (tied) embeddings by √hidden: smaller ones keep the random blocks,
+    // not the input token, in charge of the next token.
+    let embed_std = if spec.arch.starts_with("gemma") {
+        0.1
+    } else {
+        1.0
+    } / (d as f64).sqrt();
     let mut t = vec![TensorSpec {
         name: "model.embed_tokens.weight".into(),
         shape: vec![v, d],
         init: Init::Normal(embed_std),
         quantize: q && d % gs == 0,
+        bits: None,
     }];
+    let arch = spec.arch.as_str();
+    let gemma = arch.starts_with("gemma");
+    // Gemma norms are `(1 + weight)`: small random weights around 0, not ones.
+    let norm_init = if gemma { Init::Normal(0.1) } else { Init::Ones };
     for l in 0..spec.layers {
         let p = format!("model.layers.{l}");
-        t.push(lin(format!("{p}.self_attn.q_proj.weight"), qd, d));
-        t.push(lin(format!("{p}.self_attn.k_proj.weight"), kvd, d));
-        t.push(lin(format!("{p}.self_attn.v_proj.weight"), kvd, d));
+        if arch == "phi3" {
+            t.push(lin(
+                format!("{p}.self_attn.qkv_proj.weight"),
+                qd + 2 * kvd,
+                d,
+            ));
+        } else {
+            t.push(lin(format!("{p}.self_attn.q_proj.weight"), qd, d));
+            t.push(lin(format!("{p}.self_attn.k_proj.weight"), kvd, d));
+            t.push(lin(format!("{p}.self_attn.v_proj.weight"), kvd, d));
+        }
         t.push(lin(format!("{p}.self_attn.o_proj.weight"), d, qd));
-        if spec.arch == "qwen2" {
+        if arch == "qwen2" {
             t.push(vec_of(
                 format!("{p}.self_attn.q_proj.bias"),
                 qd,
@@ -219,29 +255,50 @@ fn tensor_specs(spec: &ModelSpec) -> Vec<TensorSpec> {
                 Init::Normal(0.02),
             ));
         }
-        if spec.arch == "qwen3" {
+        if ["qwen3", "qwen3_moe", "gemma3_text"].contains(&arch) {
             t.push(vec_of(
                 format!("{p}.self_attn.q_norm.weight"),
                 hd,
-                Init::Ones,
+                norm_init,
             ));
             t.push(vec_of(
                 format!("{p}.self_attn.k_norm.weight"),
                 hd,
-                Init::Ones,
+                norm_init,
             ));
         }
-        t.push(lin(format!("{p}.mlp.gate_proj.weight"), i, d));
-        t.push(lin(format!("{p}.mlp.up_proj.weight"), i, d));
-        t.push(lin(format!("{p}.mlp.down_proj.weight"), d, i));
-        t.push(vec_of(format!("{p}.input_layernorm.weight"), d, Init::Ones));
+        match arch {
+            "phi3" => {
+                t.push(lin(format!("{p}.mlp.gate_up_proj.weight"), 2 * i, d));
+                t.push(lin(format!("{p}.mlp.down_proj.weight"), d, i));
+            }
+            "mixtral" | "qwen3_moe" => t.extend(family::expert_specs(spec, &p, &lin)),
+            _ => {
+                t.push(lin(format!("{p}.mlp.gate_proj.weight"), i, d));
+                t.push(lin(format!("{p}.mlp.up_proj.weight"), i, d));
+                t.push(lin(format!("{p}.mlp.down_proj.weight"), d, i));
+            }
+        }
+        t.push(vec_of(format!("{p}.input_layernorm.weight"), d, norm_init));
         t.push(vec_of(
             format!("{p}.post_attention_layernorm.weight"),
             d,
-            Init::Ones,
+            norm_init,
         ));
+        if gemma && arch != "gemma" {
+            t.push(vec_of(
+                format!("{p}.pre_feedforward_layernorm.weight"),
+                d,
+                norm_init,
+            ));
+            t.push(vec_of(
+                format!("{p}.post_feedforward_layernorm.weight"),
+                d,
+                norm_init,
+            ));
+        }
     }
-    t.push(vec_of("model.norm.weight".into(), d, Init::Ones));
+    t.push(vec_of("model.norm.weight".into(), d, norm_init));
     if !tied(spec) {
         let mut head = lin("lm_head.weight".into(), v, d);
         head.init = Init::Normal(embed_std);
@@ -251,10 +308,10 @@ fn tensor_specs(spec: &ModelSpec) -> Vec<TensorSpec> {
     t
 }
 
-/// Qwen folders tie the output projection to the embeddings (as small Qwens do);
-/// Llama and Mistral folders have their own `lm_head`.
+/// Qwen and Gemma folders tie the output projection to the embeddings (as small Qwens
+/// and every Gemma do); Llama, Mistral, Phi-3 and Mixtral folders have their own `lm_head`.
 fn tied(spec: &ModelSpec) -> bool {
-    spec.arch.starts_with("qwen")
+    spec.arch.starts_with("qwen") || spec.arch.starts_with("gemma")
 }
 
 fn dtype_of(spec: &ModelSpec) -> (Dtype, &'static str, &'static str) {
@@ -359,15 +416,17 @@ fn build_tensors(spec: &ModelSpec) -> Result<Vec<(String, Tensor)>, WorkerError>
         drop(values);
         match (t.quantize, spec.quant_bits) {
             (true, Some(bits)) => {
-                let (gs, bits) = (spec.group_size as i32, bits as i32);
+                let (gs, bits) = (spec.group_size as i32, t.bits.unwrap_or(bits) as i32);
                 let [q, s, b] = quantize(&data, &t.shape, dtype, gs, bits)?;
                 let base = t.name.trim_end_matches(".weight");
-                let (rows, cols) = (t.shape[0], t.shape[1]);
+                let (lead, cols) = t.shape.split_at(t.shape.len() - 1);
+                let cols = cols[0];
+                let with_last = |last: i32| [lead, &[last]].concat();
                 out.push((
                     format!("{base}.biases"),
                     Tensor {
                         dtype: tag,
-                        shape: vec![rows, cols / gs],
+                        shape: with_last(cols / gs),
                         data: b,
                     },
                 ));
@@ -375,7 +434,7 @@ fn build_tensors(spec: &ModelSpec) -> Result<Vec<(String, Tensor)>, WorkerError>
                     format!("{base}.scales"),
                     Tensor {
                         dtype: tag,
-                        shape: vec![rows, cols / gs],
+                        shape: with_last(cols / gs),
                         data: s,
                     },
                 ));
@@ -383,7 +442,7 @@ fn build_tensors(spec: &ModelSpec) -> Result<Vec<(String, Tensor)>, WorkerError>
                     t.name.clone(),
                     Tensor {
                         dtype: "U32",
-                        shape: vec![rows, cols * bits / 32],
+                        shape: with_last(cols * bits / 32),
                         data: q,
                     },
                 ));
@@ -430,171 +489,6 @@ fn write_safetensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<u64, W
     Ok(offset as u64)
 }
 
-/// GPT-2's byte → printable character map of byte-level BPE.
-pub fn bytes_to_unicode() -> Vec<char> {
-    let printable: Vec<u32> = (b'!' as u32..=b'~' as u32)
-        .chain(0xA1..=0xAC)
-        .chain(0xAE..=0xFF)
-        .collect();
-    let mut map = vec!['\0'; 256];
-    for &b in &printable {
-        map[b as usize] = char::from_u32(b).unwrap_or('?');
-    }
-    let mut n = 0;
-    for b in 0..256u32 {
-        if !printable.contains(&b) {
-            map[b as usize] = char::from_u32(256 + n).unwrap_or('?');
-            n += 1;
-        }
-    }
-    map
-}
-
-/// Byte-level BPE: the 256 byte tokens, merges learnt from a small built-in corpus and
-/// then filled up with byte pairs, and the three special tokens at the top ids.
-fn build_bpe(vocab_size: usize) -> (Vec<String>, Vec<(String, String)>) {
-    let map = bytes_to_unicode();
-    let mut vocab: Vec<String> = (0..256).map(|b| map[b].to_string()).collect();
-    let mut known: HashSet<String> = vocab.iter().cloned().collect();
-    let n_merges = vocab_size - 256 - 3;
-    let mut merges: Vec<(String, String)> = Vec::new();
-    // Words with their leading space, as the ByteLevel pre-tokenizer splits them.
-    let mut words: BTreeMap<Vec<String>, usize> = BTreeMap::new();
-    for (i, w) in CORPUS.split(' ').enumerate() {
-        let text = if i == 0 {
-            w.to_string()
-        } else {
-            format!(" {w}")
-        };
-        let syms: Vec<String> = text.bytes().map(|b| map[b as usize].to_string()).collect();
-        *words.entry(syms).or_default() += 1;
-    }
-    while merges.len() < n_merges {
-        let mut counts: BTreeMap<(String, String), usize> = BTreeMap::new();
-        for (w, c) in &words {
-            for p in w.windows(2) {
-                *counts.entry((p[0].clone(), p[1].clone())).or_default() += c;
-            }
-        }
-        let best = counts
-            .into_iter()
-            .filter(|(_, c)| *c >= 2)
-            .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(&a.0)));
-        let Some(((a, b), _)) = best else { break };
-        let joined = format!("{a}{b}");
-        words = words
-            .into_iter()
-            .map(|(w, c)| {
-                let mut out = Vec::with_capacity(w.len());
-                let mut i = 0;
-                while i < w.len() {
-                    if i + 1 < w.len() && w[i] == a && w[i + 1] == b {
-                        out.push(joined.clone());
-                        i += 2;
-                    } else {
-                        out.push(w[i].clone());
-                        i += 1;
-                    }
-                }
-                (out, c)
-            })
-            .fold(BTreeMap::new(), |mut m, (w, c)| {
-                *m.entry(w).or_default() += c;
-                m
-            });
-        if known.insert(joined.clone()) {
-            vocab.push(joined);
-            merges.push((a, b));
-        }
-    }
-    // Fill up with token + byte pairs, letters first, in a fixed order.
-    let order: Vec<usize> = (b'a'..=b'z')
-        .chain(b'A'..=b'Z')
-        .chain(b'0'..=b'9')
-        .map(|b| b as usize)
-        .chain(0..256)
-        .collect();
-    let mut i = 0;
-    while merges.len() < n_merges && i < vocab.len() {
-        let left = vocab[i].clone();
-        for &b in &order {
-            if merges.len() >= n_merges {
-                break;
-            }
-            let right = map[b].to_string();
-            let joined = format!("{left}{right}");
-            if known.insert(joined.clone()) {
-                vocab.push(joined);
-                merges.push((left.clone(), right));
-            }
-        }
-        i += 1;
-    }
-    for s in [ENDOFTEXT, IM_START, IM_END] {
-        vocab.push(s.to_string());
-    }
-    (vocab, merges)
-}
-
-/// The `tokenizer.json` that `make_model` writes for a vocabulary of `vocab_size` ids.
-pub fn tokenizer_json_for(vocab_size: usize) -> Value {
-    let (vocab, merges) = build_bpe(vocab_size.max(300));
-    tokenizer_json(&vocab, &merges)
-}
-
-fn tokenizer_json(vocab: &[String], merges: &[(String, String)]) -> Value {
-    let n = vocab.len();
-    let specials = &vocab[n - 3..];
-    let added: Vec<Value> = specials
-        .iter()
-        .enumerate()
-        .map(|(k, s)| json!({"id": n - 3 + k, "content": s, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}))
-        .collect();
-    let vocab_map: serde_json::Map<String, Value> = vocab[..n - 3]
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.clone(), json!(i)))
-        .collect();
-    let merges: Vec<Value> = merges.iter().map(|(a, b)| json!([a, b])).collect();
-    json!({
-        "version": "1.0",
-        "truncation": null,
-        "padding": null,
-        "added_tokens": added,
-        "normalizer": null,
-        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
-        "post_processor": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": true},
-        "decoder": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
-        "model": {
-            "type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
-            "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
-            "vocab": vocab_map, "merges": merges
-        }
-    })
-}
-
-fn tokenizer_config(first_special: usize) -> Value {
-    let decoder: serde_json::Map<String, Value> = [ENDOFTEXT, IM_START, IM_END]
-        .iter()
-        .enumerate()
-        .map(|(k, s)| {
-            ((first_special + k).to_string(), json!({"content": s, "lstrip": false, "normalized": false, "rstrip": false, "single_word": false, "special": true}))
-        })
-        .collect();
-    json!({
-        "add_bos_token": false,
-        "add_eos_token": false,
-        "added_tokens_decoder": decoder,
-        "bos_token": null,
-        "chat_template": CHAT_TEMPLATE,
-        "clean_up_tokenization_spaces": false,
-        "eos_token": IM_END,
-        "model_max_length": 32768,
-        "pad_token": ENDOFTEXT,
-        "tokenizer_class": "PreTrainedTokenizerFast"
-    })
-}
-
 fn config_json(spec: &ModelSpec, endoftext: usize) -> Value {
     let (_, _, torch_dtype) = dtype_of(spec);
     let hd = spec.hidden / spec.heads;
@@ -602,6 +496,13 @@ fn config_json(spec: &ModelSpec, endoftext: usize) -> Value {
         "llama" => "LlamaForCausalLM",
         "mistral" => "MistralForCausalLM",
         "qwen2" => "Qwen2ForCausalLM",
+        "gemma" => "GemmaForCausalLM",
+        "gemma2" => "Gemma2ForCausalLM",
+        "gemma3_text" => "Gemma3ForCausalLM",
+        "gemma3" => "Gemma3ForConditionalGeneration",
+        "phi3" => "Phi3ForCausalLM",
+        "mixtral" => "MixtralForCausalLM",
+        "qwen3_moe" => "Qwen3MoeForCausalLM",
         _ => "Qwen3ForCausalLM",
     };
     let mut c = json!({
@@ -635,14 +536,21 @@ fn config_json(spec: &ModelSpec, endoftext: usize) -> Value {
         "qwen2" => {
             json!({"rope_theta": 1000000.0, "use_sliding_window": false, "sliding_window": null})
         }
+        "gemma" | "gemma2" | "gemma3_text" | "phi3" | "mixtral" | "qwen3_moe" => {
+            family::config(spec)
+        }
         _ => {
             json!({"rope_theta": 1000000.0, "attention_bias": false, "use_sliding_window": false, "sliding_window": null})
         }
     };
     if let (Some(c), Value::Object(e)) = (c.as_object_mut(), extra) {
         c.extend(e);
+        family::apply_options(spec, c);
         if let Some(bits) = spec.quant_bits {
-            let q = json!({"group_size": spec.group_size, "bits": bits, "mode": "affine"});
+            let mut q = json!({"group_size": spec.group_size, "bits": bits, "mode": "affine"});
+            if let Some(q) = q.as_object_mut() {
+                q.extend(family::quant_overrides(spec));
+            }
             c.insert("quantization".into(), q.clone());
             c.insert("quantization_config".into(), q);
         }
@@ -684,13 +592,30 @@ pub fn make_model(spec: &ModelSpec) -> Result<u64, WorkerError> {
         "special_tokens_map.json",
         &json!({"eos_token": IM_END, "pad_token": ENDOFTEXT}),
     )?;
-    write_json(dir, "config.json", &config_json(spec, endoftext))?;
+    // A multimodal Gemma 3 is its text model (gemma3_text) wrapped, plus a vision tower.
+    let wrapped = spec.arch == "gemma3";
+    let text_spec = if wrapped {
+        ModelSpec {
+            arch: "gemma3_text".into(),
+            ..spec.clone()
+        }
+    } else {
+        spec.clone()
+    };
+    let mut config = config_json(&text_spec, endoftext);
+    if wrapped {
+        config = family::wrap_gemma3(config);
+    }
+    write_json(dir, "config.json", &config)?;
     write_json(
         dir,
         "generation_config.json",
         &json!({"bos_token_id": null, "eos_token_id": [im_end, endoftext], "do_sample": false}),
     )?;
-    let tensors = build_tensors(spec)?;
+    let mut tensors = build_tensors(&text_spec)?;
+    if wrapped {
+        tensors = family::wrap_gemma3_tensors(tensors, spec);
+    }
     write_safetensors(&dir.join("model.safetensors"), &tensors)
 }
 
@@ -698,6 +623,7 @@ pub fn make_model(spec: &ModelSpec) -> Result<u64, WorkerError> {
 #[allow(clippy::unwrap_used)] // Test scaffolding: a failure here is a test failure.
 mod tests {
     use super::*;
+    use std::collections::HashSet;
 
     #[test]
     fn bpe_fills_the_vocab_exactly() {

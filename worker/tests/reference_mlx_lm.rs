@@ -64,6 +64,7 @@ fn spec(dir: &Path, arch: &str, quant: Option<u32>, seed: u64) -> ModelSpec {
         quant_bits: quant,
         group_size: 64,
         seed,
+        options: Default::default(),
     }
 }
 
@@ -185,42 +186,7 @@ fn greedy_tokens_match_mlx_lm() {
                 case.name, r["chat_tokens"]
             ));
         }
-        let theirs = ids(&r["tokens"]);
-        if &theirs != tokens {
-            let at = tokens.iter().zip(&theirs).position(|(a, b)| a != b);
-            failures.push(format!(
-                "{}: tokens differ at {at:?}:\n  ours   {tokens:?}\n  mlx-lm {theirs:?}",
-                case.name
-            ));
-        }
-        let ref_lp: Vec<f32> = r["first_logprobs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_f64().unwrap() as f32)
-            .collect();
-        assert_eq!(ref_lp.len(), logprobs.len(), "{}", case.name);
-        let max_diff = logprobs
-            .iter()
-            .zip(&ref_lp)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, f32::max);
-        eprintln!(
-            "{}: {} tokens identical: {}, max |Δ logprob| = {max_diff:e}, {} distinct",
-            case.name,
-            tokens.len(),
-            &theirs == tokens,
-            tokens
-                .iter()
-                .collect::<std::collections::BTreeSet<_>>()
-                .len()
-        );
-        if max_diff > LOGPROB_TOLERANCE {
-            failures.push(format!(
-                "{}: first-step logprobs differ by {max_diff} > {LOGPROB_TOLERANCE}",
-                case.name
-            ));
-        }
+        failures.extend(compare(&case.name, tokens, logprobs, r, LOGPROB_TOLERANCE));
         let distinct: std::collections::BTreeSet<_> = tokens.iter().collect();
         if distinct.len() < 8 {
             failures.push(format!(
@@ -231,6 +197,38 @@ fn greedy_tokens_match_mlx_lm() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Our greedy tokens and first-step log-probabilities against one mlx-lm result: what
+/// differs (tokens, or log-probs by more than `tolerance`), printed either way.
+fn compare(name: &str, tokens: &[u32], lp: &[f32], r: &Value, tolerance: f32) -> Vec<String> {
+    let theirs = ids(&r["tokens"]);
+    let ref_lp: Vec<f32> = r["first_logprobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap() as f32)
+        .collect();
+    let max_diff = lp
+        .iter()
+        .zip(&ref_lp)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    eprintln!(
+        "{name}: tokens identical to mlx-lm's: {}, max |Δ logprob| = {max_diff:e}",
+        theirs == tokens
+    );
+    let mut failures = Vec::new();
+    if theirs != tokens {
+        let at = tokens.iter().zip(&theirs).position(|(a, b)| a != b);
+        failures.push(format!(
+            "{name}: tokens differ at {at:?}:\n  ours   {tokens:?}\n  mlx-lm {theirs:?}"
+        ));
+    }
+    if ref_lp.len() != lp.len() || max_diff > tolerance {
+        failures.push(format!("{name}: first-step logprobs differ by {max_diff}"));
+    }
+    failures
 }
 
 /// Our greedy run of `dir`: the prompt ids, the tokens, the first step's log-probabilities
@@ -301,36 +299,8 @@ fn f32_compute_matches_mlx_lm_on_the_f32_conversion() {
     let reference = run_python(&Value::Array(jobs));
     let mut failures = Vec::new();
     for ((case, (tokens, lp)), r) in cases.iter().zip(&ours).zip(&reference) {
-        let theirs = ids(&r["tokens"]);
-        let ref_lp: Vec<f32> = r["first_logprobs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_f64().unwrap() as f32)
-            .collect();
-        let max_diff = lp
-            .iter()
-            .zip(&ref_lp)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, f32::max);
-        eprintln!(
-            "{} in f32: tokens identical to mlx-lm's f32 conversion: {}, max |Δ logprob| = {max_diff:e}",
-            case.name,
-            &theirs == tokens
-        );
-        if &theirs != tokens {
-            let at = tokens.iter().zip(&theirs).position(|(a, b)| a != b);
-            failures.push(format!(
-                "{} (f32): tokens differ at {at:?}:\n  ours   {tokens:?}\n  mlx-lm {theirs:?}",
-                case.name
-            ));
-        }
-        if ref_lp.len() != lp.len() || max_diff > LOGPROB_TOLERANCE {
-            failures.push(format!(
-                "{} (f32): first-step logprobs differ by {max_diff}",
-                case.name
-            ));
-        }
+        let name = format!("{} (f32)", case.name);
+        failures.extend(compare(&name, tokens, lp, r, LOGPROB_TOLERANCE));
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
@@ -387,28 +357,6 @@ fn quantized_kv_cache_matches_mlx_lm() {
     let reference = run_python(&Value::Array(jobs));
     let mut failures = Vec::new();
     for ((name, tokens, lp), r) in ours.iter().zip(&reference) {
-        let theirs = ids(&r["tokens"]);
-        let ref_lp: Vec<f32> = r["first_logprobs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_f64().unwrap() as f32)
-            .collect();
-        let max_diff = lp
-            .iter()
-            .zip(&ref_lp)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, f32::max);
-        eprintln!(
-            "{name}: tokens identical to mlx-lm's: {}, max |Δ logprob| = {max_diff:e}",
-            &theirs == tokens
-        );
-        if &theirs != tokens {
-            let at = tokens.iter().zip(&theirs).position(|(a, b)| a != b);
-            failures.push(format!(
-                "{name}: tokens differ at {at:?}:\n  ours   {tokens:?}\n  mlx-lm {theirs:?}"
-            ));
-        }
         // f32 compute multiplies by transposed weights (OpenBLAS without packing), a
         // different accumulation order than mlx-lm's f32 conversion (~1e-6, see the f32
         // test); the KV cache's rounding to 8 bits can turn that into one quantization
@@ -418,9 +366,7 @@ fn quantized_kv_cache_matches_mlx_lm() {
         } else {
             LOGPROB_TOLERANCE
         };
-        if ref_lp.len() != lp.len() || max_diff > tolerance {
-            failures.push(format!("{name}: first-step logprobs differ by {max_diff}"));
-        }
+        failures.extend(compare(name, tokens, lp, r, tolerance));
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

@@ -4,7 +4,6 @@
 
 use mlx_rs::{
     error::Exception,
-    fast::{self, ScaledDotProductAttentionMask},
     ops::{self, indexing::IndexOp, indexing::TryIndexMutOp},
     Array,
 };
@@ -62,47 +61,36 @@ impl LayerCache {
     }
 
     /// Appends `keys`/`values` (B, heads, L, D) and returns what attention should see
-    /// (a quantized cache has no dense keys: use [`LayerCache::attend`]).
+    /// (a quantized cache has no dense keys: see [`LayerCache::attend_quantized`]).
     pub fn update_and_fetch(&mut self, keys: &Array, values: &Array) -> R<(Array, Array)> {
         match self {
             LayerCache::Full(c) => c.update_and_fetch(keys, values),
             LayerCache::Rotating(c) => c.update_and_fetch(keys, values),
             LayerCache::Quantized(_) => Err(Exception::custom(
-                "a quantized KV cache has no dense keys (attention goes through attend)",
+                "a quantized KV cache has no dense keys (attention goes through attend_quantized)",
             )),
         }
     }
 
-    /// Appends `keys`/`values` and attends `queries` (B, heads, L, D) to the cache:
-    /// MLX's fused scaled-dot-product attention, or mlx-lm's quantized attention for a
-    /// quantized cache.
-    pub fn attend(
+    /// For a quantized cache: appends `keys`/`values` and attends `queries` (B, heads,
+    /// L, D) to it (mlx-lm's quantized attention). `None` for the other caches, whose
+    /// keys and values come from [`LayerCache::update_and_fetch`].
+    pub fn attend_quantized(
         &mut self,
         queries: &Array,
         keys: &Array,
         values: &Array,
         scale: f32,
         mask: &Mask,
-    ) -> R<Array> {
-        if let LayerCache::Quantized(c) = self {
-            let bits = c.bits();
-            let (k, v) = c.update_and_fetch(keys, values)?;
-            return kv_quant::attention(queries, &k, &v, scale, mask, bits);
-        }
-        let (k, v) = self.update_and_fetch(keys, values)?;
-        let q = queries;
-        match mask {
-            Mask::None => fast::scaled_dot_product_attention(q, &k, &v, scale, None, None),
-            Mask::Causal => fast::scaled_dot_product_attention(
-                q,
-                &k,
-                &v,
-                scale,
-                ScaledDotProductAttentionMask::Causal,
-                None,
-            ),
-            Mask::Array(m) => fast::scaled_dot_product_attention(q, &k, &v, scale, m, None),
-        }
+    ) -> Option<R<Array>> {
+        let LayerCache::Quantized(c) = self else {
+            return None;
+        };
+        let bits = c.bits();
+        Some(
+            c.update_and_fetch(keys, values)
+                .and_then(|(k, v)| kv_quant::attention(queries, &k, &v, scale, mask, bits)),
+        )
     }
 
     /// The mask for `n` new queries (mlx-lm's `make_mask`).

@@ -6,9 +6,25 @@ use protocol::WorkerError;
 use serde_json::Value;
 
 use super::error::load_failed;
+use super::rope;
+
+pub use super::moe::MoeConfig;
+pub use super::rope::RopeKind;
 
 /// The `model_type`s this engine can run.
-pub const SUPPORTED: &[&str] = &["llama", "mistral", "qwen2", "qwen3"];
+pub const SUPPORTED: &[&str] = &[
+    "llama",
+    "mistral",
+    "qwen2",
+    "qwen3",
+    "gemma",
+    "gemma2",
+    "gemma3_text",
+    "gemma3",
+    "phi3",
+    "mixtral",
+    "qwen3_moe",
+];
 
 /// The decoder families, each a switch in the one shared decoder.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -17,20 +33,25 @@ pub enum Family {
     Mistral,
     Qwen2,
     Qwen3,
+    /// Gemma 1 (`gemma`).
+    Gemma,
+    Gemma2,
+    Gemma3Text,
+    Phi3,
+    Mixtral,
+    Qwen3Moe,
 }
 
-/// How rotary position embeddings are computed.
-#[derive(Clone, Debug, PartialEq)]
-pub enum RopeKind {
-    /// `nn.RoPE` with a position scale (1.0, or 1/factor for `linear`).
-    Default { scale: f32 },
-    /// Llama 3.x frequency smoothing.
-    Llama3 {
-        factor: f32,
-        low_freq_factor: f32,
-        high_freq_factor: f32,
-        original_max_position_embeddings: f32,
-    },
+impl Family {
+    /// Gemma's `(1 + weight)` RMSNorm, scaled embeddings, extra norms and gelu MLP.
+    pub fn is_gemma(self) -> bool {
+        matches!(self, Family::Gemma | Family::Gemma2 | Family::Gemma3Text)
+    }
+
+    /// Gemma 2/3: norms around the attention output and the MLP too.
+    pub fn has_sandwich_norms(self) -> bool {
+        matches!(self, Family::Gemma2 | Family::Gemma3Text)
+    }
 }
 
 /// Quantization of one linear or embedding layer.
@@ -56,6 +77,21 @@ pub struct ModelConfig {
     pub rope_theta: f32,
     pub rope_traditional: bool,
     pub rope: RopeKind,
+    /// The rotated features per head (`partial_rotary_factor` × head_dim).
+    pub rope_dims: i32,
+    /// Gemma 3: the base of the sliding-window layers' RoPE (no scaling there).
+    pub rope_local_base: Option<f32>,
+    /// The attention scale (`head_dim^-0.5`, or Gemma's `query_pre_attn_scalar^-0.5`).
+    pub attn_scale: f32,
+    /// Gemma 2: `tanh` soft-capping of the attention scores.
+    pub attn_softcap: Option<f32>,
+    /// Gemma 2: `tanh` soft-capping of the logits.
+    pub final_softcap: Option<f32>,
+    /// Routed experts (Mixtral, Qwen3-MoE).
+    pub moe: Option<MoeConfig>,
+    /// The weights' name prefix of the text model (`language_model.` for a multimodal
+    /// Gemma 3, whose other tensors — the vision tower — are not loaded).
+    pub weight_prefix: Option<String>,
     /// `None`: decide from the presence of `lm_head.weight`.
     pub tie_word_embeddings: Option<bool>,
     pub attention_bias: bool,
@@ -135,16 +171,30 @@ impl ModelConfig {
             .and_then(Value::as_str)
             .ok_or_else(|| load_failed(format!("{source} has no model_type")))?
             .to_string();
+        if model_type == "gemma3" {
+            return family::gemma3(v, source);
+        }
         let family = match model_type.as_str() {
             "llama" => Family::Llama,
             "mistral" => Family::Mistral,
             "qwen2" => Family::Qwen2,
             "qwen3" => Family::Qwen3,
+            "gemma" => Family::Gemma,
+            "gemma2" => Family::Gemma2,
+            "gemma3_text" => Family::Gemma3Text,
+            "phi3" => Family::Phi3,
+            "mixtral" => Family::Mixtral,
+            "qwen3_moe" => Family::Qwen3Moe,
             other => {
+                let missing = family::MISSING
+                    .iter()
+                    .find(|(t, _)| *t == other)
+                    .map(|(_, what)| format!(" (this engine lacks {what})"))
+                    .unwrap_or_default();
                 return Err(load_failed(format!(
-                    "unsupported model_type {other:?} in {source}; supported: {}",
+                    "unsupported model_type {other:?} in {source}{missing}; supported: {}",
                     SUPPORTED.join(", ")
-                )))
+                )));
             }
         };
         let need = |key: &str| -> Result<i64, WorkerError> {
@@ -160,8 +210,11 @@ impl ModelConfig {
         let num_heads = need("num_attention_heads")?;
         let vocab_size = need("vocab_size")?;
         let num_kv_heads = int(v, "num_key_value_heads").unwrap_or(num_heads);
-        let head_dim = match int(v, "head_dim") {
-            Some(h) if h > 0 => h,
+        // Phi-3 and Mixtral (in mlx-lm) derive the head size; Gemma 3 defaults it.
+        let head_dim = match (family, int(v, "head_dim")) {
+            (Family::Phi3 | Family::Mixtral, _) => hidden_size / num_heads,
+            (_, Some(h)) if h > 0 => h,
+            (Family::Gemma3Text, _) => 256,
             _ => hidden_size / num_heads,
         };
         if num_kv_heads <= 0 || num_heads % num_kv_heads != 0 {
@@ -171,7 +224,7 @@ impl ModelConfig {
         }
         let rope_params = v.get("rope_parameters").filter(|p| p.is_object());
         let default_theta = match family {
-            Family::Qwen2 => 1_000_000.0,
+            Family::Qwen2 | Family::Gemma3Text | Family::Mixtral => 1_000_000.0,
             _ => 10_000.0,
         };
         let rope_theta = num(v, "rope_theta")
@@ -181,10 +234,37 @@ impl ModelConfig {
             .get("rope_scaling")
             .filter(|s| s.is_object())
             .or(rope_params);
-        let rope = parse_rope(scaling, source)?;
-        let sliding_window = int(v, "sliding_window")
-            .filter(|w| *w > 0)
-            .and_then(|w| usize::try_from(w).ok());
+        let max_pos = num(v, "max_position_embeddings");
+        let rope_dims = match family {
+            Family::Phi3 => {
+                let f = num(v, "partial_rotary_factor").unwrap_or(1.0);
+                (head_dim as f64 * f) as i64
+            }
+            _ => head_dim,
+        };
+        let rope_dims = small(source, "partial_rotary_factor × head_dim", rope_dims)?;
+        if rope_dims < 2 || rope_dims % 2 != 0 || i64::from(rope_dims) > head_dim {
+            return Err(load_failed(format!(
+                "{source}: {rope_dims} rotary features per head is not an even number within head_dim {head_dim}"
+            )));
+        }
+        let rope = match family {
+            // mlx-lm 0.32.2 builds a plain nn.RoPE for these, whatever rope_scaling says.
+            Family::Gemma | Family::Gemma2 | Family::Mixtral | Family::Qwen3Moe => {
+                RopeKind::Default { scale: 1.0 }
+            }
+            Family::Gemma3Text => {
+                rope::parse(scaling, max_pos.or(Some(32768.0)), rope_dims, source)?
+            }
+            Family::Phi3 => family::phi3_rope(v, scaling, rope_dims, source)?,
+            _ => rope::parse(scaling, max_pos, rope_dims, source)?,
+        };
+        let sliding_window = match family {
+            Family::Gemma3Text => int(v, "sliding_window").or(Some(512)),
+            _ => int(v, "sliding_window"),
+        }
+        .filter(|w| *w > 0)
+        .and_then(|w| usize::try_from(w).ok());
         let num_layers = usize::try_from(num_layers).map_err(|_| {
             load_failed(format!(
                 "{source}: num_hidden_layers {num_layers} is too large"
@@ -225,6 +305,24 @@ impl ModelConfig {
             _ => (None, None),
         };
         let flag = |key: &str| v.get(key).and_then(Value::as_bool).unwrap_or(false);
+        let attn_scale = match family {
+            Family::Gemma2 => 1.0 / num(v, "query_pre_attn_scalar").unwrap_or(144.0).sqrt(),
+            Family::Gemma3Text => num(v, "query_pre_attn_scalar").unwrap_or(256.0).powf(-0.5),
+            _ => (head_dim as f64).powf(-0.5),
+        } as f32;
+        // Gemma 2's caps default to 50 and 30 (mlx-lm's defaults); `null` turns one off.
+        let softcap = |key: &str, default: f64| match v.get(key) {
+            None => Some(default as f32),
+            Some(x) => x.as_f64().filter(|c| *c > 0.0).map(|c| c as f32),
+        };
+        let (attn_softcap, final_softcap) = match family {
+            Family::Gemma2 => (
+                softcap("attn_logit_softcapping", 50.0),
+                softcap("final_logit_softcapping", 30.0),
+            ),
+            _ => (None, None),
+        };
+        let moe = MoeConfig::parse(v, family, num_layers, source)?;
         Ok(ModelConfig {
             model_type,
             family,
@@ -237,13 +335,29 @@ impl ModelConfig {
             rms_norm_eps: num(v, "rms_norm_eps").unwrap_or(1e-6) as f32,
             vocab_size: small(source, "vocab_size", vocab_size)?,
             rope_theta,
-            rope_traditional: family != Family::Qwen3 && flag("rope_traditional"),
+            rope_traditional: !matches!(
+                family,
+                Family::Qwen3 | Family::Qwen3Moe | Family::Gemma3Text
+            ) && flag("rope_traditional"),
             rope,
-            tie_word_embeddings: v.get("tie_word_embeddings").and_then(Value::as_bool),
+            rope_dims,
+            rope_local_base: (family == Family::Gemma3Text)
+                .then(|| num(v, "rope_local_base_freq").unwrap_or(10_000.0) as f32),
+            attn_scale,
+            attn_softcap,
+            final_softcap,
+            moe,
+            weight_prefix: None,
+            tie_word_embeddings: match family {
+                // mlx-lm: Gemma 2 always ties; Gemma 3 ties when lm_head.weight is absent.
+                Family::Gemma | Family::Gemma2 => Some(true),
+                Family::Gemma3Text => None,
+                _ => v.get("tie_word_embeddings").and_then(Value::as_bool),
+            },
             attention_bias: match family {
                 Family::Qwen2 => true,
-                Family::Qwen3 => false,
-                _ => flag("attention_bias"),
+                Family::Llama | Family::Mistral => flag("attention_bias"),
+                _ => false,
             },
             mlp_bias: matches!(family, Family::Llama | Family::Mistral) && flag("mlp_bias"),
             sliding_window,
@@ -277,34 +391,6 @@ impl ModelConfig {
     }
 }
 
-fn parse_rope(scaling: Option<&Value>, source: &str) -> Result<RopeKind, WorkerError> {
-    let Some(s) = scaling else {
-        return Ok(RopeKind::Default { scale: 1.0 });
-    };
-    let kind = s
-        .get("type")
-        .or_else(|| s.get("rope_type"))
-        .and_then(Value::as_str)
-        .unwrap_or("default");
-    let factor = num(s, "factor");
-    match kind {
-        "default" => Ok(RopeKind::Default { scale: 1.0 }),
-        "linear" => {
-            let f = factor.ok_or_else(|| load_failed(format!("{source}: linear rope_scaling needs a factor")))?;
-            Ok(RopeKind::Default { scale: (1.0 / f) as f32 })
-        }
-        "llama3" => Ok(RopeKind::Llama3 {
-            factor: factor.ok_or_else(|| load_failed(format!("{source}: llama3 rope_scaling needs a factor")))? as f32,
-            low_freq_factor: num(s, "low_freq_factor").unwrap_or(1.0) as f32,
-            high_freq_factor: num(s, "high_freq_factor").unwrap_or(4.0) as f32,
-            original_max_position_embeddings: num(s, "original_max_position_embeddings").unwrap_or(8192.0) as f32,
-        }),
-        other => Err(load_failed(format!(
-            "{source}: rope scaling type {other:?} is not supported (supported: default, linear, llama3)"
-        ))),
-    }
-}
-
 /// Which layers use the sliding window: `layer_types` if the config has it; otherwise
 /// every layer of a Mistral with a `sliding_window` (Hugging Face's meaning), none else.
 fn sliding_layers(
@@ -314,6 +400,18 @@ fn sliding_layers(
     window: Option<usize>,
     source: &str,
 ) -> Result<Vec<bool>, WorkerError> {
+    match family {
+        // mlx-lm 0.32.2 runs every layer of these with full attention.
+        Family::Gemma | Family::Gemma2 | Family::Phi3 | Family::Mixtral | Family::Qwen3Moe => {
+            return Ok(vec![false; layers])
+        }
+        // Every `sliding_window_pattern`-th layer is global, the others slide.
+        Family::Gemma3Text => {
+            let p = int(v, "sliding_window_pattern").unwrap_or(6).max(1) as usize;
+            return Ok((0..layers).map(|i| i % p != p - 1).collect());
+        }
+        _ => {}
+    }
     if let Some(types) = v.get("layer_types").and_then(Value::as_array) {
         if types.len() != layers {
             return Err(load_failed(format!(
@@ -334,6 +432,9 @@ fn sliding_layers(
     }
     Ok(vec![family == Family::Mistral && window.is_some(); layers])
 }
+
+#[path = "config_family.rs"]
+mod family;
 
 #[cfg(test)]
 #[path = "config_tests.rs"]

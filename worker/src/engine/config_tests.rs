@@ -45,7 +45,201 @@ fn family_switches() {
         RopeKind::Llama3 { .. }
     ));
     l["rope_scaling"] = json!({"rope_type": "yarn", "factor": 8.0});
-    assert!(ModelConfig::from_value(&l, "c").is_err());
+    assert!(matches!(
+        ModelConfig::from_value(&l, "c").unwrap().rope,
+        RopeKind::Yarn { .. }
+    ));
+    l["rope_scaling"] = json!({"rope_type": "ntk-by-parts", "factor": 8.0});
+    let e = ModelConfig::from_value(&l, "c").unwrap_err();
+    assert!(
+        e.message.contains("ntk-by-parts") && e.message.contains("yarn"),
+        "{}",
+        e.message
+    );
+}
+
+#[test]
+fn the_new_families_read_their_switches() {
+    let mut g2 = base("gemma2");
+    g2["head_dim"] = json!(32);
+    g2["sliding_window"] = json!(16);
+    let c = ModelConfig::from_value(&g2, "c").unwrap();
+    assert_eq!((c.attn_softcap, c.final_softcap), (Some(50.0), Some(30.0)));
+    assert_eq!(c.attn_scale, (1.0 / 144f64.sqrt()) as f32);
+    assert_eq!(c.tie_word_embeddings, Some(true));
+    assert_eq!(
+        c.sliding_layers,
+        vec![false, false],
+        "mlx-lm: full attention"
+    );
+    g2["final_logit_softcapping"] = Value::Null;
+    assert_eq!(
+        ModelConfig::from_value(&g2, "c").unwrap().final_softcap,
+        None
+    );
+
+    let mut g3 = base("gemma3_text");
+    g3["num_hidden_layers"] = json!(7);
+    g3["sliding_window_pattern"] = json!(3);
+    g3["rope_scaling"] = json!({"rope_type": "linear", "factor": 8.0});
+    let c = ModelConfig::from_value(&g3, "c").unwrap();
+    assert_eq!(
+        c.sliding_layers,
+        vec![true, true, false, true, true, false, true]
+    );
+    assert_eq!(c.sliding_window, Some(512));
+    assert_eq!(c.rope, RopeKind::Default { scale: 0.125 });
+    assert_eq!(c.rope_local_base, Some(10_000.0));
+    assert_eq!(c.rope_theta, 1_000_000.0);
+
+    let mut p = base("phi3");
+    p["head_dim"] = json!(8); // ignored: phi3 derives it
+    p["partial_rotary_factor"] = json!(0.5);
+    p["rope_scaling"] = json!({"type": "longrope", "long_factor": [1.0, 2.0, 3.0, 4.0],
+        "short_factor": [1.0, 1.0, 1.0, 1.0]});
+    let c = ModelConfig::from_value(&p, "c").unwrap();
+    assert_eq!((c.head_dim, c.rope_dims), (16, 8));
+    match c.rope {
+        RopeKind::Su {
+            long_factor,
+            max_position_embeddings,
+            original_max_position_embeddings,
+            ..
+        } => {
+            assert_eq!(long_factor, vec![1.0, 2.0, 3.0, 4.0]);
+            assert_eq!(
+                (max_position_embeddings, original_max_position_embeddings),
+                (131072.0, 4096.0)
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    p["rope_scaling"]["long_factor"] = json!([1.0, 2.0]);
+    let e = ModelConfig::from_value(&p, "c").unwrap_err();
+    assert!(
+        e.message.contains("long_factor has 2 entries"),
+        "{}",
+        e.message
+    );
+
+    let mut m = base("mixtral");
+    m["num_local_experts"] = json!(8);
+    let c = ModelConfig::from_value(&m, "c").unwrap();
+    let moe = c.moe.unwrap();
+    assert_eq!((moe.experts, moe.top_k, moe.intermediate), (8, 2, 128));
+    assert_eq!(moe.routing, super::super::moe::Routing::TopKSoftmax);
+    m["num_experts_per_tok"] = json!(9);
+    assert!(ModelConfig::from_value(&m, "c").is_err());
+
+    let mut q = base("qwen3_moe");
+    q["num_hidden_layers"] = json!(4);
+    q.as_object_mut().unwrap().extend(
+        json!({"num_experts": 16, "num_experts_per_tok": 4, "moe_intermediate_size": 32,
+               "norm_topk_prob": true, "decoder_sparse_step": 2, "mlp_only_layers": [3]})
+        .as_object()
+        .unwrap()
+        .clone(),
+    );
+    let moe = ModelConfig::from_value(&q, "c").unwrap().moe.unwrap();
+    assert_eq!(moe.layers, vec![false, true, false, false]);
+    assert_eq!(
+        moe.routing,
+        super::super::moe::Routing::SoftmaxTopK { norm: true }
+    );
+    q.as_object_mut().unwrap().remove("num_experts");
+    let e = ModelConfig::from_value(&q, "c").unwrap_err();
+    assert!(e.message.contains("experts"), "{}", e.message);
+}
+
+#[test]
+fn a_multimodal_gemma3_is_read_as_its_text_model() {
+    let mut text = base("gemma3_text");
+    text.as_object_mut().unwrap().remove("vocab_size");
+    text.as_object_mut().unwrap().remove("num_key_value_heads");
+    text.as_object_mut().unwrap().remove("eos_token_id");
+    let v = json!({"model_type": "gemma3", "text_config": text, "eos_token_id": [1, 106],
+        "quantization": {"group_size": 64, "bits": 4,
+            "language_model.model.layers.0.mlp.down_proj": {"group_size": 32, "bits": 8}}});
+    let c = ModelConfig::from_value(&v, "c").unwrap();
+    assert_eq!(c.model_type, "gemma3");
+    assert_eq!(c.family, Family::Gemma3Text);
+    assert_eq!(c.weight_prefix.as_deref(), Some("language_model."));
+    assert_eq!((c.vocab_size, c.num_kv_heads), (262_208, 4));
+    assert_eq!(c.eos_token_ids, vec![1, 106]);
+    assert_eq!(
+        c.quant_for("model.layers.0.mlp.down_proj"),
+        Some(QuantParams {
+            group_size: 32,
+            bits: 8
+        })
+    );
+    let e = ModelConfig::from_value(&json!({"model_type": "gemma3"}), "c").unwrap_err();
+    assert!(e.message.contains("text_config"), "{}", e.message);
+}
+
+#[test]
+fn a_known_unsupported_family_names_what_is_missing() {
+    let e = ModelConfig::from_value(&base("deepseek_v3"), "config.json").unwrap_err();
+    assert!(
+        e.message.contains("multi-head latent attention"),
+        "{}",
+        e.message
+    );
+    assert!(
+        e.message
+            .contains("gemma, gemma2, gemma3_text, gemma3, phi3, mixtral, qwen3_moe"),
+        "{}",
+        e.message
+    );
+}
+
+/// Every config of the fixture corpus (estimate/tests/fixtures/models, published
+/// checkpoints) whose family the engine runs parses; the others are refused by name.
+#[test]
+fn the_fixture_corpus_configs_parse() {
+    let root =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../estimate/tests/fixtures/models");
+    let mut parsed = Vec::new();
+    for entry in std::fs::read_dir(&root).unwrap() {
+        let path = entry.unwrap().path().join("config.json");
+        if !path.exists() {
+            continue;
+        }
+        let v: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let mt = v["model_type"].as_str().unwrap_or("").to_string();
+        match ModelConfig::from_value(&v, &path.display().to_string()) {
+            Ok(c) => {
+                assert_eq!(c.sliding_layers.len(), c.num_layers);
+                parsed.push(mt);
+            }
+            Err(e) => {
+                assert!(
+                    !SUPPORTED.contains(&mt.as_str()),
+                    "{}: {}",
+                    path.display(),
+                    e.message
+                );
+                assert!(e.message.contains(&format!("{mt:?}")), "{}", e.message);
+            }
+        }
+    }
+    for family in [
+        "gemma",
+        "gemma3_text",
+        "phi3",
+        "mixtral",
+        "llama",
+        "qwen2",
+        "qwen3",
+        "mistral",
+    ] {
+        assert!(
+            parsed.iter().any(|p| p == family),
+            "no {family} config in the corpus parsed: {parsed:?}"
+        );
+    }
+    assert!(parsed.iter().filter(|p| *p == "phi3").count() >= 3);
+    assert!(parsed.iter().filter(|p| *p == "mixtral").count() >= 3);
 }
 
 #[test]

@@ -32,6 +32,12 @@ pub fn check(bits: u8, cfg: &ModelConfig) -> Result<(), WorkerError> {
             "--kv-bits {bits} is not supported: use 4 or 8"
         )));
     }
+    if cfg.attn_softcap.is_some() {
+        return Err(load_failed(format!(
+            "--kv-bits is not supported for {}: its soft-capped attention has no quantized form (mlx-lm's neither)",
+            cfg.model_type
+        )));
+    }
     if cfg.head_dim % KV_GROUP_SIZE != 0 {
         return Err(load_failed(format!(
             "--kv-bits needs a head size divisible by {KV_GROUP_SIZE}; this model's is {}",

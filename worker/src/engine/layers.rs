@@ -1,5 +1,6 @@
-//! The building blocks of the decoder — linear (dense or MLX-quantized), embedding,
-//! RMS norm and rotary embedding — each computed exactly as mlx-lm's `mlx.nn` layers do.
+//! The building blocks of the decoder — linear (dense or MLX-quantized), embedding and
+//! RMS norm (rotary embeddings are in `rope.rs`) — each computed exactly as mlx-lm's
+//! `mlx.nn` layers do.
 
 use mlx_rs::{
     error::Exception,
@@ -9,7 +10,7 @@ use mlx_rs::{
 };
 use protocol::WorkerError;
 
-use super::config::{ModelConfig, QuantParams, RopeKind};
+use super::config::{ModelConfig, QuantParams};
 use super::error::{load_failed, MlxResultExt};
 use super::parallel::{self, Lanes};
 use super::weights::WeightStore;
@@ -29,7 +30,7 @@ pub struct QuantMatrix {
 }
 
 impl QuantMatrix {
-    fn take(
+    pub(super) fn take(
         store: &mut WeightStore,
         prefix: &str,
         cfg: &ModelConfig,
@@ -86,7 +87,7 @@ impl QuantMatrix {
     /// matrix once (the blocks, then their concatenation), as for a dense bf16 matrix's
     /// transpose — the figure the estimate plans (`estimate::compute`). Dequantization is
     /// elementwise within a row's groups: the blocks give the same values.
-    fn dequantized(&self, prefix: &str, transpose: bool) -> Result<Array, WorkerError> {
+    pub(super) fn dequantized(&self, prefix: &str, transpose: bool) -> Result<Array, WorkerError> {
         let what = format!("dequantizing {prefix}");
         let rows = *self.w.shape().first().unwrap_or(&0);
         let cols = (self.w.shape().last().copied().unwrap_or(0) as i64 * 32
@@ -412,93 +413,4 @@ impl RmsNorm {
     pub fn forward(&self, x: &Array) -> R<Array> {
         fast::rms_norm(x, Some(&self.weight), self.eps)
     }
-}
-
-/// Rotary position embedding (`nn.RoPE`, or mlx-lm's `Llama3RoPE`).
-pub struct Rope {
-    dims: i32,
-    traditional: bool,
-    base: Option<f32>,
-    scale: f32,
-    freqs: Option<Array>,
-}
-
-impl Rope {
-    pub fn new(cfg: &ModelConfig) -> Result<Rope, WorkerError> {
-        let dims = cfg.head_dim;
-        match cfg.rope {
-            RopeKind::Default { scale } => Ok(Rope {
-                dims,
-                traditional: cfg.rope_traditional,
-                base: Some(cfg.rope_theta),
-                scale,
-                freqs: None,
-            }),
-            RopeKind::Llama3 {
-                factor,
-                low_freq_factor,
-                high_freq_factor,
-                original_max_position_embeddings,
-            } => {
-                let freqs = llama3_freqs(
-                    dims,
-                    cfg.rope_theta,
-                    factor,
-                    low_freq_factor,
-                    high_freq_factor,
-                    original_max_position_embeddings,
-                )
-                .ctx("computing llama3 rope frequencies")?;
-                Ok(Rope {
-                    dims,
-                    traditional: cfg.rope_traditional,
-                    base: None,
-                    scale: 1.0,
-                    freqs: Some(freqs),
-                })
-            }
-        }
-    }
-
-    pub fn forward(&self, x: &Array, offset: i32) -> R<Array> {
-        fast::rope(
-            x,
-            self.dims,
-            self.traditional,
-            self.base,
-            self.scale,
-            offset,
-            self.freqs.as_ref(),
-        )
-    }
-}
-
-/// mlx-lm's `Llama3RoPE` frequencies, op for op (float32).
-fn llama3_freqs(dims: i32, base: f32, factor: f32, low: f32, high: f32, old_ctx: f32) -> R<Array> {
-    let f = |v: f64| Array::from_f32(v as f32);
-    let low_wavelen = old_ctx as f64 / low as f64;
-    let high_wavelen = old_ctx as f64 / high as f64;
-    let idx = ops::arange::<_, i32>(0, dims, 2)?.divide(Array::from_int(dims))?;
-    let freqs = ops::power(f(base as f64), &idx)?;
-    let wavelens = f(2.0 * std::f64::consts::PI).multiply(&freqs)?;
-    let freqs = ops::select(
-        &wavelens.gt(f(low_wavelen))?,
-        freqs.multiply(f(factor as f64))?,
-        &freqs,
-    )?;
-    let is_medium = wavelens
-        .gt(f(high_wavelen))?
-        .logical_and(wavelens.lt(f(low_wavelen))?)?;
-    let smooth = f(old_ctx as f64)
-        .divide(&wavelens)?
-        .subtract(f(low as f64))?
-        .divide(f(high as f64 - low as f64))?;
-    let denom = f(1.0)
-        .subtract(&smooth)?
-        .divide(f(factor as f64))?
-        .add(&smooth)?;
-    let smooth_freqs = freqs.divide(&denom)?;
-    let out = ops::select(&is_medium, &smooth_freqs, &freqs)?;
-    out.eval()?;
-    Ok(out)
 }

@@ -8,16 +8,20 @@
 //! The computation mirrors mlx-lm 0.32 op for op (same fast kernels, same casts, same
 //! cache layout, same prefill chunking), so greedy decoding gives the same tokens.
 
+mod attention;
 mod cache;
 mod chat;
 mod config;
 mod error;
+mod ffn;
 mod generate;
 mod kv_quant;
 mod layers;
 mod memory;
 mod model;
+mod moe;
 mod parallel;
+mod rope;
 pub(crate) mod sample;
 mod stop;
 mod tokenizer;
@@ -48,6 +52,19 @@ pub struct LoadOptions {
     pub matmul_lanes: usize,
     /// `--kv-bits`: quantize the full-attention KV caches to 4 or 8 bits (group 64).
     pub kv_bits: Option<u8>,
+}
+
+impl Default for LoadOptions {
+    /// mlx-lm's prefill chunk, the native dtype, one matmul lane per core, no KV
+    /// quantization.
+    fn default() -> LoadOptions {
+        LoadOptions {
+            prefill_chunk: estimate::DEFAULT_PREFILL_CHUNK as usize,
+            f32: false,
+            matmul_lanes: 0,
+            kv_bits: None,
+        }
+    }
 }
 
 /// What the serve loop is told, and asked, while the engine works.
@@ -104,10 +121,12 @@ impl Engine {
         } else {
             parallel::Lanes::new(opts.matmul_lanes)
         };
-        let mut store = weights::WeightStore::open(dir, opts.f32, &mut |done, total| {
-            hooks.progress(done, total)
-        })?
-        .with_lanes(lanes);
+        let prefix = cfg.weight_prefix.clone();
+        let mut store =
+            weights::WeightStore::open(dir, opts.f32, prefix.as_deref(), &mut |done, total| {
+                hooks.progress(done, total)
+            })?
+            .with_lanes(lanes);
         let mut cfg = cfg;
         if cfg.eos_token_ids.is_empty() {
             if let Some(id) = prompts

@@ -1,51 +1,32 @@
-//! The one decoder for Llama, Mistral, Qwen2 and Qwen3, with per-family switches
-//! (q/k/v bias, q/k RMSNorm, sliding-window layers), computed as mlx-lm computes it.
+//! The one decoder for every family (Llama, Mistral, Qwen2/3, Gemma 2/3, Phi-3, Mixtral,
+//! Qwen3-MoE), with per-family switches (norm placement, scaled embeddings, sliding-window
+//! layers, soft-capped logits), computed as mlx-lm computes it.
 
-use std::cell::RefCell;
-
-use mlx_rs::{error::Exception, ops, transforms::compile::compile, Array};
+use mlx_rs::{error::Exception, ops, Array};
 use protocol::WorkerError;
 
-use super::cache::{KvCache, LayerCache, Mask, RotatingKvCache};
-use super::config::{Family, ModelConfig};
+use super::attention::{norm, Attention};
+use super::cache::{causal_mask, KvCache, LayerCache, Mask, RotatingKvCache};
+use super::config::{Family, ModelConfig, RopeKind};
 use super::error::load_failed;
-use super::layers::{Embedding, Linear, RmsNorm, Rope};
+use super::ffn::{Activations, Ffn};
+use super::layers::{Embedding, Linear, RmsNorm};
+use super::rope::Rope;
 use super::weights::WeightStore;
 
 type R<T> = Result<T, Exception>;
 
-/// The compiled activation, kept for the model's lifetime so it is traced once.
-type Swiglu = Box<dyn for<'a> FnMut((&'a Array, &'a Array)) -> R<Array>>;
-
-/// mlx-lm's compiled `swiglu`: `silu(gate) * x`, fused the same way.
-fn swiglu_fn((gate, x): (&Array, &Array)) -> R<Array> {
-    gate.multiply(ops::sigmoid(gate)?)?.multiply(x)
-}
-
-struct Attention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
-    o_proj: Linear,
-    q_norm: Option<RmsNorm>,
-    k_norm: Option<RmsNorm>,
-    n_heads: i32,
-    n_kv_heads: i32,
-    scale: f32,
-}
-
-struct Mlp {
-    gate_proj: Linear,
-    up_proj: Linear,
-    down_proj: Linear,
-}
-
 struct Block {
     attn: Attention,
-    mlp: Mlp,
+    ffn: Ffn,
     input_layernorm: RmsNorm,
     post_attention_layernorm: RmsNorm,
+    /// Gemma: the norms around the MLP (and the attention output is normed too).
+    pre_feedforward_layernorm: Option<RmsNorm>,
+    post_feedforward_layernorm: Option<RmsNorm>,
     sliding: bool,
+    /// Gemma 3: float16 residuals are added in f32 and clipped.
+    clip_f16: bool,
 }
 
 /// A loaded decoder.
@@ -56,95 +37,68 @@ pub struct Model {
     norm: RmsNorm,
     lm_head: Option<Linear>,
     rope: Rope,
-    swiglu: RefCell<Swiglu>,
+    /// Gemma 3's sliding-window layers' RoPE (its own base, no scaling).
+    rope_local: Option<Rope>,
+    act: Activations,
 }
 
-impl Attention {
-    fn load(store: &mut WeightStore, p: &str, cfg: &ModelConfig) -> Result<Attention, WorkerError> {
-        let (d, hd) = (cfg.hidden_size, cfg.head_dim);
-        let (qd, kvd) = (cfg.num_heads * hd, cfg.num_kv_heads * hd);
-        let bias = cfg.attention_bias;
-        let qwen3 = cfg.family == Family::Qwen3;
-        let o_bias = bias && cfg.family != Family::Qwen2;
-        Ok(Attention {
-            q_proj: Linear::load(store, &format!("{p}.q_proj"), cfg, d, qd, bias)?,
-            k_proj: Linear::load(store, &format!("{p}.k_proj"), cfg, d, kvd, bias)?,
-            v_proj: Linear::load(store, &format!("{p}.v_proj"), cfg, d, kvd, bias)?,
-            o_proj: Linear::load(store, &format!("{p}.o_proj"), cfg, qd, d, o_bias)?,
-            q_norm: if qwen3 {
-                Some(RmsNorm::load(
-                    store,
-                    &format!("{p}.q_norm.weight"),
-                    hd,
-                    cfg.rms_norm_eps,
-                )?)
-            } else {
-                None
-            },
-            k_norm: if qwen3 {
-                Some(RmsNorm::load(
-                    store,
-                    &format!("{p}.k_norm.weight"),
-                    hd,
-                    cfg.rms_norm_eps,
-                )?)
-            } else {
-                None
-            },
-            n_heads: cfg.num_heads,
-            n_kv_heads: cfg.num_kv_heads,
-            scale: (hd as f64).powf(-0.5) as f32,
-        })
+impl Block {
+    fn forward(
+        &self,
+        h: &Array,
+        mask: &Mask,
+        cache: &mut LayerCache,
+        rope: &Rope,
+        act: &Activations,
+    ) -> R<Array> {
+        let r = self
+            .attn
+            .forward(&self.input_layernorm.forward(h)?, mask, cache, rope)?;
+        match (
+            &self.pre_feedforward_layernorm,
+            &self.post_feedforward_layernorm,
+        ) {
+            (Some(pre), Some(post)) => {
+                let h = self.residual(h, &self.post_attention_layernorm.forward(&r)?)?;
+                let r = self.ffn.forward(&pre.forward(&h)?, act)?;
+                self.residual(&h, &post.forward(&r)?)
+            }
+            _ => {
+                let h = h.add(&r)?;
+                let r = self
+                    .ffn
+                    .forward(&self.post_attention_layernorm.forward(&h)?, act)?;
+                h.add(&r)
+            }
+        }
     }
 
-    fn forward(&self, x: &Array, mask: &Mask, cache: &mut LayerCache, rope: &Rope) -> R<Array> {
-        let (b, l) = (x.dim(0), x.dim(1));
-        let q = self.q_proj.forward(x)?.reshape(&[b, l, self.n_heads, -1])?;
-        let k = self
-            .k_proj
-            .forward(x)?
-            .reshape(&[b, l, self.n_kv_heads, -1])?;
-        let v = self
-            .v_proj
-            .forward(x)?
-            .reshape(&[b, l, self.n_kv_heads, -1])?;
-        let q = match &self.q_norm {
-            Some(n) => n.forward(&q)?,
-            None => q,
-        };
-        let k = match &self.k_norm {
-            Some(n) => n.forward(&k)?,
-            None => k,
-        };
-        let perm = [0, 2, 1, 3];
-        let (q, k, v) = (
-            q.transpose_axes(&perm)?,
-            k.transpose_axes(&perm)?,
-            v.transpose_axes(&perm)?,
-        );
-        let offset = cache.offset();
-        let q = rope.forward(&q, offset)?;
-        let k = rope.forward(&k, offset)?;
-        let o = cache.attend(&q, &k, &v, self.scale, mask)?;
-        let o = o.transpose_axes(&perm)?.reshape(&[b, l, -1])?;
-        self.o_proj.forward(&o)
+    /// Gemma's residual add; Gemma 3 in float16 adds in f32 and clips to the f16 range
+    /// (mlx-lm's `clip_residual`).
+    fn residual(&self, x: &Array, y: &Array) -> R<Array> {
+        if !self.clip_f16 || x.dtype() != mlx_rs::Dtype::Float16 {
+            return x.add(y);
+        }
+        let f = mlx_rs::Dtype::Float32;
+        let bound = Array::from_f32(65504.0);
+        let s = x.as_dtype(f)?.add(y.as_dtype(f)?)?;
+        ops::clip(&s, (bound.negative()?, bound))?.as_dtype(mlx_rs::Dtype::Float16)
     }
 
     fn nbytes(&self) -> usize {
-        [&self.q_proj, &self.k_proj, &self.v_proj, &self.o_proj]
-            .iter()
-            .map(|l| l.nbytes())
-            .sum::<usize>()
-            + self.q_norm.as_ref().map_or(0, |n| n.weight.nbytes())
-            + self.k_norm.as_ref().map_or(0, |n| n.weight.nbytes())
-    }
-}
-
-impl Mlp {
-    fn forward(&self, x: &Array, swiglu: &RefCell<Swiglu>) -> R<Array> {
-        let (gate, up) = (self.gate_proj.forward(x)?, self.up_proj.forward(x)?);
-        let h = (swiglu.borrow_mut())((&gate, &up))?;
-        self.down_proj.forward(&h)
+        let norms = [
+            Some(&self.input_layernorm),
+            Some(&self.post_attention_layernorm),
+            self.pre_feedforward_layernorm.as_ref(),
+            self.post_feedforward_layernorm.as_ref(),
+        ];
+        self.attn.nbytes()
+            + self.ffn.nbytes()
+            + norms
+                .iter()
+                .flatten()
+                .map(|n| n.weight.nbytes())
+                .sum::<usize>()
     }
 }
 
@@ -152,34 +106,36 @@ impl Model {
     /// Builds the decoder from the weights; every tensor the config implies must be there.
     pub fn load(cfg: ModelConfig, store: &mut WeightStore) -> Result<Model, WorkerError> {
         let embed = Embedding::load(store, "model.embed_tokens", &cfg)?;
-        let (d, i, eps) = (cfg.hidden_size, cfg.intermediate_size, cfg.rms_norm_eps);
+        let d = cfg.hidden_size;
+        let sandwich = cfg.family.has_sandwich_norms();
         let mut layers = Vec::with_capacity(cfg.num_layers);
         for n in 0..cfg.num_layers {
             let p = format!("model.layers.{n}");
-            let mb = cfg.mlp_bias;
+            let extra =
+                |store: &mut WeightStore, name: &str| -> Result<Option<RmsNorm>, WorkerError> {
+                    if sandwich {
+                        Ok(Some(norm(store, &format!("{p}.{name}.weight"), d, &cfg)?))
+                    } else {
+                        Ok(None)
+                    }
+                };
             layers.push(Block {
                 attn: Attention::load(store, &format!("{p}.self_attn"), &cfg)?,
-                mlp: Mlp {
-                    gate_proj: Linear::load(store, &format!("{p}.mlp.gate_proj"), &cfg, d, i, mb)?,
-                    up_proj: Linear::load(store, &format!("{p}.mlp.up_proj"), &cfg, d, i, mb)?,
-                    down_proj: Linear::load(store, &format!("{p}.mlp.down_proj"), &cfg, i, d, mb)?,
-                },
-                input_layernorm: RmsNorm::load(
-                    store,
-                    &format!("{p}.input_layernorm.weight"),
-                    d,
-                    eps,
-                )?,
-                post_attention_layernorm: RmsNorm::load(
+                ffn: Ffn::load(store, n, &cfg)?,
+                input_layernorm: norm(store, &format!("{p}.input_layernorm.weight"), d, &cfg)?,
+                post_attention_layernorm: norm(
                     store,
                     &format!("{p}.post_attention_layernorm.weight"),
                     d,
-                    eps,
+                    &cfg,
                 )?,
+                pre_feedforward_layernorm: extra(store, "pre_feedforward_layernorm")?,
+                post_feedforward_layernorm: extra(store, "post_feedforward_layernorm")?,
                 sliding: cfg.sliding_layers.get(n).copied().unwrap_or(false),
+                clip_f16: cfg.family == Family::Gemma3Text,
             });
         }
-        let norm = RmsNorm::load(store, "model.norm.weight", d, eps)?;
+        let norm = norm(store, "model.norm.weight", d, &cfg)?;
         let tied = cfg
             .tie_word_embeddings
             .unwrap_or(!store.has("lm_head.weight"));
@@ -201,8 +157,21 @@ impl Model {
                 false,
             )?)
         };
-        let rope = Rope::new(&cfg)?;
-        let swiglu: Swiglu = Box::new(compile(swiglu_fn, true));
+        let rope = Rope::new(
+            &cfg.rope,
+            cfg.rope_dims,
+            cfg.rope_theta,
+            cfg.rope_traditional,
+        )?;
+        let rope_local = match cfg.rope_local_base {
+            Some(base) => Some(Rope::new(
+                &RopeKind::Default { scale: 1.0 },
+                cfg.rope_dims,
+                base,
+                false,
+            )?),
+            None => None,
+        };
         Ok(Model {
             cfg,
             embed,
@@ -210,7 +179,8 @@ impl Model {
             norm,
             lm_head,
             rope,
-            swiglu: RefCell::new(swiglu),
+            rope_local,
+            act: Activations::new(),
         })
     }
 
@@ -229,58 +199,75 @@ impl Model {
             .collect()
     }
 
+    /// The embeddings of `ids`, scaled by √hidden for Gemma (Gemma 2: the scalar in the
+    /// activations' dtype; Gemma 3: rounded to bf16 first, as mlx-lm writes each).
+    fn embed(&self, ids: &Array) -> R<Array> {
+        let h = self.embed.forward(ids)?;
+        let root = (self.cfg.hidden_size as f64).sqrt() as f32;
+        match self.cfg.family {
+            Family::Gemma | Family::Gemma2 => {
+                h.multiply(Array::from_f32(root).as_dtype(h.dtype())?)
+            }
+            Family::Gemma3Text => h.multiply(
+                Array::from_f32(root)
+                    .as_dtype(mlx_rs::Dtype::Bfloat16)?
+                    .as_dtype(h.dtype())?,
+            ),
+            _ => Ok(h),
+        }
+    }
+
     /// The final hidden states (after the norm) for `ids` of shape (1, L).
     pub fn hidden(&self, ids: &Array, caches: &mut [LayerCache]) -> R<Array> {
-        let mut h = self.embed.forward(ids)?;
+        let mut h = self.embed(ids)?;
         let n = ids.dim(1);
         let window = self.cfg.sliding_window.map(|w| w as i32);
         let full_idx = self.layers.iter().position(|l| !l.sliding);
         let swa_idx = self.layers.iter().position(|l| l.sliding);
-        let full_mask = match full_idx {
+        let mut full_mask = match full_idx {
             Some(i) => caches[i].make_mask(n, None)?,
             None => Mask::None,
         };
+        // The soft-capped attention core takes an explicit mask (mlx-lm's gemma2 asks
+        // for `return_array=True`).
+        if let (Mask::Causal, Some(i)) = (&full_mask, full_idx) {
+            if self.cfg.attn_softcap.is_some() {
+                full_mask = Mask::Array(causal_mask(n, caches[i].offset(), None)?);
+            }
+        }
         let swa_mask = match swa_idx {
             Some(i) => caches[i].make_mask(n, window)?,
             None => Mask::None,
         };
         for (layer, cache) in self.layers.iter().zip(caches.iter_mut()) {
-            let mask = if layer.sliding { &swa_mask } else { &full_mask };
-            let r =
-                layer
-                    .attn
-                    .forward(&layer.input_layernorm.forward(&h)?, mask, cache, &self.rope)?;
-            let hh = h.add(&r)?;
-            let r = layer
-                .mlp
-                .forward(&layer.post_attention_layernorm.forward(&hh)?, &self.swiglu)?;
-            h = hh.add(&r)?;
+            let (mask, rope) = if layer.sliding {
+                (&swa_mask, self.rope_local.as_ref().unwrap_or(&self.rope))
+            } else {
+                (&full_mask, &self.rope)
+            };
+            h = layer.forward(&h, mask, cache, rope, &self.act)?;
         }
         self.norm.forward(&h)
     }
 
     /// Logits for hidden states.
     pub fn logits(&self, h: &Array) -> R<Array> {
-        match &self.lm_head {
-            Some(head) => head.forward(h),
-            None => self.embed.as_linear(h),
+        let out = match &self.lm_head {
+            Some(head) => head.forward(h)?,
+            None => self.embed.as_linear(h)?,
+        };
+        match self.cfg.final_softcap {
+            Some(cap) => {
+                let cap = Array::from_f32(cap).as_dtype(out.dtype())?;
+                ops::tanh(out.divide(&cap)?)?.multiply(&cap)
+            }
+            None => Ok(out),
         }
     }
 
     /// Bytes of weights held.
     pub fn weight_bytes(&self) -> u64 {
-        let layers: usize = self
-            .layers
-            .iter()
-            .map(|l| {
-                l.attn.nbytes()
-                    + l.mlp.gate_proj.nbytes()
-                    + l.mlp.up_proj.nbytes()
-                    + l.mlp.down_proj.nbytes()
-                    + l.input_layernorm.weight.nbytes()
-                    + l.post_attention_layernorm.weight.nbytes()
-            })
-            .sum();
+        let layers: usize = self.layers.iter().map(Block::nbytes).sum();
         (layers
             + self.embed.nbytes()
             + self.norm.weight.nbytes()
@@ -299,7 +286,7 @@ impl Model {
             || self
                 .layers
                 .iter()
-                .any(|l| l.mlp.down_proj.is_quantized() || l.attn.q_proj.is_quantized())
+                .any(|l| l.ffn.is_quantized() || l.attn.is_quantized())
     }
 
     /// The compute dtype as reported (`float32`, `bfloat16 (quantized)`).

@@ -189,6 +189,7 @@ mod tests {
             quant_bits,
             group_size: 64,
             seed: 11,
+            options: Default::default(),
         }
     }
 
@@ -205,7 +206,7 @@ mod tests {
             crate::make_model::make_model(&spec(tmp.path(), "llama", quant_bits)).unwrap();
             let cfg = ModelConfig::load(tmp.path()).unwrap();
             let load = |lanes: Lanes, name: &str, inp: i32, out: i32| {
-                let mut store = WeightStore::open(tmp.path(), false, &mut |_, _| {})
+                let mut store = WeightStore::open(tmp.path(), false, None, &mut |_, _| {})
                     .unwrap()
                     .with_lanes(lanes);
                 Linear::load(&mut store, name, &cfg, inp, out, false).unwrap()

@@ -57,6 +57,7 @@ fn tiny(dir: &Path) -> Engine {
         quant_bits: None,
         group_size: 64,
         seed: 3,
+        options: Default::default(),
     };
     crate::make_model::make_model(&spec).unwrap();
     Engine::load(
@@ -288,6 +289,7 @@ fn make_model_is_deterministic() {
             quant_bits: Some(4),
             group_size: 32,
             seed: 9,
+            options: Default::default(),
         };
         crate::make_model::make_model(&spec).unwrap();
     }

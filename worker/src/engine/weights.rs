@@ -85,11 +85,14 @@ fn listed_weight_files(dir: &Path) -> Result<Vec<PathBuf>, WorkerError> {
 impl WeightStore {
     /// Opens every weight file of `dir`; `progress(done, total)` is told the bytes read.
     /// With `f32`, f16 and bf16 tensors are upcast as they are read (one tensor at a
-    /// time, so the peak is the f32 weights plus one tensor), and [`WeightStore::f32`]
+    /// time, largest first), and [`WeightStore::f32`]
     /// tells the layers to dequantize quantized matrices.
+    /// With `prefix`, only the tensors under it are kept, named without it (the others,
+    /// e.g. a vision tower, are never read).
     pub fn open(
         dir: &Path,
         f32: bool,
+        prefix: Option<&str>,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<WeightStore, WorkerError> {
         let files = weight_files(dir)?;
@@ -105,7 +108,21 @@ impl WeightStore {
             let arrays = Array::load_safetensors(file).map_err(|e| {
                 load_failed(format!("cannot read weights from {}: {e}", file.display()))
             })?;
+            // Largest first: while a tensor is upcast its stored copy is held too, so the
+            // load peaks at the f32 weights read so far plus one tensor in both dtypes; in
+            // this order the tensor read last, on top of nearly all the f32 weights, is the
+            // smallest. The order is the estimate's (`estimate::compute`), so the peak is
+            // planned exactly (a HashMap's order differs from run to run).
+            let mut arrays: Vec<(String, Array)> = arrays.into_iter().collect();
+            arrays.sort_by(|(an, a), (bn, b)| b.nbytes().cmp(&a.nbytes()).then_with(|| an.cmp(bn)));
             for (name, array) in arrays {
+                let name = match prefix {
+                    Some(p) => match name.strip_prefix(p) {
+                        Some(rest) => rest.to_string(),
+                        None => continue,
+                    },
+                    None => name,
+                };
                 // Scales and biases of quantized matrices stay as stored: `dequantize` gives
                 // the checkpoint's dtype, then upcast, as mlx-lm's `dequantize_model`.
                 let quant_part = name.ends_with(".scales") || name.ends_with(".biases");
@@ -119,12 +136,17 @@ impl WeightStore {
                 } else {
                     array
                 };
-                array.eval().map_err(|e| {
-                    load_failed(format!(
-                        "cannot read tensor {name} of {}: {e}",
-                        file.display()
-                    ))
-                })?;
+                // Per-expert MoE tensors stay lazy: the experts' stacking (moe.rs) reads
+                // them one at a time into the stacked buffer, so the per-expert copies
+                // never all exist next to it. Every other tensor is read here.
+                if !name.contains(".experts.") {
+                    array.eval().map_err(|e| {
+                        load_failed(format!(
+                            "cannot read tensor {name} of {}: {e}",
+                            file.display()
+                        ))
+                    })?;
+                }
                 map.insert(name, array);
             }
             done += size;
@@ -172,6 +194,11 @@ impl WeightStore {
                 self.dir.display()
             ))
         })
+    }
+
+    /// Puts a tensor in (one built from others, e.g. stacked experts).
+    pub fn insert(&mut self, name: String, array: Array) {
+        self.map.insert(name, array);
     }
 
     /// Takes a tensor out if present.

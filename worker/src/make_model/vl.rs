@@ -65,12 +65,14 @@ fn vision_specs(spec: &ModelSpec) -> Vec<TensorSpec> {
         shape: vec![o, i],
         init: Init::Normal(1.0 / (i as f64).sqrt()),
         quantize: false,
+        bits: None,
     };
     let vec_of = |name: String, n: i32, init| TensorSpec {
         name,
         shape: vec![n],
         init,
         quantize: false,
+        bits: None,
     };
     let fan_in = TEMPORAL * PATCH * PATCH * 3;
     let mut t = vec![TensorSpec {
@@ -78,6 +80,7 @@ fn vision_specs(spec: &ModelSpec) -> Vec<TensorSpec> {
         shape: vec![vd, TEMPORAL, PATCH, PATCH, 3],
         init: Init::Normal(1.0 / (fan_in as f64).sqrt()),
         quantize: false,
+        bits: None,
     }];
     for b in 0..spec.layers {
         let p = format!("vision_tower.blocks.{b}");

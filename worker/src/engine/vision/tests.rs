@@ -66,6 +66,7 @@ fn compare(dtype: &str, images: &[(u32, u32)]) -> f32 {
         quant_bits: None,
         group_size: 64,
         seed: 5,
+        options: Default::default(),
     };
     crate::make_model::make_model(&spec).unwrap();
     let cfg = ProcessorConfig::from_model_dir(&dir).unwrap();
