@@ -86,6 +86,7 @@ impl Session {
             sampling: Sampling::default(),
             stop: vec![],
             fault: None,
+            images: Vec::new(),
         }))
     }
 }

@@ -28,8 +28,11 @@ pub mod version {
     /// 1.2: the KV-cache quantization of a load (`LoadModel::kv_bits`,
     /// `GenerateModel::kv_bits`).
     pub const V1_2: Version = Version { major: 1, minor: 2 };
+    /// 1.3: the images of a vision-language prompt (`GenerateRequest::images`, worker
+    /// protocol 1.4), inside `GenerateModel::request`.
+    pub const V1_3: Version = Version { major: 1, minor: 3 };
     /// What this build speaks.
-    pub const CURRENT: Version = V1_2;
+    pub const CURRENT: Version = V1_3;
 }
 
 /// Client → daemon.

@@ -124,6 +124,7 @@ fn request(
             },
             stop: s.stop.clone().map(|s| s.into_vec()).unwrap_or_default(),
             fault,
+            images: Vec::new(),
         },
         context: None,
         keep_alive: None,
