@@ -3,6 +3,7 @@
 tests/vlm.rs. Prints one JSON object.
 
   vlm_reference.py generate DIR OUT_DIR MAX_TOKENS IMAGE...
+                   (no image: a text-only prompt; env VLM_QUESTION: the question)
   vlm_reference.py tower DIR PIXELS.f32 GRIDS_JSON OUT.f32
                    mlx-vlm's vision tower on the given pixel_values (little-endian f32,
                    rows of C*T*P*P) for the images of GRIDS_JSON ([[t, h, w], ...]); its
@@ -27,23 +28,31 @@ def generate(model_dir, out, max_tokens, images):
     from mlx_vlm import load, stream_generate
 
     model, processor = load(model_dir)
-    content = [{"type": "image"} for _ in images] + [{"type": "text", "text": "What is in the picture?"}]
+    question = os.environ.get("VLM_QUESTION", "What is in the picture?")
+    content = [{"type": "image"} for _ in images] + [{"type": "text", "text": question}]
     prompt = processor.tokenizer.apply_chat_template(
         [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True)
     pil = [Image.open(p).convert("RGB") for p in images]
-    inputs = processor(text=[prompt], images=pil, return_tensors="np")
-    np.asarray(inputs["pixel_values"], dtype="<f4").tofile(os.path.join(out, "pixel_values.f32"))
+    if pil:
+        inputs = processor(text=[prompt], images=pil, return_tensors="np")
+        np.asarray(inputs["pixel_values"], dtype="<f4").tofile(os.path.join(out, "pixel_values.f32"))
+        grids = np.asarray(inputs["image_grid_thw"]).tolist()
+        shape = list(np.asarray(inputs["pixel_values"]).shape)
+    else:
+        inputs = processor(text=[prompt], return_tensors="np")
+        grids, shape = [], []
     ids = np.asarray(inputs["input_ids"])
     tokens = []
-    for r in stream_generate(model, processor, prompt, image=list(images), max_tokens=max_tokens,
-                             temperature=0.0):
+    for r in stream_generate(model, processor, prompt, image=list(images) or None,
+                             max_tokens=max_tokens, temperature=0.0):
         tokens.append(int(r.token))
     print(json.dumps({
         "mlx": mx.__version__,
         "prompt": prompt,
         "image_tokens": int((ids == model.config.image_token_id).sum()),
-        "image_grid_thw": np.asarray(inputs["image_grid_thw"]).tolist(),
-        "pixel_values_shape": list(np.asarray(inputs["pixel_values"]).shape),
+        "input_ids": ids[0].tolist(),
+        "image_grid_thw": grids,
+        "pixel_values_shape": shape,
         "tokens": tokens,
     }))
 

@@ -16,6 +16,6 @@ mod smart_resize;
 pub use config::{ProcessorConfig, Rescale, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD};
 pub use decode::{decode_bytes, decode_file, RgbImage, MAX_FILE_BYTES, MAX_PIXELS};
 pub use error::ImageError;
-pub use patchify::{process_file, process_image, PixelValues};
+pub use patchify::{patchify, process_file, process_image, resize_for_model, PixelValues};
 pub use resample::resize_bicubic;
 pub use smart_resize::{image_tokens, smart_resize, MAX_ASPECT_RATIO};

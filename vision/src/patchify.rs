@@ -36,8 +36,32 @@ pub fn process_file(path: &Path, cfg: &ProcessorConfig) -> Result<PixelValues, I
 
 /// Processes a decoded image.
 pub fn process_image(img: &RgbImage, cfg: &ProcessorConfig) -> Result<PixelValues, String> {
+    patchify(&resize_for_model(img, cfg)?, cfg)
+}
+
+/// The smart resize alone: the image at the size the processor gives it (a multiple of
+/// the patch × merge factor, within the pixel limits), 8-bit RGB.
+pub fn resize_for_model(img: &RgbImage, cfg: &ProcessorConfig) -> Result<RgbImage, String> {
     let (rh, rw) = smart_resize(img.height, img.width, cfg)?;
-    let resized = resize_bicubic(img, rw, rh);
+    Ok(resize_bicubic(img, rw, rh))
+}
+
+/// Normalization and patchify of an image already at its processed size (what
+/// [`resize_for_model`] gives); any other size is an error.
+pub fn patchify(resized: &RgbImage, cfg: &ProcessorConfig) -> Result<PixelValues, String> {
+    let (rh, rw) = (resized.height, resized.width);
+    if resized.data.len() as u64 != u64::from(rh) * u64::from(rw) * 3 {
+        return Err(format!(
+            "{} bytes of RGB for a {rw}x{rh} image",
+            resized.data.len()
+        ));
+    }
+    if smart_resize(rh, rw, cfg)? != (rh, rw) {
+        return Err(format!(
+            "{rw}x{rh} is not a size the processor gives (a multiple of {} within the pixel limits)",
+            cfg.factor()
+        ));
+    }
     let table = normalize_table(cfg);
     let ps = cfg.patch_size as usize;
     let ms = cfg.merge_size as usize;

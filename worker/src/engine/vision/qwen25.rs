@@ -152,6 +152,28 @@ impl VisionTower {
         })
     }
 
+    /// Bytes of the tower's weights.
+    pub fn weight_bytes(&self) -> u64 {
+        let lin = |l: &Linear| l.w.nbytes() + l.b.nbytes();
+        let blocks: usize = self
+            .blocks
+            .iter()
+            .map(|b| {
+                b.norm1.nbytes()
+                    + b.norm2.nbytes()
+                    + [&b.qkv, &b.proj, &b.gate, &b.up, &b.down]
+                        .iter()
+                        .map(|l| lin(l))
+                        .sum::<usize>()
+            })
+            .sum();
+        (blocks
+            + self.patch_embed.nbytes()
+            + self.ln_q.nbytes()
+            + lin(&self.mlp0)
+            + lin(&self.mlp2)) as u64
+    }
+
     /// Runs the tower on `pixel_values` (N, C·T·P·P) for images of `grids` (t, h, w).
     pub fn forward(&self, pixel_values: &Array, grids: &[[i32; 3]]) -> R<Array> {
         self.forward_traced(pixel_values, grids, None)

@@ -14,7 +14,7 @@ use vision::{process_image, ProcessorConfig, RgbImage};
 
 use super::qwen25::{to_f32_vec, TowerConfig, VisionTower};
 
-fn repo() -> PathBuf {
+pub(super) fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .unwrap()
@@ -24,7 +24,7 @@ fn repo() -> PathBuf {
 /// The OpenBLAS this process runs MLX's matmuls with (the build links Debian's ahead of
 /// the wheel's reference BLAS), so the reference can be given the same one: the two BLAS
 /// libraries sum in different orders, which moves bf16 results by an ulp.
-fn own_openblas() -> Option<String> {
+pub(super) fn own_openblas() -> Option<String> {
     std::fs::read_to_string("/proc/self/maps")
         .ok()?
         .lines()
@@ -133,7 +133,7 @@ fn compare(dtype: &str, images: &[(u32, u32)]) -> f32 {
     max
 }
 
-fn have_reference() -> bool {
+pub(super) fn have_reference() -> bool {
     let present = repo().join(".venv-vlm/bin/python").exists();
     assert!(
         present || std::env::var_os("MLXSUP_SKIP_VLM").is_some(),
