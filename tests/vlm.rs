@@ -27,16 +27,16 @@ fn reference_python() -> Option<PathBuf> {
 }
 
 fn make(dir: &Path, extra: &[&str]) {
-    make_with(dir, "2", "3", extra);
+    make_with(dir, "qwen2_5_vl", "2", "3", extra);
 }
 
-fn make_with(dir: &Path, layers: &str, seed: &str, extra: &[&str]) {
+fn make_with(dir: &Path, arch: &str, layers: &str, seed: &str, extra: &[&str]) {
     let d = dir.to_str().expect("utf-8 path");
     let mut args = vec![
         "make-model",
         d,
         "--arch",
-        "qwen2_5_vl",
+        arch,
         "--hidden",
         "128",
         "--layers",
@@ -189,11 +189,20 @@ fn ids(v: &serde_json::Value) -> Vec<u64> {
 
 #[test]
 fn run_with_images_gives_mlx_vlm_tokens() {
+    run_with_images_as_mlx_vlm("qwen2_5_vl");
+}
+
+#[test]
+fn run_with_images_gives_mlx_vlm_tokens_qwen2_vl() {
+    run_with_images_as_mlx_vlm("qwen2_vl");
+}
+
+fn run_with_images_as_mlx_vlm(arch: &str) {
     let Some(py) = reference_python() else { return };
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("m");
     // A size and seed whose greedy tokens vary and depend on the images (measured).
-    make_with(&dir, "4", "7", &[]);
+    make_with(&dir, arch, "4", "7", &[]);
     let wide = tmp.path().join("wide_300x200.png");
     let tall = tmp.path().join("tall_97x160.png");
     png(&wide, 300, 200, 0);
@@ -248,7 +257,7 @@ fn run_with_images_gives_mlx_vlm_tokens() {
             .iter()
             .filter_map(|e| e["id"].as_u64())
             .collect();
-        assert_eq!(ours, theirs[..32], "{} image(s)", images.len());
+        assert_eq!(ours, theirs[..32], "{arch}, {} image(s)", images.len());
         // The preflight planned the images (the largest at its processed size).
         let est = run.named("estimate");
         let vision = &est.first().expect("an estimate event")["vision"];

@@ -119,6 +119,7 @@ pub const ARCHS: &[&str] = &[
     "mixtral",
     "qwen3_moe",
     "qwen2_5_vl",
+    "qwen2_vl",
 ];
 
 fn check(spec: &ModelSpec) -> Result<(), WorkerError> {
@@ -567,7 +568,7 @@ fn write_json(dir: &Path, name: &str, v: &Value) -> Result<(), WorkerError> {
 /// Writes the model folder described by `spec`; returns the bytes of weights written.
 pub fn make_model(spec: &ModelSpec) -> Result<u64, WorkerError> {
     check(spec)?;
-    if spec.arch == "qwen2_5_vl" {
+    if spec.arch == "qwen2_5_vl" || spec.arch == "qwen2_vl" {
         return vl::make(spec);
     }
     let dir = Path::new(&spec.dir);

@@ -25,6 +25,7 @@ pub const SUPPORTED: &[&str] = &[
     "mixtral",
     "qwen3_moe",
     "qwen2_5_vl",
+    "qwen2_vl",
 ];
 
 /// The decoder families, each a switch in the one shared decoder.
@@ -178,7 +179,7 @@ impl ModelConfig {
         if model_type == "gemma3" {
             return family::gemma3(v, source);
         }
-        if model_type == "qwen2_5_vl" {
+        if model_type == "qwen2_5_vl" || model_type == "qwen2_vl" {
             return super::vision::vl_model_config(v, source);
         }
         let family = match model_type.as_str() {

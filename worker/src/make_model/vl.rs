@@ -1,4 +1,6 @@
-//! `make-model --arch qwen2_5_vl`: a tiny deterministic Qwen2.5-VL folder in the layout
+//! `make-model --arch qwen2_5_vl | qwen2_vl`: a tiny deterministic Qwen2.5-VL (or
+//! Qwen2-VL: LayerNorm blocks with a GELU `fc1`/`fc2` MLP and no windows, `mlp_ratio` =
+//! `--intermediate` / `--hidden`, an integer) folder in the layout
 //! mlx-vlm loads (and mlx-community ships): the Qwen2 language model under
 //! `language_model.`, the vision tower under `vision_tower.` (patch embedding over 2-frame
 //! temporal patches in MLX's channels-last layout, RMS-normed blocks with a SwiGLU MLP,
@@ -41,13 +43,20 @@ pub(super) fn check_vl(spec: &ModelSpec) -> Result<(), WorkerError> {
     // mrope splits head_dim/2 into 1:1.5:1.5 sections; the vision rope uses head_dim/2.
     if !hd.is_multiple_of(16) {
         return Err(bad(format!(
-            "qwen2_5_vl needs hidden / heads to be a multiple of 16, got {hd}"
+            "{} needs hidden / heads to be a multiple of 16, got {hd}",
+            spec.arch
+        )));
+    }
+    if spec.arch == "qwen2_vl" && !spec.intermediate.is_multiple_of(spec.hidden) {
+        return Err(bad(format!(
+            "qwen2_vl needs --intermediate to be a multiple of --hidden (its mlp_ratio is an integer), got {} and {}",
+            spec.intermediate, spec.hidden
         )));
     }
     if spec.vocab < 300 + VISION_SPECIALS.len() as u32 {
         return Err(bad(format!(
-            "vocab {} is too small for qwen2_5_vl",
-            spec.vocab
+            "vocab {} is too small for {}",
+            spec.vocab, spec.arch
         )));
     }
     Ok(())
@@ -82,10 +91,17 @@ fn vision_specs(spec: &ModelSpec) -> Vec<TensorSpec> {
         quantize: false,
         bits: None,
     }];
+    let qwen2 = spec.arch == "qwen2_vl";
+    let norm = |t: &mut Vec<TensorSpec>, name: String| {
+        t.push(vec_of(format!("{name}.weight"), vd, Init::Ones));
+        if qwen2 {
+            t.push(vec_of(format!("{name}.bias"), vd, Init::Normal(0.02)));
+        }
+    };
     for b in 0..spec.layers {
         let p = format!("vision_tower.blocks.{b}");
-        t.push(vec_of(format!("{p}.norm1.weight"), vd, Init::Ones));
-        t.push(vec_of(format!("{p}.norm2.weight"), vd, Init::Ones));
+        norm(&mut t, format!("{p}.norm1"));
+        norm(&mut t, format!("{p}.norm2"));
         t.push(lin(format!("{p}.attn.qkv.weight"), 3 * vd, vd));
         t.push(vec_of(
             format!("{p}.attn.qkv.bias"),
@@ -98,11 +114,16 @@ fn vision_specs(spec: &ModelSpec) -> Vec<TensorSpec> {
             vd,
             Init::Normal(0.02),
         ));
-        for (name, o, i) in [
-            ("gate_proj", vi, vd),
-            ("up_proj", vi, vd),
-            ("down_proj", vd, vi),
-        ] {
+        let mlp: &[(&str, i32, i32)] = if qwen2 {
+            &[("fc1", vi, vd), ("fc2", vd, vi)]
+        } else {
+            &[
+                ("gate_proj", vi, vd),
+                ("up_proj", vi, vd),
+                ("down_proj", vd, vi),
+            ]
+        };
+        for &(name, o, i) in mlp {
             t.push(lin(format!("{p}.mlp.{name}.weight"), o, i));
             t.push(vec_of(
                 format!("{p}.mlp.{name}.bias"),
@@ -111,11 +132,7 @@ fn vision_specs(spec: &ModelSpec) -> Vec<TensorSpec> {
             ));
         }
     }
-    t.push(vec_of(
-        "vision_tower.merger.ln_q.weight".into(),
-        vd,
-        Init::Ones,
-    ));
+    norm(&mut t, "vision_tower.merger.ln_q".into());
     t.push(lin(
         "vision_tower.merger.mlp.0.weight".into(),
         merged,
@@ -246,6 +263,23 @@ fn config(spec: &ModelSpec, ids: &[usize; 8]) -> Value {
             "tokens_per_second": 2
         }
     });
+    if spec.arch == "qwen2_vl" {
+        c["architectures"] = json!(["Qwen2VLForConditionalGeneration"]);
+        c["model_type"] = json!("qwen2_vl");
+        c["vision_config"] = json!({
+            "model_type": "qwen2_vl",
+            "depth": spec.layers,
+            "embed_dim": spec.hidden,
+            "mlp_ratio": spec.intermediate / spec.hidden,
+            "num_heads": spec.heads,
+            "in_chans": 3,
+            "hidden_size": spec.hidden,
+            "patch_size": PATCH,
+            "spatial_merge_size": MERGE,
+            "spatial_patch_size": PATCH,
+            "temporal_patch_size": TEMPORAL
+        });
+    }
     if let (Some(c), Some(bits)) = (c.as_object_mut(), spec.quant_bits) {
         let q = json!({"group_size": spec.group_size, "bits": bits, "mode": "affine"});
         c.insert("quantization".into(), q.clone());
@@ -302,7 +336,7 @@ pub(super) fn make(spec: &ModelSpec) -> Result<u64, WorkerError> {
             "image_mean": [0.48145466, 0.4578275, 0.40821073],
             "image_std": [0.26862954, 0.26130258, 0.27577711],
             "image_processor_type": "Qwen2VLImageProcessor",
-            "processor_class": "Qwen2_5_VLProcessor"
+            "processor_class": if spec.arch == "qwen2_vl" { "Qwen2VLProcessor" } else { "Qwen2_5_VLProcessor" }
         }),
     )?;
     write_safetensors(&dir.join("model.safetensors"), &build(spec)?)

@@ -1,4 +1,4 @@
-//! Qwen2.5-VL generation against mlx-vlm 0.7.6's `stream_generate` (greedy, bf16) on a
+//! Qwen2.5-VL and Qwen2-VL generation against mlx-vlm 0.7.6's `stream_generate` (greedy, bf16) on a
 //! tiny random `make_model` folder: a text-only prompt, one image and two images of
 //! different sizes and aspects (PNGs made here), the same chat prompt (mlx-vlm's chat
 //! template with its image parts) — 32 tokens identical, and the prompt's ids (image
@@ -76,6 +76,15 @@ fn reference(dir: &Path, out: &Path, images: &[&std::path::PathBuf]) -> (Vec<u32
 
 #[test]
 fn qwen25_vl_generates_as_mlx_vlm() {
+    generates_as_mlx_vlm("qwen2_5_vl");
+}
+
+#[test]
+fn qwen2_vl_generates_as_mlx_vlm() {
+    generates_as_mlx_vlm("qwen2_vl");
+}
+
+fn generates_as_mlx_vlm(arch: &str) {
     if !have_reference() {
         return;
     }
@@ -86,7 +95,7 @@ fn qwen25_vl_generates_as_mlx_vlm() {
     // (smaller random folders repeat one token).
     let spec = ModelSpec {
         dir: dir.display().to_string(),
-        arch: "qwen2_5_vl".into(),
+        arch: arch.into(),
         hidden: 128,
         layers: 4,
         heads: 4,
@@ -141,11 +150,11 @@ fn qwen25_vl_generates_as_mlx_vlm() {
                 .generate_images(&req, &pixels, &opts, &mut ours)
                 .unwrap();
         }
-        eprintln!("{} image(s): {:?}", images.len(), ours.0);
+        eprintln!("{arch}, {} image(s): {:?}", images.len(), ours.0);
         assert_eq!(
             ours.0,
             theirs[..TOKENS],
-            "{} image(s): greedy tokens differ from mlx-vlm's",
+            "{arch}, {} image(s): greedy tokens differ from mlx-vlm's",
             images.len()
         );
         seen.push(ours.0);

@@ -1,10 +1,11 @@
-//! Vision-language models on MLX: Qwen2.5-VL's vision tower (`qwen25`), the language
+//! Vision-language models on MLX: Qwen2.5-VL's and Qwen2-VL's vision tower (`qwen25`), the language
 //! side's multimodal RoPE (`mrope`), and the image features spliced into the prompt's
 //! embeddings at the image placeholder tokens (`splice`), as mlx-vlm 0.7.6 does it.
 pub mod mrope;
 pub mod qwen25;
 pub mod run;
 pub mod splice;
+pub mod tower_config;
 
 use protocol::WorkerError;
 use serde_json::Value;
@@ -24,7 +25,7 @@ pub struct VlConfig {
     pub tower: TowerConfig,
 }
 
-/// A Qwen2.5-VL `config.json`: the text model's fields at the top level (or, in newer
+/// A Qwen2.5-VL or Qwen2-VL `config.json`: the text model's fields at the top level (or, in newer
 /// exports, under `text_config`), read as a Qwen2 decoder under `language_model.`, plus
 /// the vision tower's `vision_config` and the vision token ids (mlx-vlm's defaults when
 /// absent).
@@ -92,7 +93,11 @@ pub fn vl_model_config(v: &Value, source: &str) -> Result<ModelConfig, WorkerErr
             tower.out_hidden, cfg.hidden_size
         )));
     }
-    cfg.model_type = "qwen2_5_vl".into();
+    cfg.model_type = v
+        .get("model_type")
+        .and_then(Value::as_str)
+        .unwrap_or("qwen2_5_vl")
+        .into();
     cfg.weight_prefix = Some("language_model.".into());
     cfg.vl = Some(VlConfig {
         tokens,

@@ -1,4 +1,6 @@
-//! Qwen2.5-VL's vision tower, op for op as mlx-vlm's `qwen2_5_vl/vision.py`: the patch
+//! Qwen2.5-VL's vision tower, op for op as mlx-vlm's `qwen2_5_vl/vision.py` (and
+//! Qwen2-VL's, `qwen2_vl/vision.py`: LayerNorm blocks with a GELU MLP, full attention
+//! per image, a LayerNorm merger — the switches of [`TowerConfig::qwen2`]): the patch
 //! embedding (a Conv3d over 2-frame temporal patches, stride = kernel), the 2D rotary
 //! embedding (row and column positions, each on half the rotary dims), window attention
 //! (windows of `window_size` px over merged 2×2 units) with the full-attention blocks
@@ -8,73 +10,10 @@
 use std::collections::HashMap;
 
 use mlx_rs::{error::Exception, fast, ops, ops::indexing::IndexOp, Array, Dtype};
-use serde_json::Value;
 
 type R<T> = Result<T, Exception>;
 
-/// `vision_config` of a Qwen2.5-VL `config.json`.
-#[derive(Clone, Debug, PartialEq)]
-pub struct TowerConfig {
-    pub depth: usize,
-    pub hidden: i32,
-    pub heads: i32,
-    pub intermediate: i32,
-    pub out_hidden: i32,
-    pub patch: i32,
-    pub temporal: i32,
-    pub merge: i32,
-    pub window: i32,
-    pub in_channels: i32,
-    pub fullatt: Vec<usize>,
-}
-
-impl TowerConfig {
-    /// Reads `vision_config` of a parsed `config.json`; errors name the field.
-    pub fn from_config(config: &Value) -> Result<TowerConfig, String> {
-        let v = config
-            .get("vision_config")
-            .ok_or("config.json has no vision_config")?;
-        let int = |key: &str, default: Option<i64>| -> Result<i32, String> {
-            match v.get(key).and_then(Value::as_i64).or(default) {
-                Some(n) if (1..=1 << 20).contains(&n) => Ok(n as i32),
-                _ => Err(format!(
-                    "vision_config.{key}: missing or not a positive integer"
-                )),
-            }
-        };
-        let depth = int("depth", None)? as usize;
-        let hidden = int("hidden_size", None)?;
-        let heads = int("num_heads", None)?;
-        if hidden % heads != 0 || (hidden / heads) % 4 != 0 {
-            return Err(format!(
-                "vision_config: hidden_size {hidden} / num_heads {heads} must be a multiple of 4"
-            ));
-        }
-        let fullatt = v
-            .get("fullatt_block_indexes")
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(Value::as_u64)
-                    .map(|i| i as usize)
-                    .collect()
-            })
-            .unwrap_or_default();
-        Ok(TowerConfig {
-            depth,
-            hidden,
-            heads,
-            intermediate: int("intermediate_size", None)?,
-            out_hidden: int("out_hidden_size", None)?,
-            patch: int("patch_size", Some(14))?,
-            temporal: int("temporal_patch_size", Some(2))?,
-            merge: int("spatial_merge_size", Some(2))?,
-            window: int("window_size", Some(112))?,
-            in_channels: int("in_chans", Some(3))?,
-            fullatt,
-        })
-    }
-}
+pub use super::tower_config::TowerConfig;
 
 struct Linear {
     w: Array,
@@ -87,14 +26,61 @@ impl Linear {
     }
 }
 
+/// RMSNorm (Qwen2.5-VL) or LayerNorm with a bias (Qwen2-VL), eps 1e-6.
+struct Norm {
+    w: Array,
+    b: Option<Array>,
+}
+
+impl Norm {
+    fn forward(&self, x: &Array) -> R<Array> {
+        match &self.b {
+            None => fast::rms_norm(x, Some(&self.w), EPS),
+            Some(b) => fast::layer_norm(x, Some(&self.w), Some(b), EPS),
+        }
+    }
+
+    fn nbytes(&self) -> usize {
+        self.w.nbytes() + self.b.as_ref().map_or(0, Array::nbytes)
+    }
+}
+
+enum Mlp {
+    /// Qwen2.5-VL: `down(silu(gate(x)) * up(x))`.
+    SwiGlu {
+        gate: Linear,
+        up: Linear,
+        down: Linear,
+    },
+    /// Qwen2-VL: `fc2(gelu_fast_approx(fc1(x)))`.
+    Gelu { fc1: Linear, fc2: Linear },
+}
+
+impl Mlp {
+    fn forward(&self, h: &Array) -> R<Array> {
+        match self {
+            Mlp::SwiGlu { gate, up, down } => {
+                let g = mlx_rs::nn::silu(gate.forward(h)?)?;
+                down.forward(&ops::multiply(&g, &up.forward(h)?)?)
+            }
+            Mlp::Gelu { fc1, fc2 } => fc2.forward(&gelu_fast(&fc1.forward(h)?)?),
+        }
+    }
+
+    fn linears(&self) -> Vec<&Linear> {
+        match self {
+            Mlp::SwiGlu { gate, up, down } => vec![gate, up, down],
+            Mlp::Gelu { fc1, fc2 } => vec![fc1, fc2],
+        }
+    }
+}
+
 struct Block {
-    norm1: Array,
-    norm2: Array,
+    norm1: Norm,
+    norm2: Norm,
     qkv: Linear,
     proj: Linear,
-    gate: Linear,
-    up: Linear,
-    down: Linear,
+    mlp: Mlp,
 }
 
 /// The tower's weights.
@@ -102,7 +88,7 @@ pub struct VisionTower {
     cfg: TowerConfig,
     patch_embed: Array,
     blocks: Vec<Block>,
-    ln_q: Array,
+    ln_q: Norm,
     mlp0: Linear,
     mlp2: Linear,
 }
@@ -126,25 +112,53 @@ impl VisionTower {
         let mut blocks = Vec::with_capacity(cfg.depth);
         for i in 0..cfg.depth {
             let p = format!("blocks.{i}");
+            let mlp = if cfg.qwen2 {
+                Mlp::Gelu {
+                    fc1: linear(&format!("{p}.mlp.fc1"))?,
+                    fc2: linear(&format!("{p}.mlp.fc2"))?,
+                }
+            } else {
+                Mlp::SwiGlu {
+                    gate: linear(&format!("{p}.mlp.gate_proj"))?,
+                    up: linear(&format!("{p}.mlp.up_proj"))?,
+                    down: linear(&format!("{p}.mlp.down_proj"))?,
+                }
+            };
             blocks.push(Block {
                 qkv: linear(&format!("{p}.attn.qkv"))?,
                 proj: linear(&format!("{p}.attn.proj"))?,
-                gate: linear(&format!("{p}.mlp.gate_proj"))?,
-                up: linear(&format!("{p}.mlp.up_proj"))?,
-                down: linear(&format!("{p}.mlp.down_proj"))?,
-                norm1: Array::from_int(0),
-                norm2: Array::from_int(0),
+                mlp,
+                norm1: Norm {
+                    w: Array::from_int(0),
+                    b: None,
+                },
+                norm2: Norm {
+                    w: Array::from_int(0),
+                    b: None,
+                },
             });
         }
         let mlp0 = linear("merger.mlp.0")?;
         let mlp2 = linear("merger.mlp.2")?;
+        let qwen2 = cfg.qwen2;
+        let mut norm = |name: &str| -> Result<Norm, String> {
+            Ok(Norm {
+                w: take(&format!("{name}.weight"))?,
+                b: if qwen2 {
+                    Some(take(&format!("{name}.bias"))?)
+                } else {
+                    None
+                },
+            })
+        };
         for (i, b) in blocks.iter_mut().enumerate() {
-            b.norm1 = take(&format!("blocks.{i}.norm1.weight"))?;
-            b.norm2 = take(&format!("blocks.{i}.norm2.weight"))?;
+            b.norm1 = norm(&format!("blocks.{i}.norm1"))?;
+            b.norm2 = norm(&format!("blocks.{i}.norm2"))?;
         }
+        let ln_q = norm("merger.ln_q")?;
         Ok(VisionTower {
             patch_embed: take("patch_embed.proj.weight")?,
-            ln_q: take("merger.ln_q.weight")?,
+            ln_q,
             blocks,
             mlp0,
             mlp2,
@@ -161,10 +175,9 @@ impl VisionTower {
             .map(|b| {
                 b.norm1.nbytes()
                     + b.norm2.nbytes()
-                    + [&b.qkv, &b.proj, &b.gate, &b.up, &b.down]
-                        .iter()
-                        .map(|l| lin(l))
-                        .sum::<usize>()
+                    + lin(&b.qkv)
+                    + lin(&b.proj)
+                    + b.mlp.linears().into_iter().map(lin).sum::<usize>()
             })
             .sum();
         (blocks
@@ -199,7 +212,19 @@ impl VisionTower {
         let seq = x.shape()[0];
 
         let rotary = self.rotary(grids)?;
-        let (window_index, cu_window) = window_index(c, grids);
+        let mut cu_full = vec![0i32];
+        for g in grids {
+            for _ in 0..g[0] {
+                let last = *cu_full.last().unwrap_or(&0);
+                cu_full.push(last + g[1] * g[2]);
+            }
+        }
+        // Qwen2-VL has no windows: every block attends per image, in the processor's order.
+        let (window_index, cu_window) = if c.qwen2 {
+            ((0..seq / unit).collect(), cu_full.clone())
+        } else {
+            window_index(c, grids)
+        };
         let order = Array::from_slice(&window_index, &[window_index.len() as i32]);
         let regroup = |a: &Array, last: i32| -> R<Array> {
             a.reshape(&[seq / unit, unit, -1])?
@@ -213,32 +238,22 @@ impl VisionTower {
         }
         let rotary = regroup(&rotary, head_dim / 2)?;
         let (cos, sin) = rotary_tables(&rotary)?;
-
-        let mut cu_full = vec![0i32];
-        for g in grids {
-            for _ in 0..g[0] {
-                let last = *cu_full.last().unwrap_or(&0);
-                cu_full.push(last + g[1] * g[2]);
-            }
-        }
         for (i, b) in self.blocks.iter().enumerate() {
             let cu = if c.fullatt.contains(&i) {
                 &cu_full
             } else {
                 &cu_window
             };
-            let h = fast::rms_norm(&x, Some(&b.norm1), EPS)?;
+            let h = b.norm1.forward(&x)?;
             let a = self.attention(b, &h, cu, &cos, &sin)?;
             x = ops::add(&x, &a)?;
-            let h = fast::rms_norm(&x, Some(&b.norm2), EPS)?;
-            let gate = mlx_rs::nn::silu(b.gate.forward(&h)?)?;
-            let m = b.down.forward(&ops::multiply(&gate, &b.up.forward(&h)?)?)?;
+            let m = b.mlp.forward(&b.norm2.forward(&x)?)?;
             x = ops::add(&x, &m)?;
             if let Some(t) = trace.as_deref_mut() {
                 t.push(x.clone());
             }
         }
-        let x = fast::rms_norm(&x, Some(&self.ln_q), EPS)?.reshape(&[-1, c.hidden * unit])?;
+        let x = self.ln_q.forward(&x)?.reshape(&[-1, c.hidden * unit])?;
         let x = gelu(&self.mlp0.forward(&x)?)?;
         let x = self.mlp2.forward(&x)?;
         let reverse = ops::argsort_axis(&order, 0)?;
@@ -340,6 +355,13 @@ fn gelu(x: &Array) -> R<Array> {
     let c = |v: f32| Array::from_f32(v).as_dtype(x.dtype());
     let inner = ops::erf(ops::divide(x, c(std::f32::consts::SQRT_2)?)?)?;
     ops::divide(ops::multiply(x, ops::add(c(1.0)?, &inner)?)?, c(2.0)?)
+}
+
+/// mlx's `nn.gelu_fast_approx`, `x * sigmoid(1.702 * x)`, the constant in `x`'s dtype
+/// (a weakly typed Python scalar in the reference).
+fn gelu_fast(x: &Array) -> R<Array> {
+    let k = Array::from_f32(1.702).as_dtype(x.dtype())?;
+    ops::multiply(x, &ops::sigmoid(&ops::multiply(&k, x)?)?)
 }
 
 fn rotate_half(x: &Array) -> R<Array> {

@@ -1,4 +1,4 @@
-//! The Qwen2.5-VL tower against mlx-vlm's (0.7.6, .venv-vlm) on tiny random folders from
+//! The Qwen2.5-VL and Qwen2-VL towers against mlx-vlm's (0.7.6, .venv-vlm) on tiny random folders from
 //! `make_model`, with pixel values from the `vision` crate for images made here (one and
 //! two, different sizes and aspects, windows cut at the edges). The reference runs with
 //! the OpenBLAS this process uses (`LD_PRELOAD`): with the wheel's own BLAS, bf16 results
@@ -49,13 +49,13 @@ fn picture(w: u32, h: u32, seed: u32) -> RgbImage {
     }
 }
 
-fn compare(dtype: &str, images: &[(u32, u32)]) -> f32 {
+fn compare(arch: &str, dtype: &str, images: &[(u32, u32)]) -> f32 {
     let py = repo().join(".venv-vlm/bin/python");
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("m");
     let spec = ModelSpec {
         dir: dir.display().to_string(),
-        arch: "qwen2_5_vl".into(),
+        arch: arch.into(),
         hidden: 128,
         layers: 3,
         heads: 4,
@@ -128,7 +128,7 @@ fn compare(dtype: &str, images: &[(u32, u32)]) -> f32 {
         .map(|(a, b)| (a - b).abs())
         .fold(0f32, f32::max);
     let scale = theirs.iter().map(|v| v.abs()).fold(0f32, f32::max);
-    eprintln!("{dtype} {images:?}: max |ours - mlx-vlm| = {max:e} (outputs up to {scale})");
+    eprintln!("{arch} {dtype} {images:?}: max |ours - mlx-vlm| = {max:e} (outputs up to {scale})");
     assert!(scale > 0.1, "a flat output proves nothing: {scale}");
     max
 }
@@ -152,7 +152,21 @@ fn qwen25_tower_matches_mlx_vlm() {
     for dtype in ["f32", "bf16"] {
         for images in [&[(300, 200)][..], &[(300, 200), (97, 160)][..]] {
             // Measured: f32 within 1e-6, bf16 bit-identical (with the same BLAS).
-            let max = compare(dtype, images);
+            let max = compare("qwen2_5_vl", dtype, images);
+            assert!(max <= 1e-3, "{dtype} {images:?}: {max} over 1e-3");
+        }
+    }
+}
+
+#[test]
+fn qwen2_tower_matches_mlx_vlm() {
+    if !have_reference() {
+        return;
+    }
+    // Qwen2-VL: LayerNorm blocks, the GELU MLP, full attention per image.
+    for dtype in ["f32", "bf16"] {
+        for images in [&[(300, 200)][..], &[(300, 200), (97, 160)][..]] {
+            let max = compare("qwen2_vl", dtype, images);
             assert!(max <= 1e-3, "{dtype} {images:?}: {max} over 1e-3");
         }
     }
