@@ -188,3 +188,70 @@ fn health_and_ps_answer_plain_http() {
     assert!(ps["models"][0]["footprint_bytes"].as_u64().unwrap() > 0);
     std::thread::sleep(Duration::from_millis(10));
 }
+
+#[test]
+fn image_url_data_urls_give_the_text_of_run_and_remote_urls_are_400() {
+    let vl = tempfile::tempdir().unwrap();
+    let model = vl.path().join("vl");
+    let m = model.to_str().unwrap();
+    let made = mlxsup_tests::mlxsup(&[
+        "make-model",
+        m,
+        "--arch",
+        "qwen2_5_vl",
+        "--hidden",
+        "128",
+        "--layers",
+        "4",
+        "--heads",
+        "4",
+        "--kv-heads",
+        "2",
+        "--intermediate",
+        "256",
+        "--vocab",
+        "1024",
+        "--seed",
+        "7",
+    ]);
+    assert_eq!(made.code, Some(0), "{}", made.stderr);
+    let png = vl.path().join("wide.png");
+    image::ImageBuffer::from_fn(300, 200, |x, y| {
+        image::Rgb(
+            [0u32, 1, 2].map(|c| ((x * (3 + c) + y * 5 + c * 70 + (x * y) % 17) % 256) as u8),
+        )
+    })
+    .save(&png)
+    .unwrap();
+    let prompt = "Describe the picture.";
+    let run = mlxsup_tests::mlxsup(&[
+        "run",
+        m,
+        "--image",
+        png.to_str().unwrap(),
+        "--prompt",
+        prompt,
+        "--max-tokens",
+        "12",
+        "--json",
+    ]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let text: String = run
+        .named("token")
+        .iter()
+        .filter_map(|e| e["text"].as_str())
+        .collect();
+    let (_d, base) = http(&["--models", vl.path().to_str().unwrap()]);
+    let v = openai(&base, "image", &["vl", prompt, "12", png.to_str().unwrap()]);
+    assert_eq!(v["text"], text.as_str(), "{v:#}");
+    assert_eq!(v["usage"]["completion_tokens"], 12, "{v:#}");
+    assert_eq!(v["remote"][0], 400, "{v:#}");
+    assert_eq!(v["remote"][1], "messages[0].content[0].image_url", "{v:#}");
+    assert!(
+        v["remote"][2]
+            .as_str()
+            .unwrap_or("")
+            .contains("no outbound requests"),
+        "{v:#}"
+    );
+}

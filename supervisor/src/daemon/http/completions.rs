@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     error::ApiError,
+    images::{self, RawImage},
     openai::{
         AssistantMessage, ChatChoice, ChatChunk, ChatCompletion, ChatRequest, ChunkChoice,
         CompletionRequest, Content, Delta, PromptText, Sampling, TextChoice, TextCompletion, Usage,
@@ -135,20 +136,35 @@ fn request(
     })
 }
 
-fn chat_prompt(req: &ChatRequest) -> Result<Prompt, ApiError> {
+fn chat_prompt(req: &ChatRequest) -> Result<(Prompt, Vec<RawImage>), ApiError> {
     if req.messages.is_empty() {
         return Err(ApiError::bad_request("messages", "messages is empty"));
     }
     let mut out = Vec::with_capacity(req.messages.len());
+    let mut images = Vec::new();
     for (i, m) in req.messages.iter().enumerate() {
         let content = match &m.content {
             None => String::new(),
             Some(Content::Text(t)) => t.clone(),
             Some(Content::Parts(parts)) => {
                 let mut text = String::new();
-                for p in parts {
+                for (j, p) in parts.iter().enumerate() {
                     match (p.kind.as_str(), &p.text) {
                         ("text", Some(t)) => text.push_str(t),
+                        ("image_url", _) => {
+                            let param = format!("messages[{i}].content[{j}].image_url");
+                            let Some(u) = &p.image_url else {
+                                return Err(ApiError::bad_request(
+                                    &param,
+                                    "an image_url part without its image_url object",
+                                ));
+                            };
+                            images.push(RawImage {
+                                message: i as u32,
+                                param,
+                                url: u.url.clone(),
+                            });
+                        }
                         (kind, _) => {
                             return Err(ApiError::bad_request(
                                 &format!("messages[{i}].content"),
@@ -167,7 +183,7 @@ fn chat_prompt(req: &ChatRequest) -> Result<Prompt, ApiError> {
             content,
         });
     }
-    Ok(Prompt::Chat(out))
+    Ok((Prompt::Chat(out), images))
 }
 
 fn text_prompt(req: &CompletionRequest) -> Result<Prompt, ApiError> {
@@ -192,8 +208,20 @@ pub async fn chat(
 ) -> Response {
     let result = async {
         let Json(req) = body.map_err(json_error)?;
-        let prompt = chat_prompt(&req)?;
-        let gen = request(&app, &req.sampling, prompt, &headers)?;
+        let (prompt, raw) = chat_prompt(&req)?;
+        let mut gen = request(&app, &req.sampling, prompt, &headers)?;
+        if !raw.is_empty() {
+            let dir = app
+                .shared
+                .registry
+                .resolve(&req.sampling.model)
+                .map_err(ApiError::not_found)?;
+            gen.request.images = tokio::task::spawn_blocking(move || images::prepare(&dir, &raw))
+                .await
+                .map_err(|e| {
+                    ApiError::bad_request("messages", format!("decoding the images failed: {e}"))
+                })??;
+        }
         Ok::<_, ApiError>((gen, req.sampling))
     }
     .await;

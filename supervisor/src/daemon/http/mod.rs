@@ -6,6 +6,7 @@
 
 pub mod completions;
 pub mod error;
+pub mod images;
 pub mod openai;
 
 use std::sync::Arc;
