@@ -189,20 +189,26 @@ fn ids(v: &serde_json::Value) -> Vec<u64> {
 
 #[test]
 fn run_with_images_gives_mlx_vlm_tokens() {
-    run_with_images_as_mlx_vlm("qwen2_5_vl");
+    run_with_images_as_mlx_vlm("qwen2_5_vl", &[]);
+}
+
+#[test]
+fn run_with_images_gives_mlx_vlm_tokens_4bit() {
+    // 4-bit language weights, the tower in bf16 (as mlx-community ships them).
+    run_with_images_as_mlx_vlm("qwen2_5_vl", &["--quant-bits", "4"]);
 }
 
 #[test]
 fn run_with_images_gives_mlx_vlm_tokens_qwen2_vl() {
-    run_with_images_as_mlx_vlm("qwen2_vl");
+    run_with_images_as_mlx_vlm("qwen2_vl", &[]);
 }
 
-fn run_with_images_as_mlx_vlm(arch: &str) {
+fn run_with_images_as_mlx_vlm(arch: &str, extra: &[&str]) {
     let Some(py) = reference_python() else { return };
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("m");
     // A size and seed whose greedy tokens vary and depend on the images (measured).
-    make_with(&dir, arch, "4", "7", &[]);
+    make_with(&dir, arch, "4", "7", extra);
     let wide = tmp.path().join("wide_300x200.png");
     let tall = tmp.path().join("tall_97x160.png");
     png(&wide, 300, 200, 0);
