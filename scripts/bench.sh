@@ -63,4 +63,6 @@ echo "== 8. the CPU compute dtype (issue 14): mlxsup run auto / native vs mlx-lm
 scripts/bench_compute.sh | tee "$out/compute.md"
 echo "== 9. model families (issue 13): a Gemma 2 and a Mixtral vs mlx-lm, predicted vs measured peak"
 scripts/bench_families.sh | tee "$out/families.md"
+echo "== 10. Memory model accuracy (issue 12): predicted vs measured MLX peak, built-in and after calibrate"
+scripts/bench_accuracy.sh | tee "$out/accuracy.md"
 echo "results in $out/"

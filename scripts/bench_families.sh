@@ -9,7 +9,8 @@
 # ~240 prompt tokens, 64 generated; each run one fresh process and one generation,
 # interleaved (ours, mlx-lm, then mlx-lm, ours, …) ${RUNS:-3} rounds; medians.
 # Prompt tps = prompt tokens / time to the first token; generation tps = tokens after the
-# first / their time; peak = MLX's peak memory; predicted = the run's estimate total_bytes.
+# first / their time; peak = MLX's peak memory; predicted = the estimate at the context
+# the run used (`done.estimate_used_bytes`), beside the plan at --context 1024.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 py=.venv/bin/python
@@ -39,7 +40,7 @@ for line in sys.stdin:
 d, l, est = ev["done"], ev["loaded"], ev["estimate"]
 print(json.dumps({"engine": "mlxsup " + sys.argv[2], "model": sys.argv[1], "prompt_tokens": d["prompt_tokens"],
   "generated_tokens": d["generated_tokens"], "prompt_tps": d["prompt_tps"], "generation_tps": d["generation_tps"],
-  "peak_bytes": d["peak_bytes"], "predicted_bytes": est["total_bytes"], "compute_dtype": l["compute_dtype"]}))' "$1" "$2"
+  "peak_bytes": d["peak_bytes"], "predicted_bytes": d["estimate_used_bytes"], "planned_bytes": est["total_bytes"], "compute_dtype": l["compute_dtype"]}))' "$1" "$2"
 }
 
 for dir in "$gemma" "$moe"; do
@@ -66,8 +67,8 @@ $py - "$log" <<'PY'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 mb = lambda b: f"{b / 2**20:.0f} MiB"
-print("| model | mlxsup run | compute dtype | prompt tok/s (ours / mlx-lm) | × | gen tok/s (ours / mlx-lm) | × | MLX peak (ours / mlx-lm) | predicted total (ours) | predicted / peak |")
-print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
+print("| model | mlxsup run | compute dtype | prompt tok/s (ours / mlx-lm) | × | gen tok/s (ours / mlx-lm) | × | MLX peak (ours / mlx-lm) | planned at 1024 | predicted at context used | predicted / peak |")
+print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
 for model in dict.fromkeys(r["model"] for r in rows):
     def med(engine, key):
         return statistics.median(r[key] for r in rows if r["model"] == model and r["engine"] == engine)
@@ -77,10 +78,10 @@ for model in dict.fromkeys(r["model"] for r in rows):
         e = "mlxsup " + policy
         if not any(r["engine"] == e and r["model"] == model for r in rows):
             continue
-        o = {k: med(e, k) for k in ("prompt_tps", "generation_tps", "peak_bytes", "predicted_bytes", "prompt_tokens", "generated_tokens")}
+        o = {k: med(e, k) for k in ("prompt_tps", "generation_tps", "peak_bytes", "predicted_bytes", "planned_bytes", "prompt_tokens", "generated_tokens")}
         dtype = next(r["compute_dtype"] for r in rows if r["model"] == model and r["engine"] == e)
         print(f"| {name} ({o['prompt_tokens']:.0f} prompt, {o['generated_tokens']:.0f} gen) | --compute {policy} | {dtype} | "
               f"{o['prompt_tps']:.1f} / {ref['prompt_tps']:.1f} | {o['prompt_tps'] / ref['prompt_tps']:.2f}× | "
               f"{o['generation_tps']:.1f} / {ref['generation_tps']:.1f} | {o['generation_tps'] / ref['generation_tps']:.2f}× | "
-              f"{mb(o['peak_bytes'])} / {mb(ref['peak_bytes'])} | {mb(o['predicted_bytes'])} | {o['predicted_bytes'] / o['peak_bytes']:.2f} |")
+              f"{mb(o['peak_bytes'])} / {mb(ref['peak_bytes'])} | {mb(o['planned_bytes'])} | {mb(o['predicted_bytes'])} | {o['predicted_bytes'] / o['peak_bytes']:.2f} |")
 PY

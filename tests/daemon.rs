@@ -110,11 +110,12 @@ fn lru_idle_model_is_evicted_and_busy_or_pinned_ones_never() {
     assert_eq!(d.model("a")["state"], "ready");
     assert_eq!(d.model("c")["state"], "ready");
 
-    // Pin a; keep c busy (a stalled generation); then d has nowhere to go.
+    // Pin a; keep c busy (a stalled generation); then b has nowhere to go. (Not d: behind
+    // mistral's 4096-token sliding window its estimate at 32768 is a fraction of theirs.)
     load("a", &["--keep-alive", "-1"]);
     let busy = stalled(&d, "c");
     d.wait_state("c", "busy", Duration::from_secs(10));
-    let refused = d.cli(&["load", "d", "--context", "32768", "--json"]);
+    let refused = d.cli(&["load", "b", "--context", "32768", "--json"]);
     assert_eq!(
         refused.code,
         Some(3),

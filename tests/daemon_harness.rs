@@ -33,8 +33,14 @@ impl Daemon {
     }
 
     pub fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> Daemon {
+        Daemon::start_env(dir, extra, &[])
+    }
+
+    /// [`Daemon::start_in`] with extra environment variables for the daemon.
+    pub fn start_env(dir: tempfile::TempDir, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
         let socket = dir.path().join("r/mlxsup.sock");
         let mut cmd = Command::new(bin("mlxsup"));
+        cmd.envs(env.iter().copied());
         cmd.arg("serve")
             .arg("--models")
             .arg(models_dir())

@@ -68,6 +68,7 @@ impl Session {
             device: protocol::Device::Default,
             compute: protocol::ComputeDtype::Native,
             kv_bits: None,
+            activation: None,
         }));
         match reply {
             Reply::Loaded(info) => info,

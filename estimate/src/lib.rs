@@ -15,6 +15,7 @@
 //! ```
 pub mod activation;
 pub mod bytes;
+pub mod calibration;
 pub mod compute;
 pub mod config;
 mod dims;
@@ -34,8 +35,11 @@ pub mod verdict;
 pub mod vision;
 pub mod weights;
 
-pub use activation::{activation_bytes, ActivationDims, DEFAULT_PREFILL_CHUNK};
+pub use activation::{
+    activation_bytes, ActivationDims, ActivationModel, Coefficients, DEFAULT_PREFILL_CHUNK,
+};
 pub use bytes::{Bytes, ParseBytesError};
+pub use calibration::{Calibration, CalibrationSource};
 pub use dtype::Dtype;
 pub use error::EstimateError;
 pub use fsread::{read_capped, read_capped_string, FileError};

@@ -4,9 +4,10 @@
 use serde::Serialize;
 
 use crate::activation::{
-    activation_bytes, overhead_bytes, vision_activation_bytes, Activation, DEFAULT_PREFILL_CHUNK,
+    vision_activation_bytes, Activation, ActivationModel, DEFAULT_PREFILL_CHUNK,
 };
 use crate::bytes::Bytes;
+use crate::calibration::{Calibration, CalibrationSource};
 use crate::kv_cache::{kv_cache, KvCache};
 use crate::model::{Model, WeightSource};
 use crate::verdict::{Verdict, TIGHT_FRACTION};
@@ -24,7 +25,7 @@ pub const FALLBACK_CONTEXT: u64 = 4096;
 pub const ADVICE_BITS: [u8; 5] = [8, 6, 4, 3, 2];
 
 /// What is being asked.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Request {
     /// Context tokens; `None` = the model's maximum capped at [`DEFAULT_CONTEXT_CAP`].
     pub context: Option<u64>,
@@ -47,6 +48,8 @@ pub struct Request {
     /// Plan for f32 compute (the worker's CPU policy): weights upcast or dequantized, the
     /// KV cache in f32.
     pub compute_f32: bool,
+    /// The activation coefficients and the measured floor (built-in by default).
+    pub calibration: Calibration,
 }
 
 impl Default for Request {
@@ -61,6 +64,7 @@ impl Default for Request {
             prefill_chunk: DEFAULT_PREFILL_CHUNK,
             budget: Bytes(0),
             compute_f32: false,
+            calibration: Calibration::default(),
         }
     }
 }
@@ -152,15 +156,20 @@ pub struct Estimate {
     pub context_capped: bool,
     /// Budget fraction above which the verdict is `tight`.
     pub tight_fraction: f64,
-    /// Where the activation constants come from.
-    pub calibration: &'static str,
+    /// Where the activation constants come from, in words.
+    pub calibration: String,
+    /// `builtin` or `machine` (the calibration store of this machine).
+    pub calibration_source: CalibrationSource,
+    /// The coefficients used (the worker's soft guard is given the same).
+    pub activation_model: ActivationModel,
+    /// Activation element bytes planned for (2, or 4 at f32 compute).
+    pub activation_elem_bytes: u64,
+    /// A peak measured on this machine for this model at no larger context and chunk,
+    /// when the total was raised to it (0 when not).
+    pub floor_bytes: u64,
     /// Disagreements between sources and assumptions made.
     pub warnings: Vec<String>,
 }
-
-/// The activation model's provenance, as reported.
-pub const CALIBRATION: &str =
-    "fitted to 3 mlx-lm 0.32.2 CPU peaks (bf16 qwen2, 246M params); recalibrated from worker measurements later";
 
 /// Totals for one configuration, used for the estimate and for advice searches.
 struct Totals {
@@ -169,6 +178,8 @@ struct Totals {
     vision_act: u64,
     image_kv: u64,
     load_transient: u64,
+    overhead: u64,
+    floor: u64,
     total: u64,
 }
 
@@ -181,13 +192,18 @@ fn image_plan(model: &Model, req: &Request) -> Option<crate::vision::ImagePlan> 
         .ok()
 }
 
-fn totals(model: &Model, weights: u64, context: u64, req: &Request) -> Totals {
-    let batch = req.batch.max(1);
-    let kv_dtype_bytes = if req.compute_f32 {
+/// Activation element bytes for `req`: 4 at f32 compute, else the model's dtype.
+pub fn activation_elem_bytes(model: &Model, req: &Request) -> u64 {
+    if req.compute_f32 {
         4
     } else {
         model.kv_dtype_bytes()
-    };
+    }
+}
+
+fn totals(model: &Model, weights: u64, context: u64, req: &Request) -> Totals {
+    let batch = req.batch.max(1);
+    let kv_dtype_bytes = activation_elem_bytes(model, req);
     let image = image_plan(model, req);
     // `context` counts the text; the images' tokens come on top of it.
     let image_tokens = image.map_or(0, |p| p.tokens.saturating_mul(req.images));
@@ -217,7 +233,10 @@ fn totals(model: &Model, weights: u64, context: u64, req: &Request) -> Totals {
     } else {
         req.prefill_chunk
     };
-    let act = activation_bytes(&model.activation, chunk, context, batch);
+    let coefficients = &req.calibration.model;
+    let attended = crate::activation::attended_positions(&model.kv_layers, context, chunk);
+    let act = coefficients.predict(&model.activation, kv_dtype_bytes, chunk, attended, batch);
+    let overhead = coefficients.overhead_bytes(kv_dtype_bytes);
     let vision_act = match (&model.vision, image) {
         (Some(v), Some(p)) => {
             vision_activation_bytes(req.images, p.patches, v.width, v.intermediate, v.heads)
@@ -237,14 +256,23 @@ fn totals(model: &Model, weights: u64, context: u64, req: &Request) -> Totals {
         .saturating_add(vision_act);
     let total = weights
         .saturating_add(run.max(load_transient))
-        .saturating_add(overhead_bytes());
+        .saturating_add(overhead);
+    // Never below a peak measured for this model at no larger context and chunk.
+    let floor = if batch == 1 && req.images == 0 && req.kv_bits.is_none() {
+        req.calibration
+            .floor_bytes(kv_dtype_bytes, context, act.chunk)
+    } else {
+        0
+    };
     Totals {
         kv,
         act,
         vision_act,
         image_kv,
         load_transient,
-        total,
+        overhead,
+        floor: if floor > total { floor } else { 0 },
+        total: total.max(floor),
     }
 }
 
@@ -328,7 +356,7 @@ pub fn estimate(model: &Model, req: &Request) -> Estimate {
         },
         kv_cache: t.kv,
         activation_bytes: t.act.bytes.saturating_add(t.vision_act),
-        overhead_bytes: overhead_bytes(),
+        overhead_bytes: t.overhead,
         load_transient_bytes: t.load_transient,
         total_bytes: t.total,
         budget_bytes: budget,
@@ -339,7 +367,11 @@ pub fn estimate(model: &Model, req: &Request) -> Estimate {
         max_position_embeddings: model.max_position_embeddings,
         context_capped: capped && req.context.is_none(),
         tight_fraction: TIGHT_FRACTION,
-        calibration: CALIBRATION,
+        calibration: req.calibration.description.clone(),
+        calibration_source: req.calibration.source,
+        activation_model: req.calibration.model,
+        activation_elem_bytes: activation_elem_bytes(model, req),
+        floor_bytes: t.floor,
         warnings,
     }
 }

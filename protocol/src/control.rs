@@ -26,7 +26,8 @@ pub mod version {
     /// `GenerateModel::compute`).
     pub const V1_1: Version = Version { major: 1, minor: 1 };
     /// 1.2: the KV-cache quantization of a load (`LoadModel::kv_bits`,
-    /// `GenerateModel::kv_bits`).
+    /// `GenerateModel::kv_bits`), and the estimate at the context a generation used
+    /// (`GenerateDone::context_used`, `GenerateDone::estimate_used_bytes`).
     pub const V1_2: Version = Version { major: 1, minor: 2 };
     /// 1.3: the images of a vision-language prompt (`GenerateRequest::images`, worker
     /// protocol 1.4), inside `GenerateModel::request`.
@@ -196,6 +197,10 @@ pub struct GenerateDone {
     pub estimate_bytes: u64,
     /// What the daemon changed to make it work, if anything (an automatic retry).
     pub note: Option<String>,
+    /// Since 1.2: prompt + generated tokens.
+    pub context_used: u64,
+    /// Since 1.2: the estimate at `context_used` (0 when unknown).
+    pub estimate_used_bytes: u64,
 }
 
 /// The daemon itself.

@@ -180,6 +180,32 @@ pub struct LoadRequest {
     /// Since 1.3: quantize the full-attention KV caches to this many bits (4 or 8, group
     /// size 64, as mlx-lm's `--kv-bits`).
     pub kv_bits: Option<u8>,
+    /// Since 1.3: the activation coefficients the preflight used, so the soft guard
+    /// predicts with the same model (`None`: the built-in ones).
+    pub activation: Option<Box<ActivationModel>>,
+}
+
+/// Since 1.3: the activation model's coefficients (the `estimate` crate's
+/// `ActivationModel`), per activation dtype class.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ActivationModel {
+    /// bf16 / f16 activations.
+    pub half: ActivationCoefficients,
+    /// f32 activations.
+    pub full: ActivationCoefficients,
+}
+
+/// Since 1.3: one dtype class's coefficients.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ActivationCoefficients {
+    /// Bytes per attention score of one layer.
+    pub score_bytes: f64,
+    /// Bytes per token and per (hidden + intermediate) element.
+    pub mlp_bytes: f64,
+    /// Bytes per element of an explicit (sliding-window) attention mask.
+    pub mask_bytes: f64,
+    /// Fixed runtime overhead.
+    pub overhead_bytes: f64,
 }
 
 /// What a load produced.
@@ -196,6 +222,11 @@ pub struct LoadInfo {
     /// Since 1.2: the dtype it computes in (`float32`, `bfloat16`, ...; quantized weights
     /// report their scales' dtype, with ` (quantized)`).
     pub compute_dtype: String,
+    /// Since 1.3: the MLX version of the worker (`0.32.2`).
+    pub mlx_version: String,
+    /// Since 1.3: `cpu`, `metal` or `cuda`: the backend the model runs on (`cpu` when
+    /// the device is the CPU, whatever the build).
+    pub backend: String,
 }
 
 /// A prompt.

@@ -16,7 +16,9 @@ pub const V1_1: Version = Version { major: 1, minor: 1 };
 /// `LoadInfo::compute_dtype`).
 pub const V1_2: Version = Version { major: 1, minor: 2 };
 
-/// Version 1.3: the KV-cache quantization of a load (`LoadRequest::kv_bits`).
+/// Version 1.3: the KV-cache quantization of a load (`LoadRequest::kv_bits`), the
+/// activation coefficients of a load (`LoadRequest::activation`), the MLX version and
+/// backend of a load (`LoadInfo::mlx_version`, `LoadInfo::backend`).
 pub const V1_3: Version = Version { major: 1, minor: 3 };
 
 /// Version 1.4: the images of a vision-language prompt (`GenerateRequest::images`).

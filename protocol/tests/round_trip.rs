@@ -60,6 +60,20 @@ fn requests() -> Vec<Request> {
             device: protocol::Device::Cpu,
             compute: protocol::ComputeDtype::F32,
             kv_bits: None,
+            activation: Some(Box::new(protocol::ActivationModel {
+                half: protocol::ActivationCoefficients {
+                    score_bytes: 2.5,
+                    mlp_bytes: 12.0,
+                    mask_bytes: 1.0,
+                    overhead_bytes: 2e6,
+                },
+                full: protocol::ActivationCoefficients {
+                    score_bytes: 4.5,
+                    mlp_bytes: 24.0,
+                    mask_bytes: 1.5,
+                    overhead_bytes: 1e6,
+                },
+            })),
         }),
         Request::Generate(GenerateRequest {
             prompt: Prompt::Text("Once upon a time ✨".into()),
@@ -174,6 +188,8 @@ fn replies() -> Vec<Reply> {
             vocab_size: 151_936,
             device: "gpu".into(),
             compute_dtype: "float32".into(),
+            mlx_version: "0.32.2".into(),
+            backend: "metal".into(),
         }),
         Reply::Done(DoneInfo {
             prompt_tokens: 5,
@@ -595,6 +611,7 @@ fn arb_request() -> impl Strategy<Value = Request> {
                 device: protocol::Device::Gpu,
                 compute: protocol::ComputeDtype::Native,
                 kv_bits: None,
+                activation: None,
             },
         );
     let sampling = (f32_no_nan(), f32_no_nan(), any::<Option<u64>>()).prop_map(
@@ -688,6 +705,8 @@ fn arb_reply() -> impl Strategy<Value = Reply> {
             vocab_size,
             device: "cpu".into(),
             compute_dtype: "bfloat16 (quantized)".into(),
+            mlx_version: "0.32.2".into(),
+            backend: "cpu".into(),
         },
     );
     let finish = prop_oneof![

@@ -390,7 +390,16 @@ pub fn generate(args: GenerateArgs) -> Exit {
                             if let Some(n) = &d.note {
                                 out.note(&format!("mlxsup: {n}"));
                             }
-                            out.done(&d.done, d.estimate_bytes);
+                            out.done(
+                                &d.done,
+                                d.estimate_bytes,
+                                (d.estimate_used_bytes > 0).then_some(
+                                    crate::output::UsedEstimate {
+                                        context_used: d.context_used,
+                                        estimate_used_bytes: d.estimate_used_bytes,
+                                    },
+                                ),
+                            );
                             Exit::Ok
                         }
                         ControlReply::Cancelled => {

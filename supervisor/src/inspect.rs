@@ -97,7 +97,16 @@ pub fn run(args: InspectArgs) -> Exit {
             return Exit::Internal;
         }
     };
+    let (calibration, notes) = crate::calibration::calibration(
+        crate::calibration::Store::default_store().as_ref(),
+        &model,
+        crate::calibration::planned_backend(args.device),
+    );
+    for n in &notes {
+        eprintln!("mlxsup: warning: {n}");
+    }
     let req = Request {
+        calibration,
         context: args.context,
         batch: args.batch,
         kv_bits: args.kv_bits,
@@ -274,6 +283,13 @@ pub fn table(est: &Estimate, model: &Model, budget: &Budget, color: bool) -> Str
         Bytes(est.overhead_bytes).to_string(),
         "runtime".into(),
     );
+    if est.floor_bytes > 0 {
+        row(
+            "  measured",
+            Bytes(est.floor_bytes).to_string(),
+            "a peak measured here for this model: the total is raised to it".into(),
+        );
+    }
     row("total", Bytes(est.total_bytes).to_string(), String::new());
     row(
         "budget",
@@ -307,6 +323,7 @@ pub fn table(est: &Estimate, model: &Model, budget: &Budget, color: bool) -> Str
         verdict.to_string()
     };
     s.push_str(&format!("  {:<13} {verdict}{pct}\n", "verdict"));
+    s.push_str(&format!("  {:<13} {}\n", "calibration", est.calibration));
     s.push_str(&format!("  {:<13} {}", "advice", est.advice));
     for w in &est.warnings {
         s.push_str(&format!("\n  warning: {w}"));

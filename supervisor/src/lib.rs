@@ -2,6 +2,8 @@
 
 pub mod args;
 pub mod budget;
+pub mod calibrate;
+pub mod calibration;
 pub mod classify;
 pub mod client;
 pub mod compute;

@@ -2,7 +2,9 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use mlxsup::{client, daemon, demo, exit::Exit, import, info, inspect, make_model, run, service};
+use mlxsup::{
+    calibrate, client, daemon, demo, exit::Exit, import, info, inspect, make_model, run, service,
+};
 
 #[derive(Parser)]
 #[command(
@@ -23,6 +25,8 @@ enum Command {
     Run(run::RunArgs),
     /// Import a real model (SmolLM2-135M GGUF, fetched once), ask it a question, show a contained crash.
     Demo(demo::DemoArgs),
+    /// Measure a model's MLX peak at a ladder of contexts, record it, refit the estimator.
+    Calibrate(calibrate::CalibrateArgs),
     /// Write a deterministic random-weight model folder (for tests and benchmarks).
     MakeModel(make_model::MakeModelArgs),
     /// Convert a GGUF file into an MLX model folder (quantized blocks carried over).
@@ -74,6 +78,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run::main(args),
         Command::Demo(args) => demo::main(args),
         Command::MakeModel(args) => make_model::main(args),
+        Command::Calibrate(args) => calibrate::main(args),
         Command::Info(args) => info::main(args),
         Command::Serve(args) => daemon::main(args),
         Command::Status(args) => client::status(args),

@@ -19,6 +19,75 @@ pub struct Output {
     text_open: bool,
     /// The compute dtype the worker reported at load.
     compute_dtype: Option<String>,
+    /// The estimate's weight bytes and planned context (from the estimate event).
+    planned_weights: Option<u64>,
+    planned_context: Option<u64>,
+    /// The post-load check, once the worker has loaded.
+    pub load_check: Option<LoadCheck>,
+}
+
+/// Post-load validation: MLX's active memory right after the load against the weight
+/// bytes the estimate predicted (mlxcel's acceptance criterion).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct LoadCheck {
+    /// The estimate's weight bytes.
+    pub predicted_weight_bytes: u64,
+    /// MLX active memory after the load.
+    pub active_bytes: u64,
+    /// active − predicted.
+    pub weight_delta_bytes: i64,
+    /// (active − predicted) / predicted, in percent.
+    pub weight_delta_pct: f64,
+}
+
+/// Above this |delta|, the post-load check is a warning.
+pub const WEIGHT_DELTA_WARN_PCT: f64 = 2.0;
+
+impl LoadCheck {
+    pub fn new(predicted_weight_bytes: u64, active_bytes: u64) -> LoadCheck {
+        let delta = active_bytes as i128 - predicted_weight_bytes as i128;
+        LoadCheck {
+            predicted_weight_bytes,
+            active_bytes,
+            weight_delta_bytes: delta.clamp(i64::MIN as i128, i64::MAX as i128) as i64,
+            weight_delta_pct: if predicted_weight_bytes > 0 {
+                delta as f64 / predicted_weight_bytes as f64 * 100.0
+            } else {
+                0.0
+            },
+        }
+    }
+
+    /// The warning, when the delta is over [`WEIGHT_DELTA_WARN_PCT`].
+    pub fn warning(&self) -> Option<String> {
+        (self.weight_delta_pct.abs() > WEIGHT_DELTA_WARN_PCT).then(|| {
+            format!(
+                "after the load MLX holds {} but the estimate predicted {} of weights ({:+.1}%)",
+                Bytes(self.active_bytes),
+                Bytes(self.predicted_weight_bytes),
+                self.weight_delta_pct
+            )
+        })
+    }
+
+    /// The delta in words: `weights +0.0% vs the predicted 5 MiB`.
+    pub fn describe(&self) -> String {
+        format!(
+            "weights {:+.1}% vs the predicted {}",
+            self.weight_delta_pct,
+            Bytes(self.predicted_weight_bytes)
+        )
+    }
+}
+
+/// The estimate at the context a run actually used (prompt + generated), beside the one
+/// it was planned with: what the summary compares the peak with.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct UsedEstimate {
+    /// Prompt + generated tokens.
+    pub context_used: u64,
+    /// The estimate at that context.
+    pub estimate_used_bytes: u64,
 }
 
 impl Output {
@@ -32,6 +101,9 @@ impl Output {
             samples: 0,
             text_open: false,
             compute_dtype: None,
+            planned_weights: None,
+            planned_context: None,
+            load_check: None,
         }
     }
 
@@ -69,6 +141,8 @@ impl Output {
     }
 
     pub fn estimate(&mut self, est: &Estimate) {
+        self.planned_weights = Some(est.weights.bytes);
+        self.planned_context = Some(est.kv_cache.context);
         if self.json {
             self.emit("estimate", est);
             return;
@@ -99,13 +173,18 @@ impl Output {
         else {
             return;
         };
+        let kv = fields.get("kv_cache");
+        let context = kv.and_then(|k| k.get("context")).and_then(|v| v.as_u64());
+        self.planned_context = context;
+        self.planned_weights = fields
+            .get("weights")
+            .and_then(|w| w.get("bytes"))
+            .and_then(|v| v.as_u64());
         if self.json {
             self.emit("estimate", &fields);
             return;
         }
         let n = |k: &str| fields.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
-        let kv = fields.get("kv_cache");
-        let context = kv.and_then(|k| k.get("context")).and_then(|v| v.as_u64());
         let f32 = fields
             .get("weights")
             .and_then(|w| w.get("compute_f32"))
@@ -160,19 +239,43 @@ impl Output {
             bar.finish_and_clear();
         }
         self.compute_dtype = Some(info.compute_dtype.clone());
+        let check = self
+            .planned_weights
+            .map(|w| LoadCheck::new(w, info.active_bytes));
+        self.load_check = check;
+        let warning = check.and_then(|c| c.warning());
         if self.json {
-            self.emit("loaded", info);
+            #[derive(Serialize)]
+            struct Loaded<'a> {
+                #[serde(flatten)]
+                info: &'a LoadInfo,
+                #[serde(flatten)]
+                check: Option<LoadCheck>,
+                weight_warning: Option<&'a str>,
+            }
+            self.emit(
+                "loaded",
+                &Loaded {
+                    info,
+                    check,
+                    weight_warning: warning.as_deref(),
+                },
+            );
             return;
         }
         self.note(&format!(
-            "mlxsup: loaded {} in {} ms on the {}, computing in {}: MLX holds {} (peak {})",
+            "mlxsup: loaded {} in {} ms on the {}, computing in {}: MLX holds {} (peak {}){}",
             info.architecture,
             info.load_ms,
             info.device,
             info.compute_dtype,
             Bytes(info.active_bytes),
-            Bytes(info.peak_bytes)
+            Bytes(info.peak_bytes),
+            check.map_or(String::new(), |c| format!(", {}", c.describe()))
         ));
+        if let Some(w) = warning {
+            self.note(&format!("mlxsup: warning: {w}"));
+        }
     }
 
     pub fn token(&mut self, id: u32, text: &str) {
@@ -207,13 +310,25 @@ impl Output {
         }
     }
 
-    pub fn done(&mut self, d: &DoneInfo, estimate_bytes: u64) {
+    /// The summary. `used` is the estimate at the context the run used, when known.
+    pub fn done(&mut self, d: &DoneInfo, estimate_bytes: u64, used: Option<UsedEstimate>) {
+        let error_pct = used
+            .filter(|u| d.peak_bytes > 0 && u.estimate_used_bytes > 0)
+            .map(|u| {
+                (u.estimate_used_bytes as f64 - d.peak_bytes as f64) / d.peak_bytes as f64 * 100.0
+            });
         if self.json {
             #[derive(Serialize)]
             struct Done<'a> {
                 #[serde(flatten)]
                 done: &'a DoneInfo,
                 estimate_bytes: u64,
+                planned_context: Option<u64>,
+                #[serde(flatten)]
+                used: Option<UsedEstimate>,
+                estimate_error_pct: Option<f64>,
+                #[serde(flatten)]
+                load_check: Option<LoadCheck>,
                 max_footprint_bytes: u64,
                 telemetry_samples: u64,
                 compute_dtype: Option<&'a str>,
@@ -223,6 +338,10 @@ impl Output {
                 &Done {
                     done: d,
                     estimate_bytes,
+                    planned_context: self.planned_context,
+                    used,
+                    estimate_error_pct: error_pct,
+                    load_check: self.load_check,
                     max_footprint_bytes: self.max_footprint,
                     telemetry_samples: self.samples,
                     compute_dtype: self.compute_dtype.as_deref(),
@@ -230,16 +349,25 @@ impl Output {
             );
             return;
         }
-        let ratio = if estimate_bytes > 0 {
-            format!(
-                " ({:.0}% of it)",
-                d.peak_bytes as f64 / estimate_bytes as f64 * 100.0
-            )
-        } else {
-            String::new()
+        let planned = format!(
+            "planned {}{}",
+            Bytes(estimate_bytes),
+            self.planned_context
+                .map_or(String::new(), |c| format!(" at context {c}"))
+        );
+        let versus = match (used, error_pct) {
+            (Some(u), Some(e)) => format!(
+                "estimate {} at the {} tokens used ({e:+.1}%), {planned}",
+                Bytes(u.estimate_used_bytes),
+                u.context_used
+            ),
+            _ => planned,
         };
+        let weights = self
+            .load_check
+            .map_or(String::new(), |c| format!("; {}", c.describe()));
         self.note(&format!(
-            "mlxsup: {} prompt tokens at {:.1} tok/s, {} generated at {:.1} tok/s ({}{}); MLX peak {} vs estimate {}{ratio}; footprint peak {} over {} samples",
+            "mlxsup: {} prompt tokens at {:.1} tok/s, {} generated at {:.1} tok/s ({}{}); MLX peak {} vs {versus}{weights}; footprint peak {} over {} samples",
             d.prompt_tokens,
             d.prompt_tps,
             d.generated_tokens,
@@ -247,7 +375,6 @@ impl Output {
             serde_json::to_value(d.finish).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
             self.compute_dtype.as_deref().map(|c| format!(", {c}")).unwrap_or_default(),
             Bytes(d.peak_bytes),
-            Bytes(estimate_bytes),
             Bytes(self.max_footprint),
             self.samples,
         ));
@@ -312,5 +439,26 @@ impl Output {
         }
         lines.push(format!("  advice:   {}", f.advice));
         self.note(&lines.join("\n"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_weight_check_warns_over_two_percent_naming_both_figures() {
+        let ok = LoadCheck::new(100 << 20, (100 << 20) + (1 << 20));
+        assert!(ok.warning().is_none());
+        assert!((ok.weight_delta_pct - 1.0).abs() < 1e-9);
+        let off = LoadCheck::new(100 << 20, 103 << 20);
+        let w = off.warning().unwrap_or_default();
+        assert!(
+            w.contains("103 MiB") && w.contains("100 MiB") && w.contains("+3.0%"),
+            "{w}"
+        );
+        let under = LoadCheck::new(100 << 20, 90 << 20);
+        assert_eq!(under.weight_delta_bytes, -(10 << 20));
+        assert!(under.warning().is_some());
     }
 }

@@ -42,6 +42,8 @@ pub struct PlanRequest {
     /// processed width × height).
     pub images: u64,
     pub image_size: Option<(u32, u32)>,
+    /// The activation coefficients and measured floor (the calibration store's).
+    pub calibration: estimate::Calibration,
 }
 
 impl PlanRequest {
@@ -62,6 +64,7 @@ impl PlanRequest {
             kv_bits: None,
             images: 0,
             image_size: None,
+            calibration: estimate::Calibration::default(),
         }
     }
 }
@@ -122,12 +125,16 @@ pub fn estimate_at(
     )
 }
 
-/// The estimate for `req` at `context` (its own, or a wider one), at f32 when `f32`.
+/// The estimate for `req` at `context` (its own, or a wider one), at f32 compute when
+/// `f32`, with its KV bits and calibration.
 pub fn estimate_for(model: &Model, req: &PlanRequest, context: Option<u64>, f32: bool) -> Estimate {
     estimate::estimate(
         model,
         &with_images(
-            estimate_request(context, req.prefill_chunk, req.budget, f32, req.kv_bits),
+            estimate::Request {
+                calibration: req.calibration.clone(),
+                ..estimate_request(context, req.prefill_chunk, req.budget, f32, req.kv_bits)
+            },
             req,
         ),
     )
@@ -207,6 +214,7 @@ pub fn plan(model: &Model, req: &PlanRequest) -> Plan {
         device: req.device,
         compute,
         kv_bits: req.kv_bits,
+        activation: Some(Box::new(wire_activation(&est.activation_model))),
     };
     Plan {
         estimate: est,
@@ -222,13 +230,16 @@ pub fn largest_context(model: &Model, est: &Estimate, req: &PlanRequest) -> Opti
     estimate::request::largest_context_within(
         model,
         &with_images(
-            estimate_request(
-                None,
-                req.prefill_chunk,
-                req.budget,
-                est.weights.compute_f32,
-                req.kv_bits,
-            ),
+            estimate::Request {
+                calibration: req.calibration.clone(),
+                ..estimate_request(
+                    None,
+                    req.prefill_chunk,
+                    req.budget,
+                    est.weights.compute_f32,
+                    req.kv_bits,
+                )
+            },
             req,
         ),
         est.weights.bytes,
@@ -298,6 +309,20 @@ pub fn check_length(
     f.estimate_bytes = Some(est.total_bytes);
     f.budget_bytes = Some(est.budget_bytes);
     Err(Box::new(f))
+}
+
+/// The activation coefficients as the worker protocol carries them.
+pub fn wire_activation(m: &estimate::ActivationModel) -> protocol::ActivationModel {
+    let k = |c: &estimate::Coefficients| protocol::ActivationCoefficients {
+        score_bytes: c.score_bytes,
+        mlp_bytes: c.mlp_bytes,
+        mask_bytes: c.mask_bytes,
+        overhead_bytes: c.overhead_bytes,
+    };
+    protocol::ActivationModel {
+        half: k(&m.half),
+        full: k(&m.full),
+    }
 }
 
 /// MLX's buffer cache: what the budget leaves beyond the estimate, within 64 MiB..1/4.

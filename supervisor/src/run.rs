@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     budget::budget,
+    calibration,
     exit::Exit,
     output::Output,
     plan::{self, Plan, PlanRequest},
@@ -150,6 +151,8 @@ pub struct Preflight {
     pub request: PlanRequest,
     /// The tokenizer and template, checked: the prompt's length is counted with them.
     pub text: text::TextFiles,
+    /// Warnings from the calibration store, for a person.
+    pub notes: Vec<String>,
 }
 
 /// The preflight: read the model and plan it against the budget.
@@ -179,6 +182,11 @@ pub fn preflight_with(
     let text = text::check_loadable(&model)
         .map_err(|e| (Outcome::BadModel, format!("mlxsup: cannot read model: {e}")))?;
     let budget = budget(args.budget).map_err(|e| (Outcome::Internal, format!("mlxsup: {e}")))?;
+    let (calibration, notes) = calibration::calibration(
+        calibration::Store::default_store().as_ref(),
+        &model,
+        calibration::planned_backend(args.device),
+    );
     let req = PlanRequest {
         context: args.context,
         prefill_chunk: args.prefill_chunk,
@@ -193,6 +201,7 @@ pub fn preflight_with(
         kv_bits: args.kv_bits,
         images: images.map_or(0, |i| i.inputs.len() as u64),
         image_size: images.and_then(|i| i.largest),
+        calibration,
         ..PlanRequest::new(budget.bytes.0)
     };
     Ok(Preflight {
@@ -200,6 +209,7 @@ pub fn preflight_with(
         model,
         request: req,
         text,
+        notes,
     })
 }
 
@@ -266,6 +276,7 @@ pub async fn execute(args: &RunArgs, out: &mut Output) -> Outcome {
         plan,
         request,
         text,
+        notes,
     } = match preflight_with(args, images.as_ref()) {
         Ok(p) => p,
         Err((outcome, msg)) => {
@@ -273,6 +284,9 @@ pub async fn execute(args: &RunArgs, out: &mut Output) -> Outcome {
             return outcome;
         }
     };
+    for n in &notes {
+        out.note_event(&format!("warning: {n}"));
+    }
     out.estimate(&plan.estimate);
     if let Some(n) = &plan.compute_note {
         out.note_event(n);
@@ -301,7 +315,7 @@ pub async fn execute(args: &RunArgs, out: &mut Output) -> Outcome {
     let listener = cancel_on_signal(interrupt.clone());
     let mut gen = args.prompt.request(prompt, args.faults().1);
     gen.images = images.map(|i| i.inputs).unwrap_or_default();
-    let outcome = drive(out, plan, gen, &interrupt).await;
+    let outcome = drive(out, &model, &request, plan, gen, &interrupt).await;
     listener.abort();
     if interrupt.is_cancelled() {
         out.note("mlxsup: interrupted; the worker was stopped");
@@ -338,11 +352,14 @@ async fn recv(s: &mut Option<tokio::signal::unix::Signal>) {
 
 async fn drive(
     out: &mut Output,
+    model: &estimate::Model,
+    request: &PlanRequest,
     plan: Plan,
     gen: protocol::GenerateRequest,
     interrupt: &CancellationToken,
 ) -> Outcome {
     let estimate_bytes = plan.estimate.total_bytes;
+    let compute_f32 = plan.estimate.weights.compute_f32;
     let worker = match WorkerHandle::spawn(plan.spawn, plan.report).await {
         Ok(w) => w,
         Err(SpawnError::Setup(m)) => {
@@ -359,10 +376,13 @@ async fn drive(
             on_event(out, ev)
         })
         .await;
-    match end {
-        End::Reply(Reply::Loaded(info)) => out.loaded(&info),
+    let info = match end {
+        End::Reply(Reply::Loaded(info)) => {
+            out.loaded(&info);
+            info
+        }
         other => return finish(out, worker, other, interrupt).await,
-    }
+    };
     let end = worker
         .call(Request::Generate(gen), interrupt.clone(), |ev| {
             on_event(out, ev)
@@ -370,11 +390,55 @@ async fn drive(
         .await;
     match end {
         End::Reply(Reply::Done(done)) => {
-            out.done(&done, estimate_bytes);
+            let used = used_estimate(model, request, &done, compute_f32);
+            out.done(
+                &done,
+                estimate_bytes,
+                Some(crate::output::UsedEstimate {
+                    context_used: used.kv_cache.context,
+                    estimate_used_bytes: used.total_bytes,
+                }),
+            );
             worker.shutdown().await;
+            // A run with images is not recorded: the store fits the text model's
+            // activations, and the vision term is not calibrated yet (BENCHMARKS §11).
+            let store = calibration::Store::default_store().filter(|_| request.images == 0);
+            let machine = calibration::machine_of(&info);
+            for w in calibration::record(
+                store.as_ref(),
+                machine,
+                model,
+                &used,
+                done.peak_bytes,
+                "run",
+            ) {
+                out.note_event(&format!("warning: {w}"));
+            }
             Outcome::Done
         }
         other => finish(out, worker, other, interrupt).await,
+    }
+}
+
+/// The estimate at the context a generation used (prompt + generated tokens), at the
+/// compute dtype it ran in, with the plan's calibration.
+pub fn used_estimate(
+    model: &estimate::Model,
+    request: &PlanRequest,
+    done: &protocol::DoneInfo,
+    compute_f32: bool,
+) -> Estimate {
+    let used = u64::from(done.prompt_tokens) + u64::from(done.generated_tokens);
+    let est = plan::estimate_for(model, request, Some(used.max(1)), compute_f32);
+    // The prompt's image tokens are counted by the estimate on top of the context.
+    match est.vision.as_ref().map_or(0, |v| v.image_tokens) {
+        0 => est,
+        images => plan::estimate_for(
+            model,
+            request,
+            Some(used.saturating_sub(images).max(1)),
+            compute_f32,
+        ),
     }
 }
 

@@ -57,6 +57,7 @@ fn load_then_sampling(
         device: protocol::Device::Default,
         compute: protocol::ComputeDtype::Native,
         kv_bits: None,
+        activation: None,
     });
     let reply = match call(1, load) {
         Reply::Loaded(_) => {

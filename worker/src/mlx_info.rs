@@ -91,6 +91,16 @@ pub fn device_name() -> String {
     }
 }
 
+/// The backend a model on `device` (`cpu`, `gpu`) runs on: `cpu` on the CPU device,
+/// else the build's (`metal`, `cuda`).
+pub fn backend_of(device: &str) -> String {
+    if device == "cpu" {
+        "cpu".into()
+    } else {
+        BACKEND.into()
+    }
+}
+
 /// Everything the supervisor asks with `SystemInfo`.
 pub fn system_info() -> SystemInfo {
     SystemInfo {

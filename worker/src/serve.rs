@@ -361,7 +361,9 @@ impl Worker {
                 soft_budget: None,
                 delivered: 0,
             };
-            Engine::load(Path::new(&req.model_dir), &opts, &mut hooks)
+            let mut engine = Engine::load(Path::new(&req.model_dir), &opts, &mut hooks)?;
+            engine.set_activation_model(crate::engine::activation_model(req.activation.as_deref()));
+            Ok(engine)
         })();
         self.link.set_phase(Phase::Idle);
         match result {
@@ -375,6 +377,8 @@ impl Worker {
                     vocab_size: engine.vocab_size(),
                     device: mlx_info::device_name(),
                     compute_dtype: engine.compute_dtype(),
+                    mlx_version: mlx_info::mlx_version(),
+                    backend: mlx_info::backend_of(&mlx_info::device_name()),
                 };
                 self.engine = Some(engine);
                 self.load = Some(req);

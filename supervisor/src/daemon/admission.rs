@@ -28,6 +28,9 @@ pub async fn admit(
 ) -> Result<Plan, protocol::Failure> {
     let mut evicted = Vec::new();
     let mut refused: Vec<std::path::PathBuf> = Vec::new();
+    let store = crate::calibration::Store::default_store();
+    let backend = crate::calibration::planned_backend(wanted.device);
+    let (calibration, _) = crate::calibration::calibration(store.as_ref(), model, backend);
     loop {
         let others = shared.rows_except(dir);
         let held: u64 = others.iter().map(|(_, r)| r.held_bytes).sum();
@@ -35,6 +38,7 @@ pub async fn admit(
         let free = shared.budget.saturating_sub(held);
         let req = PlanRequest {
             budget: free,
+            calibration: calibration.clone(),
             ..wanted.clone()
         };
         let plan = plan::plan(model, &req);

@@ -122,6 +122,7 @@ pub fn start(shared: Arc<Shared>, dir: PathBuf, name: String) -> Slot {
         worker: None,
         worker_status: None,
         plan: None,
+        machine: None,
         loadable: None,
         loading: None,
         load_waiters: Vec::new(),
@@ -171,7 +172,7 @@ enum Loaded {
     Ok {
         worker: WorkerHandle,
         plan: Box<Plan>,
-        info: protocol::LoadInfo,
+        info: Box<protocol::LoadInfo>,
         /// What the prompt lengths are checked with.
         text: Box<Loadable>,
     },
@@ -197,6 +198,8 @@ struct Actor {
     worker: Option<WorkerHandle>,
     worker_status: Option<watch::Receiver<crate::supervise::Status>>,
     plan: Option<Plan>,
+    /// Where the loaded worker runs (for the calibration store).
+    machine: Option<crate::calibration::Machine>,
     loadable: Option<Box<Loadable>>,
     loading: Option<oneshot::Receiver<Loaded>>,
     load_waiters: Vec<Responder>,
@@ -505,9 +508,10 @@ impl Actor {
                     "loaded"
                 );
                 if let Some(j) = self.queue.front() {
-                    j.resp.event(ControlEvent::Loaded(info.clone()));
+                    j.resp.event(ControlEvent::Loaded((*info).clone()));
                 }
                 self.device = Some(info.device.clone());
+                self.machine = Some(crate::calibration::machine_of(&info));
                 self.worker_status = Some(worker.status());
                 self.worker = Some(worker);
                 self.plan = Some(*plan);
@@ -572,10 +576,13 @@ impl Actor {
                         self.backoff_until = None;
                         let estimate_bytes =
                             self.plan.as_ref().map_or(0, |p| p.estimate.total_bytes);
+                        let (context_used, estimate_used_bytes) = self.record_run(&done);
                         c.resp.reply(ControlReply::Done(GenerateDone {
                             done,
                             estimate_bytes,
                             note: self.note.clone(),
+                            context_used,
+                            estimate_used_bytes,
                         }));
                         self.touch();
                         if self.keep_alive == KeepAlive::Millis(0) && self.queue.is_empty() {
@@ -718,6 +725,47 @@ impl Actor {
             prompt_tokens as u64,
             u64::from(job.req.request.max_tokens),
         )
+    }
+
+    /// The estimate at the context a generation used, and its record in the calibration
+    /// store (written off the actor's thread); (0, 0) when nothing is loaded.
+    fn record_run(&self, done: &protocol::DoneInfo) -> (u64, u64) {
+        let (Some(l), Some(plan)) = (self.loadable.as_ref(), self.plan.as_ref()) else {
+            return (0, 0);
+        };
+        let est = &plan.estimate;
+        let req = crate::plan::PlanRequest {
+            prefill_chunk: u64::from(plan.load.prefill_chunk),
+            calibration: estimate::Calibration {
+                model: est.activation_model,
+                source: est.calibration_source,
+                description: est.calibration.clone(),
+                floor: Vec::new(),
+            },
+            ..crate::plan::PlanRequest::new(est.budget_bytes)
+        };
+        let used = crate::run::used_estimate(&l.model, &req, done, est.weights.compute_f32);
+        let answer = (used.kv_cache.context, used.total_bytes);
+        if let (Some(machine), Some(store)) = (
+            self.machine.clone(),
+            crate::calibration::Store::default_store(),
+        ) {
+            let (model, peak) = (l.model.clone(), done.peak_bytes);
+            tokio::task::spawn_blocking(move || {
+                let warnings = crate::calibration::record(
+                    Some(&store),
+                    machine,
+                    &model,
+                    &used,
+                    peak,
+                    "daemon",
+                );
+                for w in warnings {
+                    tracing::warn!("{w}");
+                }
+            });
+        }
+        answer
     }
 
     fn clear_failures(&mut self) {
@@ -917,7 +965,7 @@ async fn load(
         End::Reply(Reply::Loaded(info)) => Loaded::Ok {
             worker,
             plan: Box::new(plan),
-            info,
+            info: Box::new(info),
             text: Box::new(Loadable { model, text }),
         },
         End::Died(f) => Loaded::Failed(f),

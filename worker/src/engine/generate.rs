@@ -146,6 +146,7 @@ pub(super) fn run(
         return Ok(done(0, 0.0, 0.0, FinishReason::Length));
     }
     let elem = elem_bytes(model.dtype());
+    let act = &engine.activation;
     let mut caches = model.make_cache();
     let chunk = engine.opts.prefill_chunk;
     let kv_bits = engine.opts.kv_bits.map(i32::from);
@@ -162,7 +163,7 @@ pub(super) fn run(
         hooks.before_step(
             Phase::Prefill,
             chunk_idx,
-            step_bytes(cfg, &caches, elem, take.max(1) as i32, false),
+            step_bytes(act, cfg, &caches, elem, take.max(1) as i32),
         )?;
         if take == 0 {
             break;
@@ -197,7 +198,7 @@ pub(super) fn run(
     };
     let mut first_logprobs = None;
 
-    hooks.before_step(Phase::Decode, 1, step_bytes(cfg, &caches, elem, 1, true))?;
+    hooks.before_step(Phase::Decode, 1, step_bytes(act, cfg, &caches, elem, 1))?;
     let last = Array::from_slice(&[prompt[n - 1] as i32], &[1, 1]);
     let mut cur = forward(model, &mut caches, &last, greedy, kv_bits, delta).ctx("decode")?;
     let mut generated = 0u32;
@@ -210,7 +211,7 @@ pub(super) fn run(
             match hooks.before_step(
                 Phase::Decode,
                 generated + 2,
-                step_bytes(cfg, &caches, elem, 1, true),
+                step_bytes(act, cfg, &caches, elem, 1),
             ) {
                 Ok(()) => {
                     let input = cur
@@ -290,7 +291,7 @@ pub(super) fn run(
                 hooks.before_step(
                     Phase::Decode,
                     generated + 1,
-                    step_bytes(cfg, &caches, elem, 1, true),
+                    step_bytes(act, cfg, &caches, elem, 1),
                 )?;
                 let input = Array::from_slice(&[id], &[1, 1]);
                 forward(model, &mut caches, &input, greedy, kv_bits, delta).ctx("decode")?

@@ -1,36 +1,56 @@
 //! The soft guard's prediction: how many bytes one prefill chunk or decode step adds on
-//! top of what MLX already holds (KV-cache growth plus transient activations).
+//! top of what MLX already holds: KV-cache growth (this engine's buffers) plus transient
+//! activations, which come from the one activation model of the `estimate` crate — the
+//! preflight's, with the coefficients the load request carried.
+
+use estimate::{activation::Attended, ActivationDims, ActivationModel, Coefficients};
 
 use super::cache::{LayerCache, STEP};
 use super::config::ModelConfig;
 
+/// The activation model's dimensions of this config (the preflight reads the same from
+/// config.json; a test holds the two to equal). A token of an MoE layer runs `top_k`
+/// experts' MLPs.
+pub fn activation_dims(cfg: &ModelConfig) -> ActivationDims {
+    let intermediate = match &cfg.moe {
+        Some(m) => m.top_k.max(0) as u64 * m.intermediate.max(0) as u64,
+        None => cfg.intermediate_size.max(0) as u64,
+    };
+    ActivationDims {
+        heads: cfg.num_heads.max(0) as u64,
+        hidden: cfg.hidden_size.max(0) as u64,
+        intermediate,
+        vocab: cfg.vocab_size.max(0) as u64,
+    }
+}
+
+/// The load request's coefficients, or the built-in ones.
+pub fn activation_model(wire: Option<&protocol::ActivationModel>) -> ActivationModel {
+    let k = |c: &protocol::ActivationCoefficients| Coefficients {
+        score_bytes: c.score_bytes,
+        mlp_bytes: c.mlp_bytes,
+        mask_bytes: c.mask_bytes,
+        overhead_bytes: c.overhead_bytes,
+    };
+    wire.map_or(estimate::activation::BUILTIN, |m| ActivationModel {
+        half: k(&m.half),
+        full: k(&m.full),
+    })
+}
+
 /// Transient activation bytes of one forward pass over `n` new tokens attending to
-/// `context` positions (including the new ones), with activations of `elem` bytes.
-///
-/// Terms: the residual stream and norms (≈4 × hidden per token), q/k/v and the attention
-/// output, the MLP's gate/up/product (3 × intermediate), the attention scores and their
-/// softmax (heads × n × context, in float32 on the CPU backend), and, for the step that
-/// samples, the logits and log-probabilities (vocab, plus a float32 copy).
+/// `attended` (including the new ones), with activations of `elem` bytes:
+/// [`ActivationModel::predict`], the preflight's function.
 pub fn activation_bytes(
+    model: &ActivationModel,
     cfg: &ModelConfig,
     elem: u64,
     n: u64,
-    context: u64,
-    with_logits: bool,
+    attended: Attended,
 ) -> u64 {
-    let hidden = cfg.hidden_size as u64;
-    let qkv = (cfg.num_heads as u64 + 2 * cfg.num_kv_heads as u64) * cfg.head_dim as u64;
-    let per_token = 4 * hidden
-        + qkv
-        + cfg.num_heads as u64 * cfg.head_dim as u64
-        + 3 * cfg.intermediate_size as u64;
-    let scores = 2 * cfg.num_heads as u64 * n * context * 4;
-    let logits = if with_logits {
-        cfg.vocab_size as u64 * (2 * elem + 8)
-    } else {
-        0
-    };
-    n * per_token * elem + scores + logits
+    model
+        .predict(&activation_dims(cfg), elem, n, attended, 1)
+        .bytes
 }
 
 /// Bytes the caches will newly allocate to take `n` more tokens.
@@ -71,13 +91,38 @@ pub fn kv_growth_bytes(cfg: &ModelConfig, caches: &[LayerCache], elem: u64, n: i
 
 /// The prediction handed to `Hooks::before_step`.
 pub fn step_bytes(
+    model: &ActivationModel,
     cfg: &ModelConfig,
     caches: &[LayerCache],
     elem: u64,
     n: i32,
-    with_logits: bool,
 ) -> u64 {
-    let context = caches.iter().map(|c| c.offset()).max().unwrap_or(0) as u64 + n as u64;
     kv_growth_bytes(cfg, caches, elem, n)
-        + activation_bytes(cfg, elem, n as u64, context, with_logits)
+        + activation_bytes(model, cfg, elem, n.max(1) as u64, attended(caches, n))
+}
+
+/// What the `n` new tokens attend to: every cached position plus themselves, or, when
+/// every layer keeps a sliding window, the `window − 1` a rotating cache holds (the
+/// preflight's `estimate::activation::attended_positions`).
+pub fn attended(caches: &[LayerCache], n: i32) -> Attended {
+    let positions = caches
+        .iter()
+        .map(|c| match c {
+            LayerCache::Rotating(r) => c.offset().min(r.max_size() - 1) + n,
+            _ => c.offset() + n,
+        })
+        .max()
+        .unwrap_or(n)
+        .max(1) as u64;
+    let all_rotating =
+        !caches.is_empty() && caches.iter().all(|c| matches!(c, LayerCache::Rotating(_)));
+    let window = caches
+        .iter()
+        .filter_map(|c| match c {
+            LayerCache::Rotating(r) => Some(r.max_size().max(0) as u64),
+            _ => None,
+        })
+        .max()
+        .filter(|_| all_rotating);
+    Attended { positions, window }
 }

@@ -35,7 +35,7 @@ use protocol::{DoneInfo, GenerateRequest, Phase, WorkerError};
 pub use cache::{causal_mask, KvCache, LayerCache, Mask, RotatingKvCache};
 pub use config::{ModelConfig, SUPPORTED};
 pub use generate::GenerateOptions;
-pub use memory::activation_bytes;
+pub use memory::{activation_bytes, activation_dims, activation_model, step_bytes};
 pub use sample::{Rng, Sampler};
 pub use stop::{StopMatcher, StopStep};
 pub use tokenizer::{StreamDecoder, Tokenizer};
@@ -103,6 +103,8 @@ pub struct Engine {
     first_logprobs: Option<Vec<f32>>,
     /// A vision-language model's tower and processor settings.
     vision: Option<vision::run::Vision>,
+    /// The activation coefficients the soft guard predicts with (the preflight's).
+    activation: estimate::ActivationModel,
 }
 
 impl Engine {
@@ -160,10 +162,21 @@ impl Engine {
                 prefill_chunk: opts.prefill_chunk.max(1),
                 ..opts.clone()
             },
+            activation: estimate::activation::BUILTIN,
             weight_bytes,
             first_logprobs: None,
             vision,
         })
+    }
+
+    /// Predict with these activation coefficients (the load request's: the preflight's).
+    pub fn set_activation_model(&mut self, model: estimate::ActivationModel) {
+        self.activation = model;
+    }
+
+    /// The activation coefficients the soft guard predicts with.
+    pub fn activation_model(&self) -> &estimate::ActivationModel {
+        &self.activation
     }
 
     /// The config's `model_type`.
@@ -251,5 +264,7 @@ impl Engine {
     }
 }
 
+#[cfg(test)]
+mod memory_tests;
 #[cfg(test)]
 mod tests;
