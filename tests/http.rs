@@ -255,3 +255,54 @@ fn image_url_data_urls_give_the_text_of_run_and_remote_urls_are_400() {
         "{v:#}"
     );
 }
+
+#[test]
+fn images_that_do_not_fit_the_loaded_model_are_507() {
+    let vl = tempfile::tempdir().unwrap();
+    let m = vl.path().join("vl");
+    let made = mlxsup_tests::mlxsup(&[
+        "make-model",
+        m.to_str().unwrap(),
+        "--arch",
+        "qwen2_5_vl",
+        "--hidden",
+        "128",
+        "--layers",
+        "2",
+        "--heads",
+        "4",
+        "--kv-heads",
+        "2",
+        "--intermediate",
+        "256",
+        "--vocab",
+        "1024",
+    ]);
+    assert_eq!(made.code, Some(0), "{}", made.stderr);
+    let png = |name: &str, w: u32, h: u32| {
+        let p = vl.path().join(name);
+        image::ImageBuffer::from_fn(w, h, |x, y| {
+            image::Rgb([(x % 256) as u8, (y % 256) as u8, 7])
+        })
+        .save(&p)
+        .unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    let small = png("small.png", 64, 64);
+    let big: Vec<String> = (0..4)
+        .map(|i| png(&format!("big{i}.png"), 896, 672))
+        .collect();
+    // Measured: the daemon plans the text model at ~632 MiB; four 896x672 images add ~440 MB.
+    let (_d, base) = http(&[
+        "--models",
+        vl.path().to_str().unwrap(),
+        "--budget",
+        "800MiB",
+    ]);
+    let mut args = vec!["vl", small.as_str()];
+    args.extend(big.iter().map(String::as_str));
+    let v = openai(&base, "image_refusal", &args);
+    assert_eq!(v["small"], 2, "{v:#}");
+    assert_eq!(v["big"][0], 507, "{v:#}");
+    assert_eq!(v["big"][1], "insufficient_memory", "{v:#}");
+}

@@ -217,6 +217,27 @@ elif scenario == "image":
         res["remote"] = [e.status_code, e.body.get("param"), e.body.get("message")]
     out(**res)
 
+elif scenario == "image_refusal":
+    # Images that do not fit the budget with the loaded model: a 507, then a small one fits.
+    import base64
+    model, small, *big = args
+    c = client()
+
+    def ask(paths):
+        parts = [{"type": "image_url", "image_url": {
+            "url": "data:image/png;base64," + base64.b64encode(open(p, "rb").read()).decode()}}
+            for p in paths] + [{"type": "text", "text": "Describe the pictures."}]
+        return c.chat.completions.create(model=model, messages=[{"role": "user", "content": parts}],
+                                         max_tokens=2, temperature=0)
+    res = {}
+    res["small"] = ask([small]).usage.completion_tokens
+    try:
+        ask(big)
+        res["big"] = None
+    except openai.APIStatusError as e:
+        res["big"] = [e.status_code, e.body.get("type"), e.body.get("message")]
+    out(**res)
+
 elif scenario == "auth":
     model, key = args[0], args[1]
     res = {}

@@ -576,7 +576,8 @@ impl Actor {
                         self.backoff_until = None;
                         let estimate_bytes =
                             self.plan.as_ref().map_or(0, |p| p.estimate.total_bytes);
-                        let (context_used, estimate_used_bytes) = self.record_run(&done);
+                        let (context_used, estimate_used_bytes) =
+                            self.record_run(&done, &c.req.request.images);
                         c.resp.reply(ControlReply::Done(GenerateDone {
                             done,
                             estimate_bytes,
@@ -724,12 +725,50 @@ impl Actor {
             &req,
             prompt_tokens as u64,
             u64::from(job.req.request.max_tokens),
-        )
+        )?;
+        self.check_images(job)
+    }
+
+    /// A request with images is planned with them, at the loaded context (the estimator
+    /// call of `run --image`: the count, the largest processed size); one that does not
+    /// fit the budget is refused (`insufficient_memory`), with the numbers.
+    fn check_images(&self, job: &Job) -> Result<(), Box<Failure>> {
+        let images = &job.req.request.images;
+        let (Some(l), Some(plan), false) = (
+            self.loadable.as_ref(),
+            self.plan.as_ref(),
+            images.is_empty(),
+        ) else {
+            return Ok(());
+        };
+        let est = &plan.estimate;
+        let req = crate::plan::PlanRequest {
+            prefill_chunk: u64::from(plan.load.prefill_chunk),
+            calibration: estimate::Calibration {
+                model: est.activation_model,
+                source: est.calibration_source,
+                description: est.calibration.clone(),
+                floor: Vec::new(),
+            },
+            images: images.len() as u64,
+            image_size: largest_image(images),
+            ..crate::plan::PlanRequest::new(est.budget_bytes)
+        };
+        let with = crate::plan::estimate_for(
+            &l.model,
+            &req,
+            Some(est.kv_cache.context),
+            est.weights.compute_f32,
+        );
+        if with.verdict == estimate::Verdict::DoesNotFit {
+            return Err(Box::new(report::refusal(&with, Default::default())));
+        }
+        Ok(())
     }
 
     /// The estimate at the context a generation used, and its record in the calibration
     /// store (written off the actor's thread); (0, 0) when nothing is loaded.
-    fn record_run(&self, done: &protocol::DoneInfo) -> (u64, u64) {
+    fn record_run(&self, done: &protocol::DoneInfo, images: &[protocol::ImageInput]) -> (u64, u64) {
         let (Some(l), Some(plan)) = (self.loadable.as_ref(), self.plan.as_ref()) else {
             return (0, 0);
         };
@@ -742,13 +781,18 @@ impl Actor {
                 description: est.calibration.clone(),
                 floor: Vec::new(),
             },
+            images: images.len() as u64,
+            image_size: largest_image(images),
             ..crate::plan::PlanRequest::new(est.budget_bytes)
         };
         let used = crate::run::used_estimate(&l.model, &req, done, est.weights.compute_f32);
         let answer = (used.kv_cache.context, used.total_bytes);
-        if let (Some(machine), Some(store)) = (
+        // A run with images is not recorded: the store fits the text model's activations
+        // and the vision term is not calibrated yet (BENCHMARKS §11).
+        if let (Some(machine), Some(store), true) = (
             self.machine.clone(),
             crate::calibration::Store::default_store(),
+            images.is_empty(),
         ) {
             let (model, peak) = (l.model.clone(), done.peak_bytes);
             tokio::task::spawn_blocking(move || {
@@ -978,4 +1022,12 @@ async fn load(
             Loaded::BadModel("the worker did not load the model".into())
         }
     }
+}
+
+/// The largest image by pixels, (width, height): the size every image is planned at.
+fn largest_image(images: &[protocol::ImageInput]) -> Option<(u32, u32)> {
+    images
+        .iter()
+        .max_by_key(|i| u64::from(i.width) * u64::from(i.height))
+        .map(|i| (i.width, i.height))
 }
