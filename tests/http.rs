@@ -241,9 +241,15 @@ fn image_url_data_urls_give_the_text_of_run_and_remote_urls_are_400() {
         .iter()
         .filter_map(|e| e["text"].as_str())
         .collect();
-    let (_d, base) = http(&["--models", vl.path().to_str().unwrap()]);
+    let (d, base) = http(&["--models", vl.path().to_str().unwrap()]);
     let v = openai(&base, "image", &["vl", prompt, "12", png.to_str().unwrap()]);
     assert_eq!(v["text"], text.as_str(), "{v:#}");
+    // And `mlxsup generate --image` through the daemon, by name (its folder from `ls`).
+    let mut args = gen_args("vl", prompt, "12");
+    args.extend(["--image", png.to_str().unwrap()]);
+    let out = d.cli(&args);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(out.text(), text, "generate --image");
     assert_eq!(v["usage"]["completion_tokens"], 12, "{v:#}");
     assert_eq!(v["remote"][0], 400, "{v:#}");
     assert_eq!(v["remote"][1], "messages[0].content[0].image_url", "{v:#}");
