@@ -238,9 +238,14 @@ fn totals(model: &Model, weights: u64, context: u64, req: &Request) -> Totals {
     let act = coefficients.predict(&model.activation, kv_dtype_bytes, chunk, attended, batch);
     let overhead = coefficients.overhead_bytes(kv_dtype_bytes);
     let vision_act = match (&model.vision, image) {
-        (Some(v), Some(p)) => {
-            vision_activation_bytes(req.images, p.patches, v.width, v.intermediate, v.heads)
-        }
+        (Some(v), Some(p)) => vision_activation_bytes(
+            req.images,
+            p.patches,
+            v.width,
+            v.intermediate,
+            v.heads,
+            coefficients.coefficients(kv_dtype_bytes),
+        ),
         _ => 0,
     };
     // The f32 build's load transient is freed before the first token: the peak is the

@@ -99,7 +99,18 @@ fn image_tokens_kv_and_activations_are_planned() {
         // The tower's activations at 92×52 patches per image, not the 448×448 default.
         assert_eq!(
             vr.activation_bytes,
-            vision_activation_bytes(2, 4784, v.width, v.intermediate, v.heads),
+            vision_activation_bytes(
+                2,
+                4784,
+                v.width,
+                v.intermediate,
+                v.heads,
+                estimate::activation::BUILTIN.coefficients(if two.weights.compute_f32 {
+                    4
+                } else {
+                    2
+                }),
+            ),
             "{name}"
         );
         let small = estimate(&model, &req(2, Some((448, 448)), 4096));
