@@ -260,6 +260,13 @@ fn image_url_data_urls_give_the_text_of_run_and_remote_urls_are_400() {
             .contains("no outbound requests"),
         "{v:#}"
     );
+    for key in ["truncated", "not_image"] {
+        assert_eq!(v[key][0], 400, "{key}: {v:#}");
+        assert_eq!(
+            v[key][1], "messages[0].content[1].image_url",
+            "{key}: {v:#}"
+        );
+    }
 }
 
 #[test]

@@ -215,6 +215,15 @@ elif scenario == "image":
             {"type": "text", "text": prompt}]}])
     except openai.BadRequestError as e:
         res["remote"] = [e.status_code, e.body.get("param"), e.body.get("message")]
+    # A truncated PNG and a non-image as data: URLs, after a good text part.
+    for key, data in [("truncated", open(paths[0], "rb").read()[:200]), ("not_image", b"hello")]:
+        try:
+            c.chat.completions.create(model=model, max_tokens=2, messages=[{"role": "user", "content": [
+                {"type": "text", "text": prompt},
+                {"type": "image_url", "image_url": {
+                    "url": "data:image/png;base64," + base64.b64encode(data).decode()}}]}])
+        except openai.BadRequestError as e:
+            res[key] = [e.status_code, e.body.get("param"), e.body.get("message")]
     out(**res)
 
 elif scenario == "image_refusal":
