@@ -87,12 +87,43 @@ impl Engine {
         opts: &super::super::GenerateOptions,
         hooks: &mut dyn super::super::Hooks,
     ) -> Result<protocol::DoneInfo, WorkerError> {
+        // The tower runs before the first prefill chunk: the soft guard is asked first,
+        // with the estimate's vision term for these images (its coefficients).
+        hooks.phase(protocol::Phase::Prefill);
+        hooks.before_step(protocol::Phase::Prefill, 0, self.tower_bytes(images))?;
         let (ids, prepared) = self.prepare_images(&req.prompt, images)?;
         let result = super::super::generate::run(self, &ids, req, opts, &prepared, hooks);
         if result.is_err() {
             let _ = mlx_rs::memory::clear_cache();
         }
         result
+    }
+
+    /// The tower's predicted activation bytes for `images` (the estimate's vision term).
+    fn tower_bytes(&self, images: &[(usize, PixelValues)]) -> u64 {
+        let Some(vl) = &self.model.cfg.vl else {
+            return 0;
+        };
+        let t = &vl.tower;
+        let elem = if self.model.dtype() == mlx_rs::Dtype::Float32 {
+            4
+        } else {
+            2
+        };
+        let k = self.activation.coefficients(elem);
+        images
+            .iter()
+            .map(|(_, p)| {
+                estimate::activation::vision_activation_bytes(
+                    1,
+                    p.rows as u64,
+                    t.hidden as u64,
+                    t.intermediate as u64,
+                    t.heads as u64,
+                    k,
+                )
+            })
+            .sum()
     }
 
     /// The prompt's ids with the image tokens expanded, and its embeddings and
