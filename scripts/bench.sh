@@ -3,8 +3,8 @@
 # bench-out/*.md; BENCHMARKS.md quotes them with the date and machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-out=bench-out
-mkdir -p "$out"
+# shellcheck source=bench_env.sh
+source scripts/bench_env.sh
 py=.venv/bin/python
 bin=target/release
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }

@@ -56,11 +56,17 @@ for arch in llama mistral qwen2 qwen3; do
     esac
   done
 done
-smol=$HOME/.cache/mlxsup/smollm2/mlx-f32
-if [[ ${SKIP_REAL:-} != 1 && -f $smol/config.json ]]; then
-  for chunk in 512 2048; do ladder "SmolLM2-135M" "$smol" auto "$chunk"; done
+# The real checkpoint: SmolLM2-135M-Instruct's GGUF (cached by setup), imported dense
+# to bf16 as bench_real.sh does.
+if [[ $(uname -s) == Darwin ]]; then cache=$HOME/Library/Caches; else cache=${XDG_CACHE_HOME:-$HOME/.cache}; fi
+gguf=${MLXSUP_CACHE_DIR:-$cache/mlxsup}/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+smol=$out/smollm2-bf16
+if [[ ${SKIP_REAL:-} != 1 && -f $gguf ]]; then
+  [[ -f $smol/config.json ]] || $bin/mlxsup import "$gguf" "$smol" --dense --dtype bf16 >&2
+  for chunk in 512 2048; do ladder "SmolLM2-135M bf16" "$smol" native "$chunk"; done
+  ladder "SmolLM2-135M bf16" "$smol" f32 2048
 else
-  echo "note: the real SmolLM2 checkpoint is not cached ($smol); run scripts/setup.sh" >&2
+  echo "note: the real SmolLM2 checkpoint is not cached ($gguf); run scripts/setup.sh" >&2
 fi
 
 $py - "$raw" <<'PY'

@@ -9,8 +9,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 py=.venv/bin/python
-out=bench-out
-mkdir -p "$out"
+# shellcheck source=bench_env.sh
+source scripts/bench_env.sh
 runs=${RUNS:-3}
 gen=${GEN:-64}
 bin=target/release/mlxsup

@@ -6,8 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 py=.venv/bin/python
-out=bench-out
-mkdir -p "$out"
+# shellcheck source=bench_env.sh
+source scripts/bench_env.sh
 runs=${RUNS:-3}
 cargo build -q --release -p mlxsup-worker --example bench_generate
 ours=target/release/examples/bench_generate

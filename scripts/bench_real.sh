@@ -11,8 +11,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 py=.venv/bin/python
-out=bench-out
-mkdir -p "$out"
+# shellcheck source=bench_env.sh
+source scripts/bench_env.sh
 runs=${RUNS:-3}
 if [[ $(uname -s) == Darwin ]]; then cache=$HOME/Library/Caches; else cache=${XDG_CACHE_HOME:-$HOME/.cache}; fi
 gguf=$cache/mlxsup/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
