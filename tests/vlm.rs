@@ -371,3 +371,30 @@ fn crc32(data: &[u8]) -> u32 {
     }
     !crc
 }
+
+#[test]
+fn a_tower_that_does_not_match_its_config_is_load_failed_naming_the_tensor() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("m");
+    make(&dir, &[]);
+    let path = dir.join("config.json");
+    let mut c: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("read")).expect("json");
+    c["vision_config"]["intermediate_size"] = serde_json::json!(128);
+    std::fs::write(&path, c.to_string()).expect("write");
+    let r = mlxsup(&[
+        "run",
+        dir.to_str().expect("utf-8"),
+        "--prompt",
+        "hi",
+        "--max-tokens",
+        "2",
+    ]);
+    assert_eq!(r.code, Some(4), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("vision_tower.blocks.0.mlp.gate_proj.weight has shape [256, 128]"),
+        "{}",
+        r.stderr
+    );
+}

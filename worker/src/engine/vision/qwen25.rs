@@ -156,14 +156,71 @@ impl VisionTower {
             b.norm2 = norm(&format!("blocks.{i}.norm2"))?;
         }
         let ln_q = norm("merger.ln_q")?;
-        Ok(VisionTower {
+        let tower = VisionTower {
             patch_embed: take("patch_embed.proj.weight")?,
             ln_q,
             blocks,
             mlp0,
             mlp2,
             cfg,
-        })
+        };
+        tower.check_shapes()?;
+        Ok(tower)
+    }
+
+    /// Every tensor has the shape `vision_config` implies (the patch embedding in MLX's
+    /// channels-last layout, as mlx-vlm's conversion writes it); the error names it.
+    fn check_shapes(&self) -> Result<(), String> {
+        let c = &self.cfg;
+        let (h, i) = (c.hidden, c.intermediate);
+        let merged = h * c.merge * c.merge;
+        let check = |name: &str, a: &Array, want: &[i32]| {
+            if a.shape() == want {
+                Ok(())
+            } else {
+                Err(format!(
+                    "vision_tower.{name} has shape {:?}, vision_config implies {want:?}",
+                    a.shape()
+                ))
+            }
+        };
+        let lin = |name: &str, l: &Linear, o: i32, n: i32| {
+            check(&format!("{name}.weight"), &l.w, &[o, n])?;
+            check(&format!("{name}.bias"), &l.b, &[o])
+        };
+        let norm = |name: &str, n: &Norm, d: i32| {
+            check(&format!("{name}.weight"), &n.w, &[d])?;
+            match &n.b {
+                Some(b) => check(&format!("{name}.bias"), b, &[d]),
+                None => Ok(()),
+            }
+        };
+        check(
+            "patch_embed.proj.weight",
+            &self.patch_embed,
+            &[h, c.temporal, c.patch, c.patch, c.in_channels],
+        )?;
+        for (k, b) in self.blocks.iter().enumerate() {
+            let p = format!("blocks.{k}");
+            norm(&format!("{p}.norm1"), &b.norm1, h)?;
+            norm(&format!("{p}.norm2"), &b.norm2, h)?;
+            lin(&format!("{p}.attn.qkv"), &b.qkv, 3 * h, h)?;
+            lin(&format!("{p}.attn.proj"), &b.proj, h, h)?;
+            match &b.mlp {
+                Mlp::SwiGlu { gate, up, down } => {
+                    lin(&format!("{p}.mlp.gate_proj"), gate, i, h)?;
+                    lin(&format!("{p}.mlp.up_proj"), up, i, h)?;
+                    lin(&format!("{p}.mlp.down_proj"), down, h, i)?;
+                }
+                Mlp::Gelu { fc1, fc2 } => {
+                    lin(&format!("{p}.mlp.fc1"), fc1, i, h)?;
+                    lin(&format!("{p}.mlp.fc2"), fc2, h, i)?;
+                }
+            }
+        }
+        norm("merger.ln_q", &self.ln_q, h)?;
+        lin("merger.mlp.0", &self.mlp0, merged, merged)?;
+        lin("merger.mlp.2", &self.mlp2, c.out_hidden, merged)
     }
 
     /// Bytes of the tower's weights.
