@@ -729,41 +729,14 @@ impl Actor {
         self.check_images(job)
     }
 
-    /// A request with images is planned with them, at the loaded context (the estimator
-    /// call of `run --image`: the count, the largest processed size); one that does not
-    /// fit the budget is refused (`insufficient_memory`), with the numbers.
+    /// A request with images is planned with them ([`admission::check_images`]).
     fn check_images(&self, job: &Job) -> Result<(), Box<Failure>> {
-        let images = &job.req.request.images;
-        let (Some(l), Some(plan), false) = (
-            self.loadable.as_ref(),
-            self.plan.as_ref(),
-            images.is_empty(),
-        ) else {
-            return Ok(());
-        };
-        let est = &plan.estimate;
-        let req = crate::plan::PlanRequest {
-            prefill_chunk: u64::from(plan.load.prefill_chunk),
-            calibration: estimate::Calibration {
-                model: est.activation_model,
-                source: est.calibration_source,
-                description: est.calibration.clone(),
-                floor: Vec::new(),
-            },
-            images: images.len() as u64,
-            image_size: largest_image(images),
-            ..crate::plan::PlanRequest::new(est.budget_bytes)
-        };
-        let with = crate::plan::estimate_for(
-            &l.model,
-            &req,
-            Some(est.kv_cache.context),
-            est.weights.compute_f32,
-        );
-        if with.verdict == estimate::Verdict::DoesNotFit {
-            return Err(Box::new(report::refusal(&with, Default::default())));
+        match (self.loadable.as_ref(), self.plan.as_ref()) {
+            (Some(l), Some(plan)) => {
+                admission::check_images(&l.model, plan, &job.req.request.images)
+            }
+            _ => Ok(()),
         }
-        Ok(())
     }
 
     /// The estimate at the context a generation used, and its record in the calibration
@@ -782,7 +755,7 @@ impl Actor {
                 floor: Vec::new(),
             },
             images: images.len() as u64,
-            image_size: largest_image(images),
+            image_size: admission::largest_image(images),
             ..crate::plan::PlanRequest::new(est.budget_bytes)
         };
         let used = crate::run::used_estimate(&l.model, &req, done, est.weights.compute_f32);
@@ -1022,12 +995,4 @@ async fn load(
             Loaded::BadModel("the worker did not load the model".into())
         }
     }
-}
-
-/// The largest image by pixels, (width, height): the size every image is planned at.
-fn largest_image(images: &[protocol::ImageInput]) -> Option<(u32, u32)> {
-    images
-        .iter()
-        .max_by_key(|i| u64::from(i.width) * u64::from(i.height))
-        .map(|i| (i.width, i.height))
 }

@@ -20,19 +20,19 @@ use axum::{
 };
 use protocol::{
     control::{ControlEvent, ControlReply, FromDaemon, GenerateModel},
-    ChatMessage, Device, Event, FinishReason, GenerateRequest, Prompt,
+    Device, Event, FinishReason, GenerateRequest, Prompt,
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{
     error::ApiError,
-    images::{self, RawImage},
+    images,
     openai::{
         AssistantMessage, ChatChoice, ChatChunk, ChatCompletion, ChatRequest, ChunkChoice,
-        CompletionRequest, Content, Delta, PromptText, Sampling, TextChoice, TextCompletion, Usage,
+        CompletionRequest, Delta, Sampling, TextChoice, TextCompletion, Usage,
     },
-    App,
+    prompt, App,
 };
 use crate::daemon::models::{Job, ModelCmd, Responder};
 
@@ -136,67 +136,6 @@ fn request(
     })
 }
 
-fn chat_prompt(req: &ChatRequest) -> Result<(Prompt, Vec<RawImage>), ApiError> {
-    if req.messages.is_empty() {
-        return Err(ApiError::bad_request("messages", "messages is empty"));
-    }
-    let mut out = Vec::with_capacity(req.messages.len());
-    let mut images = Vec::new();
-    for (i, m) in req.messages.iter().enumerate() {
-        let content = match &m.content {
-            None => String::new(),
-            Some(Content::Text(t)) => t.clone(),
-            Some(Content::Parts(parts)) => {
-                let mut text = String::new();
-                for (j, p) in parts.iter().enumerate() {
-                    match (p.kind.as_str(), &p.text) {
-                        ("text", Some(t)) => text.push_str(t),
-                        ("image_url", _) => {
-                            let param = format!("messages[{i}].content[{j}].image_url");
-                            let Some(u) = &p.image_url else {
-                                return Err(ApiError::bad_request(
-                                    &param,
-                                    "an image_url part without its image_url object",
-                                ));
-                            };
-                            images.push(RawImage {
-                                message: i as u32,
-                                param,
-                                url: u.url.clone(),
-                            });
-                        }
-                        (kind, _) => {
-                            return Err(ApiError::bad_request(
-                                &format!("messages[{i}].content"),
-                                format!(
-                                "content parts of type `{kind}` are not supported by this model"
-                            ),
-                            ))
-                        }
-                    }
-                }
-                text
-            }
-        };
-        out.push(ChatMessage {
-            role: m.role.clone(),
-            content,
-        });
-    }
-    Ok((Prompt::Chat(out), images))
-}
-
-fn text_prompt(req: &CompletionRequest) -> Result<Prompt, ApiError> {
-    match &req.prompt {
-        PromptText::One(p) => Ok(Prompt::Text(p.clone())),
-        PromptText::Many(v) if v.len() == 1 => Ok(Prompt::Text(v[0].clone())),
-        PromptText::Many(_) => Err(ApiError::bad_request(
-            "prompt",
-            "exactly one prompt per request is supported",
-        )),
-    }
-}
-
 fn json_error(e: JsonRejection) -> ApiError {
     ApiError::bad_request("body", e.body_text())
 }
@@ -208,7 +147,7 @@ pub async fn chat(
 ) -> Response {
     let result = async {
         let Json(req) = body.map_err(json_error)?;
-        let (prompt, raw) = chat_prompt(&req)?;
+        let (prompt, raw) = prompt::chat_prompt(&req)?;
         let mut gen = request(&app, &req.sampling, prompt, &headers)?;
         if !raw.is_empty() {
             let dir = app
@@ -238,7 +177,7 @@ pub async fn completions(
 ) -> Response {
     let result = async {
         let Json(req) = body.map_err(json_error)?;
-        let prompt = text_prompt(&req)?;
+        let prompt = prompt::text_prompt(&req)?;
         let gen = request(&app, &req.sampling, prompt, &headers)?;
         Ok::<_, ApiError>((gen, req.sampling))
     }
