@@ -110,7 +110,7 @@ fn image_tokens_kv_and_activations_are_planned() {
                 } else {
                     2
                 }),
-            ),
+            ) + 2 * 4784 * 1176 * (4 + 3 * 2), // the pixel values: f32 in, three bf16 copies
             "{name}"
         );
         let small = estimate(&model, &req(2, Some((448, 448)), 4096));
