@@ -204,6 +204,12 @@ fn pixel_bytes(v: &crate::model::VisionDims, patches: u64, elem: u64) -> u64 {
     let per_patch = v.qwen.as_ref().map_or(3 * 2 * 14 * 14, |q| {
         3 * u64::from(q.temporal_patch_size) * u64::from(q.patch_size) * u64::from(q.patch_size)
     });
+    vision_pixel_bytes(patches, per_patch, elem)
+}
+
+/// [`pixel_bytes`] for `patches` patches of `per_patch` values at `elem` bytes (the
+/// worker's soft guard predicts the tower with it too).
+pub fn vision_pixel_bytes(patches: u64, per_patch: u64, elem: u64) -> u64 {
     patches
         .saturating_mul(per_patch)
         .saturating_mul(4 + 3 * elem)

@@ -121,7 +121,7 @@ impl Engine {
                     t.intermediate as u64,
                     t.heads as u64,
                     k,
-                )
+                ) + estimate::request::vision_pixel_bytes(p.rows as u64, p.cols as u64, elem)
             })
             .sum()
     }
