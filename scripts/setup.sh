@@ -44,7 +44,14 @@ real_dir="${MLXSUP_CACHE_DIR:-$user_cache/mlxsup}/smollm2"
 
 stamp=".setup-stamp"
 want="$os $backend $wheel ${venv_pkgs[*]}"
-if [[ -f $stamp && "$(cat "$stamp")" == "$want" && -d .mlx/mlx && -x .venv/bin/python && -f $real_dir/$SMOLLM2_GGUF ]]; then
+# The vision-language reference (its step is the last one below).
+MLX_VLM_VERSION=0.7.6
+PILLOW_VERSION=12.0.0
+TRANSFORMERS_VERSION=5.24.0
+vlm_want="mlx-vlm==$MLX_VLM_VERSION ${venv_pkgs[0]} mlx-lm==$MLX_LM_VERSION transformers==$TRANSFORMERS_VERSION pillow==$PILLOW_VERSION"
+vlm_stamp=".setup-stamp-vlm"
+vlm_ready() { [[ ${MLXSUP_SKIP_VLM:-0} == 1 || ( -f $vlm_stamp && "$(cat "$vlm_stamp")" == "$vlm_want" && -x .venv-vlm/bin/python ) ]]; }
+if [[ -f $stamp && "$(cat "$stamp")" == "$want" && -d .mlx/mlx && -x .venv/bin/python && -f $real_dir/$SMOLLM2_GGUF ]] && vlm_ready; then
   exit 0
 fi
 
@@ -110,3 +117,29 @@ fi
 
 echo "$want" >"$stamp"
 say "ready: MLX $MLX_VERSION ($backend) in .mlx/, peer in .venv/"
+
+# --- the vision-language reference (.venv-vlm) ----------------------------------------
+# mlx-vlm implements Qwen2-VL / Qwen2.5-VL. Its newest release whose requirements allow the
+# worker's MLX 0.32.2 is 0.7.6 (0.7.8 needs >=0.32.3, 0.7.9 and 0.7.10 need >=0.32.4; the
+# qwen2_vl/qwen2_5_vl vision code of 0.7.6 and 0.7.10 is the same file, the language side
+# differs only in cache plumbing), so the reference runs on the same libmlx as the worker.
+# Its own env because .venv has no Pillow and is shared. --no-deps: mlx-vlm's declared
+# requirements include opencv, an audio stack, a web server and llguidance, none of which
+# the Qwen-VL path imports; what it does import is listed here, pinned. No torch: the
+# reference image processors (mlx-vlm's and transformers' Qwen2VLImageProcessorPil) are
+# numpy + Pillow. Skip with MLXSUP_SKIP_VLM=1.
+if ! vlm_ready; then
+  if [[ ! -x .venv-vlm/bin/python ]]; then
+    say "creating .venv-vlm"
+    "$PYTHON" -m venv .venv-vlm
+  fi
+  say "installing $vlm_want into .venv-vlm"
+  .venv-vlm/bin/python -m pip install --quiet --disable-pip-version-check "${venv_pkgs[0]}" \
+    "mlx-lm==$MLX_LM_VERSION" "transformers==$TRANSFORMERS_VERSION" "pillow==$PILLOW_VERSION" \
+    numpy jinja2 sentencepiece tqdm requests huggingface_hub
+  .venv-vlm/bin/python -m pip install --quiet --disable-pip-version-check --no-deps "mlx-vlm==$MLX_VLM_VERSION"
+  .venv-vlm/bin/python -c 'import mlx_vlm, mlx_vlm.models.qwen2_5_vl, mlx_vlm.models.qwen2_vl, PIL' \
+    || die ".venv-vlm: mlx-vlm $MLX_VLM_VERSION does not import"
+  echo "$vlm_want" >"$vlm_stamp"
+  say "ready: mlx-vlm $MLX_VLM_VERSION in .venv-vlm/"
+fi

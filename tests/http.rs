@@ -188,3 +188,134 @@ fn health_and_ps_answer_plain_http() {
     assert!(ps["models"][0]["footprint_bytes"].as_u64().unwrap() > 0);
     std::thread::sleep(Duration::from_millis(10));
 }
+
+#[test]
+fn image_url_data_urls_give_the_text_of_run_and_remote_urls_are_400() {
+    let vl = tempfile::tempdir().unwrap();
+    let model = vl.path().join("vl");
+    let m = model.to_str().unwrap();
+    let made = mlxsup_tests::mlxsup(&[
+        "make-model",
+        m,
+        "--arch",
+        "qwen2_5_vl",
+        "--hidden",
+        "128",
+        "--layers",
+        "4",
+        "--heads",
+        "4",
+        "--kv-heads",
+        "2",
+        "--intermediate",
+        "256",
+        "--vocab",
+        "1024",
+        "--seed",
+        "7",
+    ]);
+    assert_eq!(made.code, Some(0), "{}", made.stderr);
+    let png = vl.path().join("wide.png");
+    image::ImageBuffer::from_fn(300, 200, |x, y| {
+        image::Rgb(
+            [0u32, 1, 2].map(|c| ((x * (3 + c) + y * 5 + c * 70 + (x * y) % 17) % 256) as u8),
+        )
+    })
+    .save(&png)
+    .unwrap();
+    let prompt = "Describe the picture.";
+    let run = mlxsup_tests::mlxsup(&[
+        "run",
+        m,
+        "--image",
+        png.to_str().unwrap(),
+        "--prompt",
+        prompt,
+        "--max-tokens",
+        "12",
+        "--json",
+    ]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let text: String = run
+        .named("token")
+        .iter()
+        .filter_map(|e| e["text"].as_str())
+        .collect();
+    let (d, base) = http(&["--models", vl.path().to_str().unwrap()]);
+    let v = openai(&base, "image", &["vl", prompt, "12", png.to_str().unwrap()]);
+    assert_eq!(v["text"], text.as_str(), "{v:#}");
+    // And `mlxsup generate --image` through the daemon, by name (its folder from `ls`).
+    let mut args = gen_args("vl", prompt, "12");
+    args.extend(["--image", png.to_str().unwrap()]);
+    let out = d.cli(&args);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(out.text(), text, "generate --image");
+    assert_eq!(v["usage"]["completion_tokens"], 12, "{v:#}");
+    assert_eq!(v["remote"][0], 400, "{v:#}");
+    assert_eq!(v["remote"][1], "messages[0].content[0].image_url", "{v:#}");
+    assert!(
+        v["remote"][2]
+            .as_str()
+            .unwrap_or("")
+            .contains("no outbound requests"),
+        "{v:#}"
+    );
+    for key in ["truncated", "not_image"] {
+        assert_eq!(v[key][0], 400, "{key}: {v:#}");
+        assert_eq!(
+            v[key][1], "messages[0].content[1].image_url",
+            "{key}: {v:#}"
+        );
+    }
+}
+
+#[test]
+fn images_that_do_not_fit_the_loaded_model_are_507() {
+    let vl = tempfile::tempdir().unwrap();
+    let m = vl.path().join("vl");
+    let made = mlxsup_tests::mlxsup(&[
+        "make-model",
+        m.to_str().unwrap(),
+        "--arch",
+        "qwen2_5_vl",
+        "--hidden",
+        "128",
+        "--layers",
+        "2",
+        "--heads",
+        "4",
+        "--kv-heads",
+        "2",
+        "--intermediate",
+        "256",
+        "--vocab",
+        "1024",
+    ]);
+    assert_eq!(made.code, Some(0), "{}", made.stderr);
+    let png = |name: &str, w: u32, h: u32| {
+        let p = vl.path().join(name);
+        image::ImageBuffer::from_fn(w, h, |x, y| {
+            image::Rgb([(x % 256) as u8, (y % 256) as u8, 7])
+        })
+        .save(&p)
+        .unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    let small = png("small.png", 64, 64);
+    let big: Vec<String> = (0..4)
+        .map(|i| png(&format!("big{i}.png"), 896, 672))
+        .collect();
+    // Measured: the daemon plans the text model at ~632 MiB; four 896x672 images add ~440 MB.
+    let (_d, base) = http(&[
+        "--models",
+        vl.path().to_str().unwrap(),
+        "--budget",
+        "800MiB",
+    ]);
+    let mut args = vec!["vl", small.as_str()];
+    args.extend(big.iter().map(String::as_str));
+    let v = openai(&base, "image_refusal", &args);
+    assert_eq!(v["small"], 2, "{v:#}");
+    assert_eq!(v["big"][0], 507, "{v:#}");
+    assert_eq!(v["big"][1], "insufficient_memory", "{v:#}");
+}

@@ -195,6 +195,58 @@ elif scenario == "errors":
         res["bad_json"] = [e.code, json.load(e)["error"]["param"]]
     out(**res)
 
+elif scenario == "image":
+    # A chat message with data: URL images (then its text), and a remote URL refused.
+    import base64
+    model, prompt, n, *paths = args
+    c = client()
+    parts = [
+        {"type": "image_url",
+         "image_url": {"url": "data:image/png;base64," + base64.b64encode(open(p, "rb").read()).decode()}}
+        for p in paths
+    ]
+    parts.append({"type": "text", "text": prompt})
+    r = c.chat.completions.create(model=model, messages=[{"role": "user", "content": parts}],
+                                  max_tokens=int(n), temperature=0)
+    res = {"text": r.choices[0].message.content, "usage": r.usage.model_dump()}
+    try:
+        c.chat.completions.create(model=model, max_tokens=2, messages=[{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}},
+            {"type": "text", "text": prompt}]}])
+    except openai.BadRequestError as e:
+        res["remote"] = [e.status_code, e.body.get("param"), e.body.get("message")]
+    # A truncated PNG and a non-image as data: URLs, after a good text part.
+    for key, data in [("truncated", open(paths[0], "rb").read()[:200]), ("not_image", b"hello")]:
+        try:
+            c.chat.completions.create(model=model, max_tokens=2, messages=[{"role": "user", "content": [
+                {"type": "text", "text": prompt},
+                {"type": "image_url", "image_url": {
+                    "url": "data:image/png;base64," + base64.b64encode(data).decode()}}]}])
+        except openai.BadRequestError as e:
+            res[key] = [e.status_code, e.body.get("param"), e.body.get("message")]
+    out(**res)
+
+elif scenario == "image_refusal":
+    # Images that do not fit the budget with the loaded model: a 507, then a small one fits.
+    import base64
+    model, small, *big = args
+    c = client()
+
+    def ask(paths):
+        parts = [{"type": "image_url", "image_url": {
+            "url": "data:image/png;base64," + base64.b64encode(open(p, "rb").read()).decode()}}
+            for p in paths] + [{"type": "text", "text": "Describe the pictures."}]
+        return c.chat.completions.create(model=model, messages=[{"role": "user", "content": parts}],
+                                         max_tokens=2, temperature=0)
+    res = {}
+    res["small"] = ask([small]).usage.completion_tokens
+    try:
+        ask(big)
+        res["big"] = None
+    except openai.APIStatusError as e:
+        res["big"] = [e.status_code, e.body.get("type"), e.body.get("message")]
+    out(**res)
+
 elif scenario == "auth":
     model, key = args[0], args[1]
     res = {}

@@ -87,6 +87,7 @@ impl Session {
             sampling: Sampling::default(),
             stop: vec![],
             fault: None,
+            images: Vec::new(),
         }))
     }
 }

@@ -316,9 +316,18 @@ pub fn largest_fitting(upto: u64, fits: impl Fn(u64) -> bool) -> Option<u64> {
 }
 
 /// Activations of the vision encoder for `images` images of `patches` patches each, with
-/// encoder width `d`, MLP width `inter` and `heads` heads (full attention per image).
-pub fn vision_activation_bytes(images: u64, patches: u64, d: u64, inter: u64, heads: u64) -> u64 {
-    let k = BUILTIN.half;
+/// encoder width `d`, MLP width `inter` and `heads` heads (full attention per image),
+/// with the coefficients `k` of the activations' dtype class: the tower's peak is one
+/// full-attention block's scores and its MLP, as a text layer's (measured on Qwen2.5-VL
+/// in f32: within 1% at 1024 and 3072 patches, BENCHMARKS.md §11).
+pub fn vision_activation_bytes(
+    images: u64,
+    patches: u64,
+    d: u64,
+    inter: u64,
+    heads: u64,
+    k: &Coefficients,
+) -> u64 {
     // In f64 throughout: patches² and d + inter can pass u64 for implausible inputs.
     let patches = patches as f64;
     let per_image = heads as f64 * patches * patches * k.score_bytes

@@ -49,12 +49,16 @@ pub(crate) fn vision_dims(cfg: &Config) -> Option<VisionDims> {
         .max(1);
     let intermediate = map_u64(v, &["intermediate_size"]).unwrap_or(4 * width);
     let mt = cfg.model_type();
+    let mut qwen = None;
     let (patches, tokens) = if mt.starts_with("qwen") {
-        // A 448×448 image: 32×32 patches of 14 px, merged 2×2 into 256 tokens.
+        // The processor's smart resize decides per image (`crate::vision`); the default
+        // here is a 448×448 image: 32×32 patches of 14 px, merged 2×2 into 256 tokens.
         let merge = map_u64(v, &["spatial_merge_size"]).unwrap_or(2).max(1);
         let patch = map_u64(v, &["patch_size", "spatial_patch_size"])
             .unwrap_or(14)
             .max(1);
+        let temporal = map_u64(v, &["temporal_patch_size"]).unwrap_or(2);
+        qwen = Some(crate::vision::QwenGrid::new(patch, merge, temporal));
         let side = 448 / patch;
         (side * side, side * side / (merge * merge))
     } else if mt.starts_with("gemma4") {
@@ -76,5 +80,6 @@ pub(crate) fn vision_dims(cfg: &Config) -> Option<VisionDims> {
         heads,
         patches_per_image: patches,
         tokens_per_image: tokens,
+        qwen,
     })
 }

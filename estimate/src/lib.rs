@@ -32,6 +32,7 @@ pub mod quantization;
 pub mod request;
 pub mod safetensors_header;
 pub mod verdict;
+pub mod vision;
 pub mod weights;
 
 pub use activation::{

@@ -84,6 +84,9 @@ pub struct VisionDims {
     pub patches_per_image: u64,
     /// Tokens one image adds to the language model's context.
     pub tokens_per_image: u64,
+    /// The Qwen2-VL processor's grid, when the image size decides the counts above
+    /// (`crate::vision::plan_image`).
+    pub qwen: Option<crate::vision::QwenGrid>,
 }
 
 /// A model folder, read.
@@ -237,7 +240,7 @@ impl Model {
         index: Option<ShardIndex>,
         shards: Vec<ShardHeader>,
         mut warnings: Vec<String>,
-        bytes_read: u64,
+        mut bytes_read: u64,
     ) -> Result<Model, EstimateError> {
         let quantization = Quantization::from_config(&config);
         let names: Option<BTreeSet<String>> = if !shards.is_empty() {
@@ -332,7 +335,10 @@ impl Model {
         };
         let kv_layers = layer_layout(&config, &dims, kv_dtype_bytes);
         let activation = activation_dims(&config, &dims);
-        let vision = vision_dims(&config);
+        let mut vision = vision_dims(&config);
+        if let Some(grid) = vision.as_mut().and_then(|v| v.qwen.as_mut()) {
+            grid.read_preprocessor(dir, &mut warnings, &mut bytes_read);
+        }
         let vision_bytes = if !shards.is_empty() {
             shards
                 .iter()

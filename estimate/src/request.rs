@@ -13,6 +13,10 @@ use crate::model::{Model, WeightSource};
 use crate::verdict::{Verdict, TIGHT_FRACTION};
 use crate::weights::WeightParts;
 
+#[path = "request_images.rs"]
+mod images;
+use images::{image_advice, image_plan};
+
 /// Default context when the request gives none: the model's `max_position_embeddings`,
 /// capped here. 32768 tokens covers real use on one machine; a model's 128K–1M maximum
 /// would make every estimate a refusal. The cap is shown (`context_capped`).
@@ -35,6 +39,10 @@ pub struct Request {
     pub kv_bits: Option<u8>,
     /// Images in the prompt.
     pub images: u64,
+    /// Their size (width, height); `None` = [`crate::vision::DEFAULT_IMAGE_SIZE`]. On the
+    /// Qwen2-VL family the processor's smart resize of this size decides the patches and
+    /// tokens planned.
+    pub image_size: Option<(u32, u32)>,
     /// What-if: weights quantized with MLX affine at this many bits (group 64).
     pub quant_bits: Option<u8>,
     /// Prefill chunk in tokens.
@@ -55,6 +63,7 @@ impl Default for Request {
             batch: 1,
             kv_bits: None,
             images: 0,
+            image_size: None,
             quant_bits: None,
             prefill_chunk: DEFAULT_PREFILL_CHUNK,
             budget: Bytes(0),
@@ -104,6 +113,14 @@ pub struct VisionReport {
     pub tokens_per_image: u64,
     /// Encoder activation bytes for all images.
     pub activation_bytes: u64,
+    /// The image size planned and what the processor makes of it.
+    pub image: Option<crate::vision::ImagePlan>,
+    /// Patches the vision tower sees per image.
+    pub patches_per_image: u64,
+    /// All images' tokens (added to the context in the KV cache).
+    pub image_tokens: u64,
+    /// The KV cache bytes of those tokens (included in `kv_cache.bytes`).
+    pub kv_bytes: u64,
 }
 
 /// The estimate: the `inspect --json` object.
@@ -163,6 +180,7 @@ struct Totals {
     kv: KvCache,
     act: Activation,
     vision_act: u64,
+    image_kv: u64,
     load_transient: u64,
     overhead: u64,
     floor: u64,
@@ -178,9 +196,33 @@ pub fn activation_elem_bytes(model: &Model, req: &Request) -> u64 {
     }
 }
 
+/// One image's pixel values in the tower: the f32 rows the processor gives (C·T·P·P
+/// values per patch), their cast to the activations' dtype, the channels-last copy and
+/// the patch embedding's input (measured: a 308-patch image on a 128-wide tower adds
+/// 7.1 MB where the attention and MLP terms give 2.8 MB).
+fn pixel_bytes(v: &crate::model::VisionDims, patches: u64, elem: u64) -> u64 {
+    let per_patch = v.qwen.as_ref().map_or(3 * 2 * 14 * 14, |q| {
+        3 * u64::from(q.temporal_patch_size) * u64::from(q.patch_size) * u64::from(q.patch_size)
+    });
+    vision_pixel_bytes(patches, per_patch, elem)
+}
+
+/// [`pixel_bytes`] for `patches` patches of `per_patch` values at `elem` bytes (the
+/// worker's soft guard predicts the tower with it too).
+pub fn vision_pixel_bytes(patches: u64, per_patch: u64, elem: u64) -> u64 {
+    patches
+        .saturating_mul(per_patch)
+        .saturating_mul(4 + 3 * elem)
+}
+
 fn totals(model: &Model, weights: u64, context: u64, req: &Request) -> Totals {
     let batch = req.batch.max(1);
     let kv_dtype_bytes = activation_elem_bytes(model, req);
+    let image = image_plan(model, req);
+    // `context` counts the text; the images' tokens come on top of it.
+    let image_tokens = image.map_or(0, |p| p.tokens.saturating_mul(req.images));
+    let text_context = context;
+    let context = context.saturating_add(image_tokens);
     let kv = kv_cache(
         &model.kv_layers,
         context,
@@ -188,6 +230,18 @@ fn totals(model: &Model, weights: u64, context: u64, req: &Request) -> Totals {
         kv_dtype_bytes,
         req.kv_bits,
     );
+    let image_kv = if image_tokens > 0 {
+        let text = kv_cache(
+            &model.kv_layers,
+            text_context,
+            batch,
+            kv_dtype_bytes,
+            req.kv_bits,
+        );
+        kv.bytes.saturating_sub(text.bytes)
+    } else {
+        0
+    };
     let chunk = if req.prefill_chunk == 0 {
         DEFAULT_PREFILL_CHUNK
     } else {
@@ -197,10 +251,16 @@ fn totals(model: &Model, weights: u64, context: u64, req: &Request) -> Totals {
     let attended = crate::activation::attended_positions(&model.kv_layers, context, chunk);
     let act = coefficients.predict(&model.activation, kv_dtype_bytes, chunk, attended, batch);
     let overhead = coefficients.overhead_bytes(kv_dtype_bytes);
-    let vision_act = match (&model.vision, req.images) {
-        (Some(v), n) if n > 0 => {
-            vision_activation_bytes(n, v.patches_per_image, v.width, v.intermediate, v.heads)
-        }
+    let vision_act = match (&model.vision, image) {
+        (Some(v), Some(p)) => vision_activation_bytes(
+            req.images,
+            p.patches,
+            v.width,
+            v.intermediate,
+            v.heads,
+            coefficients.coefficients(kv_dtype_bytes),
+        )
+        .saturating_add(pixel_bytes(v, p.patches, kv_dtype_bytes).saturating_mul(req.images)),
         _ => 0,
     };
     // The f32 build's load transient is freed before the first token: the peak is the
@@ -228,6 +288,7 @@ fn totals(model: &Model, weights: u64, context: u64, req: &Request) -> Totals {
         kv,
         act,
         vision_act,
+        image_kv,
         load_transient,
         overhead,
         floor: if floor > total { floor } else { 0 },
@@ -266,11 +327,31 @@ pub fn estimate(model: &Model, req: &Request) -> Estimate {
     let t = totals(model, weights, context, req);
     let budget = req.budget.0;
     let verdict = Verdict::of(t.total, budget);
-    let advice = advise(model, req, weights, context, t.total, verdict);
+    let mut advice = advise(model, req, weights, context, t.total, verdict);
+    if verdict == Verdict::DoesNotFit {
+        if let Some(a) = image_advice(model, req, weights, context, budget) {
+            advice.push_str(&a);
+        }
+    }
+    let image = image_plan(model, req);
+    if let (Some(v), Some(size)) = (&model.vision, req.image_size.filter(|_| req.images > 0)) {
+        if let Err(e) = crate::vision::plan_image(v, Some(size)) {
+            warnings.push(format!("{e}; planned at the default size instead"));
+        } else if v.qwen.is_none() {
+            warnings.push(format!(
+                "--image-size is not modelled for `{}`: its fixed {} tokens per image are planned",
+                model.architecture, v.tokens_per_image
+            ));
+        }
+    }
     let vision = (req.images > 0).then(|| VisionReport {
         images: req.images,
-        tokens_per_image: model.vision.map_or(0, |v| v.tokens_per_image),
+        tokens_per_image: image.map_or(0, |p| p.tokens),
         activation_bytes: t.vision_act,
+        image,
+        patches_per_image: image.map_or(0, |p| p.patches),
+        image_tokens: image.map_or(0, |p| p.tokens.saturating_mul(req.images)),
+        kv_bytes: t.image_kv,
     });
     if req.images > 0 && model.vision.is_none() {
         warnings.push("--images given but the model has no vision tower".to_string());

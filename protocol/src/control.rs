@@ -29,8 +29,11 @@ pub mod version {
     /// `GenerateModel::kv_bits`), and the estimate at the context a generation used
     /// (`GenerateDone::context_used`, `GenerateDone::estimate_used_bytes`).
     pub const V1_2: Version = Version { major: 1, minor: 2 };
+    /// 1.3: the images of a vision-language prompt (`GenerateRequest::images`, worker
+    /// protocol 1.4), inside `GenerateModel::request`.
+    pub const V1_3: Version = Version { major: 1, minor: 3 };
     /// What this build speaks.
-    pub const CURRENT: Version = V1_2;
+    pub const CURRENT: Version = V1_3;
 }
 
 /// Client → daemon.

@@ -15,6 +15,7 @@
 //!                 sampling: Sampling::default(),
 //!                 stop: vec![],
 //!                 fault: None,
+//!                 images: Vec::new(),
 //!             },
 //!             context: None,
 //!             keep_alive: None,

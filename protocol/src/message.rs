@@ -301,6 +301,25 @@ pub struct GenerateRequest {
     pub stop: Vec<String>,
     /// Tests only: fail on purpose at prefill or at a decode step.
     pub fault: Option<Fault>,
+    /// Since 1.4: the images of a vision-language prompt, in prompt order.
+    pub images: Vec<ImageInput>,
+}
+
+/// Since 1.4: one image of a vision-language prompt, decoded and resized by the
+/// supervisor to the size the model's processor gives it (a multiple of the patch ×
+/// merge factor within its pixel limits); the worker normalizes and patchifies it.
+/// 8-bit RGB is 8× smaller than the float pixel values (3 bytes a pixel against 2
+/// temporal frames × 3 channels × 4 bytes), so an image of up to ~5.5 MP fits a frame.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ImageInput {
+    /// The chat message it belongs to (index into `Prompt::Chat`): a message's images
+    /// come before its text, as mlx-vlm places them. For a text or token prompt, the
+    /// prompt holds the image placeholders itself and this is ignored.
+    pub message: u32,
+    pub width: u32,
+    pub height: u32,
+    /// Rows top to bottom, `rgb[(y * width + x) * 3 + c]`.
+    pub rgb: Vec<u8>,
 }
 
 /// Why generation ended.

@@ -21,8 +21,11 @@ pub const V1_2: Version = Version { major: 1, minor: 2 };
 /// backend of a load (`LoadInfo::mlx_version`, `LoadInfo::backend`).
 pub const V1_3: Version = Version { major: 1, minor: 3 };
 
+/// Version 1.4: the images of a vision-language prompt (`GenerateRequest::images`).
+pub const V1_4: Version = Version { major: 1, minor: 4 };
+
 /// The version this build speaks.
-pub const CURRENT: Version = V1_3;
+pub const CURRENT: Version = V1_4;
 
 /// A protocol version.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

@@ -77,6 +77,7 @@ fn sample() -> ToWorker {
             sampling: Sampling::default(),
             stop: vec!["\n".into()],
             fault: None,
+            images: Vec::new(),
         }),
     }
 }
@@ -204,6 +205,7 @@ async fn senders_refuse_oversized_messages() {
             sampling: Sampling::default(),
             stop: vec![],
             fault: None,
+            images: Vec::new(),
         }),
     };
     assert!(matches!(

@@ -7,9 +7,9 @@ use protocol::{
     handshake::{Hello, Role},
     version::Version,
     ChatMessage, DoneInfo, Event, Failure, FailureKind, Fault, FaultAction, FaultPoint,
-    FinishReason, FromWorker, GenerateRequest, Limits, LoadInfo, LoadRequest, ModelSpec, Phase,
-    Prompt, ProtocolError, Reply, Request, Sampling, SystemInfo, Telemetry, ToWorker, WorkerError,
-    WorkerErrorKind,
+    FinishReason, FromWorker, GenerateRequest, ImageInput, Limits, LoadInfo, LoadRequest,
+    ModelSpec, Phase, Prompt, ProtocolError, Reply, Request, Sampling, SystemInfo, Telemetry,
+    ToWorker, WorkerError, WorkerErrorKind,
 };
 use serde::{de::DeserializeOwned, Serialize};
 use tokio_util::codec::{Decoder, Encoder};
@@ -81,6 +81,7 @@ fn requests() -> Vec<Request> {
             sampling: Sampling::default(),
             stop: vec!["\n\n".into(), "</s>".into()],
             fault: None,
+            images: Vec::new(),
         }),
         Request::Generate(GenerateRequest {
             prompt: Prompt::Chat(vec![
@@ -104,6 +105,7 @@ fn requests() -> Vec<Request> {
                 action: FaultAction::Exit(-3),
                 point: FaultPoint::Decode(9),
             }),
+            images: Vec::new(),
         }),
         Request::Generate(GenerateRequest {
             prompt: Prompt::Tokens(vec![0, 1, u32::MAX]),
@@ -114,6 +116,32 @@ fn requests() -> Vec<Request> {
                 action: FaultAction::AbortMetalOom,
                 point: FaultPoint::Prefill,
             }),
+            images: Vec::new(),
+        }),
+        // Since 1.4: a chat prompt with two images on its first message.
+        Request::Generate(GenerateRequest {
+            prompt: Prompt::Chat(vec![ChatMessage {
+                role: "user".into(),
+                content: "What is in the pictures?".into(),
+            }]),
+            max_tokens: 32,
+            sampling: Sampling::default(),
+            stop: vec![],
+            fault: None,
+            images: vec![
+                ImageInput {
+                    message: 0,
+                    width: 28,
+                    height: 56,
+                    rgb: (0..28 * 56 * 3).map(|i| (i % 251) as u8).collect(),
+                },
+                ImageInput {
+                    message: 0,
+                    width: 56,
+                    height: 28,
+                    rgb: vec![255; 56 * 28 * 3],
+                },
+            ],
         }),
         Request::Unload,
         Request::MakeModel(ModelSpec {
@@ -607,6 +635,7 @@ fn arb_request() -> impl Strategy<Value = Request> {
                 sampling,
                 stop,
                 fault,
+                images: Vec::new(),
             },
         );
     let spec = (

@@ -93,6 +93,7 @@ fn gen_request(
             sampling: Sampling::default(),
             stop: vec![],
             fault: None,
+            images: Vec::new(),
         },
         context,
         keep_alive: None,

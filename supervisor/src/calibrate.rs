@@ -297,6 +297,7 @@ async fn measure(
         sampling: Sampling::default(),
         stop: vec![],
         fault: None,
+        images: Vec::new(),
     };
     let end = worker.call(Request::Generate(gen), never, |_| {}).await;
     worker.shutdown().await;

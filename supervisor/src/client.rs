@@ -77,6 +77,10 @@ pub struct GenerateArgs {
     pub model: ModelArgs,
     #[command(flatten)]
     pub prompt: PromptArgs,
+    /// An image for a vision-language model (repeatable), as `run --image`: read and
+    /// resized here, with the model folder's processor settings.
+    #[arg(long = "image", value_name = "FILE")]
+    pub images: Vec<std::path::PathBuf>,
     #[command(flatten)]
     pub client: ClientArgs,
 }
@@ -105,7 +109,7 @@ async fn connect(args: &ClientArgs) -> Result<DaemonClient, Exit> {
 }
 
 /// One request, its reply (events ignored).
-async fn ask(args: &ClientArgs, body: ControlRequest) -> Result<ControlReply, Exit> {
+pub(crate) async fn ask(args: &ClientArgs, body: ControlRequest) -> Result<ControlReply, Exit> {
     let mut client = connect(args).await?;
     client.call(body, |_| {}).await.map_err(|e| {
         eprintln!("mlxsup: {e}");
@@ -349,9 +353,15 @@ pub fn generate(args: GenerateArgs) -> Exit {
             }
         };
         let m = &args.model;
+        let (prompt, images) = match crate::images::for_generate(&args, prompt).await {
+            Ok(p) => p,
+            Err(e) => return e,
+        };
+        let mut request = args.prompt.request(prompt, m.inject_fault);
+        request.images = images;
         let req = ControlRequest::Generate(GenerateModel {
             model: m.model.clone(),
-            request: args.prompt.request(prompt, m.inject_fault),
+            request,
             context: m.context,
             keep_alive: m.keep_alive,
             force: m.force,

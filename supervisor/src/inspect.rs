@@ -25,6 +25,10 @@ pub struct InspectArgs {
     /// Images in the prompt (VLMs).
     #[arg(long, default_value_t = 0)]
     images: u64,
+    /// Their size WxH in pixels (Qwen2-VL family: the processor's resize of it decides
+    /// the tokens and the vision activations) [default: 448x448].
+    #[arg(long, value_parser = parse_image_size)]
+    image_size: Option<(u32, u32)>,
     /// What if the weights were quantized to B bits (MLX affine, group 64)?
     #[arg(long, value_parser = parse_quant_bits)]
     quant_bits: Option<u8>,
@@ -50,6 +54,22 @@ pub fn parse_kv_bits(s: &str) -> Result<u8, String> {
         "4" => Ok(4),
         "8" => Ok(8),
         _ => Err(format!("`{s}` is not 4 or 8")),
+    }
+}
+
+/// `WxH`, each side 1..=100000 pixels.
+pub fn parse_image_size(s: &str) -> Result<(u32, u32), String> {
+    let bad = || format!("`{s}` is not WxH in pixels (e.g. 1280x720)");
+    let (w, h) = s.split_once(['x', 'X']).ok_or_else(bad)?;
+    let side = |v: &str| {
+        v.trim()
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..=100_000).contains(n))
+    };
+    match (side(w), side(h)) {
+        (Some(w), Some(h)) => Ok((w, h)),
+        _ => Err(bad()),
     }
 }
 
@@ -91,6 +111,7 @@ pub fn run(args: InspectArgs) -> Exit {
         batch: args.batch,
         kv_bits: args.kv_bits,
         images: args.images,
+        image_size: args.image_size,
         quant_bits: args.quant_bits,
         prefill_chunk: args.prefill_chunk,
         budget: budget.bytes,
@@ -241,7 +262,20 @@ pub fn table(est: &Estimate, model: &Model, budget: &Budget, color: bool) -> Str
         row(
             "  images",
             Bytes(v.activation_bytes).to_string(),
-            format!("{} × {} tokens", v.images, v.tokens_per_image),
+            match &v.image {
+                Some(i) => format!(
+                    "{} × {} tokens ({}x{} → {}x{}, {} patches each); their KV {}",
+                    v.images,
+                    v.tokens_per_image,
+                    i.width,
+                    i.height,
+                    i.resized_width,
+                    i.resized_height,
+                    i.patches,
+                    Bytes(v.kv_bytes)
+                ),
+                None => format!("{} × {} tokens", v.images, v.tokens_per_image),
+            },
         );
     }
     row(

@@ -10,6 +10,7 @@ pub mod compute;
 pub mod daemon;
 pub mod demo;
 pub mod exit;
+pub mod images;
 pub mod import;
 pub mod info;
 pub mod inspect;

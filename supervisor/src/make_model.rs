@@ -15,7 +15,7 @@ use crate::{
 pub struct MakeModelArgs {
     /// Folder to write (must not exist, or be empty).
     pub dir: PathBuf,
-    #[arg(long, value_parser = ["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "gemma3", "phi3", "mixtral", "qwen3_moe"])]
+    #[arg(long, value_parser = ["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "gemma3", "phi3", "mixtral", "qwen3_moe", "qwen2_5_vl", "qwen2_vl"])]
     pub arch: String,
     #[arg(long, default_value_t = 256)]
     pub hidden: u32,

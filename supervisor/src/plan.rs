@@ -38,6 +38,10 @@ pub struct PlanRequest {
     pub compute: ComputePolicy,
     /// `--kv-bits`: the KV cache quantized to 4 or 8 bits.
     pub kv_bits: Option<u8>,
+    /// `run --image`: the images to plan, all at `image_size` (the largest one's
+    /// processed width × height).
+    pub images: u64,
+    pub image_size: Option<(u32, u32)>,
     /// The activation coefficients and measured floor (the calibration store's).
     pub calibration: estimate::Calibration,
 }
@@ -58,6 +62,8 @@ impl PlanRequest {
             device: Device::Default,
             compute: ComputePolicy::Auto,
             kv_bits: None,
+            images: 0,
+            image_size: None,
             calibration: estimate::Calibration::default(),
         }
     }
@@ -124,11 +130,24 @@ pub fn estimate_at(
 pub fn estimate_for(model: &Model, req: &PlanRequest, context: Option<u64>, f32: bool) -> Estimate {
     estimate::estimate(
         model,
-        &estimate::Request {
-            calibration: req.calibration.clone(),
-            ..estimate_request(context, req.prefill_chunk, req.budget, f32, req.kv_bits)
-        },
+        &with_images(
+            estimate::Request {
+                calibration: req.calibration.clone(),
+                ..estimate_request(context, req.prefill_chunk, req.budget, f32, req.kv_bits)
+            },
+            req,
+        ),
     )
+}
+
+/// The request's images on an estimate request (`inspect --images N --image-size WxH`'s
+/// planning, the same estimator call).
+fn with_images(r: estimate::Request, req: &PlanRequest) -> estimate::Request {
+    estimate::Request {
+        images: req.images,
+        image_size: req.image_size,
+        ..r
+    }
 }
 
 fn estimate_request(
@@ -210,16 +229,19 @@ pub fn plan(model: &Model, req: &PlanRequest) -> Plan {
 pub fn largest_context(model: &Model, est: &Estimate, req: &PlanRequest) -> Option<u64> {
     estimate::request::largest_context_within(
         model,
-        &estimate::Request {
-            calibration: req.calibration.clone(),
-            ..estimate_request(
-                None,
-                req.prefill_chunk,
-                req.budget,
-                est.weights.compute_f32,
-                req.kv_bits,
-            )
-        },
+        &with_images(
+            estimate::Request {
+                calibration: req.calibration.clone(),
+                ..estimate_request(
+                    None,
+                    req.prefill_chunk,
+                    req.budget,
+                    est.weights.compute_f32,
+                    req.kv_bits,
+                )
+            },
+            req,
+        ),
         est.weights.bytes,
         est.kv_cache.context,
         req.budget,

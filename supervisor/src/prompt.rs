@@ -78,6 +78,7 @@ impl PromptArgs {
             },
             stop: self.stop.clone(),
             fault,
+            images: Vec::new(),
         }
     }
 }

@@ -25,6 +25,11 @@ pub struct RunArgs {
     pub model: PathBuf,
     #[command(flatten)]
     pub prompt: PromptArgs,
+    /// An image for a vision-language model (repeatable): PNG or JPEG, placed before
+    /// the prompt's text in one user message (the prompt is rendered with the chat
+    /// template).
+    #[arg(long = "image", value_name = "FILE")]
+    pub images: Vec<PathBuf>,
     /// Context tokens the estimate plans for [default: the model's maximum, capped].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub context: Option<u64>,
@@ -77,6 +82,7 @@ impl RunArgs {
         RunArgs {
             model,
             prompt,
+            images: Vec::new(),
             context: None,
             force: false,
             budget: None,
@@ -151,8 +157,26 @@ pub struct Preflight {
 
 /// The preflight: read the model and plan it against the budget.
 pub fn preflight(args: &RunArgs) -> Result<Preflight, (Outcome, String)> {
+    preflight_with(args, None)
+}
+
+/// [`preflight`] with a prompt's images planned too.
+pub fn preflight_with(
+    args: &RunArgs,
+    images: Option<&crate::images::Images>,
+) -> Result<Preflight, (Outcome, String)> {
     let model = plan::open_runnable(&args.model)
         .map_err(|e| (Outcome::BadModel, format!("mlxsup: {e}")))?;
+    if images.is_some_and(|i| !i.inputs.is_empty()) && model.vision.is_none() {
+        return Err((
+            Outcome::Usage,
+            format!(
+                "mlxsup: {}: {} is not a vision-language model (no vision tower): --image needs one",
+                args.model.display(),
+                model.architecture
+            ),
+        ));
+    }
     // Everything a worker would load that can be checked without MLX: shards, tokenizer,
     // tokenizer config, generation config, chat template.
     let text = text::check_loadable(&model)
@@ -175,6 +199,8 @@ pub fn preflight(args: &RunArgs) -> Result<Preflight, (Outcome, String)> {
         device: args.device,
         compute: args.compute,
         kv_bits: args.kv_bits,
+        images: images.map_or(0, |i| i.inputs.len() as u64),
+        image_size: images.and_then(|i| i.largest),
         calibration,
         ..PlanRequest::new(budget.bytes.0)
     };
@@ -220,13 +246,38 @@ pub async fn execute(args: &RunArgs, out: &mut Output) -> Outcome {
             return Outcome::Usage;
         }
     };
+    let images = if args.images.is_empty() {
+        None
+    } else {
+        match crate::images::read(&args.model, &args.images, 0) {
+            Ok(i) => Some(i),
+            Err(crate::images::ImagesError::Model(m)) => {
+                eprintln!("{m}");
+                return Outcome::BadModel;
+            }
+            Err(crate::images::ImagesError::Image(m)) => {
+                eprintln!("{m}");
+                return Outcome::Usage;
+            }
+        }
+    };
+    // Images go in a chat message: a plain prompt becomes the one user message.
+    let prompt = match (prompt, &images) {
+        (protocol::Prompt::Text(t), Some(_)) => {
+            protocol::Prompt::Chat(vec![protocol::ChatMessage {
+                role: "user".into(),
+                content: t,
+            }])
+        }
+        (p, _) => p,
+    };
     let Preflight {
         model,
         plan,
         request,
         text,
         notes,
-    } = match preflight(args) {
+    } = match preflight_with(args, images.as_ref()) {
         Ok(p) => p,
         Err((outcome, msg)) => {
             eprintln!("{msg}");
@@ -262,7 +313,8 @@ pub async fn execute(args: &RunArgs, out: &mut Output) -> Outcome {
 
     let interrupt = CancellationToken::new();
     let listener = cancel_on_signal(interrupt.clone());
-    let gen = args.prompt.request(prompt, args.faults().1);
+    let mut gen = args.prompt.request(prompt, args.faults().1);
+    gen.images = images.map(|i| i.inputs).unwrap_or_default();
     let outcome = drive(out, &model, &request, plan, gen, &interrupt).await;
     listener.abort();
     if interrupt.is_cancelled() {
@@ -348,7 +400,9 @@ async fn drive(
                 }),
             );
             worker.shutdown().await;
-            let store = calibration::Store::default_store();
+            // A run with images is not recorded: the store fits the text model's
+            // activations, and the vision term is not calibrated yet (BENCHMARKS §11).
+            let store = calibration::Store::default_store().filter(|_| request.images == 0);
             let machine = calibration::machine_of(&info);
             for w in calibration::record(
                 store.as_ref(),
@@ -375,7 +429,17 @@ pub fn used_estimate(
     compute_f32: bool,
 ) -> Estimate {
     let used = u64::from(done.prompt_tokens) + u64::from(done.generated_tokens);
-    plan::estimate_for(model, request, Some(used.max(1)), compute_f32)
+    let est = plan::estimate_for(model, request, Some(used.max(1)), compute_f32);
+    // The prompt's image tokens are counted by the estimate on top of the context.
+    match est.vision.as_ref().map_or(0, |v| v.image_tokens) {
+        0 => est,
+        images => plan::estimate_for(
+            model,
+            request,
+            Some(used.saturating_sub(images).max(1)),
+            compute_f32,
+        ),
+    }
 }
 
 /// An end that is not the expected reply: report it, stop the worker.

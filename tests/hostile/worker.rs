@@ -67,6 +67,7 @@ fn load_then_sampling(
                 sampling,
                 stop: vec![],
                 fault: None,
+                images: Vec::new(),
             };
             call(2, Request::Generate(gen))
         }

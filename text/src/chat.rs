@@ -142,14 +142,27 @@ impl TokenizerConfig {
 
     /// Renders `messages` with the template, ending with the assistant's turn.
     pub fn render(&self, messages: &[ChatMessage]) -> Result<String, TextError> {
+        self.render_with_images(messages, &[])
+    }
+
+    /// [`TokenizerConfig::render`] for a vision-language model: message `i` starts with
+    /// `images[i]` images (missing entries: none), passed to the template as mlx-vlm
+    /// and transformers pass them — the content a list of `{"type": "image"}` parts then
+    /// one `{"type": "text", "text": …}` part.
+    pub fn render_with_images(
+        &self,
+        messages: &[ChatMessage],
+        images: &[usize],
+    ) -> Result<String, TextError> {
         let template = self.chat_template.as_deref().ok_or_else(|| {
             TextError::request(
                 "the model has no chat template (tokenizer_config.json chat_template)",
             )
         })?;
-        render(
+        render_parts(
             template,
             messages,
+            images,
             self.bos_token.as_deref(),
             self.eos_token.as_deref(),
         )
@@ -212,10 +225,29 @@ pub fn render(
     bos: Option<&str>,
     eos: Option<&str>,
 ) -> Result<String, Error> {
+    render_parts(template, messages, &[], bos, eos)
+}
+
+/// [`render`] with `images[i]` image parts ahead of message `i`'s text.
+pub fn render_parts(
+    template: &str,
+    messages: &[ChatMessage],
+    images: &[usize],
+    bos: Option<&str>,
+    eos: Option<&str>,
+) -> Result<String, Error> {
     let env = environment(template)?;
     let msgs: Vec<Value> = messages
         .iter()
-        .map(|m| serde_json::json!({"role": m.role, "content": m.content}))
+        .enumerate()
+        .map(|(i, m)| match images.get(i).copied().unwrap_or(0) {
+            0 => serde_json::json!({"role": m.role, "content": m.content}),
+            n => {
+                let mut parts = vec![serde_json::json!({"type": "image"}); n];
+                parts.push(serde_json::json!({"type": "text", "text": m.content}));
+                serde_json::json!({"role": m.role, "content": parts})
+            }
+        })
         .collect();
     let mut out = CappedWriter {
         buf: Vec::new(),

@@ -121,6 +121,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         sampling: Sampling::default(),
         stop: vec![],
         fault: None,
+        images: Vec::new(),
     };
     let opts = GenerateOptions {
         ignore_eos: true,

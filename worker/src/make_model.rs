@@ -26,6 +26,8 @@ use serde_json::{json, Value};
 use tokenizer::{build_bpe, tokenizer_config, tokenizer_json, ENDOFTEXT, IM_END, IM_START};
 pub use tokenizer::{bytes_to_unicode, tokenizer_json_for, CHAT_TEMPLATE};
 
+mod vl;
+
 fn err(kind: WorkerErrorKind, message: impl Into<String>) -> WorkerError {
     WorkerError {
         kind,
@@ -116,6 +118,8 @@ pub const ARCHS: &[&str] = &[
     "phi3",
     "mixtral",
     "qwen3_moe",
+    "qwen2_5_vl",
+    "qwen2_vl",
 ];
 
 fn check(spec: &ModelSpec) -> Result<(), WorkerError> {
@@ -564,6 +568,9 @@ fn write_json(dir: &Path, name: &str, v: &Value) -> Result<(), WorkerError> {
 /// Writes the model folder described by `spec`; returns the bytes of weights written.
 pub fn make_model(spec: &ModelSpec) -> Result<u64, WorkerError> {
     check(spec)?;
+    if spec.arch == "qwen2_5_vl" || spec.arch == "qwen2_vl" {
+        return vl::make(spec);
+    }
     let dir = Path::new(&spec.dir);
     std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
     let (vocab, merges) = build_bpe(spec.vocab as usize);

@@ -143,6 +143,7 @@ fn greedy(dir: &Path, f32: bool) -> Ours {
         sampling: Sampling::default(),
         stop: vec![],
         fault: None,
+        images: Vec::new(),
     };
     let opts = GenerateOptions {
         ignore_eos: true,

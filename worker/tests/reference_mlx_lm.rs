@@ -259,6 +259,7 @@ fn generate(engine: &mut Engine, prompt: &[u32]) -> (Vec<u32>, Vec<f32>) {
         sampling: Sampling::default(),
         stop: vec![],
         fault: None,
+        images: Vec::new(),
     };
     let opts = GenerateOptions {
         ignore_eos: true,

@@ -116,3 +116,47 @@ pub async fn admit(
         return Err(f);
     }
 }
+
+/// A request with images is planned with them, at the loaded model's context (the
+/// estimator call of `run --image`: the count, the largest processed size); one that does
+/// not fit the budget is refused (`insufficient_memory`), with the numbers.
+pub fn check_images(
+    model: &Model,
+    plan: &Plan,
+    images: &[protocol::ImageInput],
+) -> Result<(), Box<protocol::Failure>> {
+    if images.is_empty() {
+        return Ok(());
+    }
+    let est = &plan.estimate;
+    let req = PlanRequest {
+        prefill_chunk: u64::from(plan.load.prefill_chunk),
+        calibration: estimate::Calibration {
+            model: est.activation_model,
+            source: est.calibration_source,
+            description: est.calibration.clone(),
+            floor: Vec::new(),
+        },
+        images: images.len() as u64,
+        image_size: largest_image(images),
+        ..PlanRequest::new(est.budget_bytes)
+    };
+    let with = plan::estimate_for(
+        model,
+        &req,
+        Some(est.kv_cache.context),
+        est.weights.compute_f32,
+    );
+    if with.verdict == Verdict::DoesNotFit {
+        return Err(Box::new(report::refusal(&with, Remedy::default())));
+    }
+    Ok(())
+}
+
+/// The largest image by pixels, (width, height): the size every image is planned at.
+pub fn largest_image(images: &[protocol::ImageInput]) -> Option<(u32, u32)> {
+    images
+        .iter()
+        .max_by_key(|i| u64::from(i.width) * u64::from(i.height))
+        .map(|i| (i.width, i.height))
+}

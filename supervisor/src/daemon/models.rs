@@ -576,7 +576,8 @@ impl Actor {
                         self.backoff_until = None;
                         let estimate_bytes =
                             self.plan.as_ref().map_or(0, |p| p.estimate.total_bytes);
-                        let (context_used, estimate_used_bytes) = self.record_run(&done);
+                        let (context_used, estimate_used_bytes) =
+                            self.record_run(&done, &c.req.request.images);
                         c.resp.reply(ControlReply::Done(GenerateDone {
                             done,
                             estimate_bytes,
@@ -724,12 +725,23 @@ impl Actor {
             &req,
             prompt_tokens as u64,
             u64::from(job.req.request.max_tokens),
-        )
+        )?;
+        self.check_images(job)
+    }
+
+    /// A request with images is planned with them ([`admission::check_images`]).
+    fn check_images(&self, job: &Job) -> Result<(), Box<Failure>> {
+        match (self.loadable.as_ref(), self.plan.as_ref()) {
+            (Some(l), Some(plan)) => {
+                admission::check_images(&l.model, plan, &job.req.request.images)
+            }
+            _ => Ok(()),
+        }
     }
 
     /// The estimate at the context a generation used, and its record in the calibration
     /// store (written off the actor's thread); (0, 0) when nothing is loaded.
-    fn record_run(&self, done: &protocol::DoneInfo) -> (u64, u64) {
+    fn record_run(&self, done: &protocol::DoneInfo, images: &[protocol::ImageInput]) -> (u64, u64) {
         let (Some(l), Some(plan)) = (self.loadable.as_ref(), self.plan.as_ref()) else {
             return (0, 0);
         };
@@ -742,13 +754,18 @@ impl Actor {
                 description: est.calibration.clone(),
                 floor: Vec::new(),
             },
+            images: images.len() as u64,
+            image_size: admission::largest_image(images),
             ..crate::plan::PlanRequest::new(est.budget_bytes)
         };
         let used = crate::run::used_estimate(&l.model, &req, done, est.weights.compute_f32);
         let answer = (used.kv_cache.context, used.total_bytes);
-        if let (Some(machine), Some(store)) = (
+        // A run with images is not recorded: the store fits the text model's activations
+        // and the vision term is not calibrated yet (BENCHMARKS §11).
+        if let (Some(machine), Some(store), true) = (
             self.machine.clone(),
             crate::calibration::Store::default_store(),
+            images.is_empty(),
         ) {
             let (model, peak) = (l.model.clone(), done.peak_bytes);
             tokio::task::spawn_blocking(move || {

@@ -14,9 +14,26 @@ use super::config::{Family, ModelConfig};
 use super::error::MlxResultExt;
 use super::layers::{Linear, RmsNorm};
 use super::rope::Rope;
+use super::vision::mrope::Tables;
 use super::weights::WeightStore;
 
 type R<T> = Result<T, Exception>;
+
+/// How one forward pass rotates queries and keys: a RoPE at the cache's offset, or the
+/// multimodal RoPE's tables for this pass's positions (Qwen2-VL).
+pub enum Rotary<'a> {
+    Rope(&'a Rope),
+    Tables(&'a Tables),
+}
+
+impl Rotary<'_> {
+    fn apply(&self, x: &Array, offset: i32) -> R<Array> {
+        match self {
+            Rotary::Rope(r) => r.forward(x, offset),
+            Rotary::Tables(t) => t.apply(x),
+        }
+    }
+}
 
 enum Qkv {
     Split {
@@ -111,7 +128,13 @@ impl Attention {
         })
     }
 
-    pub fn forward(&self, x: &Array, mask: &Mask, cache: &mut LayerCache, rope: &Rope) -> R<Array> {
+    pub fn forward(
+        &self,
+        x: &Array,
+        mask: &Mask,
+        cache: &mut LayerCache,
+        rope: &Rotary,
+    ) -> R<Array> {
         let (b, l) = (x.dim(0), x.dim(1));
         let (q, k, v) = match &self.qkv {
             Qkv::Split { q, k, v } => (q.forward(x)?, k.forward(x)?, v.forward(x)?),
@@ -148,8 +171,8 @@ impl Attention {
         };
         let v = v.transpose_axes(&perm)?;
         let offset = cache.offset();
-        let q = rope.forward(&q, offset)?;
-        let k = rope.forward(&k, offset)?;
+        let q = rope.apply(&q, offset)?;
+        let k = rope.apply(&k, offset)?;
         // `--kv-bits`: a quantized cache attends itself (no soft-capping: refused at load).
         let o = match cache.attend_quantized(&q, &k, &v, self.scale, mask) {
             Some(o) => o?,

@@ -24,6 +24,8 @@ pub const SUPPORTED: &[&str] = &[
     "phi3",
     "mixtral",
     "qwen3_moe",
+    "qwen2_5_vl",
+    "qwen2_vl",
 ];
 
 /// The decoder families, each a switch in the one shared decoder.
@@ -92,6 +94,9 @@ pub struct ModelConfig {
     /// The weights' name prefix of the text model (`language_model.` for a multimodal
     /// Gemma 3, whose other tensors — the vision tower — are not loaded).
     pub weight_prefix: Option<String>,
+    /// A vision-language model (Qwen2.5-VL): its vision tower, image tokens and
+    /// multimodal RoPE.
+    pub vl: Option<super::vision::VlConfig>,
     /// `None`: decide from the presence of `lm_head.weight`.
     pub tie_word_embeddings: Option<bool>,
     pub attention_bias: bool,
@@ -173,6 +178,9 @@ impl ModelConfig {
             .to_string();
         if model_type == "gemma3" {
             return family::gemma3(v, source);
+        }
+        if model_type == "qwen2_5_vl" || model_type == "qwen2_vl" {
+            return super::vision::vl_model_config(v, source);
         }
         let family = match model_type.as_str() {
             "llama" => Family::Llama,
@@ -348,6 +356,7 @@ impl ModelConfig {
             final_softcap,
             moe,
             weight_prefix: None,
+            vl: None,
             tie_word_embeddings: match family {
                 // mlx-lm: Gemma 2 always ties; Gemma 3 ties when lm_head.weight is absent.
                 Family::Gemma | Family::Gemma2 => Some(true),

@@ -26,8 +26,6 @@ pub(super) const MISSING: &[(&str, &str)] = &[
     ("qwen3_next", "Qwen3-Next's linear (gated delta) attention"),
     ("qwen3_5", "Qwen3.5's linear attention layers"),
     ("qwen3_5_moe_text", "Qwen3.5's linear attention layers"),
-    ("qwen2_vl", "the vision tower and multimodal RoPE"),
-    ("qwen2_5_vl", "the vision tower and multimodal RoPE"),
     ("qwen3_vl", "the vision tower and multimodal RoPE"),
     ("deepseek_v2", "multi-head latent attention"),
     ("deepseek_v3", "multi-head latent attention"),

@@ -232,6 +232,8 @@ fn the_fixture_corpus_configs_parse() {
         "qwen2",
         "qwen3",
         "mistral",
+        "qwen2_5_vl",
+        "qwen2_vl",
     ] {
         assert!(
             parsed.iter().any(|p| p == family),
@@ -364,4 +366,46 @@ proptest! {
         let r = ModelConfig::load(d.path());
         prop_assert!(r.is_err() || valid_config);
     }
+}
+
+/// The published Qwen2.5-VL-7B and olmOCR (Qwen2-VL) configs: the text model under
+/// `language_model.`, the multimodal RoPE's sections, the vision tokens and the towers.
+#[test]
+fn vision_language_configs_read_their_tower_and_rope() {
+    let root =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../estimate/tests/fixtures/models");
+    let read = |name: &str| {
+        let path = root.join(name).join("config.json");
+        let v: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        ModelConfig::from_value(&v, name).unwrap()
+    };
+    let c = read("Qwen__Qwen2.5-VL-7B-Instruct");
+    assert_eq!(c.model_type, "qwen2_5_vl");
+    assert_eq!(c.family, Family::Qwen2);
+    assert_eq!(c.weight_prefix.as_deref(), Some("language_model."));
+    let vl = c.vl.unwrap();
+    assert_eq!(vl.mrope_section, [16, 24, 24]);
+    assert_eq!(
+        (vl.tokens.image, vl.tokens.vision_start),
+        (151_655, 151_652)
+    );
+    assert_eq!(
+        (vl.tower.hidden, vl.tower.out_hidden, vl.tower.depth),
+        (1280, 3584, 32)
+    );
+    assert_eq!(vl.tower.fullatt, vec![7, 15, 23, 31]);
+    assert!(!vl.tower.qwen2);
+    let o = read("allenai__olmOCR-7B-0225-preview");
+    assert_eq!(o.model_type, "qwen2_vl");
+    let t = o.vl.unwrap().tower;
+    assert!(t.qwen2);
+    assert_eq!((t.hidden, t.intermediate, t.out_hidden), (1280, 5120, 3584));
+    // A section that does not add up to head_dim/2 is refused by name.
+    let mut v: Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("Qwen__Qwen2.5-VL-7B-Instruct/config.json")).unwrap(),
+    )
+    .unwrap();
+    v["rope_scaling"]["mrope_section"] = serde_json::json!([16, 24, 20]);
+    let e = ModelConfig::from_value(&v, "c").unwrap_err();
+    assert!(e.message.contains("mrope_section"), "{}", e.message);
 }

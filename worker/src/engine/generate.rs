@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use mlx_rs::{
     error::Exception,
-    ops::{self},
+    ops::{self, indexing::IndexOp},
     transforms::{async_eval, eval},
     Array, Dtype,
 };
@@ -39,14 +39,31 @@ struct Step {
     token: Option<Array>,
 }
 
+/// A prompt's inputs beyond its ids (a vision-language prompt with images): the
+/// embeddings with the image features spliced in, each token's multimodal position, and
+/// the offset from the cache's length to the position of a generated token.
+#[derive(Default)]
+pub(super) struct Prepared {
+    pub embeds: Option<Array>,
+    pub positions: Option<Vec<[i32; 3]>>,
+    pub delta: i32,
+}
+
 fn forward(
     model: &Model,
     caches: &mut [LayerCache],
     input: &Array,
     greedy: bool,
     kv_bits: Option<i32>,
+    delta: i32,
 ) -> Result<Step, Exception> {
-    let h = model.hidden(input, caches)?;
+    let h = if model.is_mrope() && delta != 0 {
+        let start = caches.first().map_or(0, LayerCache::offset) + delta;
+        let pos: Vec<[i32; 3]> = (start..start + input.dim(1)).map(|p| [p; 3]).collect();
+        model.hidden_at(model.embed(input)?, caches, Some(&pos))?
+    } else {
+        model.hidden(input, caches)?
+    };
     kv_quant::quantize_caches(caches, kv_bits)?;
     let logits = model.logits(&h)?.reshape(&[1, -1])?;
     let logprobs = logits.subtract(logits.logsumexp(true)?)?;
@@ -91,9 +108,11 @@ pub(super) fn run(
     prompt: &[u32],
     req: &GenerateRequest,
     opts: &GenerateOptions,
+    prepared: &Prepared,
     hooks: &mut dyn Hooks,
 ) -> Result<DoneInfo, WorkerError> {
     let model = &engine.model;
+    let delta = prepared.delta;
     let cfg = &model.cfg;
     let vocab = cfg.vocab_size as u32;
     if prompt.is_empty() {
@@ -151,7 +170,12 @@ pub(super) fn run(
         }
         let ids: Vec<i32> = prompt[pos..pos + take].iter().map(|&t| t as i32).collect();
         let input = Array::from_slice(&ids, &[1, take as i32]);
-        model.hidden(&input, &mut caches).ctx("prefill")?;
+        let h = match &prepared.embeds {
+            Some(e) => e.index((.., pos as i32..(pos + take) as i32, ..)),
+            None => model.embed(&input).ctx("prefill")?,
+        };
+        let positions = prepared.positions.as_deref().map(|p| &p[pos..pos + take]);
+        model.hidden_at(h, &mut caches, positions).ctx("prefill")?;
         kv_quant::quantize_caches(&mut caches, kv_bits).ctx("prefill")?;
         eval(caches.iter().flat_map(|c| c.state())).ctx("prefill")?;
         let _ = mlx_rs::memory::clear_cache();
@@ -176,7 +200,7 @@ pub(super) fn run(
 
     hooks.before_step(Phase::Decode, 1, step_bytes(act, cfg, &caches, elem, 1))?;
     let last = Array::from_slice(&[prompt[n - 1] as i32], &[1, 1]);
-    let mut cur = forward(model, &mut caches, &last, greedy, kv_bits).ctx("decode")?;
+    let mut cur = forward(model, &mut caches, &last, greedy, kv_bits, delta).ctx("decode")?;
     let mut generated = 0u32;
     let (mut prompt_secs, mut gen_start) = (0.0, Instant::now());
     let finish = loop {
@@ -197,7 +221,9 @@ pub(super) fn run(
                         .transpose()
                         .ctx("decode")?;
                     let input = input.ok_or_else(|| bad_request("greedy step without a token"))?;
-                    next = Some(forward(model, &mut caches, &input, true, kv_bits).ctx("decode")?);
+                    next = Some(
+                        forward(model, &mut caches, &input, true, kv_bits, delta).ctx("decode")?,
+                    );
                 }
                 Err(e) => refused = Some(e),
             }
@@ -268,7 +294,7 @@ pub(super) fn run(
                     step_bytes(act, cfg, &caches, elem, 1),
                 )?;
                 let input = Array::from_slice(&[id], &[1, 1]);
-                forward(model, &mut caches, &input, greedy, kv_bits).ctx("decode")?
+                forward(model, &mut caches, &input, greedy, kv_bits, delta).ctx("decode")?
             }
         };
     };

@@ -100,6 +100,7 @@ fn the_soft_guard_predicts_what_the_preflight_estimates() {
                         sampling: Sampling::default(),
                         stop: vec![],
                         fault: None,
+                        images: Vec::new(),
                     },
                     &mut steps,
                 )

@@ -25,6 +25,7 @@ mod rope;
 pub(crate) mod sample;
 mod stop;
 mod tokenizer;
+pub mod vision;
 mod weights;
 
 use std::path::Path;
@@ -100,6 +101,8 @@ pub struct Engine {
     opts: LoadOptions,
     weight_bytes: u64,
     first_logprobs: Option<Vec<f32>>,
+    /// A vision-language model's tower and processor settings.
+    vision: Option<vision::run::Vision>,
     /// The activation coefficients the soft guard predicts with (the preflight's).
     activation: estimate::ActivationModel,
 }
@@ -123,11 +126,19 @@ impl Engine {
             parallel::Lanes::new(opts.matmul_lanes)
         };
         let prefix = cfg.weight_prefix.clone();
-        let mut store =
-            weights::WeightStore::open(dir, opts.f32, prefix.as_deref(), &mut |done, total| {
-                hooks.progress(done, total)
-            })?
-            .with_lanes(lanes);
+        let keep = cfg.vl.as_ref().map(|_| "vision_tower.");
+        let mut store = weights::WeightStore::open_keeping(
+            dir,
+            opts.f32,
+            prefix.as_deref(),
+            keep,
+            &mut |done, total| hooks.progress(done, total),
+        )?
+        .with_lanes(lanes);
+        let vision = match &cfg.vl {
+            Some(_) => Some(vision::run::Vision::load(dir, &cfg, &mut store)?),
+            None => None,
+        };
         let mut cfg = cfg;
         if cfg.eos_token_ids.is_empty() {
             if let Some(id) = prompts
@@ -140,7 +151,8 @@ impl Engine {
         }
         let model = model::Model::load(cfg, &mut store)?;
         drop(store);
-        let weight_bytes = model.weight_bytes();
+        let weight_bytes =
+            model.weight_bytes() + vision.as_ref().map_or(0, vision::run::Vision::weight_bytes);
         let _ = mlx_rs::memory::clear_cache();
         Ok(Engine {
             model,
@@ -153,6 +165,7 @@ impl Engine {
             activation: estimate::activation::BUILTIN,
             weight_bytes,
             first_logprobs: None,
+            vision,
         })
     }
 
@@ -228,8 +241,22 @@ impl Engine {
         opts: &GenerateOptions,
         hooks: &mut dyn Hooks,
     ) -> Result<DoneInfo, WorkerError> {
+        if !req.images.is_empty() {
+            let images = match &self.vision {
+                Some(v) => vision::run::pixel_values(v, &req.images)?,
+                None => Vec::new(),
+            };
+            if images.is_empty() {
+                return Err(error::bad_request(format!(
+                    "{} is not a vision-language model: it takes no images",
+                    self.model.cfg.model_type
+                )));
+            }
+            return self.generate_images(req, &images, opts, hooks);
+        }
         let prompt = self.prompt_ids(&req.prompt)?;
-        let result = generate::run(self, &prompt, req, opts, hooks);
+        let prepared = generate::Prepared::default();
+        let result = generate::run(self, &prompt, req, opts, &prepared, hooks);
         if result.is_err() {
             let _ = mlx_rs::memory::clear_cache();
         }

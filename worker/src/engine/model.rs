@@ -5,13 +5,14 @@
 use mlx_rs::{error::Exception, ops, Array};
 use protocol::WorkerError;
 
-use super::attention::{norm, Attention};
+use super::attention::{norm, Attention, Rotary};
 use super::cache::{causal_mask, KvCache, LayerCache, Mask, RotatingKvCache};
 use super::config::{Family, ModelConfig, RopeKind};
-use super::error::load_failed;
+use super::error::{load_failed, MlxResultExt};
 use super::ffn::{Activations, Ffn};
 use super::layers::{Embedding, Linear, RmsNorm};
 use super::rope::Rope;
+use super::vision::mrope::MRope;
 use super::weights::WeightStore;
 
 type R<T> = Result<T, Exception>;
@@ -39,6 +40,8 @@ pub struct Model {
     rope: Rope,
     /// Gemma 3's sliding-window layers' RoPE (its own base, no scaling).
     rope_local: Option<Rope>,
+    /// Qwen2-VL: the multimodal RoPE, in place of `rope`.
+    mrope: Option<MRope>,
     act: Activations,
 }
 
@@ -48,7 +51,7 @@ impl Block {
         h: &Array,
         mask: &Mask,
         cache: &mut LayerCache,
-        rope: &Rope,
+        rope: &Rotary,
         act: &Activations,
     ) -> R<Array> {
         let r = self
@@ -172,6 +175,13 @@ impl Model {
             )?),
             None => None,
         };
+        let mrope = match &cfg.vl {
+            Some(vl) => Some(
+                MRope::new(cfg.head_dim, cfg.rope_theta, vl.mrope_section)
+                    .ctx("computing the multimodal rope frequencies")?,
+            ),
+            None => None,
+        };
         Ok(Model {
             cfg,
             embed,
@@ -180,6 +190,7 @@ impl Model {
             lm_head,
             rope,
             rope_local,
+            mrope,
             act: Activations::new(),
         })
     }
@@ -201,7 +212,7 @@ impl Model {
 
     /// The embeddings of `ids`, scaled by √hidden for Gemma (Gemma 2: the scalar in the
     /// activations' dtype; Gemma 3: rounded to bf16 first, as mlx-lm writes each).
-    fn embed(&self, ids: &Array) -> R<Array> {
+    pub fn embed(&self, ids: &Array) -> R<Array> {
         let h = self.embed.forward(ids)?;
         let root = (self.cfg.hidden_size as f64).sqrt() as f32;
         match self.cfg.family {
@@ -219,8 +230,39 @@ impl Model {
 
     /// The final hidden states (after the norm) for `ids` of shape (1, L).
     pub fn hidden(&self, ids: &Array, caches: &mut [LayerCache]) -> R<Array> {
-        let mut h = self.embed(ids)?;
-        let n = ids.dim(1);
+        self.hidden_at(self.embed(ids)?, caches, None)
+    }
+
+    /// Whether positions are three-dimensional (Qwen2-VL's multimodal RoPE).
+    pub fn is_mrope(&self) -> bool {
+        self.mrope.is_some()
+    }
+
+    /// The final hidden states for embeddings `h` (1, L, hidden). `positions`: the
+    /// multimodal RoPE's (t, h, w) per token; without them (or for a plain RoPE) the
+    /// tokens sit at the cache's offset onwards.
+    pub fn hidden_at(
+        &self,
+        mut h: Array,
+        caches: &mut [LayerCache],
+        positions: Option<&[[i32; 3]]>,
+    ) -> R<Array> {
+        let n = h.dim(1);
+        let tables = match &self.mrope {
+            Some(m) => {
+                let own: Vec<[i32; 3]>;
+                let pos = match positions {
+                    Some(p) => p,
+                    None => {
+                        let start = caches.first().map_or(0, LayerCache::offset);
+                        own = (start..start + n).map(|p| [p; 3]).collect();
+                        &own
+                    }
+                };
+                Some(m.tables(pos, h.dtype())?)
+            }
+            None => None,
+        };
         let window = self.cfg.sliding_window.map(|w| w as i32);
         let full_idx = self.layers.iter().position(|l| !l.sliding);
         let swa_idx = self.layers.iter().position(|l| l.sliding);
@@ -245,7 +287,11 @@ impl Model {
             } else {
                 (&full_mask, &self.rope)
             };
-            h = layer.forward(&h, mask, cache, rope, &self.act)?;
+            let rope = match &tables {
+                Some(t) => Rotary::Tables(t),
+                None => Rotary::Rope(rope),
+            };
+            h = layer.forward(&h, mask, cache, &rope, &self.act)?;
         }
         self.norm.forward(&h)
     }

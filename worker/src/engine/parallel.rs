@@ -168,6 +168,7 @@ mod tests {
             sampling: Sampling::default(),
             stop: vec![],
             fault: None,
+            images: Vec::new(),
         };
         let opts = GenerateOptions {
             ignore_eos: true,

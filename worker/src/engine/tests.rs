@@ -94,6 +94,7 @@ fn request(prompt: Prompt, max_tokens: u32) -> GenerateRequest {
         sampling: Sampling::default(),
         stop: vec![],
         fault: None,
+        images: Vec::new(),
     }
 }
 

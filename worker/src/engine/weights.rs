@@ -95,6 +95,18 @@ impl WeightStore {
         prefix: Option<&str>,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<WeightStore, WorkerError> {
+        Self::open_keeping(dir, f32, prefix, None, progress)
+    }
+
+    /// [`WeightStore::open`], keeping the tensors under `keep` too, under their own names
+    /// (a vision-language model's `vision_tower.`).
+    pub fn open_keeping(
+        dir: &Path,
+        f32: bool,
+        prefix: Option<&str>,
+        keep: Option<&str>,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<WeightStore, WorkerError> {
         let files = weight_files(dir)?;
         let sizes: Vec<u64> = files
             .iter()
@@ -119,6 +131,7 @@ impl WeightStore {
                 let name = match prefix {
                     Some(p) => match name.strip_prefix(p) {
                         Some(rest) => rest.to_string(),
+                        None if keep.is_some_and(|k| name.starts_with(k)) => name,
                         None => continue,
                     },
                     None => name,
@@ -199,6 +212,20 @@ impl WeightStore {
     /// Puts a tensor in (one built from others, e.g. stacked experts).
     pub fn insert(&mut self, name: String, array: Array) {
         self.map.insert(name, array);
+    }
+
+    /// Takes out every tensor whose name starts with `prefix`, names unchanged.
+    pub fn take_prefixed(&mut self, prefix: &str) -> HashMap<String, Array> {
+        let names: Vec<String> = self
+            .map
+            .keys()
+            .filter(|n| n.starts_with(prefix))
+            .cloned()
+            .collect();
+        names
+            .into_iter()
+            .filter_map(|n| self.map.remove(&n).map(|a| (n, a)))
+            .collect()
     }
 
     /// Takes a tensor out if present.

@@ -20,18 +20,19 @@ use axum::{
 };
 use protocol::{
     control::{ControlEvent, ControlReply, FromDaemon, GenerateModel},
-    ChatMessage, Device, Event, FinishReason, GenerateRequest, Prompt,
+    Device, Event, FinishReason, GenerateRequest, Prompt,
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{
     error::ApiError,
+    images,
     openai::{
         AssistantMessage, ChatChoice, ChatChunk, ChatCompletion, ChatRequest, ChunkChoice,
-        CompletionRequest, Content, Delta, PromptText, Sampling, TextChoice, TextCompletion, Usage,
+        CompletionRequest, Delta, Sampling, TextChoice, TextCompletion, Usage,
     },
-    App,
+    prompt, App,
 };
 use crate::daemon::models::{Job, ModelCmd, Responder};
 
@@ -124,6 +125,7 @@ fn request(
             },
             stop: s.stop.clone().map(|s| s.into_vec()).unwrap_or_default(),
             fault,
+            images: Vec::new(),
         },
         context: None,
         keep_alive: None,
@@ -132,52 +134,6 @@ fn request(
         compute: protocol::ComputePolicy::Auto,
         kv_bits: None,
     })
-}
-
-fn chat_prompt(req: &ChatRequest) -> Result<Prompt, ApiError> {
-    if req.messages.is_empty() {
-        return Err(ApiError::bad_request("messages", "messages is empty"));
-    }
-    let mut out = Vec::with_capacity(req.messages.len());
-    for (i, m) in req.messages.iter().enumerate() {
-        let content = match &m.content {
-            None => String::new(),
-            Some(Content::Text(t)) => t.clone(),
-            Some(Content::Parts(parts)) => {
-                let mut text = String::new();
-                for p in parts {
-                    match (p.kind.as_str(), &p.text) {
-                        ("text", Some(t)) => text.push_str(t),
-                        (kind, _) => {
-                            return Err(ApiError::bad_request(
-                                &format!("messages[{i}].content"),
-                                format!(
-                                "content parts of type `{kind}` are not supported by this model"
-                            ),
-                            ))
-                        }
-                    }
-                }
-                text
-            }
-        };
-        out.push(ChatMessage {
-            role: m.role.clone(),
-            content,
-        });
-    }
-    Ok(Prompt::Chat(out))
-}
-
-fn text_prompt(req: &CompletionRequest) -> Result<Prompt, ApiError> {
-    match &req.prompt {
-        PromptText::One(p) => Ok(Prompt::Text(p.clone())),
-        PromptText::Many(v) if v.len() == 1 => Ok(Prompt::Text(v[0].clone())),
-        PromptText::Many(_) => Err(ApiError::bad_request(
-            "prompt",
-            "exactly one prompt per request is supported",
-        )),
-    }
 }
 
 fn json_error(e: JsonRejection) -> ApiError {
@@ -191,8 +147,20 @@ pub async fn chat(
 ) -> Response {
     let result = async {
         let Json(req) = body.map_err(json_error)?;
-        let prompt = chat_prompt(&req)?;
-        let gen = request(&app, &req.sampling, prompt, &headers)?;
+        let (prompt, raw) = prompt::chat_prompt(&req)?;
+        let mut gen = request(&app, &req.sampling, prompt, &headers)?;
+        if !raw.is_empty() {
+            let dir = app
+                .shared
+                .registry
+                .resolve(&req.sampling.model)
+                .map_err(ApiError::not_found)?;
+            gen.request.images = tokio::task::spawn_blocking(move || images::prepare(&dir, &raw))
+                .await
+                .map_err(|e| {
+                    ApiError::bad_request("messages", format!("decoding the images failed: {e}"))
+                })??;
+        }
         Ok::<_, ApiError>((gen, req.sampling))
     }
     .await;
@@ -209,7 +177,7 @@ pub async fn completions(
 ) -> Response {
     let result = async {
         let Json(req) = body.map_err(json_error)?;
-        let prompt = text_prompt(&req)?;
+        let prompt = prompt::text_prompt(&req)?;
         let gen = request(&app, &req.sampling, prompt, &headers)?;
         Ok::<_, ApiError>((gen, req.sampling))
     }

@@ -6,7 +6,9 @@
 
 pub mod completions;
 pub mod error;
+pub mod images;
 pub mod openai;
+pub mod prompt;
 
 use std::sync::Arc;
 

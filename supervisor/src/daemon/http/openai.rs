@@ -43,7 +43,7 @@ pub struct Sampling {
     pub n: Option<u32>,
 }
 
-/// A message's content: a string, or parts of which the text ones are used.
+/// A message's content: a string, or text and `image_url` parts.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(untagged)]
 pub enum Content {
@@ -56,6 +56,13 @@ pub struct Part {
     #[serde(rename = "type")]
     pub kind: String,
     pub text: Option<String>,
+    /// `{"type": "image_url", "image_url": {"url": "data:image/png;base64,…"}}`.
+    pub image_url: Option<ImageUrl>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct ImageUrl {
+    pub url: String,
 }
 
 #[derive(Clone, Debug, Deserialize)]

@@ -1,0 +1,343 @@
+//! `make-model --arch qwen2_5_vl | qwen2_vl`: a tiny deterministic Qwen2.5-VL (or
+//! Qwen2-VL: LayerNorm blocks with a GELU `fc1`/`fc2` MLP and no windows, `mlp_ratio` =
+//! `--intermediate` / `--hidden`, an integer) folder in the layout
+//! mlx-vlm loads (and mlx-community ships): the Qwen2 language model under
+//! `language_model.`, the vision tower under `vision_tower.` (patch embedding over 2-frame
+//! temporal patches in MLX's channels-last layout, RMS-normed blocks with a SwiGLU MLP,
+//! the 2×2 patch merger), the vision special tokens, a chat template with image parts and
+//! Qwen's `preprocessor_config.json`.
+//!
+//! The vision tower is sized from the language model's flags: width `--hidden`, heads
+//! `--heads`, MLP `--intermediate`, `--layers` blocks (the last one full attention, the
+//! others windowed). With `--quant-bits`, only the language model is quantized, as
+//! mlx-community's 4-bit Qwen2.5-VL folders are.
+
+use std::path::Path;
+
+use serde_json::{json, Value};
+
+use super::{
+    bad, build_bpe, dtype_of, encode, io, quantize, tensor_specs, tokenizer_config, tokenizer_json,
+    write_json, write_safetensors, Gen, Init, Tensor, TensorSpec, ENDOFTEXT, IM_END,
+};
+use protocol::{ModelSpec, WorkerError};
+
+/// Qwen2-VL's vision special tokens, in Qwen's id order, after the three text specials.
+const VISION_SPECIALS: [&str; 5] = [
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+];
+const PATCH: i32 = 14;
+const TEMPORAL: i32 = 2;
+const MERGE: i32 = 2;
+
+/// ChatML with Qwen2-VL's image parts: a message's content is a string or a list of
+/// `{"type": "text", "text": …}` and `{"type": "image"}` parts.
+pub const VL_CHAT_TEMPLATE: &str = "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}{{ message['content'] }}{% else %}{% for part in message['content'] %}{% if part['type'] == 'image' or 'image' in part %}<|vision_start|><|image_pad|><|vision_end|>{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+
+pub(super) fn check_vl(spec: &ModelSpec) -> Result<(), WorkerError> {
+    let hd = spec.hidden / spec.heads.max(1);
+    // mrope splits head_dim/2 into 1:1.5:1.5 sections; the vision rope uses head_dim/2.
+    if !hd.is_multiple_of(16) {
+        return Err(bad(format!(
+            "{} needs hidden / heads to be a multiple of 16, got {hd}",
+            spec.arch
+        )));
+    }
+    if spec.arch == "qwen2_vl" && !spec.intermediate.is_multiple_of(spec.hidden) {
+        return Err(bad(format!(
+            "qwen2_vl needs --intermediate to be a multiple of --hidden (its mlp_ratio is an integer), got {} and {}",
+            spec.intermediate, spec.hidden
+        )));
+    }
+    if spec.vocab < 300 + VISION_SPECIALS.len() as u32 {
+        return Err(bad(format!(
+            "vocab {} is too small for {}",
+            spec.vocab, spec.arch
+        )));
+    }
+    Ok(())
+}
+
+fn vision_specs(spec: &ModelSpec) -> Vec<TensorSpec> {
+    let (vd, vi, out) = (
+        spec.hidden as i32,
+        spec.intermediate as i32,
+        spec.hidden as i32,
+    );
+    let merged = vd * MERGE * MERGE;
+    let lin = |name: String, o: i32, i: i32| TensorSpec {
+        name,
+        shape: vec![o, i],
+        init: Init::Normal(1.0 / (i as f64).sqrt()),
+        quantize: false,
+        bits: None,
+    };
+    let vec_of = |name: String, n: i32, init| TensorSpec {
+        name,
+        shape: vec![n],
+        init,
+        quantize: false,
+        bits: None,
+    };
+    let fan_in = TEMPORAL * PATCH * PATCH * 3;
+    let mut t = vec![TensorSpec {
+        name: "vision_tower.patch_embed.proj.weight".into(),
+        shape: vec![vd, TEMPORAL, PATCH, PATCH, 3],
+        init: Init::Normal(1.0 / (fan_in as f64).sqrt()),
+        quantize: false,
+        bits: None,
+    }];
+    let qwen2 = spec.arch == "qwen2_vl";
+    let norm = |t: &mut Vec<TensorSpec>, name: String| {
+        t.push(vec_of(format!("{name}.weight"), vd, Init::Ones));
+        if qwen2 {
+            t.push(vec_of(format!("{name}.bias"), vd, Init::Normal(0.02)));
+        }
+    };
+    for b in 0..spec.layers {
+        let p = format!("vision_tower.blocks.{b}");
+        norm(&mut t, format!("{p}.norm1"));
+        norm(&mut t, format!("{p}.norm2"));
+        t.push(lin(format!("{p}.attn.qkv.weight"), 3 * vd, vd));
+        t.push(vec_of(
+            format!("{p}.attn.qkv.bias"),
+            3 * vd,
+            Init::Normal(0.02),
+        ));
+        t.push(lin(format!("{p}.attn.proj.weight"), vd, vd));
+        t.push(vec_of(
+            format!("{p}.attn.proj.bias"),
+            vd,
+            Init::Normal(0.02),
+        ));
+        let mlp: &[(&str, i32, i32)] = if qwen2 {
+            &[("fc1", vi, vd), ("fc2", vd, vi)]
+        } else {
+            &[
+                ("gate_proj", vi, vd),
+                ("up_proj", vi, vd),
+                ("down_proj", vd, vi),
+            ]
+        };
+        for &(name, o, i) in mlp {
+            t.push(lin(format!("{p}.mlp.{name}.weight"), o, i));
+            t.push(vec_of(
+                format!("{p}.mlp.{name}.bias"),
+                o,
+                Init::Normal(0.02),
+            ));
+        }
+    }
+    norm(&mut t, "vision_tower.merger.ln_q".into());
+    t.push(lin(
+        "vision_tower.merger.mlp.0.weight".into(),
+        merged,
+        merged,
+    ));
+    t.push(vec_of(
+        "vision_tower.merger.mlp.0.bias".into(),
+        merged,
+        Init::Normal(0.02),
+    ));
+    t.push(lin("vision_tower.merger.mlp.2.weight".into(), out, merged));
+    t.push(vec_of(
+        "vision_tower.merger.mlp.2.bias".into(),
+        out,
+        Init::Normal(0.02),
+    ));
+    t
+}
+
+fn all_specs(spec: &ModelSpec) -> Vec<TensorSpec> {
+    let text = ModelSpec {
+        arch: "qwen2".into(),
+        ..spec.clone()
+    };
+    let mut t: Vec<TensorSpec> = tensor_specs(&text)
+        .into_iter()
+        .map(|mut s| {
+            s.name = format!("language_model.{}", s.name);
+            s
+        })
+        .collect();
+    t.extend(vision_specs(spec));
+    t.sort_by(|a, b| a.name.cmp(&b.name));
+    t
+}
+
+fn build(spec: &ModelSpec) -> Result<Vec<(String, Tensor)>, WorkerError> {
+    let (dtype, tag, _) = dtype_of(spec);
+    let mut out = Vec::new();
+    for t in all_specs(spec) {
+        let n: usize = t.shape.iter().map(|&s| s as usize).product();
+        let values = match t.init {
+            Init::Ones => vec![1.0f32; n],
+            Init::Normal(std) => Gen::new(spec.seed, &t.name).normals(n, std),
+        };
+        let data = encode(&values, dtype);
+        match (t.quantize, spec.quant_bits) {
+            (true, Some(bits)) => {
+                let (gs, bits) = (spec.group_size as i32, bits as i32);
+                let [q, s, b] = quantize(&data, &t.shape, dtype, gs, bits)?;
+                let base = t.name.trim_end_matches(".weight").to_string();
+                let (rows, cols) = (t.shape[0], t.shape[1]);
+                let small = |data| Tensor {
+                    dtype: tag,
+                    shape: vec![rows, cols / gs],
+                    data,
+                };
+                out.push((format!("{base}.biases"), small(b)));
+                out.push((format!("{base}.scales"), small(s)));
+                out.push((
+                    t.name,
+                    Tensor {
+                        dtype: "U32",
+                        shape: vec![rows, cols * bits / 32],
+                        data: q,
+                    },
+                ));
+            }
+            _ => out.push((
+                t.name,
+                Tensor {
+                    dtype: tag,
+                    shape: t.shape,
+                    data,
+                },
+            )),
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+fn config(spec: &ModelSpec, ids: &[usize; 8]) -> Value {
+    let (_, _, torch_dtype) = dtype_of(spec);
+    let hd = spec.hidden / spec.heads;
+    let side = hd * 3 / 16;
+    let [endoftext, _, _, vstart, vend, vpad, image, video] = *ids;
+    let mut c = json!({
+        "architectures": ["Qwen2_5_VLForConditionalGeneration"],
+        "model_type": "qwen2_5_vl",
+        "hidden_size": spec.hidden,
+        "intermediate_size": spec.intermediate,
+        "num_hidden_layers": spec.layers,
+        "num_attention_heads": spec.heads,
+        "num_key_value_heads": spec.kv_heads,
+        "vocab_size": spec.vocab,
+        "hidden_act": "silu",
+        "rms_norm_eps": 1e-6,
+        "rope_theta": 1000000.0,
+        "max_position_embeddings": 32768,
+        "tie_word_embeddings": true,
+        "torch_dtype": torch_dtype,
+        "use_sliding_window": false,
+        "sliding_window": null,
+        "rope_scaling": {"type": "mrope", "rope_type": "default", "mrope_section": [hd / 2 - 2 * side, side, side]},
+        "bos_token_id": null,
+        "eos_token_id": endoftext,
+        "vision_start_token_id": vstart,
+        "vision_end_token_id": vend,
+        "vision_token_id": vpad,
+        "image_token_id": image,
+        "video_token_id": video,
+        "vision_config": {
+            "model_type": "qwen2_5_vl",
+            "depth": spec.layers,
+            "hidden_act": "silu",
+            "hidden_size": spec.hidden,
+            "intermediate_size": spec.intermediate,
+            "num_heads": spec.heads,
+            "in_chans": 3,
+            "out_hidden_size": spec.hidden,
+            "patch_size": PATCH,
+            "spatial_merge_size": MERGE,
+            "spatial_patch_size": PATCH,
+            "temporal_patch_size": TEMPORAL,
+            "window_size": 112,
+            "fullatt_block_indexes": [spec.layers - 1],
+            "tokens_per_second": 2
+        }
+    });
+    if spec.arch == "qwen2_vl" {
+        c["architectures"] = json!(["Qwen2VLForConditionalGeneration"]);
+        c["model_type"] = json!("qwen2_vl");
+        c["vision_config"] = json!({
+            "model_type": "qwen2_vl",
+            "depth": spec.layers,
+            "embed_dim": spec.hidden,
+            "mlp_ratio": spec.intermediate / spec.hidden,
+            "num_heads": spec.heads,
+            "in_chans": 3,
+            "hidden_size": spec.hidden,
+            "patch_size": PATCH,
+            "spatial_merge_size": MERGE,
+            "spatial_patch_size": PATCH,
+            "temporal_patch_size": TEMPORAL
+        });
+    }
+    if let (Some(c), Some(bits)) = (c.as_object_mut(), spec.quant_bits) {
+        let q = json!({"group_size": spec.group_size, "bits": bits, "mode": "affine"});
+        c.insert("quantization".into(), q.clone());
+        c.insert("quantization_config".into(), q);
+    }
+    c
+}
+
+/// Writes the folder; returns the bytes of weights written.
+pub(super) fn make(spec: &ModelSpec) -> Result<u64, WorkerError> {
+    check_vl(spec)?;
+    let dir = Path::new(&spec.dir);
+    std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+    let (vocab, merges) = build_bpe(spec.vocab as usize - VISION_SPECIALS.len());
+    let first_special = vocab.len() - 3;
+    let mut tok = tokenizer_json(&vocab, &merges);
+    let mut tok_cfg = tokenizer_config(first_special);
+    for (k, s) in VISION_SPECIALS.iter().enumerate() {
+        let id = vocab.len() + k;
+        let entry = json!({"content": s, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true});
+        if let Some(list) = tok.get_mut("added_tokens").and_then(Value::as_array_mut) {
+            let mut e = entry.clone();
+            e["id"] = json!(id);
+            list.push(e);
+        }
+        if let Some(m) = tok_cfg
+            .get_mut("added_tokens_decoder")
+            .and_then(Value::as_object_mut)
+        {
+            m.insert(id.to_string(), entry);
+        }
+    }
+    tok_cfg["chat_template"] = json!(VL_CHAT_TEMPLATE);
+    let ids: [usize; 8] = std::array::from_fn(|k| first_special + k);
+    write_json(dir, "tokenizer.json", &tok)?;
+    write_json(dir, "tokenizer_config.json", &tok_cfg)?;
+    write_json(
+        dir,
+        "special_tokens_map.json",
+        &json!({"eos_token": IM_END, "pad_token": ENDOFTEXT}),
+    )?;
+    write_json(dir, "config.json", &config(spec, &ids))?;
+    write_json(
+        dir,
+        "generation_config.json",
+        &json!({"bos_token_id": null, "eos_token_id": [ids[2], ids[0]], "do_sample": false}),
+    )?;
+    write_json(
+        dir,
+        "preprocessor_config.json",
+        &json!({
+            "min_pixels": 3136, "max_pixels": 12845056, "patch_size": PATCH,
+            "temporal_patch_size": TEMPORAL, "merge_size": MERGE,
+            "image_mean": [0.48145466, 0.4578275, 0.40821073],
+            "image_std": [0.26862954, 0.26130258, 0.27577711],
+            "image_processor_type": "Qwen2VLImageProcessor",
+            "processor_class": if spec.arch == "qwen2_vl" { "Qwen2VLProcessor" } else { "Qwen2_5_VLProcessor" }
+        }),
+    )?;
+    write_safetensors(&dir.join("model.safetensors"), &build(spec)?)
+}
