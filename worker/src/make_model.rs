@@ -105,22 +105,8 @@ pub(crate) struct Tensor {
     data: Vec<u8>,
 }
 
-/// The architectures `make-model` writes.
-pub const ARCHS: &[&str] = &[
-    "llama",
-    "mistral",
-    "qwen2",
-    "qwen3",
-    "gemma",
-    "gemma2",
-    "gemma3_text",
-    "gemma3",
-    "phi3",
-    "mixtral",
-    "qwen3_moe",
-    "qwen2_5_vl",
-    "qwen2_vl",
-];
+/// The architectures `make-model` writes: every one the engine runs.
+pub const ARCHS: &[&str] = crate::engine::SUPPORTED;
 
 fn check(spec: &ModelSpec) -> Result<(), WorkerError> {
     if !ARCHS.contains(&spec.arch.as_str()) {

@@ -129,18 +129,7 @@ pub fn check_images(
         return Ok(());
     }
     let est = &plan.estimate;
-    let req = PlanRequest {
-        prefill_chunk: u64::from(plan.load.prefill_chunk),
-        calibration: estimate::Calibration {
-            model: est.activation_model,
-            source: est.calibration_source,
-            description: est.calibration.clone(),
-            floor: Vec::new(),
-        },
-        images: images.len() as u64,
-        image_size: largest_image(images),
-        ..PlanRequest::new(est.budget_bytes)
-    };
+    let req = loaded_request(plan, images);
     let with = plan::estimate_for(
         model,
         &req,
@@ -151,6 +140,25 @@ pub fn check_images(
         return Err(Box::new(report::refusal(&with, Remedy::default())));
     }
     Ok(())
+}
+
+/// What a generation on a loaded model is estimated with: the load's prefill chunk, KV
+/// bits and coefficients (not its floor), and the request's images.
+pub fn loaded_request(plan: &Plan, images: &[protocol::ImageInput]) -> PlanRequest {
+    let est = &plan.estimate;
+    PlanRequest {
+        prefill_chunk: u64::from(plan.load.prefill_chunk),
+        kv_bits: plan.load.kv_bits,
+        calibration: estimate::Calibration {
+            model: est.activation_model,
+            source: est.calibration_source,
+            description: est.calibration.clone(),
+            floor: Vec::new(),
+        },
+        images: images.len() as u64,
+        image_size: largest_image(images),
+        ..PlanRequest::new(est.budget_bytes)
+    }
 }
 
 /// The largest image by pixels, (width, height): the size every image is planned at.

@@ -746,18 +746,7 @@ impl Actor {
             return (0, 0);
         };
         let est = &plan.estimate;
-        let req = crate::plan::PlanRequest {
-            prefill_chunk: u64::from(plan.load.prefill_chunk),
-            calibration: estimate::Calibration {
-                model: est.activation_model,
-                source: est.calibration_source,
-                description: est.calibration.clone(),
-                floor: Vec::new(),
-            },
-            images: images.len() as u64,
-            image_size: admission::largest_image(images),
-            ..crate::plan::PlanRequest::new(est.budget_bytes)
-        };
+        let req = admission::loaded_request(plan, images);
         let used = crate::run::used_estimate(&l.model, &req, done, est.weights.compute_f32);
         let answer = (used.kv_cache.context, used.total_bytes);
         // A run with images is not recorded: the store fits the text model's activations
