@@ -12,15 +12,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Test scaffolding: a failure here is a test failure.
 
-use std::io::Write;
+mod common;
+use common::{ids, run_python, Collect};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
-use protocol::{
-    GenerateRequest, ModelOptions, ModelSpec, Phase, Prompt, Sampling, WorkerError, WorkerErrorKind,
-};
+use protocol::{GenerateRequest, ModelOptions, ModelSpec, Prompt, Sampling, WorkerErrorKind};
 use serde_json::{json, Value};
-use worker::engine::{Engine, GenerateOptions, Hooks, LoadOptions};
+use worker::engine::{Engine, GenerateOptions, LoadOptions};
 
 const TOLERANCE: f32 = 1e-3;
 /// Native 4-bit MoE (bf16 activations) against our f32 run of the same folder: a loose
@@ -31,23 +29,6 @@ const MAX_TOKENS: u32 = 64;
 /// SwitchGLU's sorted path, the decode steps the unsorted one.
 const PREFILL_CHUNK: usize = 32;
 const PROMPT: &str = "Hello, world! The model runs out of memory — ça va? Tokens stream one by one as the supervisor watches the machine and 42 numbers.";
-
-struct Collect(Vec<u32>);
-
-impl Hooks for Collect {
-    fn before_step(&mut self, _: Phase, _: u32, _: u64) -> Result<(), WorkerError> {
-        Ok(())
-    }
-    fn token(&mut self, id: u32, _: &str) {
-        self.0.push(id);
-    }
-}
-
-fn python() -> PathBuf {
-    let py = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
-    assert!(py.exists(), "{} is missing: run make setup", py.display());
-    py
-}
 
 fn spec(dir: &Path, arch: &str, quant: Option<u32>, seed: u64, options: ModelOptions) -> ModelSpec {
     ModelSpec {
@@ -72,41 +53,6 @@ fn rope(s: &str) -> ModelOptions {
         rope_scaling: Some(s.into()),
         ..Default::default()
     }
-}
-
-fn run_python(script: &str, jobs: &Value) -> Vec<Value> {
-    let mut child = Command::new(python())
-        .arg(
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("tests")
-                .join(script),
-        )
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the mlx-lm reference");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(jobs.to_string().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "mlx-lm reference failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("reference output is JSON")
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t.as_u64().unwrap() as u32)
-        .collect()
 }
 
 fn floats(v: &Value) -> Vec<f32> {

@@ -8,13 +8,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Test scaffolding: a failure here is a test failure.
 
-use std::io::Write;
+mod common;
+use common::{ids, run_python, Collect};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
-use protocol::{ChatMessage, GenerateRequest, ModelSpec, Phase, Prompt, Sampling, WorkerError};
+use protocol::{ChatMessage, GenerateRequest, ModelSpec, Prompt, Sampling};
 use serde_json::{json, Value};
-use worker::engine::{Engine, GenerateOptions, Hooks, LoadOptions};
+use worker::engine::{Engine, GenerateOptions, LoadOptions};
 
 /// Largest allowed |ours − mlx-lm| over the first step's log-probabilities. The two
 /// run the same MLX kernels in the same order, so this is expected to be exactly 0; the
@@ -23,27 +23,6 @@ const LOGPROB_TOLERANCE: f32 = 1e-3;
 const MAX_TOKENS: u32 = 64;
 const PREFILL_CHUNK: usize = 16;
 const PROMPT: &str = "Hello, world! The model runs out of memory — ça va? Tokens stream one by one as the supervisor watches the machine and 42 numbers.";
-
-struct Collect(Vec<u32>);
-
-impl Hooks for Collect {
-    fn before_step(&mut self, _: Phase, _: u32, _: u64) -> Result<(), WorkerError> {
-        Ok(())
-    }
-    fn token(&mut self, id: u32, _: &str) {
-        self.0.push(id);
-    }
-}
-
-fn python() -> PathBuf {
-    let py = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
-    assert!(
-        py.exists(),
-        "{} is missing: the mlx-lm reference needs the project's Python environment; run make setup",
-        py.display()
-    );
-    py
-}
 
 struct Case {
     name: String,
@@ -76,37 +55,6 @@ fn make_sliding(dir: &Path) {
     cfg["sliding_window"] = json!(32);
     cfg["layer_types"] = json!(["sliding_attention", "full_attention"]);
     std::fs::write(&path, serde_json::to_string_pretty(&cfg).unwrap()).unwrap();
-}
-
-fn run_python(jobs: &Value) -> Vec<Value> {
-    let mut child = Command::new(python())
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mlx_lm_reference.py"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the mlx-lm reference");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(jobs.to_string().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "mlx-lm reference failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("reference output is JSON")
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t.as_u64().unwrap() as u32)
-        .collect()
 }
 
 #[test]
@@ -169,7 +117,7 @@ fn greedy_tokens_match_mlx_lm() {
         }));
         ours.push((prompt, chat_ids, tokens, logprobs));
     }
-    let reference = run_python(&Value::Array(jobs));
+    let reference = run_python("mlx_lm_reference.py", &Value::Array(jobs));
 
     let mut failures = Vec::new();
     for ((case, (prompt, chat_ids, tokens, logprobs)), r) in cases.iter().zip(&ours).zip(&reference)
@@ -297,7 +245,7 @@ fn f32_compute_matches_mlx_lm_on_the_f32_conversion() {
         }));
         ours.push((tokens, lp));
     }
-    let reference = run_python(&Value::Array(jobs));
+    let reference = run_python("mlx_lm_reference.py", &Value::Array(jobs));
     let mut failures = Vec::new();
     for ((case, (tokens, lp)), r) in cases.iter().zip(&ours).zip(&reference) {
         let name = format!("{} (f32)", case.name);
@@ -355,7 +303,7 @@ fn quantized_kv_cache_matches_mlx_lm() {
         }));
         ours.push((name, tokens, lp));
     }
-    let reference = run_python(&Value::Array(jobs));
+    let reference = run_python("mlx_lm_reference.py", &Value::Array(jobs));
     let mut failures = Vec::new();
     for ((name, tokens, lp), r) in ours.iter().zip(&reference) {
         // f32 compute multiplies by transposed weights (OpenBLAS without packing), a
