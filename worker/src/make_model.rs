@@ -391,9 +391,17 @@ fn quantize(
 }
 
 fn build_tensors(spec: &ModelSpec) -> Result<Vec<(String, Tensor)>, WorkerError> {
+    tensors_of(spec, tensor_specs(spec))
+}
+
+/// The tensors of `specs` (random or ones, quantized where marked), sorted by name.
+pub(crate) fn tensors_of(
+    spec: &ModelSpec,
+    specs: Vec<TensorSpec>,
+) -> Result<Vec<(String, Tensor)>, WorkerError> {
     let (dtype, tag, _) = dtype_of(spec);
     let mut out = Vec::new();
-    for t in tensor_specs(spec) {
+    for t in specs {
         let n: usize = t.shape.iter().map(|&s| s as usize).product();
         let values = match t.init {
             Init::Ones => vec![1.0f32; n],

@@ -17,8 +17,8 @@ use std::path::Path;
 use serde_json::{json, Value};
 
 use super::{
-    bad, build_bpe, dtype_of, encode, io, quantize, tensor_specs, tokenizer_config, tokenizer_json,
-    write_json, write_safetensors, Gen, Init, Tensor, TensorSpec, ENDOFTEXT, IM_END,
+    bad, build_bpe, dtype_of, io, tensor_specs, tokenizer_config, tokenizer_json, write_json,
+    write_safetensors, Init, Tensor, TensorSpec, ENDOFTEXT, IM_END,
 };
 use protocol::{ModelSpec, WorkerError};
 
@@ -170,49 +170,7 @@ fn all_specs(spec: &ModelSpec) -> Vec<TensorSpec> {
 }
 
 fn build(spec: &ModelSpec) -> Result<Vec<(String, Tensor)>, WorkerError> {
-    let (dtype, tag, _) = dtype_of(spec);
-    let mut out = Vec::new();
-    for t in all_specs(spec) {
-        let n: usize = t.shape.iter().map(|&s| s as usize).product();
-        let values = match t.init {
-            Init::Ones => vec![1.0f32; n],
-            Init::Normal(std) => Gen::new(spec.seed, &t.name).normals(n, std),
-        };
-        let data = encode(&values, dtype);
-        match (t.quantize, spec.quant_bits) {
-            (true, Some(bits)) => {
-                let (gs, bits) = (spec.group_size as i32, bits as i32);
-                let [q, s, b] = quantize(&data, &t.shape, dtype, gs, bits)?;
-                let base = t.name.trim_end_matches(".weight").to_string();
-                let (rows, cols) = (t.shape[0], t.shape[1]);
-                let small = |data| Tensor {
-                    dtype: tag,
-                    shape: vec![rows, cols / gs],
-                    data,
-                };
-                out.push((format!("{base}.biases"), small(b)));
-                out.push((format!("{base}.scales"), small(s)));
-                out.push((
-                    t.name,
-                    Tensor {
-                        dtype: "U32",
-                        shape: vec![rows, cols * bits / 32],
-                        data: q,
-                    },
-                ));
-            }
-            _ => out.push((
-                t.name,
-                Tensor {
-                    dtype: tag,
-                    shape: t.shape,
-                    data,
-                },
-            )),
-        }
-    }
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok(out)
+    super::tensors_of(spec, all_specs(spec))
 }
 
 fn config(spec: &ModelSpec, ids: &[usize; 8]) -> Value {
