@@ -403,11 +403,8 @@ fn bad_peers_lose_their_connection_and_the_daemon_serves_on() {
 
     let st = d.cli(&["status", "--json"]);
     assert_eq!(st.code, Some(0), "still serving: {}", st.stderr);
-    assert!(
-        d.log().contains("closing a client connection"),
-        "{}",
-        d.log()
-    );
+    let log = d.wait_log("closing a client connection", Duration::from_secs(5));
+    assert!(log.contains("closing a client connection"), "{log}");
 }
 
 #[test]
@@ -433,10 +430,13 @@ fn another_user_is_refused_and_logged() {
         err.contains("refused") && err.contains("uid 65534"),
         "{err}"
     );
+    let log = d.wait_log(
+        "refused a connection from another user",
+        Duration::from_secs(5),
+    );
     assert!(
-        d.log().contains("refused a connection from another user"),
-        "{}",
-        d.log()
+        log.contains("refused a connection from another user"),
+        "{log}"
     );
     assert_eq!(d.cli(&["status"]).code, Some(0));
 }

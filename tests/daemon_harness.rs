@@ -89,6 +89,19 @@ impl Daemon {
         self.stderr.lock().unwrap().clone()
     }
 
+    /// The log once it contains `needle` (or as it is after `within`): the daemon's
+    /// stderr reaches it through a reader thread, a moment after the daemon wrote it.
+    pub fn wait_log(&self, needle: &str, within: Duration) -> String {
+        let until = Instant::now() + within;
+        loop {
+            let log = self.log();
+            if log.contains(needle) || Instant::now() > until {
+                return log;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// The base URL of the HTTP front (`serve --http`), as the daemon announced it.
     pub fn http_base(&self) -> Option<String> {
         let until = Instant::now() + Duration::from_secs(10);
