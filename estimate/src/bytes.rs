@@ -70,8 +70,9 @@ pub enum ParseBytesError {
     /// The number part is not a non-negative decimal number.
     #[error("invalid number in size `{0}`")]
     Number(String),
-    /// The unit is not one of B, KB, MB, GB, TB, KiB, MiB, GiB, TiB (or K, M, G, T).
-    #[error("unknown unit `{unit}` in size `{text}` (use B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)")]
+    /// The unit is not one of B, KB, MB, GB, TB, PB, KiB, MiB, GiB, TiB, PiB (or K, M, G,
+    /// T, P).
+    #[error("unknown unit `{unit}` in size `{text}` (use B, KB, MB, GB, TB, PB, KiB, MiB, GiB, TiB, PiB)")]
     Unit {
         /// The whole input.
         text: String,
@@ -87,8 +88,8 @@ impl FromStr for Bytes {
     type Err = ParseBytesError;
 
     /// Parses `4096`, `512MiB`, `8 GiB`, `1.5GB`, `2k` (case-insensitive units; decimal
-    /// units KB/MB/GB/TB are powers of 1000, binary units KiB/MiB/GiB/TiB and the
-    /// single letters K/M/G/T are powers of 1024). Fractional values round down to
+    /// units KB/MB/GB/TB/PB are powers of 1000, binary units KiB/MiB/GiB/TiB/PiB and the
+    /// single letters K/M/G/T/P are powers of 1024: what `Display` writes parses back). Fractional values round down to
     /// whole bytes.
     fn from_str(s: &str) -> Result<Bytes, ParseBytesError> {
         let text = s.trim();
@@ -109,10 +110,12 @@ impl FromStr for Bytes {
             "mb" => 1_000_000,
             "gb" => 1_000_000_000,
             "tb" => 1_000_000_000_000,
+            "pb" => 1_000_000_000_000_000,
             "k" | "kib" => Bytes::KIB,
             "m" | "mib" => Bytes::MIB,
             "g" | "gib" => Bytes::GIB,
             "t" | "tib" => Bytes::TIB,
+            "p" | "pib" => Bytes::TIB * 1024,
             _ => {
                 return Err(ParseBytesError::Unit {
                     text: text.to_string(),
@@ -161,6 +164,7 @@ mod tests {
     fn parses_the_documented_forms() {
         assert_eq!("512MiB".parse(), Ok(Bytes(512 * Bytes::MIB)));
         assert_eq!("8GiB".parse(), Ok(Bytes(8 * Bytes::GIB)));
+        assert_eq!("1 PiB".parse(), Ok(Bytes(1024 * Bytes::TIB)));
         assert_eq!("1.5GB".parse(), Ok(Bytes(1_500_000_000)));
         assert_eq!("4096".parse(), Ok(Bytes(4096)));
         assert_eq!("8 gib".parse(), Ok(Bytes(8 * Bytes::GIB)));
@@ -190,6 +194,10 @@ mod tests {
         assert_eq!(Bytes(8 * Bytes::GIB).to_string(), "8 GiB");
         assert_eq!(Bytes(Bytes::MIB - 1).to_string(), "1 MiB");
         assert_eq!(Bytes(u64::MAX).to_string(), "16384 PiB");
+        // Just under 1 PiB displays as `1 PiB` (found by display_parses_back_close).
+        let shown = Bytes(1_125_844_931_261_236).to_string();
+        assert_eq!(shown, "1 PiB");
+        assert_eq!(shown.parse(), Ok(Bytes(1024 * Bytes::TIB)));
     }
 
     proptest! {
