@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use image::{ImageBuffer, Rgb};
-use mlxsup_tests::{bin, mlxsup, repo};
+use mlxsup_tests::{bin, mlxsup, mlxsup_env, repo};
 use vision::{image_tokens, process_file, ProcessorConfig};
 
 fn reference_python() -> Option<PathBuf> {
@@ -276,6 +276,125 @@ fn run_with_images_as_mlx_vlm(arch: &str, extra: &[&str]) {
         seen.push(ours);
     }
     assert_ne!(seen[0], seen[1], "the second image changes nothing");
+}
+
+/// A run with images reports what its vision tower used (the `vision` event: per-image
+/// patches, the tower's own MLX peak, the vision term predicted for it), the estimate plans
+/// the larger of the tower and the text's prefill, and the run is recorded in the
+/// calibration store with its tower — which the next estimate's vision term is refit from.
+#[test]
+fn a_run_with_images_reports_its_tower_and_calibrates_the_vision_term() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("m");
+    make(&dir, &[]);
+    let (a, b) = (tmp.path().join("a.png"), tmp.path().join("b.png"));
+    png(&a, 300, 200, 0);
+    png(&b, 97, 160, 1);
+    let store = tmp.path().join("store.json");
+    let env = [("MLXSUP_CALIBRATION", store.to_str().expect("utf-8"))];
+    let d = dir.to_str().expect("utf-8");
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            d,
+            "--prompt",
+            "What is this?",
+            "--max-tokens",
+            "2",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let r = mlxsup_env(&[&["run"][..], &args].concat(), &env);
+        assert_eq!(r.code, Some(0), "run: {}", r.stderr);
+        r
+    };
+    let images = [
+        "--image",
+        a.to_str().expect("utf-8"),
+        "--image",
+        b.to_str().expect("utf-8"),
+    ];
+    let first = run(&images);
+    let v = first.named("vision");
+    let v = v.first().expect("a vision event");
+    // 300×200 → 308×196 (22×14 patches), 97×160 → 84×168 (6×12).
+    assert_eq!(v["patches"], serde_json::json!([308, 72]), "{v}");
+    let measured = v["activation_bytes"].as_u64().expect("activation_bytes");
+    // At least the f32 pixel values themselves (380 patches × 1176 values × 4 bytes).
+    assert!(measured >= 380 * 1176 * 4, "{v}");
+    let predicted = v["predicted_bytes"].as_u64().expect("predicted_bytes");
+    let est = first.named("estimate");
+    let vision = &est.first().expect("an estimate")["vision"];
+    assert!(
+        ["vision_tower", "prefill"].contains(&vision["peak_phase"].as_str().unwrap_or("")),
+        "{vision}"
+    );
+    // The store holds the run with its tower.
+    let text = std::fs::read_to_string(&store).expect("the store");
+    let doc: serde_json::Value = serde_json::from_str(&text).expect("json");
+    let records = doc["records"].as_array().expect("records");
+    let tower = &records.last().expect("a record")["vision"];
+    assert_eq!(tower["patches"], serde_json::json!([308, 72]), "{tower}");
+    assert_eq!(tower["measured_bytes"].as_u64(), Some(measured), "{tower}");
+    assert_eq!(
+        tower["predicted_bytes"].as_u64(),
+        Some(predicted),
+        "{tower}"
+    );
+    // The next run's vision term is this machine's: scaled to the measured tower.
+    let second = run(&images);
+    let v2 = second.named("vision");
+    let p2 = v2.first().expect("a vision event")["predicted_bytes"]
+        .as_u64()
+        .expect("predicted");
+    let (was, now) = (
+        (predicted as f64 - measured as f64).abs(),
+        (p2 as f64 - measured as f64).abs(),
+    );
+    assert!(
+        now < was || was < measured as f64 * 0.01,
+        "refit {p2} no nearer the measured {measured} than {predicted}"
+    );
+    let e2 = second.named("estimate");
+    assert_eq!(e2[0]["calibration_source"], "machine", "{}", e2[0]);
+}
+
+/// A forced run whose vision tower would pass the worker's budget is refused by the soft
+/// guard before the tower allocates, with advice about the images, not the context.
+#[test]
+fn a_tower_over_the_budget_is_refused_before_it_runs() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("m");
+    make(&dir, &[]);
+    let a = tmp.path().join("a.png");
+    png(&a, 640, 480, 0);
+    let r = mlxsup(&[
+        "run",
+        dir.to_str().expect("utf-8"),
+        "--image",
+        a.to_str().expect("utf-8"),
+        "--prompt",
+        "What is this?",
+        "--max-tokens",
+        "2",
+        "--budget",
+        "12MiB",
+        "--memory-ceiling",
+        "2GiB",
+        "--force",
+        "--json",
+    ]);
+    let f = r.named("failure");
+    let f = f
+        .first()
+        .unwrap_or_else(|| panic!("no failure: {}", r.stderr));
+    assert_eq!(f["kind"], "memory_budget_exceeded", "{f}");
+    assert_eq!(f["phase"], "prefill", "{f}");
+    let advice = f["advice"].as_str().unwrap_or("");
+    assert!(advice.contains("fewer or smaller images"), "{advice}");
+    assert!(r.named("vision").is_empty(), "the tower ran: {}", r.stdout);
+    // Well under the tower's need: it never allocated.
+    let peak = f["peak_bytes"].as_u64().unwrap_or(u64::MAX);
+    assert!(peak < 12 << 20, "{f}");
 }
 
 #[test]

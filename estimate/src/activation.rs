@@ -50,13 +50,17 @@ pub struct Coefficients {
     pub overhead_bytes: f64,
 }
 
-/// The activation model: coefficients for 2-byte and for 4-byte activations.
+/// The activation model: coefficients for 2-byte and for 4-byte activations, and the
+/// vision tower's.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ActivationModel {
     /// bf16 / f16 activations (and quantized weights, whose scales are bf16/f16).
     pub half: Coefficients,
     /// f32 activations (f32 checkpoints, `--compute f32`).
     pub full: Coefficients,
+    /// A vision-language model's tower ([`crate::vision_activation`]).
+    #[serde(default)]
+    pub vision: crate::vision_activation::VisionModel,
 }
 
 /// The built-in coefficients: a least-squares fit (weighted by 1/peak) to the 92 MLX
@@ -79,6 +83,7 @@ pub const BUILTIN: ActivationModel = ActivationModel {
         mask_bytes: 1.69,
         overhead_bytes: 483_000.0,
     },
+    vision: crate::vision_activation::BUILTIN_VISION,
 };
 
 impl Default for ActivationModel {
@@ -313,26 +318,6 @@ pub fn largest_fitting(upto: u64, fits: impl Fn(u64) -> bool) -> Option<u64> {
         }
     }
     Some(lo)
-}
-
-/// Activations of the vision encoder for `images` images of `patches` patches each, with
-/// encoder width `d`, MLP width `inter` and `heads` heads (full attention per image),
-/// with the coefficients `k` of the activations' dtype class: the tower's peak is one
-/// full-attention block's scores and its MLP, as a text layer's (measured on Qwen2.5-VL
-/// in f32: within 1% at 1024 and 3072 patches, BENCHMARKS.md §11).
-pub fn vision_activation_bytes(
-    images: u64,
-    patches: u64,
-    d: u64,
-    inter: u64,
-    heads: u64,
-    k: &Coefficients,
-) -> u64 {
-    // In f64 throughout: patches² and d + inter can pass u64 for implausible inputs.
-    let patches = patches as f64;
-    let per_image = heads as f64 * patches * patches * k.score_bytes
-        + patches * (d as f64 + inter as f64) * k.mlp_bytes;
-    to_u64(per_image * images as f64)
 }
 
 fn to_u64(x: f64) -> u64 {

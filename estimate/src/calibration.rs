@@ -419,6 +419,7 @@ mod tests {
         let model = ActivationModel {
             half: truth,
             full: truth,
+            vision: BUILTIN.vision,
         };
         let mut samples = Vec::new();
         for context in [128u64, 512, 2048, 8192] {
@@ -449,6 +450,7 @@ mod tests {
         let model = ActivationModel {
             half: truth,
             full: truth,
+            vision: BUILTIN.vision,
         };
         let mut samples = Vec::new();
         for context in [128u64, 256, 512, 1024, 2048, 4096, 8192] {
@@ -496,6 +498,7 @@ mod tests {
                 mask_bytes: k.mask_bytes * 1.3,
                 overhead_bytes: 200_000.0,
             },
+            vision: BUILTIN.vision,
         };
         let samples: Vec<Sample> = [128u64, 512, 2048]
             .iter()
@@ -530,6 +533,7 @@ mod tests {
                 mask_bytes: k.mask_bytes * 1.2,
                 overhead_bytes: 3_000_000.0,
             },
+            vision: BUILTIN.vision,
         };
         // A user's chats: ten runs of three lengths; at the two short ones MLX's peak is
         // the same (its allocator hands out the same buffers), as measured here.

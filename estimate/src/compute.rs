@@ -44,7 +44,8 @@ pub fn f32_weight_bytes(model: &Model) -> Option<u64> {
 /// the largest matrix it transposes once more — a dense matrix while it is transposed
 /// for the BLAS, a quantized one while its dequantized blocks are joined, with its
 /// quantized tensors still held and one block's working space. A tied embedding table is
-/// not transposed (it is looked up by rows). Or, if larger, what reading the shards adds
+/// not transposed (it is looked up by rows), nor is a vision tower (upcast as it is read,
+/// its layers used as stored: a Qwen2.5-VL's 4096² merger is not in the transient). Or, if larger, what reading the shards adds
 /// over the f32 weights ([`read_peak`]). Freed before the first token, so the peak is the
 /// larger of this and the KV cache with activations.
 pub fn f32_load_transient_bytes(model: &Model) -> u64 {
@@ -60,7 +61,11 @@ pub fn f32_load_transient_bytes(model: &Model) -> u64 {
             let tied = !m.iter().any(|t| t.name.ends_with("lm_head.weight"));
             let read = read_peak(model).saturating_sub(weights);
             m.iter()
-                .filter(|t| t.matrix && !(tied && t.name.ends_with("embed_tokens.weight")))
+                .filter(|t| {
+                    t.matrix
+                        && !(tied && t.name.ends_with("embed_tokens.weight"))
+                        && !crate::model::is_vision_tensor(t.name)
+                })
                 .map(|t| {
                     let block = if t.quant_bytes > 0 {
                         DEQUANT_BLOCK_BYTES.min(t.f32_bytes)

@@ -33,6 +33,7 @@ pub mod request;
 pub mod safetensors_header;
 pub mod verdict;
 pub mod vision;
+pub mod vision_activation;
 pub mod weights;
 
 pub use activation::{

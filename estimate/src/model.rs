@@ -89,6 +89,23 @@ pub struct VisionDims {
     pub qwen: Option<crate::vision::QwenGrid>,
 }
 
+impl VisionDims {
+    /// What the tower's activations depend on (pixel values per patch: the Qwen2-VL
+    /// grid's channels × temporal patch × patch², else 3 × 2 × 14²).
+    pub fn tower_shape(&self) -> crate::vision_activation::TowerShape {
+        crate::vision_activation::TowerShape {
+            heads: self.heads,
+            hidden: self.width,
+            intermediate: self.intermediate,
+            values_per_patch: self.qwen.as_ref().map_or(3 * 2 * 14 * 14, |q| {
+                3 * u64::from(q.temporal_patch_size)
+                    * u64::from(q.patch_size)
+                    * u64::from(q.patch_size)
+            }),
+        }
+    }
+}
+
 /// A model folder, read.
 #[derive(Clone, Debug)]
 pub struct Model {

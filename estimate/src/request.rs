@@ -3,9 +3,7 @@
 //! docs/CONTRACT.md (with more fields).
 use serde::Serialize;
 
-use crate::activation::{
-    vision_activation_bytes, Activation, ActivationModel, DEFAULT_PREFILL_CHUNK,
-};
+use crate::activation::{Activation, ActivationModel, DEFAULT_PREFILL_CHUNK};
 use crate::bytes::Bytes;
 use crate::calibration::{Calibration, CalibrationSource};
 use crate::kv_cache::{kv_cache, KvCache};
@@ -121,6 +119,10 @@ pub struct VisionReport {
     pub image_tokens: u64,
     /// The KV cache bytes of those tokens (included in `kv_cache.bytes`).
     pub kv_bytes: u64,
+    /// Which phase sets the peak: `vision_tower` (its activations are larger than the
+    /// text's KV cache and prefill together) or `prefill`. The tower runs first and frees
+    /// what it allocated: the total counts the larger, not both.
+    pub peak_phase: &'static str,
 }
 
 /// The estimate: the `inspect --json` object.
@@ -180,6 +182,7 @@ struct Totals {
     kv: KvCache,
     act: Activation,
     vision_act: u64,
+    tower_is_peak: bool,
     image_kv: u64,
     load_transient: u64,
     overhead: u64,
@@ -194,25 +197,6 @@ pub fn activation_elem_bytes(model: &Model, req: &Request) -> u64 {
     } else {
         model.kv_dtype_bytes()
     }
-}
-
-/// One image's pixel values in the tower: the f32 rows the processor gives (C·T·P·P
-/// values per patch), their cast to the activations' dtype, the channels-last copy and
-/// the patch embedding's input (measured: a 308-patch image on a 128-wide tower adds
-/// 7.1 MB where the attention and MLP terms give 2.8 MB).
-fn pixel_bytes(v: &crate::model::VisionDims, patches: u64, elem: u64) -> u64 {
-    let per_patch = v.qwen.as_ref().map_or(3 * 2 * 14 * 14, |q| {
-        3 * u64::from(q.temporal_patch_size) * u64::from(q.patch_size) * u64::from(q.patch_size)
-    });
-    vision_pixel_bytes(patches, per_patch, elem)
-}
-
-/// [`pixel_bytes`] for `patches` patches of `per_patch` values at `elem` bytes (the
-/// worker's soft guard predicts the tower with it too).
-pub fn vision_pixel_bytes(patches: u64, per_patch: u64, elem: u64) -> u64 {
-    patches
-        .saturating_mul(per_patch)
-        .saturating_mul(4 + 3 * elem)
 }
 
 fn totals(model: &Model, weights: u64, context: u64, req: &Request) -> Totals {
@@ -252,16 +236,22 @@ fn totals(model: &Model, weights: u64, context: u64, req: &Request) -> Totals {
     let act = coefficients.predict(&model.activation, kv_dtype_bytes, chunk, attended, batch);
     let overhead = coefficients.overhead_bytes(kv_dtype_bytes);
     let vision_act = match (&model.vision, image) {
-        (Some(v), Some(p)) => vision_activation_bytes(
+        (Some(v), Some(p)) => coefficients.vision.predict_uniform(
+            &v.tower_shape(),
+            kv_dtype_bytes,
             req.images,
             p.patches,
-            v.width,
-            v.intermediate,
-            v.heads,
-            coefficients.coefficients(kv_dtype_bytes),
-        )
-        .saturating_add(pixel_bytes(v, p.patches, kv_dtype_bytes).saturating_mul(req.images)),
+        ),
         _ => 0,
+    };
+    // With images the prompt's embeddings (images spliced in) are held through the
+    // prefill.
+    let embeds = if image_tokens > 0 {
+        context
+            .saturating_mul(model.activation.hidden)
+            .saturating_mul(kv_dtype_bytes)
+    } else {
+        0
     };
     // The f32 build's load transient is freed before the first token: the peak is the
     // larger of it and what the run adds.
@@ -270,10 +260,13 @@ fn totals(model: &Model, weights: u64, context: u64, req: &Request) -> Totals {
     } else {
         0
     };
+    // The tower runs and frees its activations before the first prefill chunk: the
+    // peak is the larger phase, not both.
     let run = kv
         .bytes
         .saturating_add(act.bytes)
-        .saturating_add(vision_act);
+        .saturating_add(embeds)
+        .max(vision_act);
     let total = weights
         .saturating_add(run.max(load_transient))
         .saturating_add(overhead);
@@ -284,10 +277,12 @@ fn totals(model: &Model, weights: u64, context: u64, req: &Request) -> Totals {
     } else {
         0
     };
+    let tower_is_peak = vision_act > kv.bytes.saturating_add(act.bytes).saturating_add(embeds);
     Totals {
         kv,
         act,
         vision_act,
+        tower_is_peak,
         image_kv,
         load_transient,
         overhead,
@@ -352,6 +347,11 @@ pub fn estimate(model: &Model, req: &Request) -> Estimate {
         patches_per_image: image.map_or(0, |p| p.patches),
         image_tokens: image.map_or(0, |p| p.tokens.saturating_mul(req.images)),
         kv_bytes: t.image_kv,
+        peak_phase: if t.tower_is_peak {
+            "vision_tower"
+        } else {
+            "prefill"
+        },
     });
     if req.images > 0 && model.vision.is_none() {
         warnings.push("--images given but the model has no vision tower".to_string());

@@ -4,7 +4,6 @@
 //! vision activations are planned at that size.
 use std::path::{Path, PathBuf};
 
-use estimate::activation::vision_activation_bytes;
 use estimate::{estimate, Bytes, Model, Request};
 
 fn fixture(name: &str) -> PathBuf {
@@ -97,22 +96,15 @@ fn image_tokens_kv_and_activations_are_planned() {
         // Qwen2.5-VL-7B's text side: 28 layers × K,V × 4 heads × 128 × bf16.
         assert_eq!(vr.kv_bytes, 2392 * 28 * 2 * 4 * 128 * 2, "{name}");
         // The tower's activations at 92×52 patches per image, not the 448×448 default.
+        let elem = if two.weights.compute_f32 { 4 } else { 2 };
         assert_eq!(
             vr.activation_bytes,
-            vision_activation_bytes(
-                2,
-                4784,
-                v.width,
-                v.intermediate,
-                v.heads,
-                estimate::activation::BUILTIN.coefficients(if two.weights.compute_f32 {
-                    4
-                } else {
-                    2
-                }),
-            ) + 2 * 4784 * 1176 * (4 + 3 * 2), // the pixel values: f32 in, three bf16 copies
+            estimate::activation::BUILTIN
+                .vision
+                .predict(&v.tower_shape(), elem, &[4784, 4784]),
             "{name}"
         );
+        assert_eq!(v.tower_shape().values_per_patch, 1176, "{name}");
         let small = estimate(&model, &req(2, Some((448, 448)), 4096));
         let small_act = small.vision.map_or(0, |s| s.activation_bytes);
         assert!(

@@ -32,8 +32,11 @@ pub mod version {
     /// 1.3: the images of a vision-language prompt (`GenerateRequest::images`, worker
     /// protocol 1.4), inside `GenerateModel::request`.
     pub const V1_3: Version = Version { major: 1, minor: 3 };
+    /// 1.4: the vision tower's measured peak (`Event::Vision`, worker protocol 1.5), in
+    /// `ControlEvent::Worker`.
+    pub const V1_4: Version = Version { major: 1, minor: 4 };
     /// What this build speaks.
-    pub const CURRENT: Version = V1_3;
+    pub const CURRENT: Version = V1_4;
 }
 
 /// Client → daemon.

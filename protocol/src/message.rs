@@ -104,6 +104,22 @@ pub enum Event {
     Phase(Phase),
     /// Loading progress, in bytes of weights.
     Progress { done: u64, total: u64 },
+    /// Since 1.5: the vision tower ran on the request's images.
+    Vision(Box<VisionPeak>),
+}
+
+/// Since 1.5: what the vision tower of a request with images used, measured around the
+/// tower alone (it runs before the first prefill chunk and its activations are freed
+/// before it): the calibration of the vision term is fitted from these.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VisionPeak {
+    /// Patches the tower saw of each image, in prompt order.
+    pub patches: Vec<u64>,
+    /// MLX's peak while the tower ran, above what MLX held when it started (the pixel
+    /// values, the tower's activations and its output).
+    pub activation_bytes: u64,
+    /// The vision term the soft guard predicted for these images.
+    pub predicted_bytes: u64,
 }
 
 /// Facts about the worker's MLX and machine.
@@ -193,6 +209,21 @@ pub struct ActivationModel {
     pub half: ActivationCoefficients,
     /// f32 activations.
     pub full: ActivationCoefficients,
+    /// Since 1.5: the vision tower's coefficients, bf16/f16 then f32 (`None`: the
+    /// built-in ones).
+    pub vision: Option<[VisionCoefficients; 2]>,
+}
+
+/// Since 1.5: one dtype class's vision-tower coefficients (the `estimate` crate's
+/// `VisionCoefficients`).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VisionCoefficients {
+    /// Bytes per attention score of one head.
+    pub score_bytes: f64,
+    /// Bytes per patch and per unit of the tower's width.
+    pub width_bytes: f64,
+    /// Bytes per pixel value.
+    pub pixel_bytes: f64,
 }
 
 /// Since 1.3: one dtype class's coefficients.

@@ -24,8 +24,12 @@ pub const V1_3: Version = Version { major: 1, minor: 3 };
 /// Version 1.4: the images of a vision-language prompt (`GenerateRequest::images`).
 pub const V1_4: Version = Version { major: 1, minor: 4 };
 
+/// Version 1.5: the vision tower's measured peak of a request with images
+/// (`Event::Vision`).
+pub const V1_5: Version = Version { major: 1, minor: 5 };
+
 /// The version this build speaks.
-pub const CURRENT: Version = V1_4;
+pub const CURRENT: Version = V1_5;
 
 /// A protocol version.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

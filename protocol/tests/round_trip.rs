@@ -73,6 +73,18 @@ fn requests() -> Vec<Request> {
                     mask_bytes: 1.5,
                     overhead_bytes: 1e6,
                 },
+                vision: Some([
+                    protocol::VisionCoefficients {
+                        score_bytes: 4.0,
+                        width_bytes: 24.5,
+                        pixel_bytes: 16.0,
+                    },
+                    protocol::VisionCoefficients {
+                        score_bytes: 4.25,
+                        width_bytes: 25.0,
+                        pixel_bytes: 17.0,
+                    },
+                ]),
             })),
         }),
         Request::Generate(GenerateRequest {
@@ -235,6 +247,11 @@ fn events() -> Vec<Event> {
             done: 10,
             total: 20,
         },
+        Event::Vision(Box::new(protocol::VisionPeak {
+            patches: vec![1024, 3072],
+            activation_bytes: 1_234_567_890,
+            predicted_bytes: 1_300_000_000,
+        })),
     ]
 }
 
@@ -318,6 +335,7 @@ fn event_variant(m: &Event) -> usize {
         Event::Token { .. } => 1,
         Event::Phase(_) => 2,
         Event::Progress { .. } => 3,
+        Event::Vision(_) => 4,
     }
 }
 fn prompt_variant(m: &Prompt) -> usize {
@@ -342,7 +360,7 @@ fn samples_cover_every_variant() {
     covers(&from_worker_samples(), from_worker_variant, 3);
     covers(&requests(), request_variant, 6);
     covers(&replies(), reply_variant, 7);
-    covers(&events(), event_variant, 4);
+    covers(&events(), event_variant, 5);
     let prompts: Vec<Prompt> = requests()
         .into_iter()
         .filter_map(|r| match r {
@@ -778,6 +796,20 @@ fn arb_event() -> impl Strategy<Value = Event> {
         (any::<u32>(), text()).prop_map(|(id, text)| Event::Token { id, text }),
         phase().prop_map(Event::Phase),
         (any::<u64>(), any::<u64>()).prop_map(|(done, total)| Event::Progress { done, total }),
+        (
+            proptest::collection::vec(any::<u64>(), 0..8),
+            any::<u64>(),
+            any::<u64>()
+        )
+            .prop_map(
+                |(patches, activation_bytes, predicted_bytes)| Event::Vision(Box::new(
+                    protocol::VisionPeak {
+                        patches,
+                        activation_bytes,
+                        predicted_bytes
+                    }
+                ))
+            ),
     ]
 }
 fn arb_to_worker() -> impl Strategy<Value = ToWorker> {

@@ -177,6 +177,7 @@ async fn run(args: CalibrateArgs) -> Exit {
             &model,
             &used,
             done.peak_bytes,
+            None,
             "calibrate",
         ) {
             eprintln!("mlxsup: warning: {w}");

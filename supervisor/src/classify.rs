@@ -163,6 +163,14 @@ pub fn advice(kind: FailureKind, f: &AdviceFacts) -> String {
             "MLX could not allocate memory{phase} (peak {}): {need}; {smaller} or {lighter}",
             b(f.peak_bytes)
         ),
+        FailureKind::MemoryBudgetExceeded
+            if f.message.as_deref().is_some_and(|m| m.contains("vision tower")) =>
+        {
+            format!(
+                "the vision tower would pass the worker's budget of {}: fewer or smaller images (inspect --images N --image-size WxH says what fits), or a larger --budget",
+                b(f.budget_bytes)
+            )
+        }
         FailureKind::MemoryBudgetExceeded => format!(
             "the next step would pass the worker's budget of {}: {smaller}, a shorter prompt, or a larger --budget",
             b(f.budget_bytes)
@@ -317,5 +325,29 @@ mod tests {
                 "{a}"
             );
         }
+    }
+
+    /// The soft guard refusing the vision tower is advised fewer or smaller images, not a
+    /// shorter context (the images' cost does not shrink with it).
+    #[test]
+    fn a_tower_over_the_budget_is_advised_fewer_or_smaller_images() {
+        let f = AdviceFacts {
+            budget_bytes: Some(1 << 30),
+            context: Some(4096),
+            message: Some(
+                "the vision tower on 4 image(s): the prefill step 0 would need 3000000000 bytes on top of 900000000 active; the worker's budget is 1073741824 bytes".into(),
+            ),
+            ..Default::default()
+        };
+        let a = advice(FailureKind::MemoryBudgetExceeded, &f);
+        assert!(
+            a.contains("fewer or smaller images") && !a.contains("--context"),
+            "{a}"
+        );
+        let text = AdviceFacts {
+            message: Some("the prefill step 0 would need 1 bytes".into()),
+            ..f
+        };
+        assert!(advice(FailureKind::MemoryBudgetExceeded, &text).contains("--context 2048"));
     }
 }

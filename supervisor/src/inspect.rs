@@ -250,7 +250,13 @@ pub fn table(est: &Estimate, model: &Model, budget: &Budget, color: bool) -> Str
     );
     row(
         "activations",
-        Bytes(est.activation_bytes).to_string(),
+        // With images: the text's alone; the tower's come on the next row.
+        Bytes(if est.vision.is_some() {
+            est.activation.bytes
+        } else {
+            est.activation_bytes
+        })
+        .to_string(),
         format!(
             "prefill chunk {}: scores {}, mlp {}",
             est.activation.chunk,
@@ -264,7 +270,7 @@ pub fn table(est: &Estimate, model: &Model, budget: &Budget, color: bool) -> Str
             Bytes(v.activation_bytes).to_string(),
             match &v.image {
                 Some(i) => format!(
-                    "{} × {} tokens ({}x{} → {}x{}, {} patches each); their KV {}",
+                    "{} × {} tokens ({}x{} → {}x{}, {} patches each); their KV {}; the tower runs before the prefill: the total counts the larger ({})",
                     v.images,
                     v.tokens_per_image,
                     i.width,
@@ -272,7 +278,8 @@ pub fn table(est: &Estimate, model: &Model, budget: &Budget, color: bool) -> Str
                     i.resized_width,
                     i.resized_height,
                     i.patches,
-                    Bytes(v.kv_bytes)
+                    Bytes(v.kv_bytes),
+                    v.peak_phase.replace('_', " ")
                 ),
                 None => format!("{} × {} tokens", v.images, v.tokens_per_image),
             },

@@ -4,7 +4,7 @@
 use std::io::{IsTerminal, Write};
 
 use estimate::{Bytes, Estimate};
-use protocol::{DoneInfo, Failure, LoadInfo, Telemetry};
+use protocol::{DoneInfo, Failure, LoadInfo, Telemetry, VisionPeak};
 use serde::Serialize;
 
 /// The sink for one run's events.
@@ -24,6 +24,8 @@ pub struct Output {
     planned_context: Option<u64>,
     /// The post-load check, once the worker has loaded.
     pub load_check: Option<LoadCheck>,
+    /// What the vision tower used, for a run with images.
+    pub vision: Option<VisionPeak>,
 }
 
 /// Post-load validation: MLX's active memory right after the load against the weight
@@ -104,6 +106,7 @@ impl Output {
             planned_weights: None,
             planned_context: None,
             load_check: None,
+            vision: None,
         }
     }
 
@@ -152,15 +155,32 @@ impl Output {
             estimate::Verdict::Tight => self.paint("1;33", est.verdict.as_str()),
             estimate::Verdict::DoesNotFit => self.paint("1;31", est.verdict.as_str()),
         };
+        let text = format!(
+            "KV {} (context {}) + activations {}",
+            Bytes(est.kv_cache.bytes),
+            est.kv_cache.context,
+            Bytes(est.activation.bytes),
+        );
+        let run = match &est.vision {
+            // The tower runs first and frees what it allocated: the larger phase counts.
+            Some(v) => format!(
+                "the larger of ({text}) and the vision tower {} ({} image{})",
+                Bytes(v.activation_bytes),
+                v.images,
+                if v.images == 1 { "" } else { "s" }
+            ),
+            None => text,
+        };
         self.note(&format!(
-            "mlxsup: {} ({}): weights {}{} + KV {} (context {}) + activations {} + overhead {} = {} of {} budget: {verdict}",
+            "mlxsup: {} ({}): weights {}{} + {run} + overhead {} = {} of {} budget: {verdict}",
             est.model,
             est.architecture,
             Bytes(est.weights.bytes),
-            if est.weights.compute_f32 { " (as f32 compute)" } else { "" },
-            Bytes(est.kv_cache.bytes),
-            est.kv_cache.context,
-            Bytes(est.activation_bytes),
+            if est.weights.compute_f32 {
+                " (as f32 compute)"
+            } else {
+                ""
+            },
             Bytes(est.overhead_bytes),
             Bytes(est.total_bytes),
             Bytes(est.budget_bytes),
@@ -292,6 +312,35 @@ impl Output {
         let _ = out.write_all(text.as_bytes());
         let _ = out.flush();
         self.text_open = true;
+    }
+
+    /// The vision tower ran: what it used against what was predicted for it.
+    pub fn vision(&mut self, v: &VisionPeak) {
+        self.vision = Some(v.clone());
+        if self.json {
+            #[derive(Serialize)]
+            struct Vision<'a> {
+                #[serde(flatten)]
+                peak: &'a VisionPeak,
+                error_pct: Option<f64>,
+            }
+            self.emit(
+                "vision",
+                &Vision {
+                    peak: v,
+                    error_pct: vision_error_pct(v),
+                },
+            );
+            return;
+        }
+        self.note(&format!(
+            "mlxsup: vision tower: {} image{}, {} patches, used {} (predicted {})",
+            v.patches.len(),
+            if v.patches.len() == 1 { "" } else { "s" },
+            v.patches.iter().sum::<u64>(),
+            Bytes(v.activation_bytes),
+            Bytes(v.predicted_bytes),
+        ));
     }
 
     pub fn telemetry(&mut self, t: &Telemetry) {
@@ -440,6 +489,13 @@ impl Output {
         lines.push(format!("  advice:   {}", f.advice));
         self.note(&lines.join("\n"));
     }
+}
+
+/// (predicted − measured) / measured of the vision term, in percent.
+fn vision_error_pct(v: &VisionPeak) -> Option<f64> {
+    (v.activation_bytes > 0).then(|| {
+        (v.predicted_bytes as f64 - v.activation_bytes as f64) / v.activation_bytes as f64 * 100.0
+    })
 }
 
 #[cfg(test)]

@@ -319,9 +319,15 @@ pub fn wire_activation(m: &estimate::ActivationModel) -> protocol::ActivationMod
         mask_bytes: c.mask_bytes,
         overhead_bytes: c.overhead_bytes,
     };
+    let v = |c: &estimate::vision_activation::VisionCoefficients| protocol::VisionCoefficients {
+        score_bytes: c.score_bytes,
+        width_bytes: c.width_bytes,
+        pixel_bytes: c.pixel_bytes,
+    };
     protocol::ActivationModel {
         half: k(&m.half),
         full: k(&m.full),
+        vision: Some([v(&m.vision.half), v(&m.vision.full)]),
     }
 }
 

@@ -400,9 +400,11 @@ async fn drive(
                 }),
             );
             worker.shutdown().await;
-            // A run with images is not recorded: the store fits the text model's
-            // activations, and the vision term is not calibrated yet (BENCHMARKS §11).
-            let store = calibration::Store::default_store().filter(|_| request.images == 0);
+            // A run with images is recorded with its tower's measurement (none came: not
+            // recorded, its peak cannot be told apart).
+            let vision = out.vision.clone();
+            let store = calibration::Store::default_store()
+                .filter(|_| request.images == 0 || vision.is_some());
             let machine = calibration::machine_of(&info);
             for w in calibration::record(
                 store.as_ref(),
@@ -410,6 +412,7 @@ async fn drive(
                 model,
                 &used,
                 done.peak_bytes,
+                vision.as_ref(),
                 "run",
             ) {
                 out.note_event(&format!("warning: {w}"));
@@ -472,5 +475,6 @@ pub fn on_event(out: &mut Output, ev: &Event) {
         Event::Token { id, text } => out.token(*id, text),
         Event::Progress { done, total } => out.progress(*done, *total),
         Event::Phase(_) => {}
+        Event::Vision(v) => out.vision(v),
     }
 }

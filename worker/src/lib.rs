@@ -8,5 +8,6 @@ pub mod fatal_signal;
 pub mod fault;
 pub mod make_model;
 pub mod mlx_info;
+pub mod peak;
 pub mod serve;
 pub mod telemetry;

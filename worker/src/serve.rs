@@ -373,7 +373,7 @@ impl Worker {
                     load_ms: started.elapsed().as_millis() as u64,
                     weight_bytes: engine.weight_bytes(),
                     active_bytes: mlx_rs::memory::active_memory().unwrap_or(0) as u64,
-                    peak_bytes: mlx_rs::memory::peak_memory().unwrap_or(0) as u64,
+                    peak_bytes: crate::peak::peak(),
                     vocab_size: engine.vocab_size(),
                     device: mlx_info::device_name(),
                     compute_dtype: engine.compute_dtype(),
@@ -408,9 +408,7 @@ impl Worker {
         self.link.set_phase(Phase::Idle);
         match result {
             Ok(done) => Reply::Done(DoneInfo {
-                peak_bytes: done
-                    .peak_bytes
-                    .max(mlx_rs::memory::peak_memory().unwrap_or(0) as u64),
+                peak_bytes: done.peak_bytes.max(crate::peak::peak()),
                 ..done
             }),
             Err(e) => {
@@ -615,6 +613,11 @@ impl Hooks for StepHooks<'_> {
             text: text.to_string(),
         });
         self.delivered += 1;
+    }
+
+    fn vision(&mut self, peak: &protocol::VisionPeak) {
+        self.link.advance();
+        self.link.event(Event::Vision(Box::new(peak.clone())));
     }
 
     fn delivered(&mut self) -> Result<(), WorkerError> {

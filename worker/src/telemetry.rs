@@ -12,7 +12,7 @@ pub fn sample(start: Instant, phase: Phase, progress: u64) -> Telemetry {
         t_ms: start.elapsed().as_millis() as u64,
         phase,
         active_bytes: mem(mlx_rs::memory::active_memory()),
-        peak_bytes: mem(mlx_rs::memory::peak_memory()),
+        peak_bytes: crate::peak::peak(),
         cache_bytes: mem(mlx_rs::memory::cache_memory()),
         footprint_bytes: footprint_bytes().unwrap_or(0),
         progress,

@@ -8,11 +8,12 @@ pub mod store;
 
 use estimate::{
     calibration::{median, predicted_peak, refit, relative_error, FloorPoint},
+    vision_activation::refit_vision,
     Calibration, CalibrationSource, Estimate, Model,
 };
 use protocol::{Device, LoadInfo};
 
-pub use record::{Machine, ModelFacts, Record};
+pub use record::{Machine, ModelFacts, Record, VisionRecord};
 pub use store::Store;
 
 /// The backend a model on `device` runs on, as the preflight plans it (the worker
@@ -79,13 +80,16 @@ pub fn calibration_from(
         return Calibration::default();
     }
     // A peak set by the f32 load transient says nothing of the activations: kept for
-    // the floor, not fitted.
+    // the floor, not fitted. A run with images fits the vision term only (its peak may
+    // be the tower's).
     let samples: Vec<_> = mine
         .iter()
-        .filter(|r| r.measures_activations())
+        .filter(|r| r.measures_activations() && r.vision.is_none())
         .map(|r| r.sample())
         .collect();
-    let model = refit(&estimate::activation::BUILTIN, &samples);
+    let vision: Vec<_> = mine.iter().filter_map(|r| r.vision_sample()).collect();
+    let mut model = refit(&estimate::activation::BUILTIN, &samples);
+    model.vision = refit_vision(&estimate::activation::BUILTIN.vision, &vision);
     let errors: Vec<f64> = samples
         .iter()
         .map(|s| relative_error(predicted_peak(&model, s), s.peak_bytes))
@@ -96,7 +100,7 @@ pub fn calibration_from(
         .map_or(String::new(), |r| r.machine.mlx_version.clone());
     let floor = mine
         .iter()
-        .filter(|r| &r.model == facts)
+        .filter(|r| &r.model == facts && r.vision.is_none())
         .map(|r| FloorPoint {
             elem_bytes: r.elem_bytes,
             context: r.context,
@@ -117,15 +121,16 @@ pub fn calibration_from(
     }
 }
 
-/// Records a successful run of `model` whose estimate at the context it used is `used`;
-/// warnings for a person (a store set aside, a write that failed). Nothing without a store
-/// or a measured peak.
+/// Records a successful run of `model` whose estimate at the context it used is `used`,
+/// with its vision tower's measurement for a run with images; warnings for a person (a
+/// store set aside, a write that failed). Nothing without a store or a measured peak.
 pub fn record(
     store: Option<&Store>,
     machine: Machine,
     model: &Model,
     used: &Estimate,
     peak_bytes: u64,
+    vision: Option<&protocol::VisionPeak>,
     source: &str,
 ) -> Vec<String> {
     let Some(store) = store else {
@@ -134,7 +139,9 @@ pub fn record(
     if peak_bytes == 0 {
         return Vec::new();
     }
-    match store.append(Record::new(machine, model, used, peak_bytes, source)) {
+    let mut record = Record::new(machine, model, used, peak_bytes, source);
+    record.vision = vision.and_then(|v| VisionRecord::of(model, v));
+    match store.append(record) {
         Ok(w) => w,
         Err(e) => vec![format!(
             "the run was not recorded in the calibration store: {e}"
@@ -183,6 +190,7 @@ mod tests {
             peak_bytes: peak,
             unix_time: 1,
             source: "run".into(),
+            vision: None,
         }
     }
 
@@ -228,5 +236,37 @@ mod tests {
         let mut above = rec("here", "cpu", 256, 1024, 60 << 20);
         above.load_transient_bytes = 22 << 20;
         assert!(above.measures_activations());
+    }
+
+    /// A run with images fits the vision term only: its peak (maybe the tower's) is
+    /// neither a text sample nor a floor, and its tower scales the vision coefficients.
+    #[test]
+    fn a_run_with_images_calibrates_the_vision_term_only() {
+        let shape = estimate::vision_activation::TowerShape {
+            heads: 16,
+            hidden: 1024,
+            intermediate: 2816,
+            values_per_patch: 1176,
+        };
+        let builtin = estimate::activation::BUILTIN;
+        let predicted = builtin.vision.predict(&shape, 4, &[1024]);
+        let mut r = rec("here", "cpu", 256, 1024, 900 << 20);
+        r.vision = Some(VisionRecord {
+            shape,
+            patches: vec![1024],
+            measured_bytes: predicted + predicted / 10,
+            predicted_bytes: predicted,
+        });
+        let c = calibration_from(&[r], &facts(256), "here", "cpu");
+        assert_eq!(c.source, CalibrationSource::Machine);
+        assert!(c.floor.is_empty(), "{:?}", c.floor);
+        assert_eq!(
+            c.model.full, builtin.full,
+            "the text terms are not fitted to it"
+        );
+        let now = c.model.vision.predict(&shape, 4, &[1024]);
+        let want = predicted + predicted / 10;
+        assert!(now.abs_diff(want) < want / 1000, "{now} vs {want}");
+        assert_eq!(c.model.vision.half, builtin.vision.half);
     }
 }

@@ -1,6 +1,7 @@
 //! One record of the calibration store: what ran (the model's shape facts, dtype,
 //! context, prefill chunk), where (machine, backend, MLX version), and the predicted and
-//! measured MLX peaks.
+//! measured MLX peaks; for a run with images, its vision tower's measured peak too.
+use estimate::vision_activation::{TowerShape, VisionSample};
 use estimate::{calibration::Sample, ActivationDims, Estimate, Model};
 use serde::{Deserialize, Serialize};
 
@@ -101,6 +102,35 @@ pub struct Record {
     pub unix_time: u64,
     /// `run`, `daemon` or `calibrate`.
     pub source: String,
+    /// A run with images: its vision tower (such a record fits the vision term only: its
+    /// peak may be the tower's, so it is neither a text sample nor a floor).
+    #[serde(default)]
+    pub vision: Option<VisionRecord>,
+}
+
+/// What a run's vision tower measured.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VisionRecord {
+    pub shape: TowerShape,
+    /// Patches of each image.
+    pub patches: Vec<u64>,
+    /// The tower's MLX peak above what MLX held when it started.
+    pub measured_bytes: u64,
+    /// The vision term predicted for it.
+    pub predicted_bytes: u64,
+}
+
+impl VisionRecord {
+    /// The tower of `model` as the worker measured it (`None` for a model without one).
+    pub fn of(model: &Model, peak: &protocol::VisionPeak) -> Option<VisionRecord> {
+        let v = model.vision.as_ref()?;
+        Some(VisionRecord {
+            shape: v.tower_shape(),
+            patches: peak.patches.clone(),
+            measured_bytes: peak.activation_bytes,
+            predicted_bytes: peak.predicted_bytes,
+        })
+    }
 }
 
 impl Record {
@@ -136,6 +166,7 @@ impl Record {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
             source: source.to_string(),
+            vision: None,
         }
     }
 
@@ -147,6 +178,16 @@ impl Record {
             .saturating_add(self.load_transient_bytes)
             .saturating_add(self.peak_bytes / 50);
         self.load_transient_bytes == 0 || self.peak_bytes > transient_peak
+    }
+
+    /// The record's vision tower as the vision fit needs it.
+    pub fn vision_sample(&self) -> Option<VisionSample> {
+        self.vision.as_ref().map(|v| VisionSample {
+            shape: v.shape,
+            elem_bytes: self.elem_bytes,
+            patches: v.patches.clone(),
+            measured_bytes: v.measured_bytes,
+        })
     }
 
     /// The record as the fit needs it.

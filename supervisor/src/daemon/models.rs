@@ -189,6 +189,8 @@ struct Running {
     rx: mpsc::UnboundedReceiver<Update>,
     req: GenerateModel,
     cancel: CancellationToken,
+    /// What the vision tower used, once it ran (a request with images).
+    vision: Option<protocol::VisionPeak>,
 }
 
 struct Actor {
@@ -474,6 +476,7 @@ impl Actor {
             rx,
             req: job.req,
             cancel: job.cancel,
+            vision: None,
         });
     }
 
@@ -559,7 +562,10 @@ impl Actor {
         };
         match u {
             Update::Event(ev) => {
-                if let Some(c) = &self.current {
+                if let Some(c) = &mut self.current {
+                    if let protocol::Event::Vision(v) = &ev {
+                        c.vision = Some((**v).clone());
+                    }
                     c.resp.event(ControlEvent::Worker(ev));
                 }
             }
@@ -577,7 +583,7 @@ impl Actor {
                         let estimate_bytes =
                             self.plan.as_ref().map_or(0, |p| p.estimate.total_bytes);
                         let (context_used, estimate_used_bytes) =
-                            self.record_run(&done, &c.req.request.images);
+                            self.record_run(&done, &c.req.request.images, c.vision.as_ref());
                         c.resp.reply(ControlReply::Done(GenerateDone {
                             done,
                             estimate_bytes,
@@ -741,7 +747,12 @@ impl Actor {
 
     /// The estimate at the context a generation used, and its record in the calibration
     /// store (written off the actor's thread); (0, 0) when nothing is loaded.
-    fn record_run(&self, done: &protocol::DoneInfo, images: &[protocol::ImageInput]) -> (u64, u64) {
+    fn record_run(
+        &self,
+        done: &protocol::DoneInfo,
+        images: &[protocol::ImageInput],
+        vision: Option<&protocol::VisionPeak>,
+    ) -> (u64, u64) {
         let (Some(l), Some(plan)) = (self.loadable.as_ref(), self.plan.as_ref()) else {
             return (0, 0);
         };
@@ -749,14 +760,14 @@ impl Actor {
         let req = admission::loaded_request(plan, images);
         let used = crate::run::used_estimate(&l.model, &req, done, est.weights.compute_f32);
         let answer = (used.kv_cache.context, used.total_bytes);
-        // A run with images is not recorded: the store fits the text model's activations
-        // and the vision term is not calibrated yet (BENCHMARKS §11).
+        // A run with images is recorded with its tower's measurement (none came: not
+        // recorded, its peak cannot be told apart).
         if let (Some(machine), Some(store), true) = (
             self.machine.clone(),
             crate::calibration::Store::default_store(),
-            images.is_empty(),
+            images.is_empty() || vision.is_some(),
         ) {
-            let (model, peak) = (l.model.clone(), done.peak_bytes);
+            let (model, peak, vision) = (l.model.clone(), done.peak_bytes, vision.cloned());
             tokio::task::spawn_blocking(move || {
                 let warnings = crate::calibration::record(
                     Some(&store),
@@ -764,6 +775,7 @@ impl Actor {
                     &model,
                     &used,
                     peak,
+                    vision.as_ref(),
                     "daemon",
                 );
                 for w in warnings {

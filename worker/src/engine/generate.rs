@@ -139,7 +139,7 @@ pub(super) fn run(
         } else {
             0.0
         },
-        peak_bytes: mlx_rs::memory::peak_memory().unwrap_or(0) as u64,
+        peak_bytes: crate::peak::peak(),
         finish,
     };
     if max == 0 {

@@ -3,6 +3,7 @@
 //! activations, which come from the one activation model of the `estimate` crate — the
 //! preflight's, with the coefficients the load request carried.
 
+use estimate::vision_activation::{VisionCoefficients, VisionModel, BUILTIN_VISION};
 use estimate::{activation::Attended, ActivationDims, ActivationModel, Coefficients};
 
 use super::cache::{LayerCache, STEP};
@@ -32,9 +33,21 @@ pub fn activation_model(wire: Option<&protocol::ActivationModel>) -> ActivationM
         mask_bytes: c.mask_bytes,
         overhead_bytes: c.overhead_bytes,
     };
+    let v = |c: &protocol::VisionCoefficients| VisionCoefficients {
+        score_bytes: c.score_bytes,
+        width_bytes: c.width_bytes,
+        pixel_bytes: c.pixel_bytes,
+    };
     wire.map_or(estimate::activation::BUILTIN, |m| ActivationModel {
         half: k(&m.half),
         full: k(&m.full),
+        vision: m
+            .vision
+            .as_ref()
+            .map_or(BUILTIN_VISION, |[h, f]| VisionModel {
+                half: v(h),
+                full: v(f),
+            }),
     })
 }
 

@@ -36,6 +36,18 @@ fn custom() -> estimate::ActivationModel {
             mask_bytes: 2.5,
             overhead_bytes: 2e6,
         },
+        vision: estimate::vision_activation::VisionModel {
+            half: estimate::vision_activation::VisionCoefficients {
+                score_bytes: 5.5,
+                width_bytes: 30.0,
+                pixel_bytes: 20.0,
+            },
+            full: estimate::vision_activation::VisionCoefficients {
+                score_bytes: 6.5,
+                width_bytes: 35.0,
+                pixel_bytes: 21.0,
+            },
+        },
     }
 }
 

@@ -91,6 +91,8 @@ pub trait Hooks {
     fn delivered(&mut self) -> Result<(), WorkerError> {
         Ok(())
     }
+    /// The vision tower ran on the request's images: what it used.
+    fn vision(&mut self, _peak: &protocol::VisionPeak) {}
 }
 
 /// A loaded model.

@@ -144,7 +144,7 @@ fn generates_as_mlx_vlm(arch: &str) {
         if pixels.is_empty() {
             engine.generate_with(&req, &opts, &mut ours).unwrap();
         } else {
-            let (ids, _) = engine.prepare_images(&req.prompt, &pixels).unwrap();
+            let (ids, _, _) = engine.prepare_images(&req.prompt, &pixels).unwrap();
             assert_eq!(ids, their_ids, "{} image(s): the prompt ids", images.len());
             engine
                 .generate_images(&req, &pixels, &opts, &mut ours)

@@ -90,8 +90,25 @@ impl Engine {
         // The tower runs before the first prefill chunk: the soft guard is asked first,
         // with the estimate's vision term for these images (its coefficients).
         hooks.phase(protocol::Phase::Prefill);
-        hooks.before_step(protocol::Phase::Prefill, 0, self.tower_bytes(images))?;
-        let (ids, prepared) = self.prepare_images(&req.prompt, images)?;
+        let predicted = self.tower_bytes(images);
+        hooks
+            .before_step(protocol::Phase::Prefill, 0, predicted)
+            .map_err(|mut e| {
+                if e.kind == protocol::WorkerErrorKind::MemoryBudgetExceeded {
+                    e.message = format!(
+                        "the vision tower on {} image(s): {}",
+                        images.len(),
+                        e.message
+                    );
+                }
+                e
+            })?;
+        let (ids, prepared, activation_bytes) = self.prepare_images(&req.prompt, images)?;
+        hooks.vision(&protocol::VisionPeak {
+            patches: images.iter().map(|(_, p)| p.rows as u64).collect(),
+            activation_bytes,
+            predicted_bytes: predicted,
+        });
         let result = super::super::generate::run(self, &ids, req, opts, &prepared, hooks);
         if result.is_err() {
             let _ = mlx_rs::memory::clear_cache();
@@ -99,7 +116,8 @@ impl Engine {
         result
     }
 
-    /// The tower's predicted activation bytes for `images` (the estimate's vision term).
+    /// The tower's predicted activation bytes for `images` (the estimate's vision term,
+    /// with the load's coefficients).
     fn tower_bytes(&self, images: &[(usize, PixelValues)]) -> u64 {
         let Some(vl) = &self.model.cfg.vl else {
             return 0;
@@ -110,29 +128,24 @@ impl Engine {
         } else {
             2
         };
-        let k = self.activation.coefficients(elem);
-        images
-            .iter()
-            .map(|(_, p)| {
-                estimate::activation::vision_activation_bytes(
-                    1,
-                    p.rows as u64,
-                    t.hidden as u64,
-                    t.intermediate as u64,
-                    t.heads as u64,
-                    k,
-                ) + estimate::request::vision_pixel_bytes(p.rows as u64, p.cols as u64, elem)
-            })
-            .sum()
+        let shape = estimate::vision_activation::TowerShape {
+            heads: t.heads as u64,
+            hidden: t.hidden as u64,
+            intermediate: t.intermediate as u64,
+            values_per_patch: images.first().map_or(0, |(_, p)| p.cols as u64),
+        };
+        let patches: Vec<u64> = images.iter().map(|(_, p)| p.rows as u64).collect();
+        self.activation.vision.predict(&shape, elem, &patches)
     }
 
-    /// The prompt's ids with the image tokens expanded, and its embeddings and
-    /// positions with the images in.
+    /// The prompt's ids with the image tokens expanded, its embeddings and positions
+    /// with the images in, and the MLX peak the tower reached above what MLX held when
+    /// it started.
     pub(in super::super) fn prepare_images(
         &self,
         prompt: &Prompt,
         images: &[(usize, PixelValues)],
-    ) -> Result<(Vec<u32>, Prepared), WorkerError> {
+    ) -> Result<(Vec<u32>, Prepared, u64), WorkerError> {
         let (Some(vision), Some(vl)) = (&self.vision, &self.model.cfg.vl) else {
             return Err(bad_request(format!(
                 "{} is not a vision-language model: it takes no images",
@@ -172,8 +185,14 @@ impl Engine {
         let (positions, delta) =
             mrope::positions(&ids, &grids, merge, vl.tokens).map_err(bad_request)?;
         let pixels: Vec<PixelValues> = images.iter().map(|(_, p)| p.clone()).collect();
-        let features = splice::image_features(&vision.tower, &pixels).ctx("vision tower")?;
-        features.eval().ctx("vision tower")?;
+        let _ = mlx_rs::memory::clear_cache();
+        let held = crate::peak::active();
+        let (features, tower_peak) = crate::peak::during(|| {
+            let f = splice::image_features(&vision.tower, &pixels)?;
+            f.eval()?;
+            Ok::<_, mlx_rs::error::Exception>(f)
+        });
+        let features = features.ctx("vision tower")?;
         let as_i32: Vec<i32> = ids.iter().map(|&t| t as i32).collect();
         let input = Array::from_slice(&as_i32, &[1, ids.len() as i32]);
         let embeds = self.model.embed(&input).ctx("embedding the prompt")?;
@@ -189,6 +208,7 @@ impl Engine {
                 positions: Some(positions),
                 delta,
             },
+            tower_peak.saturating_sub(held),
         ))
     }
 }
