@@ -1,7 +1,7 @@
 //! `make-model`: deterministic random-weight model folders (Llama, Mistral, Qwen2, Qwen3,
 //! Gemma 2, Gemma 3, Phi-3, Mixtral, Qwen3-MoE) with a small real byte-level BPE
 //! tokenizer and a ChatML chat template. Family options (experts, RoPE scaling, sliding
-//! window) are in `family_config.rs`.
+//! window) are in `family.rs`.
 //!
 //! Weights come from our own seeded generator (the same spec gives the same bytes on
 //! every platform); quantized folders are quantized by MLX itself (`mx.quantize`), so
@@ -14,9 +14,7 @@ use std::path::Path;
 
 use crate::engine::sample::Rng;
 
-#[path = "make_model_family.rs"]
 mod family;
-#[path = "make_model_tokenizer.rs"]
 mod tokenizer;
 
 use half::{bf16, f16};
