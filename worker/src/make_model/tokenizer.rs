@@ -184,3 +184,21 @@ pub(super) fn tokenizer_config(first_special: usize) -> Value {
         "tokenizer_class": "PreTrainedTokenizerFast"
     })
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // Test scaffolding: a failure here is a test failure.
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn bpe_fills_the_vocab_exactly() {
+        for size in [300usize, 512, 4096] {
+            let (vocab, merges) = build_bpe(size);
+            assert_eq!(vocab.len(), size);
+            assert_eq!(merges.len(), size - 259);
+            let unique: HashSet<&String> = vocab.iter().collect();
+            assert_eq!(unique.len(), size);
+        }
+    }
+}
