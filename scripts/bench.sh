@@ -65,4 +65,7 @@ echo "== 9. model families (issue 13): a Gemma 2 and a Mixtral vs mlx-lm, predic
 scripts/bench_families.sh | tee "$out/families.md"
 echo "== 10. Memory model accuracy (issue 12): predicted vs measured MLX peak, built-in and after calibrate"
 scripts/bench_accuracy.sh | tee "$out/accuracy.md"
+echo "== 11. vision-language models (issue 16): predicted vs measured peak with 0, 1 and 4 images"
+$py scripts/bench_vision.py --out "$out" >/dev/null
+cat "$out/vision.md"
 echo "results in $out/"
