@@ -280,6 +280,37 @@ fn a_daemon_generation_records_itself_and_reports_the_estimate_at_the_context_us
     assert_eq!(recs[0]["source"], "daemon");
     assert_eq!(recs[0]["context"].as_u64().unwrap(), used);
     assert_eq!(recs[0]["peak_bytes"], done["peak_bytes"]);
+    // A worker's MLX peak counts its whole life: a later request is recorded only when it
+    // raised it (then the peak is its own), never with an earlier request's peak. A tiny
+    // request after a longer one cannot raise it.
+    let long = "The quick brown fox jumps over the lazy dog. ".repeat(6);
+    let longer = d.cli(&gen_args("b", &long, "6"));
+    assert_eq!(longer.code, Some(0), "{}", longer.stderr);
+    let short = d.cli(&gen_args("b", "Hi", "2"));
+    assert_eq!(short.code, Some(0), "{}", short.stderr);
+    let peak = |o: &mlxsup_tests::daemon::Out| {
+        o.events()
+            .iter()
+            .find(|e| e["event"] == "done")
+            .and_then(|e| e["peak_bytes"].as_u64())
+            .unwrap()
+    };
+    let first = recs[0]["peak_bytes"].as_u64().unwrap();
+    assert!(peak(&longer) > first, "{} vs {first}", peak(&longer));
+    assert_eq!(
+        peak(&short),
+        peak(&longer),
+        "the worker's peak is its life's"
+    );
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while records(&store).len() < 2 && std::time::Instant::now() < until {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // Let a (wrong) third record arrive if one were coming.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let recs = records(&store);
+    assert_eq!(recs.len(), 2, "{}", d.log());
+    assert_eq!(recs[1]["peak_bytes"].as_u64(), Some(peak(&longer)));
 }
 
 /// `calibrate --kv-bits 8` measures and records the quantized-KV runs (the store keeps

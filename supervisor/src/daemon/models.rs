@@ -123,6 +123,7 @@ pub fn start(shared: Arc<Shared>, dir: PathBuf, name: String) -> Slot {
         worker_status: None,
         plan: None,
         machine: None,
+        recorded_peak: None,
         loadable: None,
         loading: None,
         load_waiters: Vec::new(),
@@ -202,6 +203,10 @@ struct Actor {
     plan: Option<Plan>,
     /// Where the loaded worker runs (for the calibration store).
     machine: Option<crate::calibration::Machine>,
+    /// The loaded worker's MLX peak after its last recorded request (`None` before its
+    /// first): a worker's peak counts its whole life, so a later request that did not
+    /// raise it measured nothing of its own and is not recorded.
+    recorded_peak: Option<u64>,
     loadable: Option<Box<Loadable>>,
     loading: Option<oneshot::Receiver<Loaded>>,
     load_waiters: Vec<Responder>,
@@ -515,6 +520,7 @@ impl Actor {
                 }
                 self.device = Some(info.device.clone());
                 self.machine = Some(crate::calibration::machine_of(&info));
+                self.recorded_peak = None;
                 self.worker_status = Some(worker.status());
                 self.worker = Some(worker);
                 self.plan = Some(*plan);
@@ -748,7 +754,7 @@ impl Actor {
     /// The estimate at the context a generation used, and its record in the calibration
     /// store (written off the actor's thread); (0, 0) when nothing is loaded.
     fn record_run(
-        &self,
+        &mut self,
         done: &protocol::DoneInfo,
         images: &[protocol::ImageInput],
         vision: Option<&protocol::VisionPeak>,
@@ -762,10 +768,16 @@ impl Actor {
         let answer = (used.kv_cache.context, used.total_bytes);
         // A run with images is recorded with its tower's measurement (none came: not
         // recorded, its peak cannot be told apart).
+        // A text request that did not raise the worker's peak (an earlier one, or the load,
+        // set it) measured nothing of its own: not recorded (as in `run`, the first after a
+        // load is; the store tells a load-transient peak apart).
+        let raised = self.recorded_peak.is_none_or(|p| done.peak_bytes > p);
+        self.recorded_peak = Some(self.recorded_peak.unwrap_or(0).max(done.peak_bytes));
         if let (Some(machine), Some(store), true) = (
             self.machine.clone(),
             crate::calibration::Store::default_store(),
-            images.is_empty() || vision.is_some(),
+            // A tower's own peak is measured around it: valid whatever the worker's.
+            (raised && images.is_empty()) || vision.is_some(),
         ) {
             let (model, peak, vision) = (l.model.clone(), done.peak_bytes, vision.cloned());
             tokio::task::spawn_blocking(move || {
