@@ -303,9 +303,11 @@ fn images_that_do_not_fit_the_loaded_model_are_507() {
     };
     let small = png("small.png", 64, 64);
     let big: Vec<String> = (0..4)
-        .map(|i| png(&format!("big{i}.png"), 896, 672))
+        .map(|i| png(&format!("big{i}.png"), 1120, 840))
         .collect();
-    // Measured: the daemon plans the text model at ~632 MiB; four 896x672 images add ~440 MB.
+    // The daemon plans the text model at ~632 MiB (its KV cache and prefill at the default
+    // context); the tower runs before the prefill, so images count only past that: four
+    // 1120x840 images (4800 patches each) need ~1 GB of tower, over the 800 MiB budget.
     let (_d, base) = http(&[
         "--models",
         vl.path().to_str().unwrap(),
