@@ -42,12 +42,16 @@ pub(crate) fn activation_dims(cfg: &Config, t: &TextDims) -> ActivationDims {
 
 pub(crate) fn vision_dims(cfg: &Config) -> Option<VisionDims> {
     let v = cfg.vision()?;
+    // Qwen2-VL's `hidden_size` is the merger's output (the language model's width); its
+    // tower is `embed_dim` wide, with an MLP `mlp_ratio` times that.
     let width =
-        map_u64(v, &["hidden_size", "embed_dim", "width"]).filter(|&w| w > 0 && w < 100_000)?;
+        map_u64(v, &["embed_dim", "hidden_size", "width"]).filter(|&w| w > 0 && w < 100_000)?;
     let heads = map_u64(v, &["num_heads", "num_attention_heads", "heads"])
         .unwrap_or(16)
         .max(1);
-    let intermediate = map_u64(v, &["intermediate_size"]).unwrap_or(4 * width);
+    let intermediate = map_u64(v, &["intermediate_size"])
+        .or_else(|| map_u64(v, &["mlp_ratio"]).map(|r| r.saturating_mul(width)))
+        .unwrap_or(4 * width);
     let mt = cfg.model_type();
     let mut qwen = None;
     let (patches, tokens) = if mt.starts_with("qwen") {
@@ -81,5 +85,6 @@ pub(crate) fn vision_dims(cfg: &Config) -> Option<VisionDims> {
         patches_per_image: patches,
         tokens_per_image: tokens,
         qwen,
+        all_full_attention: mt == "qwen2_vl",
     })
 }

@@ -87,6 +87,9 @@ pub struct VisionDims {
     /// The Qwen2-VL processor's grid, when the image size decides the counts above
     /// (`crate::vision::plan_image`).
     pub qwen: Option<crate::vision::QwenGrid>,
+    /// Every block attends to the whole image (Qwen2-VL; Qwen2.5-VL's blocks use windows
+    /// but a few).
+    pub all_full_attention: bool,
 }
 
 impl VisionDims {
@@ -97,6 +100,7 @@ impl VisionDims {
             heads: self.heads,
             hidden: self.width,
             intermediate: self.intermediate,
+            all_full_attention: self.all_full_attention,
             values_per_patch: self.qwen.as_ref().map_or(3 * 2 * 14 * 14, |q| {
                 3 * u64::from(q.temporal_patch_size)
                     * u64::from(q.patch_size)

@@ -222,6 +222,10 @@ pub struct VisionCoefficients {
     pub score_bytes: f64,
     /// Bytes per patch and per unit of the tower's width.
     pub width_bytes: f64,
+    /// Bytes per patch and per unit of the tower's MLP width.
+    pub mlp_bytes: f64,
+    /// Bytes per patch and per unit of width more when every block attends fully.
+    pub full_width_bytes: f64,
     /// Bytes per pixel value.
     pub pixel_bytes: f64,
 }

@@ -77,11 +77,15 @@ fn requests() -> Vec<Request> {
                     protocol::VisionCoefficients {
                         score_bytes: 4.0,
                         width_bytes: 24.5,
+                        mlp_bytes: 7.5,
+                        full_width_bytes: 13.0,
                         pixel_bytes: 16.0,
                     },
                     protocol::VisionCoefficients {
                         score_bytes: 4.25,
                         width_bytes: 25.0,
+                        mlp_bytes: 7.75,
+                        full_width_bytes: 13.5,
                         pixel_bytes: 17.0,
                     },
                 ]),

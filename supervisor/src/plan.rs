@@ -322,6 +322,8 @@ pub fn wire_activation(m: &estimate::ActivationModel) -> protocol::ActivationMod
     let v = |c: &estimate::vision_activation::VisionCoefficients| protocol::VisionCoefficients {
         score_bytes: c.score_bytes,
         width_bytes: c.width_bytes,
+        mlp_bytes: c.mlp_bytes,
+        full_width_bytes: c.full_width_bytes,
         pixel_bytes: c.pixel_bytes,
     };
     protocol::ActivationModel {

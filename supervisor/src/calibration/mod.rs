@@ -246,6 +246,7 @@ mod tests {
             heads: 16,
             hidden: 1024,
             intermediate: 2816,
+            all_full_attention: false,
             values_per_patch: 1176,
         };
         let builtin = estimate::activation::BUILTIN;

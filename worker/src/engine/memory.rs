@@ -36,6 +36,8 @@ pub fn activation_model(wire: Option<&protocol::ActivationModel>) -> ActivationM
     let v = |c: &protocol::VisionCoefficients| VisionCoefficients {
         score_bytes: c.score_bytes,
         width_bytes: c.width_bytes,
+        mlp_bytes: c.mlp_bytes,
+        full_width_bytes: c.full_width_bytes,
         pixel_bytes: c.pixel_bytes,
     };
     wire.map_or(estimate::activation::BUILTIN, |m| ActivationModel {

@@ -40,11 +40,15 @@ fn custom() -> estimate::ActivationModel {
             half: estimate::vision_activation::VisionCoefficients {
                 score_bytes: 5.5,
                 width_bytes: 30.0,
+                mlp_bytes: 6.0,
+                full_width_bytes: 9.0,
                 pixel_bytes: 20.0,
             },
             full: estimate::vision_activation::VisionCoefficients {
                 score_bytes: 6.5,
                 width_bytes: 35.0,
+                mlp_bytes: 7.0,
+                full_width_bytes: 11.0,
                 pixel_bytes: 21.0,
             },
         },

@@ -132,6 +132,7 @@ impl Engine {
             heads: t.heads as u64,
             hidden: t.hidden as u64,
             intermediate: t.intermediate as u64,
+            all_full_attention: t.qwen2,
             values_per_patch: images.first().map_or(0, |(_, p)| p.cols as u64),
         };
         let patches: Vec<u64> = images.iter().map(|(_, p)| p.rows as u64).collect();
