@@ -1,0 +1,173 @@
+//! The load path: the load task (admit, spawn, load) started off the actor, its
+//! outcome taken in, and the worker's unload.
+
+use std::{path::PathBuf, sync::Arc};
+
+use protocol::{
+    control::{ControlEvent, ControlReply, ModelState},
+    FailureKind, Reply, Request,
+};
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+use super::{super::admission, Actor, LoadSettings, Loadable, Loaded, Responder, Shared};
+use crate::supervise::{report, End, SpawnError, WorkerHandle};
+
+impl Actor {
+    pub(super) fn start_load(&mut self, events: Option<Responder>) {
+        let (tx, rx) = oneshot::channel();
+        let settings = self.next_load.clone();
+        // An injected fault is for one attempt, as a real transient failure would be.
+        self.next_load.fault = None;
+        let shared = Arc::clone(&self.shared);
+        let dir = self.dir.clone();
+        self.state = ModelState::Loading;
+        self.loading = Some(rx);
+        tokio::spawn(async move {
+            let _ = tx.send(load(shared, dir, settings, events).await);
+        });
+    }
+
+    pub(super) async fn loaded(&mut self, l: Loaded) {
+        match l {
+            Loaded::Ok {
+                worker,
+                plan,
+                info,
+                text,
+            } => {
+                self.loadable = Some(text);
+                tracing::info!(
+                    model = %self.dir.display(),
+                    pid = worker.pid(),
+                    context = plan.estimate.kv_cache.context,
+                    load_ms = info.load_ms,
+                    "loaded"
+                );
+                if let Some(j) = self.queue.front() {
+                    j.resp.event(ControlEvent::Loaded((*info).clone()));
+                }
+                self.device = Some(info.device.clone());
+                self.machine = Some(crate::calibration::machine_of(&info));
+                self.recorded_peak = None;
+                self.worker_status = Some(worker.status());
+                self.worker = Some(worker);
+                self.plan = Some(*plan);
+                self.state = ModelState::Ready;
+                self.touch();
+                let status = self.status();
+                for w in self.load_waiters.drain(..) {
+                    w.reply(ControlReply::Loaded(Box::new(status.clone())));
+                }
+            }
+            Loaded::Refused(f) => {
+                self.state = ModelState::Unloaded;
+                self.fail_waiting(&f);
+            }
+            Loaded::BadModel(m) => {
+                self.state = ModelState::Unloaded;
+                for w in self.load_waiters.drain(..) {
+                    w.reply(ControlReply::BadRequest { message: m.clone() });
+                }
+                for job in self.queue.drain(..) {
+                    job.resp
+                        .reply(ControlReply::BadRequest { message: m.clone() });
+                }
+            }
+            Loaded::Failed(f) => self.died(*f, None).await,
+        }
+    }
+
+    pub(super) async fn unload_worker(&mut self) {
+        self.worker_status = None;
+        self.plan = None;
+        self.loadable = None;
+        self.keep_until = None;
+        if let Some(w) = self.worker.take() {
+            w.shutdown().await;
+        }
+    }
+}
+
+/// Admits, spawns and loads the model (a task of its own, so the actor stays responsive).
+async fn load(
+    shared: Arc<Shared>,
+    dir: PathBuf,
+    settings: LoadSettings,
+    events: Option<Responder>,
+) -> Loaded {
+    let model = match crate::plan::open_runnable(&dir) {
+        Ok(m) => m,
+        Err(e) => return Loaded::BadModel(e),
+    };
+    // What a worker would load and can be checked without MLX, before one is spawned.
+    let text = match text::check_loadable(&model) {
+        Ok(t) => t,
+        Err(e) => return Loaded::BadModel(format!("cannot read model: {e}")),
+    };
+    // One admission at a time, held through the load: what it admits is then counted.
+    let _admitting = shared.admission.lock().await;
+    let wanted = crate::plan::PlanRequest {
+        context: settings.context,
+        device: settings.device,
+        compute: settings.compute,
+        kv_bits: settings.kv_bits,
+        ..crate::plan::PlanRequest::new(0)
+    };
+    let plan = match admission::admit(&shared, &dir, &model, &wanted, settings.force).await {
+        Ok(p) => p,
+        Err(f) => return Loaded::Refused(Box::new(f)),
+    };
+    let mut plan = plan;
+    plan.load.fault = settings.fault;
+    plan.load.device = settings.device;
+    if let (Some(r), Ok(json)) = (&events, serde_json::to_string(&plan.estimate)) {
+        r.event(ControlEvent::Estimate { json });
+    }
+    if let (Some(r), Some(note)) = (&events, &plan.compute_note) {
+        r.event(ControlEvent::Note(note.clone()));
+    }
+    tracing::info!(model = %dir.display(), estimate = plan.estimate.total_bytes, "spawning a worker");
+    let worker = match WorkerHandle::spawn(plan.spawn.clone(), plan.report.clone()).await {
+        Ok(w) => w,
+        Err(SpawnError::Failed(f)) => return Loaded::Failed(f),
+        Err(SpawnError::Setup(m)) => {
+            let mut f = report::plain(
+                FailureKind::Exited,
+                Some(dir.display().to_string()),
+                format!("the daemon could not start a worker: {m}"),
+                Default::default(),
+            );
+            f.message = Some(m);
+            return Loaded::Failed(Box::new(f));
+        }
+    };
+    let end = worker
+        .call(
+            Request::Load(plan.load.clone()),
+            CancellationToken::new(),
+            |ev| {
+                if let Some(r) = &events {
+                    r.event(ControlEvent::Worker(ev.clone()));
+                }
+            },
+        )
+        .await;
+    match end {
+        End::Reply(Reply::Loaded(info)) => Loaded::Ok {
+            worker,
+            plan: Box::new(plan),
+            info: Box::new(info),
+            text: Box::new(Loadable { model, text }),
+        },
+        End::Died(f) => Loaded::Failed(f),
+        End::Error { failure, .. } => {
+            worker.shutdown().await;
+            Loaded::Failed(failure)
+        }
+        End::Cancelled | End::Reply(_) => {
+            worker.shutdown().await;
+            Loaded::BadModel("the worker did not load the model".into())
+        }
+    }
+}

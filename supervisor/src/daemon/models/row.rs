@@ -1,0 +1,75 @@
+//! The model's row: its status as `ps` shows it, whether admission may evict it, and
+//! its publication to the row's watchers and to subscribers.
+
+use std::time::{Instant, SystemTime};
+
+use protocol::control::{KeepAlive, ModelState, ModelStatus};
+
+use super::{Actor, Row};
+
+impl Actor {
+    pub(super) fn evictable(&self) -> bool {
+        self.worker.is_some()
+            && self.state == ModelState::Ready
+            && self.current.is_none()
+            && self.queue.is_empty()
+            && self.loading.is_none()
+            && self.keep_alive != KeepAlive::Forever
+    }
+
+    pub(super) fn status(&self) -> ModelStatus {
+        let w = self.worker_status.as_ref().map(|w| w.borrow().clone());
+        let plan = self.plan.as_ref();
+        let keep_alive_until_ms = self.keep_until.filter(|_| self.current.is_none()).map(|t| {
+            let left = t.saturating_duration_since(Instant::now());
+            (SystemTime::now() + left)
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64)
+        });
+        ModelStatus {
+            model: self.dir.display().to_string(),
+            name: self.row.borrow().status.name.clone(),
+            state: self.state,
+            pid: self.worker.as_ref().map(|w| w.pid() as u32),
+            footprint_bytes: w.as_ref().map_or(0, |w| w.footprint_bytes),
+            peak_bytes: w
+                .as_ref()
+                .map_or(0, |w| w.max_footprint_bytes.max(w.mlx_peak_bytes)),
+            estimate_bytes: plan.map_or(0, |p| p.estimate.total_bytes),
+            context: plan.map_or(0, |p| p.estimate.kv_cache.context),
+            keep_alive_until_ms,
+            pinned: self.keep_alive == KeepAlive::Forever,
+            requests: self.requests,
+            queued: self.queue.len() as u32,
+            last_failure: self.last_failure.clone(),
+            note: self.note.clone(),
+            device: self.device.clone().filter(|_| self.worker.is_some()),
+        }
+    }
+
+    /// Publishes the row; a state change also goes to subscribers.
+    pub(super) fn publish(&mut self) {
+        let status = self.status();
+        let held_bytes = if self.worker.is_some() || self.loading.is_some() {
+            status.footprint_bytes.max(status.estimate_bytes)
+        } else {
+            0
+        };
+        let key = (
+            status.state,
+            status.last_failure.as_ref().map(|f| f.kind),
+            status.note.clone(),
+        );
+        if self.last_published.as_ref() != Some(&key) {
+            self.last_published = Some(key);
+            let _ = self.shared.changes.send(status.clone());
+        }
+        let row = Row {
+            status,
+            last_used: self.last_used,
+            held_bytes,
+            evictable: self.evictable(),
+        };
+        self.row.send_replace(row);
+    }
+}
