@@ -397,6 +397,92 @@ fn a_tower_over_the_budget_is_refused_before_it_runs() {
     assert!(peak < 12 << 20, "{f}");
 }
 
+/// `calibrate --image-sizes` runs the tower on one generated image per size, records each
+/// with its tower and reports the vision term before and after the refit; a model
+/// without a tower is a usage error.
+#[test]
+fn calibrate_measures_the_tower_per_image_size() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("m");
+    make(&dir, &[]);
+    let store = tmp.path().join("store.json");
+    let env = [("MLXSUP_CALIBRATION", store.to_str().expect("utf-8"))];
+    let d = dir.to_str().expect("utf-8");
+    let r = mlxsup_env(
+        &[
+            "calibrate",
+            d,
+            "--contexts",
+            "128",
+            "--image-sizes",
+            "448x448,300x200",
+            "--json",
+        ],
+        &env,
+    );
+    assert_eq!(r.code, Some(0), "calibrate: {}", r.stderr);
+    let report: serde_json::Value = serde_json::from_str(&r.stdout).expect("one JSON object");
+    let towers = report["towers"].as_array().expect("towers");
+    assert_eq!(towers.len(), 2, "{report}");
+    assert_eq!(towers[0]["patches"], 1024, "{report}");
+    assert_eq!(
+        (towers[1]["width"].clone(), towers[1]["height"].clone()),
+        (308.into(), 196.into())
+    );
+    for t in towers {
+        assert!(t["measured_bytes"].as_u64().unwrap_or(0) > 0, "{t}");
+        assert!(t["predicted_after"].as_u64().unwrap_or(0) > 0, "{t}");
+    }
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&store).expect("store")).expect("json");
+    let with_tower = doc["records"]
+        .as_array()
+        .expect("records")
+        .iter()
+        .filter(|r| r["vision"].is_object())
+        .count();
+    assert_eq!(with_tower, 2, "{doc}");
+    // A text model has no tower to measure.
+    let text = tmp.path().join("text");
+    let made = mlxsup(&[
+        "make-model",
+        text.to_str().expect("utf-8"),
+        "--arch",
+        "qwen2",
+        "--hidden",
+        "64",
+        "--layers",
+        "1",
+        "--heads",
+        "2",
+        "--kv-heads",
+        "1",
+        "--intermediate",
+        "128",
+        "--vocab",
+        "512",
+    ]);
+    assert_eq!(made.code, Some(0), "{}", made.stderr);
+    let r = mlxsup_env(
+        &[
+            "calibrate",
+            text.to_str().expect("utf-8"),
+            "--contexts",
+            "64",
+            "--image-sizes",
+            "448x448",
+        ],
+        &env,
+    );
+    assert_eq!(r.code, Some(2), "{}", r.stderr);
+    assert!(r.stderr.contains("has no vision tower"), "{}", r.stderr);
+    assert!(
+        !r.stderr.contains("MLX peak"),
+        "the ladder ran first: {}",
+        r.stderr
+    );
+}
+
 #[test]
 fn hostile_images_exit_2_naming_the_file() {
     let tmp = tempfile::tempdir().expect("tempdir");

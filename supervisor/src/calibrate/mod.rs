@@ -1,7 +1,10 @@
-//! `mlxsup calibrate MODEL [--contexts 512,2048,8192]`: runs the model in a fresh worker
-//! at each context of a ladder (a prompt of context − 1 token ids, one token generated),
-//! records every peak in the calibration store, and prints predicted vs measured per
-//! context, before and after the refit (`--json`: one object).
+//! `mlxsup calibrate MODEL [--contexts 512,2048,8192] [--image-sizes WxH,…]`: runs the
+//! model in a fresh worker at each context of a ladder (a prompt of context − 1 token ids,
+//! one token generated), and for a vision-language model its tower on one generated image
+//! of each size ([`towers`]); records every peak in the calibration store, and prints
+//! predicted vs measured, before and after the refit (`--json`: one object).
+mod towers;
+
 use std::path::PathBuf;
 
 use estimate::{calibration::relative_error, Bytes, Calibration, Estimate, DEFAULT_PREFILL_CHUNK};
@@ -41,6 +44,10 @@ pub struct CalibrateArgs {
     #[arg(long, value_parser = crate::inspect::parse_kv_bits)]
     pub kv_bits: Option<u8>,
     /// One JSON object on stdout instead of the table.
+    /// A vision-language model: also run its vision tower on one generated image of each
+    /// size (`WxH`, comma-separated), so the vision term is refit too.
+    #[arg(long = "image-sizes", value_delimiter = ',', value_parser = crate::inspect::parse_image_size)]
+    pub image_sizes: Vec<(u32, u32)>,
     #[arg(long)]
     pub json: bool,
 }
@@ -76,6 +83,8 @@ struct Report<'a> {
     calibration_source: estimate::CalibrationSource,
     store: Option<String>,
     points: &'a [Point],
+    /// The vision tower per image size (`--image-sizes`).
+    towers: &'a [towers::TowerPoint],
 }
 
 pub fn main(args: CalibrateArgs) -> Exit {
@@ -94,6 +103,9 @@ async fn run(args: CalibrateArgs) -> Exit {
             return Exit::BadModel;
         }
     };
+    if let Err(exit) = towers::check(&model, &args) {
+        return exit;
+    }
     let budget = match budget(args.budget) {
         Ok(b) => b.bytes.0,
         Err(e) => {
@@ -184,13 +196,20 @@ async fn run(args: CalibrateArgs) -> Exit {
         }
         measured.push((context, used, done.peak_bytes));
     }
-    if measured.is_empty() {
+    let towers = match towers::measure(&model, &args, budget, &before, store.as_ref()).await {
+        Ok(t) => t,
+        Err(exit) => return exit,
+    };
+    if measured.is_empty() && towers.is_empty() {
         eprintln!("mlxsup: calibrate: nothing was measured");
         return Exit::Refused;
     }
     let mut all = records;
     all.extend(new_records);
+    all.extend(towers.iter().map(|t| t.record.clone()));
     let after = calibration::calibration_from(&all, &facts, &host, backend);
+    let towers: Vec<towers::TowerPoint> =
+        towers.into_iter().map(|t| t.point(&after.model)).collect();
     let refit_only = Calibration {
         floor: Vec::new(),
         ..after.clone()
@@ -226,6 +245,7 @@ async fn run(args: CalibrateArgs) -> Exit {
         calibration_source: after.source,
         store: store.as_ref().map(|s| s.path().display().to_string()),
         points: &points,
+        towers: &towers,
     };
     if args.json {
         match serde_json::to_string_pretty(&report) {
@@ -264,6 +284,21 @@ fn table(r: &Report) -> String {
             p.error_refit_pct,
         ));
     }
+    if !r.towers.is_empty() {
+        s.push_str("  image        patches  tower measured   predicted before      after refit\n");
+        for t in r.towers {
+            s.push_str(&format!(
+                "  {:>11} {:>8} {:>14} {:>11} {:>+6.1}% {:>11} {:>+6.1}%\n",
+                format!("{}x{}", t.width, t.height),
+                t.patches,
+                Bytes(t.measured_bytes).to_string(),
+                Bytes(t.predicted_before).to_string(),
+                t.error_before_pct,
+                Bytes(t.predicted_after).to_string(),
+                t.error_after_pct,
+            ));
+        }
+    }
     match &r.store {
         Some(p) => s.push_str(&format!("recorded in {p}")),
         None => s.push_str("not recorded (MLXSUP_CALIBRATION=off)"),
@@ -276,6 +311,31 @@ async fn measure(
     plan: plan::Plan,
     prompt: Vec<u32>,
 ) -> Result<(protocol::DoneInfo, protocol::LoadInfo), String> {
+    let gen = GenerateRequest {
+        prompt: Prompt::Tokens(prompt),
+        max_tokens: 1,
+        sampling: Sampling::default(),
+        stop: vec![],
+        fault: None,
+        images: Vec::new(),
+    };
+    measure_request(plan, gen)
+        .await
+        .map(|(done, info, _)| (done, info))
+}
+
+/// One fresh worker: load, run `gen`, shut down; with what its vision tower used.
+async fn measure_request(
+    plan: plan::Plan,
+    gen: GenerateRequest,
+) -> Result<
+    (
+        protocol::DoneInfo,
+        protocol::LoadInfo,
+        Option<protocol::VisionPeak>,
+    ),
+    String,
+> {
     let never = CancellationToken::new();
     let worker = match WorkerHandle::spawn(plan.spawn, plan.report).await {
         Ok(w) => w,
@@ -292,18 +352,17 @@ async fn measure(
             return Err(format!("the load failed: {}", describe(&other)));
         }
     };
-    let gen = GenerateRequest {
-        prompt: Prompt::Tokens(prompt),
-        max_tokens: 1,
-        sampling: Sampling::default(),
-        stop: vec![],
-        fault: None,
-        images: Vec::new(),
-    };
-    let end = worker.call(Request::Generate(gen), never, |_| {}).await;
+    let mut vision = None;
+    let end = worker
+        .call(Request::Generate(gen), never, |ev| {
+            if let protocol::Event::Vision(v) = ev {
+                vision = Some((**v).clone());
+            }
+        })
+        .await;
     worker.shutdown().await;
     match end {
-        End::Reply(Reply::Done(done)) => Ok((done, info)),
+        End::Reply(Reply::Done(done)) => Ok((done, info, vision)),
         other => Err(format!("the generation failed: {}", describe(&other))),
     }
 }
