@@ -198,6 +198,18 @@ fn run_with_images_gives_mlx_vlm_tokens_4bit() {
     run_with_images_as_mlx_vlm("qwen2_5_vl", &["--quant-bits", "4"]);
 }
 
+/// The Hugging Face layout (`visual.*`, `model.*`, a channels-first patch embedding), as
+/// the original checkpoints ship: mlx-vlm converts it at load, the worker too.
+#[test]
+fn run_with_images_gives_mlx_vlm_tokens_hf_layout() {
+    run_with_images_as_mlx_vlm("qwen2_5_vl", &["--hf-layout"]);
+}
+
+#[test]
+fn run_with_images_gives_mlx_vlm_tokens_qwen2_vl_hf_layout() {
+    run_with_images_as_mlx_vlm("qwen2_vl", &["--hf-layout"]);
+}
+
 #[test]
 fn run_with_images_gives_mlx_vlm_tokens_qwen2_vl() {
     run_with_images_as_mlx_vlm("qwen2_vl", &[]);

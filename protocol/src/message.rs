@@ -461,4 +461,8 @@ pub struct ModelOptions {
     pub sliding_window: Option<u32>,
     /// `max_position_embeddings` written into config.json.
     pub max_position: Option<u32>,
+    /// Since 1.5: a vision-language folder in the Hugging Face layout (`visual.*`,
+    /// `model.*`, `lm_head.*`, the patch embedding in PyTorch's channels-first layout), as
+    /// the original checkpoints ship, instead of mlx-community's.
+    pub hf_layout: bool,
 }

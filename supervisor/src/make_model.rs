@@ -65,6 +65,10 @@ pub struct FamilyArgs {
     /// `max_position_embeddings` of config.json.
     #[arg(long)]
     pub max_position: Option<u32>,
+    /// qwen2_5_vl, qwen2_vl: write the Hugging Face layout (`visual.*`, `model.*`,
+    /// `lm_head.*`, a channels-first patch embedding), as the original checkpoints ship.
+    #[arg(long)]
+    pub hf_layout: bool,
 }
 
 impl MakeModelArgs {
@@ -89,6 +93,7 @@ impl MakeModelArgs {
                 rope_scaling: self.family.rope_scaling.clone(),
                 sliding_window: self.family.sliding_window,
                 max_position: self.family.max_position,
+                hf_layout: self.family.hf_layout,
             },
         }
     }

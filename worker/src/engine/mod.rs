@@ -129,11 +129,16 @@ impl Engine {
         };
         let prefix = cfg.weight_prefix.clone();
         let keep = cfg.vl.as_ref().map(|_| "vision_tower.");
+        let rename = cfg
+            .vl
+            .as_ref()
+            .map(|_| vision::mlx_name as fn(&str) -> Option<String>);
         let mut store = weights::WeightStore::open_keeping(
             dir,
             opts.f32,
             prefix.as_deref(),
             keep,
+            rename,
             &mut |done, total| hooks.progress(done, total),
         )?
         .with_lanes(lanes);

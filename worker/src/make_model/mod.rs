@@ -61,6 +61,17 @@ fn check(spec: &ModelSpec) -> Result<(), WorkerError> {
         )));
     }
     family::check(spec).map_err(bad)?;
+    if spec.options.hf_layout && !matches!(spec.arch.as_str(), "qwen2_5_vl" | "qwen2_vl") {
+        return Err(bad(format!(
+            "--hf-layout is for qwen2_5_vl and qwen2_vl, not {}",
+            spec.arch
+        )));
+    }
+    if spec.options.hf_layout && spec.quant_bits.is_some() {
+        return Err(bad(
+            "--hf-layout writes an unquantized Hugging Face checkpoint: drop --quant-bits",
+        ));
+    }
     if !["bf16", "f16", "f32"].contains(&spec.dtype.as_str()) {
         return Err(bad(format!(
             "unsupported dtype {:?}; supported: bf16, f16, f32",

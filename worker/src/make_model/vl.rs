@@ -297,5 +297,110 @@ pub(super) fn make(spec: &ModelSpec) -> Result<u64, WorkerError> {
             "processor_class": if spec.arch == "qwen2_vl" { "Qwen2VLProcessor" } else { "Qwen2_5_VLProcessor" }
         }),
     )?;
-    write_safetensors(&dir.join("model.safetensors"), &build(spec)?)
+    let mut tensors = build(spec)?;
+    if spec.options.hf_layout {
+        tensors = hf_layout(tensors);
+    }
+    write_safetensors(&dir.join("model.safetensors"), &tensors)
+}
+
+/// The tensors as a Hugging Face checkpoint names and lays them out (the same values):
+/// `visual.*`, `model.*`, `lm_head.*`, and the patch embedding channels-first
+/// (O, C, T, P, P) where MLX keeps it channels-last (O, T, P, P, C).
+fn hf_layout(tensors: Vec<(String, Tensor)>) -> Vec<(String, Tensor)> {
+    let mut out: Vec<(String, Tensor)> = tensors
+        .into_iter()
+        .map(|(name, t)| {
+            let name = if let Some(rest) = name.strip_prefix("vision_tower.") {
+                format!("visual.{rest}")
+            } else if let Some(rest) = name.strip_prefix("language_model.") {
+                rest.to_string()
+            } else {
+                name
+            };
+            if name == "visual.patch_embed.proj.weight" {
+                (name, channels_first(t))
+            } else {
+                (name, t)
+            }
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// (O, T, P, P, C) → (O, C, T, P, P), on the raw element bytes.
+fn channels_first(t: Tensor) -> Tensor {
+    let [o, tt, p1, p2, c] = match t.shape[..] {
+        [o, tt, p1, p2, c] => [o, tt, p1, p2, c].map(|d| d.max(0) as usize),
+        _ => return t,
+    };
+    let n = o * tt * p1 * p2 * c;
+    let elem = t.data.len().checked_div(n).unwrap_or(0);
+    let mut data = vec![0u8; t.data.len()];
+    let inner = tt * p1 * p2;
+    for oi in 0..o {
+        for k in 0..inner {
+            for ci in 0..c {
+                let src = ((oi * inner + k) * c + ci) * elem;
+                let dst = ((oi * c + ci) * inner + k) * elem;
+                data[dst..dst + elem].copy_from_slice(&t.data[src..src + elem]);
+            }
+        }
+    }
+    Tensor {
+        dtype: t.dtype,
+        shape: vec![o as i32, c as i32, tt as i32, p1 as i32, p2 as i32],
+        data,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The Hugging Face layout renames and moves the patch embedding's channels first,
+    /// element for element; nothing else changes.
+    #[test]
+    fn hf_layout_names_and_transposes_the_patch_embedding() {
+        let (o, t, p, c) = (2usize, 2, 3, 3);
+        let n = o * t * p * p * c;
+        let data: Vec<u8> = (0..n as u16).flat_map(|v| v.to_le_bytes()).collect();
+        let emb = Tensor {
+            dtype: "BF16",
+            shape: vec![o as i32, t as i32, p as i32, p as i32, c as i32],
+            data: data.clone(),
+        };
+        let other = Tensor {
+            dtype: "BF16",
+            shape: vec![2],
+            data: vec![1, 2, 3, 4],
+        };
+        let out = hf_layout(vec![
+            ("vision_tower.patch_embed.proj.weight".into(), emb),
+            ("language_model.model.norm.weight".into(), other),
+        ]);
+        let names: Vec<&str> = out.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            ["model.norm.weight", "visual.patch_embed.proj.weight"]
+        );
+        let hf = &out[1].1;
+        assert_eq!(hf.shape, [o, c, t, p, p].map(|d| d as i32));
+        let at = |bytes: &[u8], i: usize| u16::from_le_bytes([bytes[2 * i], bytes[2 * i + 1]]);
+        for oi in 0..o {
+            for ti in 0..t {
+                for y in 0..p {
+                    for x in 0..p {
+                        for ci in 0..c {
+                            let mlx = (((oi * t + ti) * p + y) * p + x) * c + ci;
+                            let torch = (((oi * c + ci) * t + ti) * p + y) * p + x;
+                            assert_eq!(at(&hf.data, torch), at(&data, mlx));
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(out[0].1.data, [1, 2, 3, 4]);
+    }
 }

@@ -156,8 +156,24 @@ impl VisionTower {
             b.norm2 = norm(&format!("blocks.{i}.norm2"))?;
         }
         let ln_q = norm("merger.ln_q")?;
+        let patch_embed = take("patch_embed.proj.weight")?;
+        // A Hugging Face checkpoint keeps the patch embedding channels-first (O, C, T, P,
+        // P); MLX's convolution takes it channels-last (O, T, P, P, C), as mlx-vlm's
+        // conversion writes it.
+        let s = patch_embed.shape();
+        let patch_embed = if s.len() == 5
+            && s[1] == cfg.in_channels
+            && s[4] == cfg.patch
+            && s[4] != cfg.in_channels
+        {
+            patch_embed
+                .transpose_axes(&[0, 2, 3, 4, 1])
+                .map_err(|e| format!("vision_tower.patch_embed.proj.weight: {e}"))?
+        } else {
+            patch_embed
+        };
         let tower = VisionTower {
-            patch_embed: take("patch_embed.proj.weight")?,
+            patch_embed,
             ln_q,
             blocks,
             mlp0,

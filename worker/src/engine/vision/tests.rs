@@ -171,3 +171,37 @@ fn qwen2_tower_matches_mlx_vlm() {
         }
     }
 }
+
+/// Both of transformers' Qwen-VL layouts map to mlx-community's names; those stay.
+#[test]
+fn hugging_face_names_map_to_mlx_community_names() {
+    use super::mlx_name;
+    let cases = [
+        (
+            "visual.blocks.0.attn.qkv.weight",
+            Some("vision_tower.blocks.0.attn.qkv.weight"),
+        ),
+        (
+            "model.visual.merger.mlp.0.bias",
+            Some("vision_tower.merger.mlp.0.bias"),
+        ),
+        (
+            "model.layers.3.mlp.up_proj.weight",
+            Some("language_model.model.layers.3.mlp.up_proj.weight"),
+        ),
+        (
+            "model.language_model.norm.weight",
+            Some("language_model.model.norm.weight"),
+        ),
+        ("lm_head.weight", Some("language_model.lm_head.weight")),
+        (
+            "model.embed_tokens.weight",
+            Some("language_model.model.embed_tokens.weight"),
+        ),
+        ("language_model.model.norm.weight", None),
+        ("vision_tower.patch_embed.proj.weight", None),
+    ];
+    for (hf, mlx) in cases {
+        assert_eq!(mlx_name(hf).as_deref(), mlx, "{hf}");
+    }
+}
