@@ -11,7 +11,6 @@ use crate::model::{Model, WeightSource};
 use crate::verdict::{Verdict, TIGHT_FRACTION};
 use crate::weights::WeightParts;
 
-#[path = "request_images.rs"]
 mod images;
 use images::{image_advice, image_plan};
 
