@@ -455,26 +455,7 @@ fn calibrate_measures_the_tower_per_image_size() {
         .count();
     assert_eq!(with_tower, 2, "{doc}");
     // A text model has no tower to measure.
-    let text = tmp.path().join("text");
-    let made = mlxsup(&[
-        "make-model",
-        text.to_str().expect("utf-8"),
-        "--arch",
-        "qwen2",
-        "--hidden",
-        "64",
-        "--layers",
-        "1",
-        "--heads",
-        "2",
-        "--kv-heads",
-        "1",
-        "--intermediate",
-        "128",
-        "--vocab",
-        "512",
-    ]);
-    assert_eq!(made.code, Some(0), "{}", made.stderr);
+    let text = mlxsup_tests::tiny_model();
     let r = mlxsup_env(
         &[
             "calibrate",
@@ -540,26 +521,7 @@ fn hostile_images_exit_2_naming_the_file() {
         );
     }
     // Images for a text-only model: a usage error naming the model.
-    let text_model = tmp.path().join("text");
-    let r = mlxsup(&[
-        "make-model",
-        text_model.to_str().expect("utf-8"),
-        "--arch",
-        "qwen2",
-        "--hidden",
-        "64",
-        "--layers",
-        "1",
-        "--heads",
-        "2",
-        "--kv-heads",
-        "1",
-        "--intermediate",
-        "64",
-        "--vocab",
-        "512",
-    ]);
-    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    let text_model = mlxsup_tests::tiny_model();
     let run = mlxsup(&[
         "run",
         text_model.to_str().expect("utf-8"),
