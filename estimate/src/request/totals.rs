@@ -92,11 +92,9 @@ pub(super) fn totals(model: &Model, weights: u64, context: u64, req: &Request) -
     };
     // The tower runs and frees its activations before the first prefill chunk: the
     // peak is the larger phase, not both.
-    let run = kv
-        .bytes
-        .saturating_add(act.bytes)
-        .saturating_add(embeds)
-        .max(vision_act);
+    let text = kv.bytes.saturating_add(act.bytes).saturating_add(embeds);
+    let tower_is_peak = vision_act > text;
+    let run = text.max(vision_act);
     let total = weights
         .saturating_add(run.max(load_transient))
         .saturating_add(overhead);
@@ -107,7 +105,6 @@ pub(super) fn totals(model: &Model, weights: u64, context: u64, req: &Request) -
     } else {
         0
     };
-    let tower_is_peak = vision_act > kv.bytes.saturating_add(act.bytes).saturating_add(embeds);
     Totals {
         kv,
         act,

@@ -20,7 +20,6 @@ pub struct Measured {
     pub record: Record,
     width: u32,
     height: u32,
-    predicted_before: u64,
 }
 
 /// One size in the report.
@@ -44,6 +43,7 @@ impl Measured {
     pub fn point(&self, after: &ActivationModel) -> TowerPoint {
         let v = self.record.vision.as_ref();
         let measured = v.map_or(0, |v| v.measured_bytes);
+        let predicted_before = v.map_or(0, |v| v.predicted_bytes);
         let predicted_after = v.map_or(0, |v| {
             after
                 .vision
@@ -54,8 +54,8 @@ impl Measured {
             height: self.height,
             patches: v.map_or(0, |v| v.patches.iter().sum()),
             measured_bytes: measured,
-            predicted_before: self.predicted_before,
-            error_before_pct: pct(self.predicted_before, measured),
+            predicted_before,
+            error_before_pct: pct(predicted_before, measured),
             predicted_after,
             error_after_pct: pct(predicted_after, measured),
         }
@@ -209,7 +209,6 @@ pub async fn measure(
             record,
             width: rw,
             height: rh,
-            predicted_before: vision.predicted_bytes,
         });
     }
     Ok(out)

@@ -77,7 +77,9 @@ fn forward(
     Ok(Step { logprobs, token })
 }
 
-fn elem_bytes(dtype: Dtype) -> u64 {
+/// Bytes per activation element of a model computing in `dtype` (the soft guard's, text and
+/// tower alike).
+pub(super) fn elem_bytes(dtype: Dtype) -> u64 {
     match dtype {
         Dtype::Float16 | Dtype::Bfloat16 => 2,
         Dtype::Float64 => 8,

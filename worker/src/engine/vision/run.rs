@@ -123,11 +123,7 @@ impl Engine {
             return 0;
         };
         let t = &vl.tower;
-        let elem = if self.model.dtype() == mlx_rs::Dtype::Float32 {
-            4
-        } else {
-            2
-        };
+        let elem = super::super::generate::elem_bytes(self.model.dtype());
         let shape = estimate::vision_activation::TowerShape {
             heads: t.heads as u64,
             hidden: t.hidden as u64,
