@@ -3,6 +3,10 @@
 SHELL := bash
 CARGO ?= cargo
 export MLX_BACKEND ?= cpu
+# Every crate that does not link MLX: `make test` lints them for macOS too, so the
+# macOS-only code (Metal limits, launchd, phys_footprint) always compiles.
+MACOS_TARGET := aarch64-apple-darwin
+NO_MLX_CRATES := -p mlxsup-protocol -p mlxsup-estimate -p mlxsup-vision -p mlxsup-text -p mlxsup -p mlxsup-tests
 
 .PHONY: setup build demo test lint bench clean
 
@@ -22,12 +26,14 @@ demo: build
 test: setup
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy $(NO_MLX_CRATES) --all-targets --target $(MACOS_TARGET) -- -D warnings
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace
 
 lint: setup
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy $(NO_MLX_CRATES) --all-targets --target $(MACOS_TARGET) -- -D warnings
 
 ## Side-by-side numbers against mlx-lm on the same libmlx (writes bench-out/, see BENCHMARKS.md).
 bench: build

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Installs what a fresh machine lacks to build and test mlxsup, and nothing twice:
+#   - the Rust target aarch64-apple-darwin (clippy of the macOS-only code);
 #   - Debian/Ubuntu packages: clang + libclang-dev (bindgen), libopenblas0-pthread (fast
 #     BLAS for MLX's CPU backend), systemd (systemd-analyze, to verify the service unit in
 #     the tests), python3-venv when python3 cannot make a venv;
@@ -41,6 +42,14 @@ esac
 venv_pkgs+=("mlx-lm==$MLX_LM_VERSION" "openai==$OPENAI_VERSION" "gguf==$GGUF_PY_VERSION" "sentencepiece==$SENTENCEPIECE_VERSION")
 if [[ $os == Darwin ]]; then user_cache=$HOME/Library/Caches; else user_cache=${XDG_CACHE_HOME:-$HOME/.cache}; fi
 real_dir="${MLXSUP_CACHE_DIR:-$user_cache/mlxsup}/smollm2"
+
+# The macOS target, so that `make test` lints the macOS-only code (Metal limits, launchd,
+# phys_footprint) of every crate that does not link MLX, on any host.
+MACOS_TARGET=aarch64-apple-darwin
+if command -v rustup >/dev/null && [[ ! -d $(rustc --print sysroot)/lib/rustlib/$MACOS_TARGET ]]; then
+  say "adding the Rust target $MACOS_TARGET (clippy of the macOS code)"
+  rustup target add "$MACOS_TARGET" >/dev/null
+fi
 
 stamp=".setup-stamp"
 want="$os $backend $wheel ${venv_pkgs[*]}"

@@ -30,7 +30,10 @@ pub fn planned_backend(device: Device) -> &'static str {
 
 /// This machine's name.
 pub fn host() -> String {
-    sysinfo::System::host_name().unwrap_or_else(|| "unknown".into())
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "unknown".into())
 }
 
 /// Where a run ran, from its `loaded` reply.

@@ -3,7 +3,7 @@
 //! `~/.local/share/mlxsup/`), or the file `MLXSUP_CALIBRATION` names (`off`: none).
 //!
 //! A small versioned JSON file, bounded to [`MAX_RECORDS`] (the oldest go first).
-//! Writers take an exclusive lock on `calibration.lock` beside it (fs4), read, append,
+//! Writers take an exclusive lock on `calibration.lock` beside it (flock(2), as the daemon's pidfile), read, append,
 //! write a temporary file in the same folder, fsync it, rename it over the store
 //! (tempfile's `persist`) and fsync the folder: a reader sees the old file or the new
 //! one, never half of one, and two processes recording at once lose no record. A file
@@ -15,7 +15,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use fs4::fs_std::FileExt;
+use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
 use super::record::Record;
@@ -143,7 +143,7 @@ impl Store {
         }
     }
 
-    fn lock(&self) -> Result<File, String> {
+    fn lock(&self) -> Result<Flock<File>, String> {
         if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
             fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         }
@@ -154,9 +154,8 @@ impl Store {
             .write(true)
             .open(&lock)
             .map_err(|e| format!("cannot open {}: {e}", lock.display()))?;
-        f.lock_exclusive()
-            .map_err(|e| format!("cannot lock {}: {e}", lock.display()))?;
-        Ok(f)
+        Flock::lock(f, FlockArg::LockExclusive)
+            .map_err(|(_, e)| format!("cannot lock {}: {e}", lock.display()))
     }
 
     /// Appends `record` (dropping the oldest beyond [`MAX_RECORDS`]); warnings for a

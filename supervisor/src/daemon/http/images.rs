@@ -50,28 +50,7 @@ pub fn data_url_bytes(url: &str, param: &str) -> Result<Vec<u8>, ApiError> {
 
 /// Standard base64 (padding optional, no whitespace inside).
 fn base64_decode(s: &str) -> Option<Vec<u8>> {
-    let s = s.trim_end_matches('=');
-    let mut out = Vec::with_capacity(s.len() / 4 * 3 + 3);
-    let (mut acc, mut bits) = (0u32, 0u32);
-    for c in s.bytes() {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        };
-        acc = (acc << 6) | u32::from(v);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    // A lone trailing sextet cannot be a whole byte.
-    (bits < 6).then_some(out)
+    base64::decode_config(s.trim_end_matches('='), base64::STANDARD_NO_PAD).ok()
 }
 
 /// Decodes and resizes the images for the model in `dir`.
