@@ -8,7 +8,7 @@ export MLX_BACKEND ?= cpu
 MACOS_TARGET := aarch64-apple-darwin
 NO_MLX_CRATES := -p mlxsup-protocol -p mlxsup-estimate -p mlxsup-vision -p mlxsup-text -p mlxsup -p mlxsup-tests
 
-.PHONY: setup build demo test lint bench clean
+.PHONY: setup build demo test lint bench soak clean
 
 setup:
 	@scripts/setup.sh
@@ -38,6 +38,11 @@ lint: setup
 ## Side-by-side numbers against mlx-lm on the same libmlx (writes bench-out/, see BENCHMARKS.md).
 bench: build
 	scripts/bench.sh
+
+## Many HTTP clients while workers are killed, hung, unloaded and loaded under them; every
+## answer checked against docs/CONTRACT.md (scripts/soak_http.py; SOAK_SECONDS=60 by default).
+soak: build
+	.venv/bin/python scripts/soak_http.py target/release/mlxsup --seconds $${SOAK_SECONDS:-60}
 
 clean:
 	$(CARGO) clean
