@@ -68,4 +68,10 @@ scripts/bench_accuracy.sh | tee "$out/accuracy.md"
 echo "== 11. vision-language models (issue 16): predicted vs measured peak with 0, 1 and 4 images"
 $py scripts/bench_vision.py --out "$out" >/dev/null
 cat "$out/vision.md"
+echo "== 12. many clients and multi-turn chat (issue 22): mlx_lm.server vs mlxsup serve --http"
+# The real SmolLM2 as bf16 (bench_real.sh's import; made here if that section was skipped).
+if [[ $(uname -s) == Darwin ]]; then cache=$HOME/Library/Caches; else cache=${XDG_CACHE_HOME:-$HOME/.cache}; fi
+smol=$out/smollm2-bf16
+[[ -f $smol/config.json ]] || $bin/mlxsup import "$cache/mlxsup/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" "$smol" --dense --dtype bf16 >/dev/null
+$py scripts/bench_concurrency.py "$bin/mlxsup" "$smol" --clients "${CLIENTS:-1,4,8,16}" --native | tee "$out/concurrency.md"
 echo "results in $out/"
