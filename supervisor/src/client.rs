@@ -434,7 +434,7 @@ pub fn generate(args: GenerateArgs) -> Exit {
 
 fn on_event(out: &mut Output, ev: &ControlEvent) {
     match ev {
-        ControlEvent::Estimate { json } => out.estimate_json(json),
+        ControlEvent::Estimate(est) => out.estimate_event(est),
         ControlEvent::Loaded(info) => out.loaded(info),
         ControlEvent::Worker(ev) => run::on_event(out, ev),
         ControlEvent::Note(n) => out.note_event(n),
