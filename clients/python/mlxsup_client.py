@@ -71,7 +71,8 @@ def default_socket():
     xdg = os.environ.get("XDG_RUNTIME_DIR")
     if xdg:
         return os.path.join(xdg, "mlxsup", "mlxsup.sock")
-    return os.path.join("/tmp", f"mlxsup-{os.getuid()}", "mlxsup.sock")
+    tmp = os.environ.get("TMPDIR") or "/tmp"
+    return os.path.join(tmp, f"mlxsup-{os.getuid()}", "mlxsup.sock")
 
 
 # --- postcard, for the hellos only ----------------------------------------------------
