@@ -47,6 +47,7 @@ impl std::fmt::Display for ByteCount {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::ByteCount;
 
     #[test]

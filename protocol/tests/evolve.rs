@@ -1,6 +1,7 @@
 //! Property tests of negotiation: for random messages and every pair of minors (a, b),
 //! what one side sends at the negotiated minor min(a, b) reads, on the other side, as the
 //! message minus what that minor lacks; a request whose options it lacks is refused.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests: a failure here is a test failure.
 
 use proptest::prelude::*;
 use protocol::{

@@ -1,6 +1,7 @@
 //! Frames recorded by every released minor (protocol/tests/fixtures/README.md) decode with
 //! today's code at that minor, re-encode to the very same bytes (so an old peer reads what
 //! we send it), and say what the newest minor's frame says, minus what the minor lacks.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests: a failure here is a test failure.
 
 use std::{fmt::Debug, fs, path::PathBuf};
 
