@@ -12,6 +12,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    bytes::ByteCount,
     failure::Failure,
     fault::Fault,
     handshake::{Handshake, Hello},
@@ -299,9 +300,9 @@ pub struct DaemonStatus {
     pub version: String,
     pub pid: u32,
     pub uptime_ms: u64,
-    pub budget_bytes: u64,
+    pub budget_bytes: ByteCount,
     /// What loaded workers hold: each one's footprint, or its estimate if larger.
-    pub held_bytes: u64,
+    pub held_bytes: ByteCount,
     /// Models the daemon holds or tried.
     pub models: u32,
     pub socket: String,
@@ -354,9 +355,9 @@ pub struct ModelEntry {
     /// The folder.
     pub model: String,
     /// Weight bytes.
-    pub size_bytes: u64,
+    pub size_bytes: ByteCount,
     /// The estimate at the default context, against the daemon's budget.
-    pub estimate_bytes: u64,
+    pub estimate_bytes: ByteCount,
     pub context: u64,
     /// `fits`, `tight` or `does_not_fit`; the reason when it could not be read.
     pub verdict: String,
