@@ -54,7 +54,7 @@ fn generate_at(d: &Daemon, minor: u16) -> Vec<FromDaemon> {
         let body = read_frame(&mut s);
         let msg: FromDaemon = frame::decode_at(&body, wire)
             .unwrap_or_else(|e| panic!("a frame invalid at 1.{minor}: {e}: {body:?}"));
-        let again = frame::encode_at(msg.clone(), wire).unwrap().unwrap();
+        let again = frame::encode_at(&msg, wire).unwrap().unwrap();
         assert_eq!(again, body, "not 1.{minor}'s layout: {msg:?}");
         let done = matches!(msg, FromDaemon::Reply { .. });
         got.push(msg);

@@ -49,12 +49,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
 
     /// Sends one message, fitted to the peer's version: one the peer cannot receive (an
     /// event of a newer minor) is dropped.
-    pub async fn send<T: Serialize + Evolve + Clone>(
-        &mut self,
-        msg: &T,
-    ) -> Result<(), ProtocolError> {
+    pub async fn send<T: Serialize + Evolve>(&mut self, msg: &T) -> Result<(), ProtocolError> {
         let body = match self.wire {
-            Some(wire) => match frame::encode_at(msg.clone(), wire)? {
+            Some(wire) => match frame::encode_at(msg, wire)? {
                 Some(body) => body,
                 None => return Ok(()),
             },

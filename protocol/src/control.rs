@@ -99,7 +99,7 @@ impl Handshake for FromDaemon {
 impl Evolve for ToDaemon {
     /// A request whose options the daemon's minor cannot carry is refused rather than
     /// sent without them.
-    fn fit(self, wire: Wire) -> Result<Option<Self>, String> {
+    fn fits(&self, wire: Wire) -> Result<bool, String> {
         let lacks = |since: u16, what: &str| {
             if wire.control < since {
                 Err(format!(
@@ -110,7 +110,7 @@ impl Evolve for ToDaemon {
                 Ok(())
             }
         };
-        if let ToDaemon::Request { body, .. } = &self {
+        if let ToDaemon::Request { body, .. } = self {
             let (compute, kv_bits, images) = match body {
                 ControlRequest::Load(l) => (l.compute, l.kv_bits, false),
                 ControlRequest::Generate(g) => (g.compute, g.kv_bits, !g.request.images.is_empty()),
@@ -126,20 +126,20 @@ impl Evolve for ToDaemon {
                 lacks(3, "images")?;
             }
         }
-        Ok(Some(self))
+        Ok(true)
     }
 }
 
 impl Evolve for FromDaemon {
     /// Worker events of a newer minor are dropped (failure kinds are downgraded where
     /// they are written, [`crate::failure::FailureKind::downgrade`]).
-    fn fit(self, wire: Wire) -> Result<Option<Self>, String> {
-        Ok(match &self {
+    fn fits(&self, wire: Wire) -> Result<bool, String> {
+        Ok(match self {
             FromDaemon::Event {
                 event: ControlEvent::Worker(e),
                 ..
-            } if !e.known_at(wire) => None,
-            _ => Some(self),
+            } => e.known_at(wire),
+            _ => true,
         })
     }
 }

@@ -41,15 +41,15 @@ fn check_len(body: Vec<u8>) -> Result<Vec<u8>, ProtocolError> {
 /// Serializes a message for a peer at `wire`: fitted to its versions first ([`Evolve`]);
 /// `Ok(None)` when the message is one the peer cannot receive (it is dropped).
 pub fn encode_at<T: Serialize + Evolve>(
-    msg: T,
+    msg: &T,
     wire: Wire,
 ) -> Result<Option<Vec<u8>>, ProtocolError> {
-    let Some(msg) = msg.fit(wire).map_err(ProtocolError::Unsupported)? else {
+    if !msg.fits(wire).map_err(ProtocolError::Unsupported)? {
         return Ok(None);
-    };
+    }
     wire::with(wire, || match wire.format() {
-        Format::Postcard => encode(&msg),
-        Format::Json => check_len(serde_json::to_vec(&msg)?),
+        Format::Postcard => encode(msg),
+        Format::Json => check_len(serde_json::to_vec(msg)?),
     })
     .map(Some)
 }
@@ -152,7 +152,7 @@ pub fn write_sync<T: Serialize>(w: &mut impl Write, msg: &T) -> Result<(), Proto
 /// cannot receive is dropped.
 pub fn write_sync_at<T: Serialize + Evolve>(
     w: &mut impl Write,
-    msg: T,
+    msg: &T,
     wire: Wire,
 ) -> Result<(), ProtocolError> {
     match encode_at(msg, wire)? {

@@ -144,7 +144,7 @@ pub async fn handshake<S, Out, In>(
 ) -> Result<Hello, ProtocolError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
-    Out: Handshake + Serialize + Evolve + Clone,
+    Out: Handshake + Serialize + Evolve,
     In: Handshake + DeserializeOwned,
 {
     conn.send(&Out::hello(ours.clone())).await.map_err(gone)?;

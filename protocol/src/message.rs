@@ -68,8 +68,8 @@ impl Handshake for FromWorker {
 impl Evolve for ToWorker {
     /// A request whose options the worker's minor cannot carry is refused rather than
     /// sent without them.
-    fn fit(self, wire: Wire) -> Result<Option<Self>, String> {
-        if let ToWorker::Request { body, .. } = &self {
+    fn fits(&self, wire: Wire) -> Result<bool, String> {
+        if let ToWorker::Request { body, .. } = self {
             let lacks = |since: u16, what: &str| {
                 if wire.worker < since {
                     Err(format!(
@@ -96,16 +96,16 @@ impl Evolve for ToWorker {
                 _ => {}
             }
         }
-        Ok(Some(self))
+        Ok(true)
     }
 }
 
 impl Evolve for FromWorker {
     /// Events of a newer minor are dropped.
-    fn fit(self, wire: Wire) -> Result<Option<Self>, String> {
-        Ok(match &self {
-            FromWorker::Event { event, .. } if !event.known_at(wire) => None,
-            _ => Some(self),
+    fn fits(&self, wire: Wire) -> Result<bool, String> {
+        Ok(match self {
+            FromWorker::Event { event, .. } => event.known_at(wire),
+            FromWorker::Hello(_) | FromWorker::Reply { .. } => true,
         })
     }
 }

@@ -153,12 +153,14 @@ pub fn with<R>(wire: Wire, f: impl FnOnce() -> R) -> R {
     f()
 }
 
-/// A message enum that can be fitted to a peer's negotiated version before it is sent.
-pub trait Evolve: Sized {
-    /// `Ok(Some(msg))`: send `msg` (possibly downgraded); `Ok(None)`: the peer has no
-    /// way to receive it and it is dropped (an event); `Err`: the peer's version cannot
-    /// carry what was asked (a request) and nothing is sent.
-    fn fit(self, wire: Wire) -> Result<Option<Self>, String>;
+/// A message enum that knows which of its messages a peer's negotiated version can receive.
+/// (What a value inside a message becomes for an older peer — a newer failure kind as an
+/// older one — is decided where it is serialized, not here.)
+pub trait Evolve {
+    /// `Ok(true)`: send it; `Ok(false)`: the peer has no way to receive it and it is
+    /// dropped (an event of a newer minor); `Err`: the peer's version cannot carry what
+    /// was asked (a request with a newer option) and nothing is sent.
+    fn fits(&self, wire: Wire) -> Result<bool, String>;
 }
 
 macro_rules! gates {

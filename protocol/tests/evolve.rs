@@ -26,7 +26,7 @@ fn send<T: Serialize + DeserializeOwned + Evolve + Clone>(
     msg: &T,
     wire: Wire,
 ) -> Result<Option<T>, String> {
-    match frame::encode_at(msg.clone(), wire) {
+    match frame::encode_at(msg, wire) {
         Ok(Some(body)) => Ok(Some(
             frame::decode_at(&body, wire).map_err(|e| e.to_string())?,
         )),

@@ -43,7 +43,7 @@ where
     if let Some(h) = msg.as_hello() {
         assert_eq!(h.version, wire.version(), "{what}: the hello's version");
     }
-    let again = frame::encode_at(msg.clone(), wire)
+    let again = frame::encode_at(&msg, wire)
         .unwrap_or_else(|e| panic!("{what}: does not encode at {wire:?}: {e}"))
         .unwrap_or_else(|| panic!("{what}: dropped at its own version"));
     assert_eq!(again, bytes, "{what}: re-encoded at {wire:?} differs");
@@ -63,7 +63,7 @@ where
     T: Serialize + DeserializeOwned + Evolve + Clone + PartialEq + Debug,
 {
     let msg: T = frame::decode_at(newest, newest_wire).expect(what);
-    match frame::encode_at(msg, wire) {
+    match frame::encode_at(&msg, wire) {
         Ok(Some(body)) => Ok(Some(frame::decode_at(&body, wire).expect(what))),
         Ok(None) => Ok(None),
         Err(ProtocolError::Unsupported(why)) => Err(why),
@@ -149,15 +149,11 @@ fn events_a_minor_lacks_are_dropped_for_it() {
     let new = frames("worker-1.5");
     let (_, _, vision) = new.iter().find(|(n, ..)| n == "from_vision").unwrap();
     let msg: FromWorker = frame::decode_at(vision, Wire::worker(5)).unwrap();
-    assert!(frame::encode_at(msg.clone(), Wire::worker(4))
-        .unwrap()
-        .is_none());
-    assert!(frame::encode_at(msg, Wire::worker(5)).unwrap().is_some());
+    assert!(frame::encode_at(&msg, Wire::worker(4)).unwrap().is_none());
+    assert!(frame::encode_at(&msg, Wire::worker(5)).unwrap().is_some());
     let new = frames("control-1.4");
     let (_, _, vision) = new.iter().find(|(n, ..)| n == "from_event_vision").unwrap();
     let msg: FromDaemon = frame::decode_at(vision, Wire::control(4)).unwrap();
-    assert!(frame::encode_at(msg.clone(), Wire::control(3))
-        .unwrap()
-        .is_none());
-    assert!(frame::encode_at(msg, Wire::control(5)).unwrap().is_some());
+    assert!(frame::encode_at(&msg, Wire::control(3)).unwrap().is_none());
+    assert!(frame::encode_at(&msg, Wire::control(5)).unwrap().is_some());
 }

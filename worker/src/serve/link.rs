@@ -65,7 +65,7 @@ impl Link {
         }
         let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         for msg in build() {
-            frame::write_sync_at(&mut *w, msg, self.wire)?;
+            frame::write_sync_at(&mut *w, &msg, self.wire)?;
         }
         Ok(())
     }
