@@ -28,7 +28,17 @@
 //! To add a gated field: add `wN_M`/`cN_M` below if it is not there, give the field the
 //! three attributes above and a `Default`, bump the version in [`crate::version`] or
 //! [`crate::control::version`] (and [`CONTROL_TO_WORKER`] for a worker bump), and record
-//! the new minor's fixtures (protocol/tests/fixtures/README.md).
+//! the new minor's fixtures (protocol/tests/fixtures/README.md). A field of this work
+//! (control 1.5, worker 1.6) uses `c1_5` or `w1_6`; from control 1.5 the frames are JSON,
+//! where a missing field reads as its default and an unknown one is ignored, but the gate
+//! still keeps the field out of the postcard frames of the older minors.
+//!
+//! To add a failure kind: add it at the end of
+//! [`FailureKind`](crate::failure::FailureKind), give it its control minor in
+//! [`FailureKind::since`](crate::failure::FailureKind::since) (e.g. 5) and the older kind
+//! it is sent as below that in [`FailureKind::downgrade`](crate::failure::FailureKind::downgrade).
+//! To add an event: add the variant at the end and return `false` from its
+//! `known_at` (`Event::known_at`) below its minor.
 
 use std::cell::Cell;
 
