@@ -1,19 +1,23 @@
 //! Clients of older control minors against today's daemon: a client speaking control 1.0
 //! — its frames recorded by the 1.0 build (protocol/tests/fixtures/control-1.0) — completes
 //! a generate, and every frame the daemon sends it is valid at 1.0; so do clients of
-//! 1.1 to 1.4, from their own builds' frames.
+//! 1.1 to 1.4, from their own builds' frames. Likewise supervisors of worker 1.0 to 1.5
+//! with today's worker.
 #![allow(clippy::unwrap_used)]
 
 use std::{
     io::{Read, Write},
-    os::unix::net::UnixStream,
+    os::unix::net::{UnixListener, UnixStream},
+    process::{Command, Stdio},
     time::Duration,
 };
 
-use mlxsup_tests::{daemon::Daemon, repo};
+use mlxsup_tests::{bin, daemon::Daemon, repo, tiny_model};
 use protocol::{
+    compute::ComputeDtype,
     control::{ControlEvent, ControlReply, FromDaemon},
-    frame, Event, FinishReason, Wire,
+    frame, Device, Event, FinishReason, FromWorker, GenerateRequest, Limits, LoadRequest, Prompt,
+    Reply, Request, Sampling, ToWorker, Wire,
 };
 
 fn recorded(minor: u16, name: &str) -> Vec<u8> {
@@ -109,5 +113,108 @@ fn clients_of_control_1_0_to_1_4_generate_against_todays_daemon() {
             let est = est.unwrap_or_else(|| panic!("no estimate: {got:?}"));
             assert!(est.total_bytes.get() > 0 && est.report.get().starts_with('{'));
         }
+    }
+}
+
+/// Reads frames from a worker until the reply to `id`, each checked valid at `wire`.
+fn worker_reply(s: &mut UnixStream, id: u64, wire: Wire) -> (protocol::Reply, Vec<Event>) {
+    let mut events = Vec::new();
+    loop {
+        let body = read_frame(s);
+        let msg: FromWorker = frame::decode_at(&body, wire)
+            .unwrap_or_else(|e| panic!("a frame invalid at {wire:?}: {e}: {body:?}"));
+        let again = frame::encode_at(&msg, wire).unwrap().unwrap();
+        assert_eq!(again, body, "not {wire:?}'s layout: {msg:?}");
+        match msg {
+            FromWorker::Reply { id: rid, body } if rid == id => return (body, events),
+            FromWorker::Event { event, .. } => events.push(event),
+            other => panic!("unexpected: {other:?}"),
+        }
+    }
+}
+
+/// A supervisor of every released worker minor (1.0 to 1.5: its hello and requests as
+/// that build wrote them) loads and generates with today's worker, which answers in the
+/// supervisor's minor.
+#[test]
+fn supervisors_of_worker_1_0_to_1_5_load_and_generate_with_todays_worker() {
+    let model = tiny_model();
+    for minor in 0..=5u16 {
+        let wire = Wire::worker(minor);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let mut child = Command::new(bin("mlxsup-worker"))
+            .arg("--socket")
+            .arg(&path)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let (mut s, _) = listener.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(300))).unwrap();
+        let fixture = |name: &str| {
+            std::fs::read(repo().join(format!(
+                "protocol/tests/fixtures/worker-1.{minor}/{name}.bin"
+            )))
+            .unwrap()
+        };
+        write_frame(&mut s, &fixture("to_hello"));
+        let hello: FromWorker = frame::decode(&read_frame(&mut s)).unwrap();
+        assert!(matches!(hello, FromWorker::Hello(h) if h.version == protocol::version::CURRENT));
+
+        write_frame(&mut s, &fixture("to_system_info"));
+        let (reply, _) = worker_reply(&mut s, 1, wire);
+        assert!(matches!(reply, Reply::SystemInfo(_)), "{reply:?}");
+
+        // The load and the generation as that minor writes them (the fixtures test shows
+        // today's encoder at a minor writes that build's bytes).
+        let load = ToWorker::Request {
+            id: 3,
+            body: Request::Load(LoadRequest {
+                model_dir: model.display().to_string(),
+                limits: Limits::default(),
+                prefill_chunk: 512,
+                telemetry_interval_ms: 100,
+                fault: None,
+                device: Device::Default,
+                compute: ComputeDtype::Native,
+                kv_bits: None,
+                activation: None,
+            }),
+        };
+        write_frame(&mut s, &frame::encode_at(&load, wire).unwrap().unwrap());
+        let (reply, _) = worker_reply(&mut s, 3, wire);
+        let Reply::Loaded(info) = reply else {
+            panic!("1.{minor}: {reply:?}")
+        };
+        // What 1.0 lacks reads as empty; from 1.1 the device is there.
+        assert_eq!(info.device.is_empty(), minor < 1, "{info:?}");
+        assert_eq!(info.mlx_version.is_empty(), minor < 3, "{info:?}");
+
+        let generate = ToWorker::Request {
+            id: 4,
+            body: Request::Generate(GenerateRequest {
+                prompt: Prompt::Text("Hello".into()),
+                max_tokens: 4,
+                sampling: Sampling::default(),
+                stop: vec![],
+                fault: None,
+                images: vec![],
+            }),
+        };
+        write_frame(&mut s, &frame::encode_at(&generate, wire).unwrap().unwrap());
+        let (reply, events) = worker_reply(&mut s, 4, wire);
+        let Reply::Done(done) = reply else {
+            panic!("1.{minor}: {reply:?}")
+        };
+        assert_eq!(done.generated_tokens, 4);
+        let tokens = events
+            .iter()
+            .filter(|e| matches!(e, Event::Token { .. }))
+            .count();
+        assert_eq!(tokens, 4, "{events:?}");
+
+        write_frame(&mut s, &fixture("to_shutdown"));
+        assert!(child.wait().unwrap().success(), "worker 1.{minor}");
     }
 }
