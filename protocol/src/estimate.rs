@@ -15,6 +15,17 @@ pub enum Verdict {
     DoesNotFit,
 }
 
+impl Verdict {
+    /// The snake_case name, as in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Fits => "fits",
+            Verdict::Tight => "tight",
+            Verdict::DoesNotFit => "does_not_fit",
+        }
+    }
+}
+
 /// The estimate of `ControlEvent::Estimate`.
 ///
 /// From control 1.5 it is a JSON object: the fields below, `report` being the full
@@ -86,8 +97,6 @@ impl Estimate {
                 .map(str::to_owned)
                 .ok_or_else(|| format!("the estimate's `{}` is not a string", path.join(".")))
         };
-        let verdict = serde_json::from_value(at(&["verdict"])?.clone())
-            .map_err(|e| format!("the estimate's `verdict`: {e}"))?;
         Ok(Estimate {
             model: text(&["model"])?,
             architecture: text(&["architecture"])?,
@@ -95,7 +104,8 @@ impl Estimate {
             total_bytes: ByteCount(num(&["total_bytes"])?),
             budget_bytes: ByteCount(num(&["budget_bytes"])?),
             weights_bytes: ByteCount(num(&["weights", "bytes"])?),
-            verdict,
+            verdict: serde_json::from_value(at(&["verdict"])?.clone())
+                .map_err(|e| format!("the estimate's `verdict`: {e}"))?,
             compute_f32: at(&["weights", "compute_f32"])
                 .ok()
                 .and_then(|v| v.as_bool())
@@ -157,5 +167,70 @@ impl<'de> Deserialize<'de> for Estimate {
             compute_f32: t.compute_f32,
             report: t.report,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::wire::{with, Wire};
+
+    fn report(total: u64, budget: u64, weights: u64, context: u64, verdict: &str) -> String {
+        format!(
+            r#"{{"model":"/m","architecture":"llama","weights":{{"bytes":{weights},"compute_f32":true}},"kv_cache":{{"context":{context}}},"total_bytes":{total},"budget_bytes":{budget},"verdict":"{verdict}"}}"#
+        )
+    }
+
+    proptest! {
+        /// The typed figures are the report's; below control 1.5 the report crosses as
+        /// the very text it was, from 1.5 as typed JSON; both read back equal.
+        #[test]
+        fn reads_the_report_and_crosses_every_minor(
+            total in any::<u64>(), budget in any::<u64>(), weights in any::<u64>(),
+            context in any::<u64>(), v in 0usize..3,
+        ) {
+            let verdict = ["fits", "tight", "does_not_fit"][v];
+            let json = report(total, budget, weights, context, verdict);
+            let e = Estimate::from_report(json.clone()).unwrap();
+            prop_assert_eq!((e.total_bytes.get(), e.budget_bytes.get()), (total, budget));
+            prop_assert_eq!((e.weights_bytes.get(), e.context), (weights, context));
+            prop_assert_eq!(e.verdict.as_str(), verdict);
+            prop_assert!(e.compute_f32);
+            for minor in 0..=5 {
+                let w = Wire::control(minor);
+                let bytes = crate::frame::encode_at(&crate::control::FromDaemon::Event {
+                    id: 1,
+                    event: crate::control::ControlEvent::Estimate(Box::new(e.clone())),
+                }, w).unwrap().unwrap();
+                let back: crate::control::FromDaemon = crate::frame::decode_at(&bytes, w).unwrap();
+                let crate::control::FromDaemon::Event {
+                    event: crate::control::ControlEvent::Estimate(b), ..
+                } = back else { panic!("{back:?}") };
+                prop_assert_eq!(&*b, &e);
+                if minor < 5 {
+                    let s: String = with(w, || postcard::from_bytes::<(u8, u8, u8, String)>(&bytes)).unwrap().3;
+                    prop_assert_eq!(s, json.clone());
+                }
+            }
+        }
+
+        /// Any text is read without a panic; what is not a report is an error.
+        #[test]
+        fn any_text_is_an_estimate_or_an_error(s in ".{0,64}") {
+            let _ = Estimate::from_report(s);
+        }
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let e = Estimate::from_report(r#"{"model":"m","architecture":"a"}"#.into()).unwrap_err();
+        assert!(e.contains("kv_cache.context"), "{e}");
+        let e = Estimate::from_report(report(1, 2, 3, 4, "roomy")).unwrap_err();
+        assert!(e.contains("verdict"), "{e}");
+        let e = Estimate::from_report("[1]".into()).unwrap_err();
+        assert!(e.contains("not a JSON object"), "{e}");
     }
 }

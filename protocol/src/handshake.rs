@@ -55,9 +55,7 @@ impl Hello {
             pid: std::process::id(),
         }
     }
-}
 
-impl Hello {
     /// The protocol a hello of this role speaks.
     pub fn proto(&self) -> Proto {
         match self.role {

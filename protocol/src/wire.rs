@@ -127,7 +127,10 @@ impl Wire {
             Proto::Worker => self.worker,
             Proto::Control => self.control,
         };
-        Version { major: 1, minor }
+        Version {
+            major: version::CURRENT.major,
+            minor,
+        }
     }
 
     /// How this wire's frame bodies are written.
@@ -233,19 +236,6 @@ pub mod bytes {
             base64::decode(s.as_bytes()).map_err(|e| D::Error::custom(format!("not base64: {e}")))
         } else {
             Vec::<u8>::deserialize(d)
-        }
-    }
-
-    /// The gated form for a field since worker 1.4 that also needs this encoding.
-    pub mod w1_4 {
-        use super::*;
-
-        pub fn de<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-            if current().worker < 4 {
-                Ok(Vec::new())
-            } else {
-                super::deserialize(d)
-            }
         }
     }
 }

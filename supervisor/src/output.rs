@@ -198,10 +198,6 @@ impl Output {
             }
             return;
         }
-        let verdict = serde_json::to_value(est.verdict)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default();
         self.note(&format!(
             "mlxsup: {}: {} of {} budget at context {}{}: {}",
             est.model,
@@ -209,7 +205,7 @@ impl Output {
             Bytes(est.budget_bytes.get()),
             est.context,
             if est.compute_f32 { ", f32 compute" } else { "" },
-            verdict,
+            est.verdict.as_str(),
         ));
     }
 
