@@ -2,7 +2,7 @@
 //! — its frames recorded by the 1.0 build (protocol/tests/fixtures/control-1.0) — completes
 //! a generate, and every frame the daemon sends it is valid at 1.0; so do clients of
 //! 1.1 to 1.4, from their own builds' frames. Likewise supervisors of worker 1.0 to 1.5
-//! with today's worker.
+//! with today's worker, and today's CLI with daemons of 1.0 to 1.4.
 #![allow(clippy::unwrap_used)]
 
 use std::{
@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use mlxsup_tests::{bin, daemon::Daemon, repo, tiny_model};
+use mlxsup_tests::{bin, daemon::Daemon, mlxsup_env, repo, tiny_model};
 use protocol::{
     compute::ComputeDtype,
     control::{ControlEvent, ControlReply, FromDaemon},
@@ -216,5 +216,52 @@ fn supervisors_of_worker_1_0_to_1_5_load_and_generate_with_todays_worker() {
 
         write_frame(&mut s, &fixture("to_shutdown"));
         assert!(child.wait().unwrap().success(), "worker 1.{minor}");
+    }
+}
+
+/// Today's CLI against a daemon of every released control minor (its frames as that
+/// build wrote them): it speaks the daemon's minor, and `status --json` shows the answer.
+#[test]
+fn todays_cli_talks_to_daemons_of_control_1_0_to_1_4() {
+    for minor in 0..=4u16 {
+        let dir = tempfile::Builder::new()
+            .prefix("old")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let socket = dir.path().join("d.sock");
+        let listener = UnixListener::bind(&socket).unwrap();
+        let old_daemon = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+            let hello: protocol::control::ToDaemon = frame::decode(&read_frame(&mut s)).unwrap();
+            assert!(
+                matches!(hello, protocol::control::ToDaemon::Hello(_)),
+                "{hello:?}"
+            );
+            write_frame(&mut s, &recorded(minor, "from_hello"));
+            // The request arrives in this minor's layout.
+            let wire = Wire::control(minor);
+            let body = read_frame(&mut s);
+            let req: protocol::control::ToDaemon = frame::decode_at(&body, wire).unwrap();
+            assert_eq!(frame::encode_at(&req, wire).unwrap().unwrap(), body);
+            assert!(matches!(
+                req,
+                protocol::control::ToDaemon::Request {
+                    id: 1,
+                    body: protocol::control::ControlRequest::Status
+                }
+            ));
+            write_frame(&mut s, &recorded(minor, "from_status"));
+        });
+        let socket = socket.to_str().unwrap();
+        let run = mlxsup_env(&["status", "--json"], &[("MLXSUP_SOCKET", socket)]);
+        old_daemon.join().unwrap();
+        assert_eq!(run.code, Some(0), "1.{minor}: {}", run.stderr);
+        let status = &run.events[0].1;
+        assert_eq!(
+            status["budget_bytes"], 8_000_000_000u64,
+            "1.{minor}: {status}"
+        );
+        assert_eq!(status["socket"], "/run/mlxsup.sock");
     }
 }
