@@ -13,26 +13,50 @@ use serde::{de::DeserializeOwned, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::codec::Framed;
 
-use crate::{error::ProtocolError, frame};
+use crate::{
+    error::ProtocolError,
+    frame,
+    wire::{Evolve, Wire},
+};
 
 /// The stream of a local socket (Unix domain socket).
 pub type LocalStream = interprocess::local_socket::tokio::Stream;
 
-/// A framed, typed connection over any byte stream.
+/// A framed, typed connection over any byte stream. Until the handshake has set the
+/// negotiated [`Wire`], frames are postcard at this build's versions (the hellos are).
 pub struct Connection<S> {
     framed: Framed<S, frame::FrameCodec>,
+    wire: Option<Wire>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     pub fn new(stream: S) -> Self {
         Connection {
             framed: Framed::new(stream, frame::FrameCodec::default()),
+            wire: None,
         }
     }
 
-    /// Sends one message.
-    pub async fn send<T: Serialize>(&mut self, msg: &T) -> Result<(), ProtocolError> {
-        let body = frame::encode(msg)?;
+    /// The negotiated versions, once the handshake has set them.
+    pub fn wire(&self) -> Option<Wire> {
+        self.wire
+    }
+
+    /// Sets the negotiated versions (the handshake does).
+    pub fn set_wire(&mut self, wire: Wire) {
+        self.wire = Some(wire);
+    }
+
+    /// Sends one message, fitted to the peer's version: one the peer cannot receive (an
+    /// event of a newer minor) is dropped.
+    pub async fn send<T: Serialize + Evolve>(&mut self, msg: &T) -> Result<(), ProtocolError> {
+        let body = match self.wire {
+            Some(wire) => match frame::encode_at(msg, wire)? {
+                Some(body) => body,
+                None => return Ok(()),
+            },
+            None => frame::encode(msg)?,
+        };
         self.framed.send(Bytes::from(body)).await
     }
 
@@ -42,7 +66,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         match self.framed.next().await {
             None => Ok(None),
             Some(Err(e)) => Err(e),
-            Some(Ok(body)) => frame::decode(&body).map(Some),
+            Some(Ok(body)) => match self.wire {
+                Some(wire) => frame::decode_at(&body, wire).map(Some),
+                None => frame::decode(&body).map(Some),
+            },
         }
     }
 

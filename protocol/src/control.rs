@@ -3,17 +3,21 @@
 //! protocol.
 //!
 //! Its own versions ([`version`]); variant 0 of each direction is the handshake, forever;
-//! new variants and fields come at the end, with a new minor version. Requests carry ids
+//! new variants and fields come at the end, with a new minor version, and each side sends
+//! the other only what the negotiated (lower) minor knows ([`crate::wire`]). From 1.5 the
+//! frames after the hellos are JSON (docs/PROTOCOL.md). Requests carry ids
 //! chosen by the client; events and the one reply name the request. A client that
 //! disconnects cancels its own requests, nothing else.
 
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    bytes::ByteCount,
     failure::Failure,
     fault::Fault,
     handshake::{Handshake, Hello},
     message::{Device, DoneInfo, Event, GenerateRequest, LoadInfo, RequestId},
+    wire::{Evolve, Wire},
 };
 
 /// Versions of the control protocol.
@@ -35,8 +39,12 @@ pub mod version {
     /// 1.4: the vision tower's measured peak (`Event::Vision`, worker protocol 1.5), in
     /// `ControlEvent::Worker`.
     pub const V1_4: Version = Version { major: 1, minor: 4 };
+    /// 1.5: negotiation (both sides speak the lower minor, [`crate::wire`]); frame bodies
+    /// after the hellos are JSON; the estimate is typed (`ControlEvent::Estimate`); the
+    /// worker types inside are worker protocol 1.6's.
+    pub const V1_5: Version = Version { major: 1, minor: 5 };
     /// What this build speaks.
-    pub const CURRENT: Version = V1_4;
+    pub const CURRENT: Version = V1_5;
 }
 
 /// Client → daemon.
@@ -88,6 +96,54 @@ impl Handshake for FromDaemon {
     }
 }
 
+impl Evolve for ToDaemon {
+    /// A request whose options the daemon's minor cannot carry is refused rather than
+    /// sent without them.
+    fn fits(&self, wire: Wire) -> Result<bool, String> {
+        let lacks = |since: u16, what: &str| {
+            if wire.control < since {
+                Err(format!(
+                    "{what} needs control protocol 1.{since}; the daemon speaks {}",
+                    wire.version()
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        if let ToDaemon::Request { body, .. } = self {
+            let (compute, kv_bits, images) = match body {
+                ControlRequest::Load(l) => (l.compute, l.kv_bits, false),
+                ControlRequest::Generate(g) => (g.compute, g.kv_bits, !g.request.images.is_empty()),
+                _ => (crate::compute::ComputePolicy::Auto, None, false),
+            };
+            if compute != crate::compute::ComputePolicy::Auto {
+                lacks(1, "a compute policy")?;
+            }
+            if kv_bits.is_some() {
+                lacks(2, "a KV-cache quantization")?;
+            }
+            if images {
+                lacks(3, "images")?;
+            }
+        }
+        Ok(true)
+    }
+}
+
+impl Evolve for FromDaemon {
+    /// Worker events of a newer minor are dropped (failure kinds are downgraded where
+    /// they are written, [`crate::failure::FailureKind::downgrade`]).
+    fn fits(&self, wire: Wire) -> Result<bool, String> {
+        Ok(match self {
+            FromDaemon::Event {
+                event: ControlEvent::Worker(e),
+                ..
+            } => e.known_at(wire),
+            _ => true,
+        })
+    }
+}
+
 /// What a client asks of the daemon.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum ControlRequest {
@@ -133,8 +189,18 @@ pub struct LoadModel {
     /// The MLX device to load on.
     pub device: Device,
     /// The compute-dtype policy for the load.
+    #[serde(
+        default,
+        skip_serializing_if = "crate::wire::c1_1::skip",
+        deserialize_with = "crate::wire::c1_1::de"
+    )]
     pub compute: crate::compute::ComputePolicy,
     /// Since 1.2: quantize the KV cache to 4 or 8 bits.
+    #[serde(
+        default,
+        skip_serializing_if = "crate::wire::c1_2::skip",
+        deserialize_with = "crate::wire::c1_2::de"
+    )]
     pub kv_bits: Option<u8>,
 }
 
@@ -151,8 +217,18 @@ pub struct GenerateModel {
     /// The MLX device, when the model has to be loaded for this request.
     pub device: Device,
     /// The compute-dtype policy, when the model has to be loaded for this request.
+    #[serde(
+        default,
+        skip_serializing_if = "crate::wire::c1_1::skip",
+        deserialize_with = "crate::wire::c1_1::de"
+    )]
     pub compute: crate::compute::ComputePolicy,
     /// Since 1.2: the KV-cache quantization, when the model has to be loaded for it.
+    #[serde(
+        default,
+        skip_serializing_if = "crate::wire::c1_2::skip",
+        deserialize_with = "crate::wire::c1_2::de"
+    )]
     pub kv_bits: Option<u8>,
 }
 
@@ -180,8 +256,9 @@ pub enum ControlReply {
 /// What happens while a request is served.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum ControlEvent {
-    /// The estimate the model was admitted with, as the JSON object of `inspect --json`.
-    Estimate { json: String },
+    /// The estimate the model was admitted with: typed from 1.5, the JSON text of
+    /// `inspect --json` before (the same bytes as the old `Estimate { json: String }`).
+    Estimate(Box<crate::estimate::Estimate>),
     /// The model was loaded for this request.
     Loaded(LoadInfo),
     /// A worker event: tokens, telemetry, phases, load progress.
@@ -201,8 +278,18 @@ pub struct GenerateDone {
     /// What the daemon changed to make it work, if anything (an automatic retry).
     pub note: Option<String>,
     /// Since 1.2: prompt + generated tokens.
+    #[serde(
+        default,
+        skip_serializing_if = "crate::wire::c1_2::skip",
+        deserialize_with = "crate::wire::c1_2::de"
+    )]
     pub context_used: u64,
     /// Since 1.2: the estimate at `context_used` (0 when unknown).
+    #[serde(
+        default,
+        skip_serializing_if = "crate::wire::c1_2::skip",
+        deserialize_with = "crate::wire::c1_2::de"
+    )]
     pub estimate_used_bytes: u64,
 }
 
@@ -213,9 +300,9 @@ pub struct DaemonStatus {
     pub version: String,
     pub pid: u32,
     pub uptime_ms: u64,
-    pub budget_bytes: u64,
+    pub budget_bytes: ByteCount,
     /// What loaded workers hold: each one's footprint, or its estimate if larger.
-    pub held_bytes: u64,
+    pub held_bytes: ByteCount,
     /// Models the daemon holds or tried.
     pub models: u32,
     pub socket: String,
@@ -268,9 +355,9 @@ pub struct ModelEntry {
     /// The folder.
     pub model: String,
     /// Weight bytes.
-    pub size_bytes: u64,
+    pub size_bytes: ByteCount,
     /// The estimate at the default context, against the daemon's budget.
-    pub estimate_bytes: u64,
+    pub estimate_bytes: ByteCount,
     pub context: u64,
     /// `fits`, `tight` or `does_not_fit`; the reason when it could not be read.
     pub verdict: String,

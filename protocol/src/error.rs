@@ -15,6 +15,11 @@ pub enum ProtocolError {
     Truncated { buffered: usize },
     #[error("malformed message: {0}")]
     Decode(#[from] postcard::Error),
+    #[error("malformed JSON message: {0}")]
+    Json(#[from] serde_json::Error),
+    /// The peer's negotiated version cannot carry what was asked.
+    #[error("the peer's protocol version cannot carry this: {0}")]
+    Unsupported(String),
     #[error("the peer closed the connection before the handshake")]
     ClosedBeforeHandshake,
     #[error("the first message was not a handshake")]
@@ -50,6 +55,7 @@ impl ProtocolError {
             ProtocolError::FrameTooLarge { .. }
                 | ProtocolError::Truncated { .. }
                 | ProtocolError::Decode(_)
+                | ProtocolError::Json(_)
                 | ProtocolError::NoHandshake
                 | ProtocolError::Unexpected(_)
         )

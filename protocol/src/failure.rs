@@ -1,7 +1,9 @@
 //! The failure taxonomy: how a worker's end is described, on the wire and in JSON.
 //!
 //! Kinds and phases are stable: new ones are added at the end of their enum (postcard
-//! encodes variants by position), and their JSON names never change.
+//! encodes variants by position), and their JSON names never change. A kind added in a
+//! control minor says so in [`FailureKind::since`] and names the older kind it is sent as
+//! to a peer below that minor in [`FailureKind::downgrade`].
 
 use serde::{Deserialize, Serialize};
 
@@ -60,6 +62,42 @@ impl FailureKind {
         FailureKind::Quarantined,
         FailureKind::ShuttingDown,
     ];
+
+    /// The control minor that introduced the kind (all of these: 1.0).
+    pub fn since(self) -> u16 {
+        match self {
+            FailureKind::InsufficientMemory
+            | FailureKind::MetalOutOfMemory
+            | FailureKind::AllocationFailed
+            | FailureKind::MemoryBudgetExceeded
+            | FailureKind::MemoryCeilingExceeded
+            | FailureKind::KilledByOs
+            | FailureKind::Crashed
+            | FailureKind::Unresponsive
+            | FailureKind::Exited
+            | FailureKind::LoadFailed
+            | FailureKind::ProtocolError
+            | FailureKind::Busy
+            | FailureKind::Quarantined
+            | FailureKind::ShuttingDown => 0,
+        }
+    }
+
+    /// The older kind that says the most of this one, for a peer that does not know it
+    /// (`since() > its minor`); a kind of 1.0 is its own. E.g. a future
+    /// `context_length_exceeded` (since 1.5) would be sent as `insufficient_memory`.
+    pub fn downgrade(self) -> FailureKind {
+        self
+    }
+
+    /// The kind as a peer at control minor `minor` can read it.
+    pub fn at_control(self, minor: u16) -> FailureKind {
+        let mut k = self;
+        while k.since() > minor && k.downgrade() != k {
+            k = k.downgrade();
+        }
+        k
+    }
 
     /// The snake_case name used in JSON and on the command line.
     pub fn as_str(self) -> &'static str {
@@ -122,6 +160,8 @@ impl std::fmt::Display for Phase {
 /// A worker failure with its evidence and a line of advice for a person.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Failure {
+    /// Written as the negotiated minor knows it ([`FailureKind::at_control`]).
+    #[serde(serialize_with = "kind_for_peer")]
     pub kind: FailureKind,
     pub phase: Phase,
     /// The model folder, when one was being served.
@@ -148,6 +188,10 @@ pub struct Failure {
     pub advice: String,
     /// The advice as data, for programs: what to change to make it fit or work.
     pub remedy: Remedy,
+}
+
+fn kind_for_peer<S: serde::Serializer>(k: &FailureKind, s: S) -> Result<S::Ok, S::Error> {
+    k.at_control(crate::wire::current().control).serialize(s)
 }
 
 impl Failure {

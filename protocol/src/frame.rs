@@ -1,4 +1,6 @@
-//! Framing: a 4-byte big-endian length, then a postcard body, with a hard maximum.
+//! Framing: a 4-byte big-endian length, then a body, with a hard maximum. The body is
+//! postcard, or JSON on a control connection from 1.5 on ([`Wire::format`]); it is
+//! written for, and read at, the connection's negotiated versions ([`crate::wire`]).
 //!
 //! The async side is tokio-util's `LengthDelimitedCodec` behind a thin [`FrameCodec`] that
 //! turns its failures into [`ProtocolError`]s; the blocking side ([`read_sync`],
@@ -10,15 +12,23 @@ use bytes::{Bytes, BytesMut};
 use serde::{de::DeserializeOwned, Serialize};
 use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
 
-use crate::error::ProtocolError;
+use crate::{
+    error::ProtocolError,
+    wire::{self, Evolve, Format, Wire},
+};
 
 /// The largest frame body either side accepts or sends: 16 MiB.
 pub const MAX_FRAME: usize = 16 * 1024 * 1024;
 const HEADER: usize = 4;
 
-/// Serializes a message into a frame body.
+/// Serializes a message into a postcard frame body at this build's versions (or at the
+/// wire [`wire::with`] set).
 pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, ProtocolError> {
     let body = postcard::to_allocvec(msg)?;
+    check_len(body)
+}
+
+fn check_len(body: Vec<u8>) -> Result<Vec<u8>, ProtocolError> {
     if body.len() > MAX_FRAME {
         return Err(ProtocolError::FrameTooLarge {
             len: body.len(),
@@ -28,7 +38,32 @@ pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, ProtocolError> {
     Ok(body)
 }
 
-/// Deserializes a frame body; bytes left over after the message are an error.
+/// Serializes a message for a peer at `wire`: fitted to its versions first ([`Evolve`]);
+/// `Ok(None)` when the message is one the peer cannot receive (it is dropped).
+pub fn encode_at<T: Serialize + Evolve>(
+    msg: &T,
+    wire: Wire,
+) -> Result<Option<Vec<u8>>, ProtocolError> {
+    if !msg.fits(wire).map_err(ProtocolError::Unsupported)? {
+        return Ok(None);
+    }
+    wire::with(wire, || match wire.format() {
+        Format::Postcard => encode(msg),
+        Format::Json => check_len(serde_json::to_vec(msg)?),
+    })
+    .map(Some)
+}
+
+/// Deserializes a frame body written at `wire`.
+pub fn decode_at<T: DeserializeOwned>(body: &[u8], wire: Wire) -> Result<T, ProtocolError> {
+    wire::with(wire, || match wire.format() {
+        Format::Postcard => decode(body),
+        Format::Json => Ok(serde_json::from_slice(body)?),
+    })
+}
+
+/// Deserializes a postcard frame body at this build's versions (or at the wire
+/// [`wire::with`] set); bytes left over after the message are an error.
 pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, ProtocolError> {
     let (msg, rest) = postcard::take_from_bytes(body)?;
     if !rest.is_empty() {
@@ -108,19 +143,49 @@ impl Encoder<Bytes> for FrameCodec {
     }
 }
 
-/// Writes one message as a frame (blocking).
+/// Writes one message as a postcard frame at this build's versions (blocking).
 pub fn write_sync<T: Serialize>(w: &mut impl Write, msg: &T) -> Result<(), ProtocolError> {
-    let body = encode(msg)?;
+    write_body(w, &encode(msg)?)
+}
+
+/// Writes one message as a frame for a peer at `wire` (blocking); a message the peer
+/// cannot receive is dropped.
+pub fn write_sync_at<T: Serialize + Evolve>(
+    w: &mut impl Write,
+    msg: &T,
+    wire: Wire,
+) -> Result<(), ProtocolError> {
+    match encode_at(msg, wire)? {
+        Some(body) => write_body(w, &body),
+        None => Ok(()),
+    }
+}
+
+fn write_body(w: &mut impl Write, body: &[u8]) -> Result<(), ProtocolError> {
     let mut buf = Vec::with_capacity(HEADER + body.len());
     buf.extend_from_slice(&(body.len() as u32).to_be_bytes());
-    buf.extend_from_slice(&body);
+    buf.extend_from_slice(body);
     w.write_all(&buf)?;
     w.flush()?;
     Ok(())
 }
 
-/// Reads one message (blocking). `Ok(None)` is a clean end of stream between frames.
+/// Reads one postcard message at this build's versions (blocking). `Ok(None)` is a clean
+/// end of stream between frames.
 pub fn read_sync<T: DeserializeOwned>(r: &mut impl Read) -> Result<Option<T>, ProtocolError> {
+    read_body(r)?.map(|b| decode(&b)).transpose()
+}
+
+/// Reads one message written at `wire` (blocking). `Ok(None)` is a clean end of stream
+/// between frames.
+pub fn read_sync_at<T: DeserializeOwned>(
+    r: &mut impl Read,
+    wire: Wire,
+) -> Result<Option<T>, ProtocolError> {
+    read_body(r)?.map(|b| decode_at(&b, wire)).transpose()
+}
+
+fn read_body(r: &mut impl Read) -> Result<Option<Vec<u8>>, ProtocolError> {
     let mut header = [0u8; HEADER];
     let got = read_full(r, &mut header)?;
     if got == 0 {
@@ -143,7 +208,7 @@ pub fn read_sync<T: DeserializeOwned>(r: &mut impl Read) -> Result<Option<T>, Pr
             buffered: HEADER + got,
         });
     }
-    decode(&body).map(Some)
+    Ok(Some(body))
 }
 
 /// Reads until `buf` is full or the stream ends; returns how much was read.

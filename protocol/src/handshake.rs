@@ -11,6 +11,7 @@ use crate::{
     error::ProtocolError,
     frame,
     version::{self, Compat, Version},
+    wire::{Evolve, Proto, Wire},
 };
 
 /// Who is speaking. Informational: it makes mismatch messages readable.
@@ -54,6 +55,20 @@ impl Hello {
             pid: std::process::id(),
         }
     }
+
+    /// The protocol a hello of this role speaks.
+    pub fn proto(&self) -> Proto {
+        match self.role {
+            Role::Supervisor | Role::Worker => Proto::Worker,
+            Role::Daemon | Role::Client => Proto::Control,
+        }
+    }
+}
+
+/// The versions a connection uses after both hellos: our protocol, the same major, minor
+/// = min(ours, the peer's).
+pub fn negotiated(ours: &Hello, peer: &Hello) -> Wire {
+    Wire::negotiate(ours.version, peer.version, ours.proto())
 }
 
 /// A message enum whose variant 0 is the handshake.
@@ -118,7 +133,8 @@ fn peer_hello<In: Handshake>(ours: &Hello, first: Option<In>) -> Result<Hello, P
     Ok(peer)
 }
 
-/// Async handshake: sends our hello, waits (at most `timeout`) for the peer's, checks it.
+/// Async handshake: sends our hello, waits (at most `timeout`) for the peer's, checks it,
+/// and sets the connection's negotiated versions ([`negotiated`]).
 pub async fn handshake<S, Out, In>(
     conn: &mut Connection<S>,
     ours: Hello,
@@ -126,7 +142,7 @@ pub async fn handshake<S, Out, In>(
 ) -> Result<Hello, ProtocolError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
-    Out: Handshake + Serialize,
+    Out: Handshake + Serialize + Evolve,
     In: Handshake + DeserializeOwned,
 {
     conn.send(&Out::hello(ours.clone())).await.map_err(gone)?;
@@ -134,10 +150,13 @@ where
         .await
         .map_err(|_| ProtocolError::Timeout(timeout))?
         .map_err(gone)?;
-    peer_hello(&ours, first)
+    let peer = peer_hello(&ours, first)?;
+    conn.set_wire(negotiated(&ours, &peer));
+    Ok(peer)
 }
 
-/// Blocking handshake, for the worker (whose engine is synchronous).
+/// Blocking handshake, for the worker (whose engine is synchronous). The frames after it
+/// are read and written at [`negotiated`]`(&ours, &peer)`.
 pub fn handshake_sync<Out, In>(
     reader: &mut impl io::Read,
     writer: &mut impl io::Write,

@@ -2,7 +2,8 @@
 //!
 //! Postcard encodes enum variants by position: variant 0 of each direction is the
 //! handshake, forever, and new variants or fields come only with a new version, at the
-//! end. Every request carries an id; replies and stream events name the request.
+//! end, gated by it ([`crate::wire`]). Every request carries an id; replies and stream
+//! events name the request.
 
 use serde::{Deserialize, Serialize};
 
@@ -10,6 +11,7 @@ use crate::{
     failure::Phase,
     fault::Fault,
     handshake::{Handshake, Hello},
+    wire::{Evolve, Wire},
 };
 
 /// Identifies a request on one connection.
@@ -59,6 +61,64 @@ impl Handshake for FromWorker {
         match self {
             FromWorker::Hello(h) => Some(h),
             _ => None,
+        }
+    }
+}
+
+impl Evolve for ToWorker {
+    /// A request whose options the worker's minor cannot carry is refused rather than
+    /// sent without them.
+    fn fits(&self, wire: Wire) -> Result<bool, String> {
+        if let ToWorker::Request { body, .. } = self {
+            let lacks = |since: u16, what: &str| {
+                if wire.worker < since {
+                    Err(format!(
+                        "{what} needs worker protocol 1.{since}; the worker speaks {}",
+                        wire.version()
+                    ))
+                } else {
+                    Ok(())
+                }
+            };
+            match body {
+                Request::Load(l) => {
+                    if l.device != Device::Default {
+                        lacks(1, "a device")?;
+                    }
+                    if l.compute != crate::compute::ComputeDtype::Native {
+                        lacks(2, "a compute dtype")?;
+                    }
+                    if l.kv_bits.is_some() {
+                        lacks(3, "a KV-cache quantization")?;
+                    }
+                }
+                Request::Generate(g) if !g.images.is_empty() => lacks(4, "images")?,
+                _ => {}
+            }
+        }
+        Ok(true)
+    }
+}
+
+impl Evolve for FromWorker {
+    /// Events of a newer minor are dropped.
+    fn fits(&self, wire: Wire) -> Result<bool, String> {
+        Ok(match self {
+            FromWorker::Event { event, .. } => event.known_at(wire),
+            FromWorker::Hello(_) | FromWorker::Reply { .. } => true,
+        })
+    }
+}
+
+impl Event {
+    /// Whether a peer at `wire` knows this event.
+    pub fn known_at(&self, wire: Wire) -> bool {
+        match self {
+            Event::Vision(_) => wire.worker >= 5,
+            Event::Telemetry(_)
+            | Event::Token { .. }
+            | Event::Phase(_)
+            | Event::Progress { .. } => true,
         }
     }
 }
@@ -190,14 +250,34 @@ pub struct LoadRequest {
     /// Tests only: fail on purpose, the way real failures happen.
     pub fault: Option<Fault>,
     /// Since 1.1: the device to run on.
+    #[serde(
+        default,
+        skip_serializing_if = "crate::wire::w1_1::skip",
+        deserialize_with = "crate::wire::w1_1::de"
+    )]
     pub device: Device,
     /// Since 1.2: the dtype to compute in (the plan's decision).
+    #[serde(
+        default,
+        skip_serializing_if = "crate::wire::w1_2::skip",
+        deserialize_with = "crate::wire::w1_2::de"
+    )]
     pub compute: crate::compute::ComputeDtype,
     /// Since 1.3: quantize the full-attention KV caches to this many bits (4 or 8, group
     /// size 64, as mlx-lm's `--kv-bits`).
+    #[serde(
+        default,
+        skip_serializing_if = "crate::wire::w1_3::skip",
+        deserialize_with = "crate::wire::w1_3::de"
+    )]
     pub kv_bits: Option<u8>,
     /// Since 1.3: the activation coefficients the preflight used, so the soft guard
     /// predicts with the same model (`None`: the built-in ones).
+    #[serde(
+        default,
+        skip_serializing_if = "crate::wire::w1_3::skip",
+        deserialize_with = "crate::wire::w1_3::de"
+    )]
     pub activation: Option<Box<ActivationModel>>,
 }
 
@@ -211,6 +291,11 @@ pub struct ActivationModel {
     pub full: ActivationCoefficients,
     /// Since 1.5: the vision tower's coefficients, bf16/f16 then f32 (`None`: the
     /// built-in ones).
+    #[serde(
+        default,
+        skip_serializing_if = "crate::wire::w1_5::skip",
+        deserialize_with = "crate::wire::w1_5::de"
+    )]
     pub vision: Option<[VisionCoefficients; 2]>,
 }
 
@@ -253,14 +338,34 @@ pub struct LoadInfo {
     pub peak_bytes: u64,
     pub vocab_size: u32,
     /// Since 1.1: the device it runs on (`cpu`, `gpu`).
+    #[serde(
+        default,
+        skip_serializing_if = "crate::wire::w1_1::skip",
+        deserialize_with = "crate::wire::w1_1::de"
+    )]
     pub device: String,
     /// Since 1.2: the dtype it computes in (`float32`, `bfloat16`, ...; quantized weights
     /// report their scales' dtype, with ` (quantized)`).
+    #[serde(
+        default,
+        skip_serializing_if = "crate::wire::w1_2::skip",
+        deserialize_with = "crate::wire::w1_2::de"
+    )]
     pub compute_dtype: String,
     /// Since 1.3: the MLX version of the worker (`0.32.2`).
+    #[serde(
+        default,
+        skip_serializing_if = "crate::wire::w1_3::skip",
+        deserialize_with = "crate::wire::w1_3::de"
+    )]
     pub mlx_version: String,
     /// Since 1.3: `cpu`, `metal` or `cuda`: the backend the model runs on (`cpu` when
     /// the device is the CPU, whatever the build).
+    #[serde(
+        default,
+        skip_serializing_if = "crate::wire::w1_3::skip",
+        deserialize_with = "crate::wire::w1_3::de"
+    )]
     pub backend: String,
 }
 
@@ -337,6 +442,11 @@ pub struct GenerateRequest {
     /// Tests only: fail on purpose at prefill or at a decode step.
     pub fault: Option<Fault>,
     /// Since 1.4: the images of a vision-language prompt, in prompt order.
+    #[serde(
+        default,
+        skip_serializing_if = "crate::wire::w1_4::skip",
+        deserialize_with = "crate::wire::w1_4::de"
+    )]
     pub images: Vec<ImageInput>,
 }
 
@@ -353,7 +463,8 @@ pub struct ImageInput {
     pub message: u32,
     pub width: u32,
     pub height: u32,
-    /// Rows top to bottom, `rgb[(y * width + x) * 3 + c]`.
+    /// Rows top to bottom, `rgb[(y * width + x) * 3 + c]`; base64 in JSON.
+    #[serde(with = "crate::wire::bytes")]
     pub rgb: Vec<u8>,
 }
 
@@ -376,7 +487,10 @@ pub enum FinishReason {
 pub struct DoneInfo {
     pub prompt_tokens: u32,
     pub generated_tokens: u32,
+    /// Tokens per second; JSON writes a non-finite rate as `null`, read back as NaN.
+    #[serde(deserialize_with = "crate::wire::float::de")]
     pub prompt_tps: f64,
+    #[serde(deserialize_with = "crate::wire::float::de")]
     pub generation_tps: f64,
     pub peak_bytes: u64,
     pub finish: FinishReason,
@@ -443,6 +557,11 @@ pub struct ModelSpec {
     pub group_size: u32,
     pub seed: u64,
     /// Family options (experts, RoPE scaling, sliding window); all off by default.
+    #[serde(
+        default,
+        skip_serializing_if = "crate::wire::w1_3::skip",
+        deserialize_with = "crate::wire::w1_3::de"
+    )]
     pub options: ModelOptions,
 }
 
@@ -464,5 +583,10 @@ pub struct ModelOptions {
     /// Since 1.5: a vision-language folder in the Hugging Face layout (`visual.*`,
     /// `model.*`, `lm_head.*`, the patch embedding in PyTorch's channels-first layout), as
     /// the original checkpoints ship, instead of mlx-community's.
+    #[serde(
+        default,
+        skip_serializing_if = "crate::wire::w1_5::skip",
+        deserialize_with = "crate::wire::w1_5::de"
+    )]
     pub hf_layout: bool,
 }

@@ -1,7 +1,8 @@
 //! Protocol versions: what each side speaks and when two sides can talk.
 //!
-//! Rule: the major versions must be equal. A minor version adds messages or variants at
-//! the end of an enum; a peer never sends what the other side's minor does not know.
+//! Rule: the major versions must be equal. A minor version adds fields, or variants at the
+//! end of an enum; after the hellos both sides use the lower minor and never send what it
+//! does not know ([`crate::wire`]).
 
 use serde::{Deserialize, Serialize};
 
@@ -28,8 +29,13 @@ pub const V1_4: Version = Version { major: 1, minor: 4 };
 /// (`Event::Vision`).
 pub const V1_5: Version = Version { major: 1, minor: 5 };
 
+/// Version 1.6: negotiation. After the hellos both sides speak the lower of their two
+/// minors, writing only what it knows ([`crate::wire`]); a 1.6 peer talks to every 1.x.
+/// (Control 1.5 carries worker 1.6's types.)
+pub const V1_6: Version = Version { major: 1, minor: 6 };
+
 /// The version this build speaks.
-pub const CURRENT: Version = V1_5;
+pub const CURRENT: Version = V1_6;
 
 /// A protocol version.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

@@ -147,8 +147,8 @@ pub fn status(args: ClientArgs) -> Exit {
                         s.pid,
                         s.uptime_ms / 1000,
                         s.socket,
-                        Bytes(s.budget_bytes),
-                        Bytes(s.held_bytes),
+                        Bytes(s.budget_bytes.get()),
+                        Bytes(s.held_bytes.get()),
                         s.models
                     );
                 }
@@ -221,8 +221,8 @@ pub fn ls(args: ClientArgs) -> Exit {
                         println!(
                             "{:<40} {:>10} {:>10} {:>7}  {}{}",
                             m.name,
-                            Bytes(m.size_bytes).to_string(),
-                            Bytes(m.estimate_bytes).to_string(),
+                            Bytes(m.size_bytes.get()).to_string(),
+                            Bytes(m.estimate_bytes.get()).to_string(),
                             m.context,
                             m.verdict,
                             if m.loaded { " (loaded)" } else { "" }
@@ -434,7 +434,7 @@ pub fn generate(args: GenerateArgs) -> Exit {
 
 fn on_event(out: &mut Output, ev: &ControlEvent) {
     match ev {
-        ControlEvent::Estimate { json } => out.estimate_json(json),
+        ControlEvent::Estimate(est) => out.estimate_event(est),
         ControlEvent::Loaded(info) => out.loaded(info),
         ControlEvent::Worker(ev) => run::on_event(out, ev),
         ControlEvent::Note(n) => out.note_event(n),

@@ -187,40 +187,25 @@ impl Output {
         ));
     }
 
-    /// The estimate as the daemon sends it (the JSON object of `inspect --json`).
-    pub fn estimate_json(&mut self, json: &str) {
-        let Ok(serde_json::Value::Object(fields)) = serde_json::from_str::<serde_json::Value>(json)
-        else {
-            return;
-        };
-        let kv = fields.get("kv_cache");
-        let context = kv.and_then(|k| k.get("context")).and_then(|v| v.as_u64());
-        self.planned_context = context;
-        self.planned_weights = fields
-            .get("weights")
-            .and_then(|w| w.get("bytes"))
-            .and_then(|v| v.as_u64());
+    /// The estimate as the daemon sends it: its typed figures, and the `inspect --json`
+    /// object for JSON output.
+    pub fn estimate_event(&mut self, est: &protocol::estimate::Estimate) {
+        self.planned_context = Some(est.context);
+        self.planned_weights = Some(est.weights_bytes.get());
         if self.json {
-            self.emit("estimate", &fields);
+            if let Ok(fields) = serde_json::from_str::<serde_json::Value>(est.report.get()) {
+                self.emit("estimate", &fields);
+            }
             return;
         }
-        let n = |k: &str| fields.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
-        let f32 = fields
-            .get("weights")
-            .and_then(|w| w.get("compute_f32"))
-            .and_then(|v| v.as_bool())
-            .unwrap_or(false);
         self.note(&format!(
             "mlxsup: {}: {} of {} budget at context {}{}: {}",
-            fields.get("model").and_then(|v| v.as_str()).unwrap_or("?"),
-            Bytes(n("total_bytes")),
-            Bytes(n("budget_bytes")),
-            context.unwrap_or(0),
-            if f32 { ", f32 compute" } else { "" },
-            fields
-                .get("verdict")
-                .and_then(|v| v.as_str())
-                .unwrap_or("?"),
+            est.model,
+            Bytes(est.total_bytes.get()),
+            Bytes(est.budget_bytes.get()),
+            est.context,
+            if est.compute_f32 { ", f32 compute" } else { "" },
+            est.verdict.as_str(),
         ));
     }
 

@@ -64,7 +64,12 @@ pub async fn serve_connection(shared: Arc<Shared>, stream: UnixStream) {
             .await;
         return;
     }
-    tracing::debug!(client = %peer.build, pid = peer.pid, "client connected");
+    tracing::debug!(
+        client = %peer.build,
+        pid = peer.pid,
+        version = %conn.wire().map_or(peer.version, |w| w.version()),
+        "client connected"
+    );
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<FromDaemon>();
     let mut requests: HashMap<RequestId, CancellationToken> = HashMap::new();
     let stopping = shared.closed.clone();

@@ -171,8 +171,12 @@ impl Shared {
             version: concat!("mlxsup ", env!("CARGO_PKG_VERSION")).into(),
             pid: std::process::id(),
             uptime_ms: self.started.elapsed().as_millis() as u64,
-            budget_bytes: self.budget,
-            held_bytes: slots.iter().map(|s| s.row.borrow().held_bytes).sum(),
+            budget_bytes: self.budget.into(),
+            held_bytes: slots
+                .iter()
+                .map(|s| s.row.borrow().held_bytes)
+                .sum::<u64>()
+                .into(),
             models: slots.len() as u32,
             socket: self.socket.display().to_string(),
         }
@@ -207,8 +211,8 @@ impl Shared {
                 ModelEntry {
                     name,
                     model: dir.display().to_string(),
-                    size_bytes: size,
-                    estimate_bytes: est,
+                    size_bytes: size.into(),
+                    estimate_bytes: est.into(),
                     context,
                     verdict,
                     loaded: loaded.contains(&canonical),

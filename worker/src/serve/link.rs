@@ -11,13 +11,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-use protocol::{frame, Event, FromWorker, Phase, ProtocolError, Reply, RequestId};
+use protocol::{frame, Event, FromWorker, Phase, ProtocolError, Reply, RequestId, Wire};
 
 use crate::telemetry;
 
 /// The sending side, shared by all threads.
 pub struct Link {
     pub(super) writer: Mutex<UnixStream>,
+    /// The versions negotiated with the supervisor: every frame is written for them.
+    pub(super) wire: Wire,
     pub(super) start: Instant,
     pub(super) phase: AtomicU8,
     pub(super) request: Mutex<Option<RequestId>>,
@@ -63,7 +65,7 @@ impl Link {
         }
         let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         for msg in build() {
-            frame::write_sync(&mut *w, &msg)?;
+            frame::write_sync_at(&mut *w, &msg, self.wire)?;
         }
         Ok(())
     }

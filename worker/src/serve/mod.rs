@@ -44,15 +44,31 @@ const DEFAULT_INTERVAL_MS: u64 = 100;
 /// process exit code.
 pub fn serve(stream: UnixStream) -> i32 {
     let start = Instant::now();
-    let (mut reader, writer) = match stream.try_clone() {
+    let (mut reader, mut writer) = match stream.try_clone() {
         Ok(w) => (stream, w),
         Err(e) => {
             eprintln!("mlxsup-worker: cloning the socket: {e}");
             return 1;
         }
     };
+    let ours = Hello::ours(
+        Role::Worker,
+        concat!("mlxsup-worker ", env!("CARGO_PKG_VERSION")),
+    );
+    let wire = match handshake::handshake_sync::<FromWorker, ToWorker>(
+        &mut reader,
+        &mut writer,
+        ours.clone(),
+    ) {
+        Ok(peer) => handshake::negotiated(&ours, &peer),
+        Err(e) => {
+            eprintln!("mlxsup-worker: handshake failed: {e}");
+            return 3;
+        }
+    };
     let link = Arc::new(Link {
         writer: Mutex::new(writer),
+        wire,
         start,
         phase: AtomicU8::new(phase_to(Phase::Idle)),
         request: Mutex::new(None),
@@ -60,23 +76,10 @@ pub fn serve(stream: UnixStream) -> i32 {
         interval_ms: AtomicU64::new(DEFAULT_INTERVAL_MS),
         progress: AtomicU64::new(0),
     });
-    let ours = Hello::ours(
-        Role::Worker,
-        concat!("mlxsup-worker ", env!("CARGO_PKG_VERSION")),
-    );
-    {
-        let mut w = link.writer.lock().unwrap_or_else(|p| p.into_inner());
-        if let Err(e) =
-            handshake::handshake_sync::<FromWorker, ToWorker>(&mut reader, &mut *w, ours)
-        {
-            eprintln!("mlxsup-worker: handshake failed: {e}");
-            return 3;
-        }
-    }
 
     let control = Arc::new(Control::default());
     let (tx, rx) = mpsc::channel();
-    spawn_reader(reader, tx, Arc::clone(&control));
+    spawn_reader(reader, wire, tx, Arc::clone(&control));
     spawn_heartbeat(Arc::clone(&link));
 
     let mut worker = Worker {

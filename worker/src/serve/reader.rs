@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use protocol::{frame, ProtocolError, Request, RequestId, ToWorker};
+use protocol::{frame, ProtocolError, Request, RequestId, ToWorker, Wire};
 
 /// How long the reader waits, after the supervisor went away, for the main thread to
 /// finish its step before ending the process itself.
@@ -48,11 +48,12 @@ impl Control {
 
 pub(super) fn spawn_reader(
     mut reader: UnixStream,
+    wire: Wire,
     tx: mpsc::Sender<Incoming>,
     control: Arc<Control>,
 ) {
     thread::spawn(move || loop {
-        let msg = match frame::read_sync::<ToWorker>(&mut reader) {
+        let msg = match frame::read_sync_at::<ToWorker>(&mut reader, wire) {
             Ok(Some(m)) => m,
             Ok(None) => {
                 control.stopping.store(true, Ordering::SeqCst);

@@ -98,8 +98,8 @@ async fn models(State(app): State<App>) -> Response {
             path: e.model.clone(),
             loaded: e.loaded,
             state: state_of(&e.model).unwrap_or_else(|| "unloaded".into()),
-            size_bytes: e.size_bytes,
-            estimate_bytes: e.estimate_bytes,
+            size_bytes: e.size_bytes.get(),
+            estimate_bytes: e.estimate_bytes.get(),
             context: e.context,
             verdict: e.verdict.clone(),
         })

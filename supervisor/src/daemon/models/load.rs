@@ -122,7 +122,10 @@ async fn load(
     plan.load.fault = settings.fault;
     plan.load.device = settings.device;
     if let (Some(r), Ok(json)) = (&events, serde_json::to_string(&plan.estimate)) {
-        r.event(ControlEvent::Estimate { json });
+        match protocol::estimate::Estimate::from_report(json) {
+            Ok(est) => r.event(ControlEvent::Estimate(Box::new(est))),
+            Err(e) => tracing::warn!("the estimate event is not sent: {e}"),
+        }
     }
     if let (Some(r), Some(note)) = (&events, &plan.compute_note) {
         r.event(ControlEvent::Note(note.clone()));
