@@ -536,7 +536,7 @@ fn a_prompt_longer_than_the_loaded_context_is_refused_and_the_model_serves_on() 
     let out = d.cli(&gen_args("a", "hi", "600"));
     assert_eq!(out.code, Some(3), "{} {}", out.stdout, out.stderr);
     let f = &out.named("failure")[0];
-    assert_eq!(f["kind"], "insufficient_memory");
+    assert_eq!(f["kind"], "context_length_exceeded");
     assert!(f["remedy"]["min_context"].as_u64().unwrap() > 600, "{f:#}");
     assert!(
         f["message"]

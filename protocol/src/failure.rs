@@ -40,11 +40,20 @@ pub enum FailureKind {
     Quarantined,
     /// The daemon is shutting down.
     ShuttingDown,
+    /// Since control 1.5 / worker 1.6: the prompt and the tokens asked for pass the
+    /// context the model was planned for (or its maximum): the request is the client's to
+    /// fix (HTTP 400, OpenAI's `context_length_exceeded`). Older peers:
+    /// `insufficient_memory` with `remedy.min_context`.
+    ContextLengthExceeded,
+    /// Since control 1.5 / worker 1.6: the model was unloaded while the request waited or
+    /// ran; sending it again loads the model again (HTTP 503 with `Retry-After`). Older
+    /// peers: `busy` (try again later).
+    Unloaded,
 }
 
 impl FailureKind {
     /// Every kind, in wire order.
-    pub const ALL: [FailureKind; 14] = [
+    pub const ALL: [FailureKind; 16] = [
         FailureKind::InsufficientMemory,
         FailureKind::MetalOutOfMemory,
         FailureKind::AllocationFailed,
@@ -59,7 +68,34 @@ impl FailureKind {
         FailureKind::Busy,
         FailureKind::Quarantined,
         FailureKind::ShuttingDown,
+        FailureKind::ContextLengthExceeded,
+        FailureKind::Unloaded,
     ];
+
+    /// The kind sent instead to a peer too old to know this one (control before 1.5,
+    /// worker before 1.6); the kind itself when every peer of the major knows it. The
+    /// versioned encoding sends `downgrade()` to such a peer.
+    pub fn downgrade(self) -> FailureKind {
+        match self {
+            FailureKind::ContextLengthExceeded => FailureKind::InsufficientMemory,
+            FailureKind::Unloaded => FailureKind::Busy,
+            other => other,
+        }
+    }
+
+    /// Whether a peer must know control 1.5 / worker 1.6 to read this kind.
+    pub fn is_since_control_1_5(self) -> bool {
+        self.downgrade() != self
+    }
+
+    /// A refusal before anything ran (`mlxsup` exit 3): the estimate does not fit, or the
+    /// request does not fit the context.
+    pub fn is_refusal(self) -> bool {
+        matches!(
+            self,
+            FailureKind::InsufficientMemory | FailureKind::ContextLengthExceeded
+        )
+    }
 
     /// The snake_case name used in JSON and on the command line.
     pub fn as_str(self) -> &'static str {
@@ -78,6 +114,8 @@ impl FailureKind {
             FailureKind::Busy => "busy",
             FailureKind::Quarantined => "quarantined",
             FailureKind::ShuttingDown => "shutting_down",
+            FailureKind::ContextLengthExceeded => "context_length_exceeded",
+            FailureKind::Unloaded => "unloaded",
         }
     }
 }
@@ -119,6 +157,58 @@ impl std::fmt::Display for Phase {
     }
 }
 
+/// Which part of a request's work was running, within its phase, when that says more
+/// than the phase does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    /// The vision tower of a request with images: it runs at the start of the prefill,
+    /// before the first text chunk, and its cost shrinks with fewer or smaller images,
+    /// not with a shorter context.
+    VisionTower,
+}
+
+impl Stage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::VisionTower => "vision_tower",
+        }
+    }
+}
+
+impl std::fmt::Display for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What MLX, the C++ runtime and Rust write when an allocation is refused, lower case:
+/// the one list that recognises an allocation failure, in a worker's error message and
+/// in its stderr alike ([`is_allocation_failure`]).
+pub const ALLOCATION_FAILURE_PATTERNS: [&str; 8] = [
+    // MLX's Metal allocator: `[metal::malloc] Attempting to allocate N bytes which is
+    // greater than the maximum allowed buffer size …`, `… Unable to allocate N bytes`.
+    "[metal::malloc]",
+    "attempting to allocate",
+    // MLX's CPU allocator (`[malloc] Unable to allocate N bytes.`) and older MLX's
+    // `[malloc_or_wait] Unable to allocate`.
+    "unable to allocate",
+    "failed to allocate",
+    "allowed buffer size",
+    "out of memory",
+    "std::bad_alloc",
+    // Rust's own handler, before it aborts: `memory allocation of N bytes failed`.
+    "memory allocation of ",
+];
+
+/// Whether `text` (an error message, a stderr tail) says an allocation was refused.
+pub fn is_allocation_failure(text: &str) -> bool {
+    let lower = text.to_lowercase();
+    ALLOCATION_FAILURE_PATTERNS
+        .iter()
+        .any(|p| lower.contains(p))
+}
+
 /// A worker failure with its evidence and a line of advice for a person.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Failure {
@@ -148,6 +238,10 @@ pub struct Failure {
     pub advice: String,
     /// The advice as data, for programs: what to change to make it fit or work.
     pub remedy: Remedy,
+    /// Since control 1.5: the part of the request that was running (`vision_tower`), when
+    /// the phase alone does not say.
+    #[serde(default)]
+    pub stage: Option<Stage>,
 }
 
 impl Failure {
@@ -207,7 +301,63 @@ impl Remedy {
 
 #[cfg(test)]
 mod tests {
-    use super::FailureKind;
+    use super::{is_allocation_failure, FailureKind};
+
+    /// Every kind an older peer may not know downgrades to one it knows (a kind of
+    /// control 1.0), and every older kind stays itself.
+    #[test]
+    fn new_kinds_downgrade_to_kinds_of_1_0() {
+        for k in FailureKind::ALL {
+            let d = k.downgrade();
+            assert!(!d.is_since_control_1_5(), "{k} downgrades to {d}");
+            assert_eq!(d.downgrade(), d);
+        }
+        let new: Vec<_> = FailureKind::ALL
+            .into_iter()
+            .filter(|k| k.is_since_control_1_5())
+            .collect();
+        assert_eq!(
+            new,
+            [FailureKind::ContextLengthExceeded, FailureKind::Unloaded],
+            "the new kinds are the last ones"
+        );
+        assert_eq!(
+            FailureKind::ContextLengthExceeded.downgrade(),
+            FailureKind::InsufficientMemory
+        );
+        // Postcard encodes a variant by its position: the new ones come after the old.
+        let at = |k: FailureKind| postcard::to_allocvec(&k).map(|v| v[0]);
+        assert_eq!(at(FailureKind::ShuttingDown), Ok(13));
+        assert_eq!(at(FailureKind::ContextLengthExceeded), Ok(14));
+        assert_eq!(at(FailureKind::Unloaded), Ok(15));
+    }
+
+    /// What MLX, libc++ and Rust write on a refused allocation is recognised, in any
+    /// case; an error that merely mentions allocation (a bug), or glibc's heap
+    /// corruption abort, is not.
+    #[test]
+    fn allocation_failures_are_recognised_by_one_list() {
+        for yes in [
+            "[metal::malloc] Attempting to allocate 9 bytes which is greater than the maximum allowed buffer size of 8 bytes.",
+            "[malloc] Unable to allocate 4294967296 bytes.",
+            "[malloc_or_wait] Unable to allocate 12 bytes.",
+            "[metal::malloc] Unable to allocate 1 bytes",
+            "prefill: failed to allocate the KV cache",
+            "CUDA error: out of memory",
+            "terminate called after throwing an instance of 'std::bad_alloc'",
+            "memory allocation of 1099511627776 bytes failed",
+        ] {
+            assert!(is_allocation_failure(yes), "{yes}");
+        }
+        for no in [
+            "kv cache not allocated",
+            "malloc(): corrupted top size",
+            "unsupported model_type `mamba`",
+            "",
+        ] {
+            assert!(!is_allocation_failure(no), "{no}");
+        }
+    }
 
     /// `ALL` lists every kind exactly once. The match has no wildcard (possible only
     /// inside this crate, the enum being `non_exhaustive`): a new kind does not compile
@@ -230,9 +380,11 @@ mod tests {
                 FailureKind::Busy => 11,
                 FailureKind::Quarantined => 12,
                 FailureKind::ShuttingDown => 13,
+                FailureKind::ContextLengthExceeded => 14,
+                FailureKind::Unloaded => 15,
             }
         }
-        const N: usize = 14;
+        const N: usize = 16;
         assert_eq!(FailureKind::ALL.len(), N);
         let mut seen = [false; N];
         for k in FailureKind::ALL {

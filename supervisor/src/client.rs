@@ -11,7 +11,7 @@ use protocol::{
         ModelStatus,
     },
     daemon_client::{ClientError, DaemonClient},
-    ComputePolicy, Device, Failure, FailureKind, Fault,
+    ComputePolicy, Device, Failure, Fault,
 };
 use serde_json::{json, Value};
 
@@ -444,7 +444,7 @@ fn on_event(out: &mut Output, ev: &ControlEvent) {
 
 fn failure_exit(out: &mut Output, f: &Failure) -> Exit {
     out.failure(f);
-    if f.kind == FailureKind::InsufficientMemory {
+    if f.kind.is_refusal() {
         Exit::Refused
     } else {
         Exit::WorkerFailed

@@ -437,8 +437,8 @@ impl Output {
             self.emit("failure", f);
             return;
         }
-        if f.kind == protocol::FailureKind::InsufficientMemory {
-            let head = self.paint("1;31", "refused by the preflight: insufficient_memory");
+        if f.kind.is_refusal() {
+            let head = self.paint("1;31", &format!("refused by the preflight: {}", f.kind));
             let msg = f.message.as_deref().unwrap_or_default();
             self.note(&format!("mlxsup: {head}: {msg}\n  advice:   {}", f.advice));
             return;

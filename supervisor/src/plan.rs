@@ -250,7 +250,8 @@ pub fn largest_context(model: &Model, est: &Estimate, req: &PlanRequest) -> Opti
 }
 
 /// Checks that the prompt and the tokens asked for fit the context the model was planned
-/// for; the refusal, with what would fit, when they do not. (The estimate at a larger
+/// for; the refusal (`context_length_exceeded`, with `remedy.min_context`), with what
+/// would fit, when they do not. (The estimate at a larger
 /// context is re-checked: the advice names a context only if it fits the budget.)
 pub fn check_length(
     model: &Model,
@@ -297,7 +298,7 @@ pub fn check_length(
         }
     };
     let mut f = report::plain(
-        FailureKind::InsufficientMemory,
+        FailureKind::ContextLengthExceeded,
         Some(model.dir.display().to_string()),
         advice,
         Remedy {

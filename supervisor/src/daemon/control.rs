@@ -152,6 +152,7 @@ fn dispatch(
                     req,
                     resp: resp.clone(),
                     cancel,
+                    checked: None,
                 };
                 send(&slot.cmds, ModelCmd::Generate(job), &resp);
             }

@@ -22,7 +22,7 @@ use protocol::{
     control::{ControlEvent, ControlReply, FromDaemon, GenerateModel},
     Device, Event, FinishReason, GenerateRequest, Prompt,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::{
@@ -38,9 +38,10 @@ use crate::daemon::models::{Job, ModelCmd, Responder};
 
 /// `: keep-alive` comments while a long prompt is processed.
 pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(10);
-/// How long a streamed request waits for its first token before the response starts:
-/// a failure before then (refused, busy, a worker that dies at load) gets its HTTP
-/// status; after, it is one SSE error event.
+/// How long a streamed request waits for its first token, once its prompt is known to
+/// fit the loaded model, before the response starts: a failure before then (refused,
+/// busy, a worker that dies at load) gets its HTTP status; after, it is one SSE error
+/// event.
 const FIRST_TOKEN_WAIT: Duration = Duration::from_secs(1);
 /// Tokens generated when the request does not say.
 const DEFAULT_MAX_TOKENS: u32 = 512;
@@ -239,10 +240,13 @@ async fn answer(app: App, gen: GenerateModel, s: Sampling, kind: Kind) -> Respon
     let cancel = CancellationToken::new();
     // Dropped when the client goes away (axum drops this future, or the stream).
     let guard = cancel.clone().drop_guard();
+    // A stream starts once the prompt is known to fit the loaded model's context.
+    let (checked_tx, checked) = oneshot::channel();
     let job = Job {
         req: gen,
         resp: Responder { id: 0, out: tx },
         cancel,
+        checked: s.stream.then_some(checked_tx),
     };
     if slot.cmds.send(ModelCmd::Generate(job)).is_err() {
         return ApiError::bad_request("model", "the daemon is shutting down").into_response();
@@ -305,8 +309,19 @@ async fn answer(app: App, gen: GenerateModel, s: Sampling, kind: Kind) -> Respon
             }
         }
     }
-    // Streamed: an early failure still gets its status.
-    let first = match tokio::time::timeout(FIRST_TOKEN_WAIT, next(&mut rx)).await {
+    // Streamed: an early failure still gets its status. A refusal (a prompt over the
+    // context, checked once the model is loaded, however long that takes) comes before
+    // the check's word; then the first token is waited for briefly.
+    let early = tokio::select! {
+        biased;
+        _ = checked => None,
+        n = next(&mut rx) => Some(n),
+    };
+    let first = match early {
+        Some(n) => Ok(n),
+        None => tokio::time::timeout(FIRST_TOKEN_WAIT, next(&mut rx)).await,
+    };
+    let first = match first {
         Ok(Some(Next::Reply(ControlReply::Done(d)))) => Some(Next::Reply(ControlReply::Done(d))),
         Ok(Some(Next::Reply(other))) => return reply_error(other).into_response(),
         Ok(None) => return reply_error(ControlReply::Cancelled).into_response(),

@@ -74,12 +74,25 @@ impl Actor {
                 }
             }
             ModelCmd::Unload { resp } => {
+                // The requests it was serving fail `unloaded`: their clients did not
+                // cancel them, and sending them again loads the model again.
+                let f = report::plain(
+                    FailureKind::Unloaded,
+                    Some(self.dir.display().to_string()),
+                    String::new(),
+                    Default::default(),
+                );
+                let f = protocol::Failure {
+                    message: Some("the model was unloaded (mlxsup unload)".into()),
+                    advice: crate::classify::advice(FailureKind::Unloaded, &Default::default()),
+                    ..f
+                };
                 if let Some(c) = self.current.take() {
                     c.cancel.cancel();
-                    c.resp.reply(ControlReply::Cancelled);
+                    c.resp.reply(ControlReply::Failed(Box::new(f.clone())));
                 }
                 for job in self.queue.drain(..) {
-                    job.resp.reply(ControlReply::Cancelled);
+                    job.resp.reply(ControlReply::Failed(Box::new(f.clone())));
                 }
                 self.unload_worker().await;
                 self.clear_failures();

@@ -59,6 +59,10 @@ pub struct Job {
     pub req: GenerateModel,
     pub resp: Responder,
     pub cancel: CancellationToken,
+    /// Told once the prompt has been checked against the loaded model's context and
+    /// fits (a refusal is the reply instead): the HTTP front starts a stream only then,
+    /// so that a prompt over the context is a 400, loaded or not.
+    pub checked: Option<oneshot::Sender<()>>,
 }
 
 /// What the model's actor is asked.

@@ -34,6 +34,7 @@ impl Actor {
         if self.queue.is_empty() {
             return;
         }
+        self.check_waiting();
         if self.worker.is_none() {
             let waiting = self.backoff_until.is_some_and(|t| Instant::now() < t);
             if self.loading.is_none() && !waiting {
@@ -134,8 +135,39 @@ impl Actor {
                             req: c.req,
                             resp: c.resp,
                             cancel: c.cancel,
+                            checked: None,
                         };
                         self.died(*f, Some(job)).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Once the model is loaded, every queued request still waiting to hear is checked
+    /// against its context at once, not when its turn comes: one that does not fit is
+    /// refused now, the others are told they fit ([`Job::checked`]).
+    fn check_waiting(&mut self) {
+        if self.loading.is_some() || self.loadable.is_none() || self.plan.is_none() {
+            return;
+        }
+        let mut i = 0;
+        while i < self.queue.len() {
+            let job = &self.queue[i];
+            if job.checked.is_none() {
+                i += 1;
+                continue;
+            }
+            match self.check_length(job) {
+                Ok(()) => {
+                    if let Some(tx) = self.queue[i].checked.take() {
+                        let _ = tx.send(());
+                    }
+                    i += 1;
+                }
+                Err(f) => {
+                    if let Some(job) = self.queue.remove(i) {
+                        job.resp.reply(ControlReply::Failed(f));
                     }
                 }
             }
