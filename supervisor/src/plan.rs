@@ -340,3 +340,25 @@ fn cache_limit(budget: u64, estimate: u64) -> u64 {
         .saturating_sub(estimate)
         .clamp(64 << 20, (budget / 4).max(64 << 20))
 }
+
+/// The estimate at the context a generation used (prompt + generated tokens), at the
+/// compute dtype it ran in, with the plan's calibration.
+pub fn used_estimate(
+    model: &estimate::Model,
+    request: &PlanRequest,
+    done: &protocol::DoneInfo,
+    compute_f32: bool,
+) -> Estimate {
+    let used = u64::from(done.prompt_tokens) + u64::from(done.generated_tokens);
+    let est = estimate_for(model, request, Some(used.max(1)), compute_f32);
+    // The prompt's image tokens are counted by the estimate on top of the context.
+    match est.vision.as_ref().map_or(0, |v| v.image_tokens) {
+        0 => est,
+        images => estimate_for(
+            model,
+            request,
+            Some(used.saturating_sub(images).max(1)),
+            compute_f32,
+        ),
+    }
+}

@@ -109,7 +109,7 @@ fn request(
             v.to_str()
                 .map_err(|_| ApiError::bad_request(FAULT_HEADER, "not text"))
                 .and_then(|t| {
-                    crate::run::parse_fault(t).map_err(|e| ApiError::bad_request(FAULT_HEADER, e))
+                    crate::fault::parse_fault(t).map_err(|e| ApiError::bad_request(FAULT_HEADER, e))
                 })?,
         ),
         _ => None,

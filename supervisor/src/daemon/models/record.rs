@@ -17,7 +17,7 @@ impl Actor {
         };
         let est = &plan.estimate;
         let req = admission::loaded_request(plan, images);
-        let used = crate::run::used_estimate(&l.model, &req, done, est.weights.compute_f32);
+        let used = crate::plan::used_estimate(&l.model, &req, done, est.weights.compute_f32);
         let answer = (used.kv_cache.context, used.total_bytes);
         // A run with images is recorded with its tower's measurement (none came: not
         // recorded, its peak cannot be told apart).
