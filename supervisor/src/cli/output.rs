@@ -1,22 +1,71 @@
-//! What `mlxsup run` shows: JSON Lines events (`--json`, docs/CONTRACT.md) or a person's view
-//! (streamed text on stdout; estimate, progress, summary and failure reports on stderr).
+//! What `mlxsup run` and `generate` show: JSON Lines events (`--json`, docs/CONTRACT.md)
+//! or a person's view (streamed text on stdout; estimate, progress, summary and failure
+//! reports on stderr). [`Output`] keeps what a run's events tell (the peaks, the planned
+//! context, the post-load check) and hands each event to the one [`Reporter`] of the
+//! chosen form: [`json_lines::JsonLines`] or [`people::People`].
 
-use std::io::{IsTerminal, Write};
+mod json_lines;
+mod people;
 
 use estimate::{Bytes, Estimate};
 use protocol::{DoneInfo, Failure, LoadInfo, Telemetry, VisionPeak};
 use serde::Serialize;
 
-/// The sink for one run's events.
+/// One output form: how each event of a run is shown. Every method is one event; what
+/// the events add up to is [`Output`]'s, and comes in as arguments.
+pub trait Reporter {
+    /// A line for a person (nothing in JSON Lines).
+    fn note(&mut self, line: &str);
+    /// The preflight's estimate.
+    fn estimate(&mut self, est: &Estimate);
+    /// The estimate as the daemon sends it (the JSON object of `inspect --json`), with
+    /// the context it plans for.
+    fn estimate_json(
+        &mut self,
+        fields: &serde_json::Map<String, serde_json::Value>,
+        context: Option<u64>,
+    );
+    /// A line from the daemon for a person (`{"event": "note"}` in JSON).
+    fn note_event(&mut self, text: &str);
+    /// Loading progress, in bytes of weights.
+    fn progress(&mut self, done: u64, total: u64);
+    /// The model is loaded; the post-load check and its warning when there is one.
+    fn loaded(&mut self, info: &LoadInfo, check: Option<LoadCheck>, warning: Option<&str>);
+    /// Newly decoded text.
+    fn token(&mut self, id: u32, text: &str);
+    /// The vision tower ran: what it used against what was predicted for it.
+    fn vision(&mut self, v: &VisionPeak);
+    /// A memory sample.
+    fn telemetry(&mut self, t: &Telemetry);
+    /// The summary of a finished generation.
+    fn done(&mut self, s: &Summary<'_>);
+    /// The failure report.
+    fn failure(&mut self, f: &Failure);
+}
+
+/// What the summary of a finished generation says: the worker's numbers and what the
+/// run's events added up to.
+pub struct Summary<'a> {
+    pub done: &'a DoneInfo,
+    pub estimate_bytes: u64,
+    pub planned_context: Option<u64>,
+    /// The estimate at the context the run used, when known.
+    pub used: Option<UsedEstimate>,
+    /// (estimate at the used context − peak) / peak, in percent.
+    pub error_pct: Option<f64>,
+    pub load_check: Option<LoadCheck>,
+    pub max_footprint: u64,
+    pub samples: u64,
+    pub compute_dtype: Option<&'a str>,
+}
+
+/// The sink for one run's events: what they tell, and the form that shows them.
 pub struct Output {
-    json: bool,
-    color: bool,
-    bar: Option<indicatif::ProgressBar>,
+    report: Box<dyn Reporter>,
     /// The highest footprint and MLX peak seen in telemetry.
     pub max_footprint: u64,
     pub max_mlx_peak: u64,
     pub samples: u64,
-    text_open: bool,
     /// The compute dtype the worker reported at load.
     compute_dtype: Option<String>,
     /// The estimate's weight bytes and planned context (from the estimate event).
@@ -93,15 +142,18 @@ pub struct UsedEstimate {
 }
 
 impl Output {
+    /// JSON Lines on stdout when `json`, else the view for a person.
     pub fn new(json: bool) -> Output {
+        let report: Box<dyn Reporter> = if json {
+            Box::new(json_lines::JsonLines)
+        } else {
+            Box::new(people::People::new())
+        };
         Output {
-            json,
-            color: std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
-            bar: None,
+            report,
             max_footprint: 0,
             max_mlx_peak: 0,
             samples: 0,
-            text_open: false,
             compute_dtype: None,
             planned_weights: None,
             planned_context: None,
@@ -110,81 +162,15 @@ impl Output {
         }
     }
 
-    pub fn is_json(&self) -> bool {
-        self.json
-    }
-
-    /// One JSON line: the value's fields with `"event": name` first.
-    fn emit<T: Serialize>(&self, name: &str, value: &T) {
-        let mut obj = serde_json::Map::new();
-        obj.insert("event".into(), name.into());
-        if let Ok(serde_json::Value::Object(fields)) = serde_json::to_value(value) {
-            obj.extend(fields);
-        }
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{}", serde_json::Value::Object(obj));
-        let _ = out.flush();
-    }
-
-    /// A line for a person, on stderr.
+    /// A line for a person, on stderr (nothing in JSON Lines).
     pub fn note(&mut self, line: &str) {
-        if self.json {
-            return;
-        }
-        self.close_text();
-        eprintln!("{line}");
-    }
-
-    fn paint(&self, code: &str, s: &str) -> String {
-        if self.color {
-            format!("\x1b[{code}m{s}\x1b[0m")
-        } else {
-            s.to_string()
-        }
+        self.report.note(line);
     }
 
     pub fn estimate(&mut self, est: &Estimate) {
         self.planned_weights = Some(est.weights.bytes);
         self.planned_context = Some(est.kv_cache.context);
-        if self.json {
-            self.emit("estimate", est);
-            return;
-        }
-        let verdict = match est.verdict {
-            estimate::Verdict::Fits => self.paint("1;32", est.verdict.as_str()),
-            estimate::Verdict::Tight => self.paint("1;33", est.verdict.as_str()),
-            estimate::Verdict::DoesNotFit => self.paint("1;31", est.verdict.as_str()),
-        };
-        let text = format!(
-            "KV {} (context {}) + activations {}",
-            Bytes(est.kv_cache.bytes),
-            est.kv_cache.context,
-            Bytes(est.activation.bytes),
-        );
-        let run = match &est.vision {
-            // The tower runs first and frees what it allocated: the larger phase counts.
-            Some(v) => format!(
-                "the larger of ({text}) and the vision tower {} ({} image{})",
-                Bytes(v.activation_bytes),
-                v.images,
-                if v.images == 1 { "" } else { "s" }
-            ),
-            None => text,
-        };
-        self.note(&format!(
-            "mlxsup: {} ({}): weights {}{} + {run} + overhead {} = {} of {} budget: {verdict}",
-            est.model,
-            est.architecture,
-            Bytes(est.weights.bytes),
-            if est.weights.compute_f32 {
-                " (as f32 compute)"
-            } else {
-                ""
-            },
-            Bytes(est.overhead_bytes),
-            Bytes(est.total_bytes),
-            Bytes(est.budget_bytes),
-        ));
+        self.report.estimate(est);
     }
 
     /// The estimate as the daemon sends it (the JSON object of `inspect --json`).
@@ -200,163 +186,43 @@ impl Output {
             .get("weights")
             .and_then(|w| w.get("bytes"))
             .and_then(|v| v.as_u64());
-        if self.json {
-            self.emit("estimate", &fields);
-            return;
-        }
-        let n = |k: &str| fields.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
-        let f32 = fields
-            .get("weights")
-            .and_then(|w| w.get("compute_f32"))
-            .and_then(|v| v.as_bool())
-            .unwrap_or(false);
-        self.note(&format!(
-            "mlxsup: {}: {} of {} budget at context {}{}: {}",
-            fields.get("model").and_then(|v| v.as_str()).unwrap_or("?"),
-            Bytes(n("total_bytes")),
-            Bytes(n("budget_bytes")),
-            context.unwrap_or(0),
-            if f32 { ", f32 compute" } else { "" },
-            fields
-                .get("verdict")
-                .and_then(|v| v.as_str())
-                .unwrap_or("?"),
-        ));
+        self.report.estimate_json(&fields, context);
     }
 
     /// A line from the daemon for a person (`{"event": "note"}` in JSON).
     pub fn note_event(&mut self, text: &str) {
-        if self.json {
-            #[derive(Serialize)]
-            struct Note<'a> {
-                text: &'a str,
-            }
-            self.emit("note", &Note { text });
-            return;
-        }
-        self.note(&format!("mlxsup: {text}"));
+        self.report.note_event(text);
     }
 
     pub fn progress(&mut self, done: u64, total: u64) {
-        if self.json || !std::io::stderr().is_terminal() || total == 0 {
-            return;
-        }
-        let bar = self.bar.get_or_insert_with(|| {
-            let b = indicatif::ProgressBar::new(total);
-            b.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "loading {bar:30} {binary_bytes}/{binary_total_bytes} {elapsed}",
-                )
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-            );
-            b
-        });
-        bar.set_position(done);
+        self.report.progress(done, total);
     }
 
     pub fn loaded(&mut self, info: &LoadInfo) {
-        if let Some(bar) = self.bar.take() {
-            bar.finish_and_clear();
-        }
         self.compute_dtype = Some(info.compute_dtype.clone());
         let check = self
             .planned_weights
             .map(|w| LoadCheck::new(w, info.active_bytes));
         self.load_check = check;
         let warning = check.and_then(|c| c.warning());
-        if self.json {
-            #[derive(Serialize)]
-            struct Loaded<'a> {
-                #[serde(flatten)]
-                info: &'a LoadInfo,
-                #[serde(flatten)]
-                check: Option<LoadCheck>,
-                weight_warning: Option<&'a str>,
-            }
-            self.emit(
-                "loaded",
-                &Loaded {
-                    info,
-                    check,
-                    weight_warning: warning.as_deref(),
-                },
-            );
-            return;
-        }
-        self.note(&format!(
-            "mlxsup: loaded {} in {} ms on the {}, computing in {}: MLX holds {} (peak {}){}",
-            info.architecture,
-            info.load_ms,
-            info.device,
-            info.compute_dtype,
-            Bytes(info.active_bytes),
-            Bytes(info.peak_bytes),
-            check.map_or(String::new(), |c| format!(", {}", c.describe()))
-        ));
-        if let Some(w) = warning {
-            self.note(&format!("mlxsup: warning: {w}"));
-        }
+        self.report.loaded(info, check, warning.as_deref());
     }
 
     pub fn token(&mut self, id: u32, text: &str) {
-        if self.json {
-            #[derive(Serialize)]
-            struct Token<'a> {
-                text: &'a str,
-                id: u32,
-            }
-            self.emit("token", &Token { text, id });
-            return;
-        }
-        let mut out = std::io::stdout().lock();
-        let _ = out.write_all(text.as_bytes());
-        let _ = out.flush();
-        self.text_open = true;
+        self.report.token(id, text);
     }
 
     /// The vision tower ran: what it used against what was predicted for it.
     pub fn vision(&mut self, v: &VisionPeak) {
         self.vision = Some(v.clone());
-        if self.json {
-            #[derive(Serialize)]
-            struct Vision<'a> {
-                #[serde(flatten)]
-                peak: &'a VisionPeak,
-                error_pct: Option<f64>,
-            }
-            self.emit(
-                "vision",
-                &Vision {
-                    peak: v,
-                    error_pct: vision_error_pct(v),
-                },
-            );
-            return;
-        }
-        self.note(&format!(
-            "mlxsup: vision tower: {} image{}, {} patches, used {} (predicted {})",
-            v.patches.len(),
-            if v.patches.len() == 1 { "" } else { "s" },
-            v.patches.iter().sum::<u64>(),
-            Bytes(v.activation_bytes),
-            Bytes(v.predicted_bytes),
-        ));
+        self.report.vision(v);
     }
 
     pub fn telemetry(&mut self, t: &Telemetry) {
         self.samples += 1;
         self.max_footprint = self.max_footprint.max(t.footprint_bytes);
         self.max_mlx_peak = self.max_mlx_peak.max(t.peak_bytes);
-        if self.json {
-            self.emit("telemetry", t);
-        }
-    }
-
-    fn close_text(&mut self) {
-        if self.text_open {
-            println!();
-            self.text_open = false;
-        }
+        self.report.telemetry(t);
     }
 
     /// The summary. `used` is the estimate at the context the run used, when known.
@@ -366,128 +232,21 @@ impl Output {
             .map(|u| {
                 (u.estimate_used_bytes as f64 - d.peak_bytes as f64) / d.peak_bytes as f64 * 100.0
             });
-        if self.json {
-            #[derive(Serialize)]
-            struct Done<'a> {
-                #[serde(flatten)]
-                done: &'a DoneInfo,
-                estimate_bytes: u64,
-                planned_context: Option<u64>,
-                #[serde(flatten)]
-                used: Option<UsedEstimate>,
-                estimate_error_pct: Option<f64>,
-                #[serde(flatten)]
-                load_check: Option<LoadCheck>,
-                max_footprint_bytes: u64,
-                telemetry_samples: u64,
-                compute_dtype: Option<&'a str>,
-            }
-            self.emit(
-                "done",
-                &Done {
-                    done: d,
-                    estimate_bytes,
-                    planned_context: self.planned_context,
-                    used,
-                    estimate_error_pct: error_pct,
-                    load_check: self.load_check,
-                    max_footprint_bytes: self.max_footprint,
-                    telemetry_samples: self.samples,
-                    compute_dtype: self.compute_dtype.as_deref(),
-                },
-            );
-            return;
-        }
-        let planned = format!(
-            "planned {}{}",
-            Bytes(estimate_bytes),
-            self.planned_context
-                .map_or(String::new(), |c| format!(" at context {c}"))
-        );
-        let versus = match (used, error_pct) {
-            (Some(u), Some(e)) => format!(
-                "estimate {} at the {} tokens used ({e:+.1}%), {planned}",
-                Bytes(u.estimate_used_bytes),
-                u.context_used
-            ),
-            _ => planned,
-        };
-        let weights = self
-            .load_check
-            .map_or(String::new(), |c| format!("; {}", c.describe()));
-        self.note(&format!(
-            "mlxsup: {} prompt tokens at {:.1} tok/s, {} generated at {:.1} tok/s ({}{}); MLX peak {} vs {versus}{weights}; footprint peak {} over {} samples",
-            d.prompt_tokens,
-            d.prompt_tps,
-            d.generated_tokens,
-            d.generation_tps,
-            serde_json::to_value(d.finish).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
-            self.compute_dtype.as_deref().map(|c| format!(", {c}")).unwrap_or_default(),
-            Bytes(d.peak_bytes),
-            Bytes(self.max_footprint),
-            self.samples,
-        ));
+        self.report.done(&Summary {
+            done: d,
+            estimate_bytes,
+            planned_context: self.planned_context,
+            used,
+            error_pct,
+            load_check: self.load_check,
+            max_footprint: self.max_footprint,
+            samples: self.samples,
+            compute_dtype: self.compute_dtype.as_deref(),
+        });
     }
 
     pub fn failure(&mut self, f: &Failure) {
-        if let Some(bar) = self.bar.take() {
-            bar.abandon();
-        }
-        if self.json {
-            self.emit("failure", f);
-            return;
-        }
-        if f.kind.is_refusal() {
-            let head = self.paint("1;31", &format!("refused by the preflight: {}", f.kind));
-            let msg = f.message.as_deref().unwrap_or_default();
-            self.note(&format!("mlxsup: {head}: {msg}\n  advice:   {}", f.advice));
-            return;
-        }
-        let head = self.paint("1;31", &format!("worker failed: {}", f.kind));
-        let how = match (&f.signal, f.exit_code) {
-            (Some(s), _) => format!("{s}{}", if f.core_dumped { " (core dumped)" } else { "" }),
-            (None, Some(c)) => format!("exit code {c}"),
-            (None, None) => "still alive".into(),
-        };
-        let mut lines = vec![format!(
-            "mlxsup: {head} during {} after {} ms ({how})",
-            f.phase, f.duration_ms
-        )];
-        if let Some(m) = &f.message {
-            lines.push(format!("  message:  {m}"));
-        }
-        let peak = f.peak_bytes.map_or("?".into(), |p| Bytes(p).to_string());
-        let est = f
-            .estimate_bytes
-            .map_or("?".into(), |p| Bytes(p).to_string());
-        let budget = f.budget_bytes.map_or("?".into(), |p| Bytes(p).to_string());
-        lines.push(format!(
-            "  memory:   peak {peak}, estimate {est}, budget {budget}"
-        ));
-        if let Some(t) = f.last_telemetry.last() {
-            lines.push(format!(
-                "  last sample at {} ms: MLX active {}, footprint {}",
-                t.t_ms,
-                Bytes(t.active_bytes),
-                Bytes(t.footprint_bytes)
-            ));
-        }
-        if !f.stderr_tail.is_empty() {
-            lines.push("  stderr tail:".into());
-            for l in f
-                .stderr_tail
-                .lines()
-                .rev()
-                .take(6)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-            {
-                lines.push(format!("    {l}"));
-            }
-        }
-        lines.push(format!("  advice:   {}", f.advice));
-        self.note(&lines.join("\n"));
+        self.report.failure(f);
     }
 }
 
