@@ -600,3 +600,75 @@ fn a_hostile_folder_is_an_error_and_the_daemon_never_blocks_on_it() {
     );
     assert_eq!(d.cli(&["status"]).code, Some(0));
 }
+
+/// Issue 21: a client that stops reading its stream is dropped with an error. Its request
+/// is cancelled, not served to the end (the daemon holds at most a bounded buffer for
+/// it, and its worker does not wait on it); the model serves the next client; the error
+/// is there when the slow client reads again.
+#[test]
+fn a_client_that_stops_reading_is_dropped_with_an_error_and_others_are_served() {
+    use protocol::{
+        control::{
+            ControlEvent, ControlReply, ControlRequest, FromDaemon, GenerateModel, ToDaemon,
+        },
+        frame, handshake, ComputePolicy, Device, Event, FailureKind, GenerateRequest, Hello,
+        Prompt, Role, Sampling,
+    };
+    let d = Daemon::start(&[]);
+    let mut s = UnixStream::connect(&d.socket).unwrap();
+    let mut r = s.try_clone().unwrap();
+    let ours = Hello {
+        version: protocol::control::version::CURRENT,
+        ..Hello::ours(Role::Client, "slow")
+    };
+    handshake::handshake_sync::<ToDaemon, FromDaemon>(&mut r, &mut s, ours).unwrap();
+    let max_tokens = 4000;
+    let body = ControlRequest::Generate(GenerateModel {
+        model: "a".into(),
+        request: GenerateRequest {
+            prompt: Prompt::Text("Once upon a time".into()),
+            max_tokens,
+            sampling: Sampling::default(),
+            stop: Vec::new(),
+            fault: None,
+            images: Vec::new(),
+        },
+        context: Some(8192),
+        keep_alive: None,
+        force: false,
+        device: Device::Default,
+        compute: ComputePolicy::Auto,
+        kv_bits: None,
+    });
+    frame::write_sync(&mut s, &ToDaemon::Request { id: 1, body }).unwrap();
+    // It reads nothing from now on.
+    let log = d.wait_log("does not read its stream", Duration::from_secs(120));
+    assert!(log.contains("does not read its stream"), "{log}");
+    d.wait_state("a", "ready", Duration::from_secs(30));
+    let out = d.cli(&gen_args("a", "hi", "2"));
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(
+        d.model("a")["requests"],
+        1,
+        "the slow client's request was cancelled, not served"
+    );
+    // Reading again: what was buffered, then the error.
+    r.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut tokens = 0;
+    let reply = loop {
+        match frame::read_sync::<FromDaemon>(&mut r).unwrap() {
+            Some(FromDaemon::Event {
+                event: ControlEvent::Worker(Event::Token { .. }),
+                ..
+            }) => tokens += 1,
+            Some(FromDaemon::Reply { id: 1, body }) => break body,
+            Some(_) => {}
+            None => panic!("the connection closed before the reply"),
+        }
+    };
+    match reply {
+        ControlReply::Failed(f) => assert_eq!(f.kind, FailureKind::SlowClient, "{f:?}"),
+        other => panic!("not the slow_client failure: {other:?}"),
+    }
+    assert!(tokens < max_tokens, "{tokens} tokens: nothing was cut");
+}

@@ -49,11 +49,15 @@ pub enum FailureKind {
     /// ran; sending it again loads the model again (HTTP 503 with `Retry-After`). Older
     /// peers: `busy` (try again later).
     Unloaded,
+    /// Since control 1.5 / worker 1.6: the daemon: the client did not read its stream as
+    /// fast as it was produced (its buffer filled): the request was cancelled so that
+    /// nothing waits on that client and nothing grows for it. Older peers: `busy`.
+    SlowClient,
 }
 
 impl FailureKind {
     /// Every kind, in wire order.
-    pub const ALL: [FailureKind; 16] = [
+    pub const ALL: [FailureKind; 17] = [
         FailureKind::InsufficientMemory,
         FailureKind::MetalOutOfMemory,
         FailureKind::AllocationFailed,
@@ -70,6 +74,7 @@ impl FailureKind {
         FailureKind::ShuttingDown,
         FailureKind::ContextLengthExceeded,
         FailureKind::Unloaded,
+        FailureKind::SlowClient,
     ];
 
     /// The kind sent instead to a peer too old to know this one (control before 1.5,
@@ -78,7 +83,7 @@ impl FailureKind {
     pub fn downgrade(self) -> FailureKind {
         match self {
             FailureKind::ContextLengthExceeded => FailureKind::InsufficientMemory,
-            FailureKind::Unloaded => FailureKind::Busy,
+            FailureKind::Unloaded | FailureKind::SlowClient => FailureKind::Busy,
             other => other,
         }
     }
@@ -116,6 +121,7 @@ impl FailureKind {
             FailureKind::ShuttingDown => "shutting_down",
             FailureKind::ContextLengthExceeded => "context_length_exceeded",
             FailureKind::Unloaded => "unloaded",
+            FailureKind::SlowClient => "slow_client",
         }
     }
 }
@@ -318,7 +324,11 @@ mod tests {
             .collect();
         assert_eq!(
             new,
-            [FailureKind::ContextLengthExceeded, FailureKind::Unloaded],
+            [
+                FailureKind::ContextLengthExceeded,
+                FailureKind::Unloaded,
+                FailureKind::SlowClient
+            ],
             "the new kinds are the last ones"
         );
         assert_eq!(
@@ -330,6 +340,7 @@ mod tests {
         assert_eq!(at(FailureKind::ShuttingDown), Ok(13));
         assert_eq!(at(FailureKind::ContextLengthExceeded), Ok(14));
         assert_eq!(at(FailureKind::Unloaded), Ok(15));
+        assert_eq!(at(FailureKind::SlowClient), Ok(16));
     }
 
     /// What MLX, libc++ and Rust write on a refused allocation is recognised, in any
@@ -382,9 +393,10 @@ mod tests {
                 FailureKind::ShuttingDown => 13,
                 FailureKind::ContextLengthExceeded => 14,
                 FailureKind::Unloaded => 15,
+                FailureKind::SlowClient => 16,
             }
         }
-        const N: usize = 16;
+        const N: usize = 17;
         assert_eq!(FailureKind::ALL.len(), N);
         let mut seen = [false; N];
         for k in FailureKind::ALL {

@@ -195,7 +195,7 @@ enum Next {
     Reply(ControlReply),
 }
 
-async fn next(rx: &mut mpsc::UnboundedReceiver<FromDaemon>) -> Option<Next> {
+async fn next(rx: &mut mpsc::Receiver<FromDaemon>) -> Option<Next> {
     while let Some(msg) = rx.recv().await {
         match msg {
             FromDaemon::Event {
@@ -236,7 +236,7 @@ async fn answer(app: App, gen: GenerateModel, s: Sampling, kind: Kind) -> Respon
         Ok(slot) => slot,
         Err(message) => return ApiError::not_found(message).into_response(),
     };
-    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (tx, mut rx) = mpsc::channel(crate::daemon::models::CLIENT_BUFFER);
     let cancel = CancellationToken::new();
     // Dropped when the client goes away (axum drops this future, or the stream).
     let guard = cancel.clone().drop_guard();
@@ -244,7 +244,7 @@ async fn answer(app: App, gen: GenerateModel, s: Sampling, kind: Kind) -> Respon
     let (checked_tx, checked) = oneshot::channel();
     let job = Job {
         req: gen,
-        resp: Responder { id: 0, out: tx },
+        resp: Responder::new(0, tx),
         cancel,
         checked: s.stream.then_some(checked_tx),
     };
@@ -415,7 +415,7 @@ impl Chunks {
 async fn stream(
     chunks: Chunks,
     first: Option<Next>,
-    mut rx: mpsc::UnboundedReceiver<FromDaemon>,
+    mut rx: mpsc::Receiver<FromDaemon>,
     out: mpsc::Sender<SseEvent>,
     include_usage: bool,
 ) {

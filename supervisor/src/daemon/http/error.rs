@@ -107,7 +107,8 @@ pub fn status_of(kind: FailureKind) -> StatusCode {
         FailureKind::Busy
         | FailureKind::Quarantined
         | FailureKind::ShuttingDown
-        | FailureKind::Unloaded => StatusCode::SERVICE_UNAVAILABLE,
+        | FailureKind::Unloaded
+        | FailureKind::SlowClient => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }

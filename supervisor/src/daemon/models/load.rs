@@ -96,14 +96,24 @@ async fn load(
     settings: LoadSettings,
     events: Option<Responder>,
 ) -> Loaded {
-    let model = match crate::plan::open_runnable(&dir) {
-        Ok(m) => m,
-        Err(e) => return Loaded::BadModel(e),
+    // The model's files are read off the runtime (shard headers, the tokenizer and its
+    // template, parsed): a large or slow folder never holds up the daemon's other work.
+    let read = {
+        let dir = dir.clone();
+        tokio::task::spawn_blocking(move || {
+            let model = crate::plan::open_runnable(&dir)?;
+            // What a worker would load and can be checked without MLX, before one is
+            // spawned.
+            let text =
+                text::check_loadable(&model).map_err(|e| format!("cannot read model: {e}"))?;
+            Ok::<_, String>((model, text))
+        })
+        .await
     };
-    // What a worker would load and can be checked without MLX, before one is spawned.
-    let text = match text::check_loadable(&model) {
-        Ok(t) => t,
-        Err(e) => return Loaded::BadModel(format!("cannot read model: {e}")),
+    let (model, text) = match read {
+        Ok(Ok(read)) => read,
+        Ok(Err(e)) => return Loaded::BadModel(e),
+        Err(e) => return Loaded::BadModel(format!("reading the model failed: {e}")),
     };
     // One admission at a time, held through the load: what it admits is then counted.
     let _admitting = shared.admission.lock().await;

@@ -17,7 +17,10 @@ mod row;
 use std::{
     collections::VecDeque,
     path::PathBuf,
-    sync::Arc,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
     time::{Duration, Instant},
 };
 
@@ -37,20 +40,92 @@ use crate::{
     supervise::{Update, WorkerHandle},
 };
 
+/// Messages a client's stream (one connection, or one HTTP request) holds before the
+/// client counts as too slow.
+pub const CLIENT_BUFFER: usize = 256;
+/// Of those, the slots kept for replies: events stop when only these are left.
+const REPLY_RESERVE: usize = 16;
+
 /// Where one request's events and its reply go (its connection, under its id).
+///
+/// The stream to a client is bounded ([`CLIENT_BUFFER`]) and nothing ever waits on it.
+/// The policy for a client that does not read as fast as its events come: the event that
+/// finds its stream full (all but the [`REPLY_RESERVE`] slots kept for replies) is not
+/// queued and the responder is marked lagging; the model's actor then cancels the
+/// request, which ends for that client with a `slow_client` failure (in the reserve). The
+/// worker, the model's other requests and other clients go on; what is held for the slow
+/// client never passes its buffer.
 #[derive(Clone, Debug)]
 pub struct Responder {
     pub id: RequestId,
-    pub out: mpsc::UnboundedSender<FromDaemon>,
+    pub out: mpsc::Sender<FromDaemon>,
+    lagging: Arc<AtomicBool>,
 }
 
 impl Responder {
-    pub fn event(&self, event: ControlEvent) {
-        let _ = self.out.send(FromDaemon::Event { id: self.id, event });
+    pub fn new(id: RequestId, out: mpsc::Sender<FromDaemon>) -> Responder {
+        Responder {
+            id,
+            out,
+            lagging: Arc::new(AtomicBool::new(false)),
+        }
     }
 
+    /// Queues an event, unless the client's stream is full: then it is dropped and the
+    /// responder is lagging.
+    pub fn event(&self, event: ControlEvent) {
+        if self.lagging() {
+            return;
+        }
+        if self.out.capacity() <= REPLY_RESERVE
+            || self
+                .out
+                .try_send(FromDaemon::Event { id: self.id, event })
+                .is_err()
+        {
+            if !self.out.is_closed() {
+                tracing::warn!(
+                    request = self.id,
+                    "a client does not read its stream: its request is cancelled"
+                );
+            }
+            self.lagging.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Queues the reply (into the reserve when the events filled the rest).
     pub fn reply(&self, body: ControlReply) {
-        let _ = self.out.send(FromDaemon::Reply { id: self.id, body });
+        if let Err(mpsc::error::TrySendError::Full(_)) =
+            self.out.try_send(FromDaemon::Reply { id: self.id, body })
+        {
+            tracing::warn!(
+                request = self.id,
+                "a reply was dropped: its client reads nothing"
+            );
+        }
+    }
+
+    /// An event found the client's stream full.
+    pub fn lagging(&self) -> bool {
+        self.lagging.load(Ordering::Relaxed)
+    }
+
+    /// The reply of a request that was cancelled: `Cancelled`, or the `slow_client`
+    /// failure when it was cancelled because its client lagged.
+    pub fn cancelled(&self) {
+        if self.lagging() {
+            let f = crate::supervise::report::plain(
+                FailureKind::SlowClient,
+                None,
+                format!(
+                    "the client did not read its stream ({CLIENT_BUFFER} messages were waiting): the request was cancelled; read the stream as it comes"
+                ),
+                Default::default(),
+            );
+            self.reply(ControlReply::Failed(Box::new(f)));
+        } else {
+            self.reply(ControlReply::Cancelled);
+        }
     }
 }
 

@@ -89,6 +89,10 @@ impl Actor {
                         c.vision = Some((**v).clone());
                     }
                     c.resp.event(ControlEvent::Worker(ev));
+                    if c.resp.lagging() && !c.cancel.is_cancelled() {
+                        // Its client does not keep up: nothing waits on it.
+                        c.cancel.cancel();
+                    }
                 }
             }
             Update::End(end) => {
@@ -123,7 +127,7 @@ impl Actor {
                         message: format!("unexpected reply from the worker: {other:?}"),
                     }),
                     End::Cancelled => {
-                        c.resp.reply(ControlReply::Cancelled);
+                        c.resp.cancelled();
                         self.touch();
                     }
                     End::Error { failure, .. } => {
