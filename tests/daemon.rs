@@ -672,3 +672,30 @@ fn a_client_that_stops_reading_is_dropped_with_an_error_and_others_are_served() 
     }
     assert!(tokens < max_tokens, "{tokens} tokens: nothing was cut");
 }
+
+/// Issue 21: `unload` during a load abandons it: the load's client gets `unloaded` at
+/// once, the worker that was loading (stalled here, so it would never finish) is
+/// stopped, and the model is unloaded and loads again on the next request.
+#[test]
+fn unload_during_a_load_abandons_it_and_stops_its_worker() {
+    let d = Daemon::start(&[]);
+    let load = d
+        .cli_cmd(&["load", "a", "--json", "--inject-fault", "stall@load"])
+        .spawn();
+    d.wait_state("a", "loading", Duration::from_secs(30));
+    let un = d.cli(&["unload", "a", "--json"]);
+    assert_eq!(un.code, Some(0), "{}", un.stderr);
+    assert_eq!(un.json()["state"], "unloaded");
+    let out = wait_out(load);
+    assert_eq!(out.code, Some(4), "{} {}", out.stdout, out.stderr);
+    let f = &out.named("failure")[0];
+    assert_eq!(f["kind"], "unloaded", "{f:#}");
+    let until = Instant::now() + Duration::from_secs(60);
+    while !d.workers().is_empty() {
+        assert!(Instant::now() < until, "the loading worker was not stopped");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(d.model("a")["state"], "unloaded");
+    let again = d.cli(&gen_args("a", "hi", "2"));
+    assert_eq!(again.code, Some(0), "{}", again.stderr);
+}

@@ -1,6 +1,6 @@
-//! The table of models: one actor per model owns its state machine (unloaded → loading →
-//! ready ⇄ busy, failed, quarantined), its worker, its FIFO queue and keep-alive, and
-//! publishes its row. `ps`, admission, eviction and `Subscribe` all read that one row.
+//! The table of models: one actor per model owns its state machine (`State`: unloaded
+//! → loading → loaded (ready ⇄ busy), failed, quarantined; each state holds what it
+//! needs), its worker, its FIFO queue and keep-alive, and publishes its row. `ps`, admission, eviction and `Subscribe` all read that one row.
 //!
 //! Here: the handle and the types, the actor's state and its event loop. The actor's
 //! work is in the submodules: `commands`, the `load` path, the `queue` and its
@@ -209,28 +209,16 @@ pub fn start(shared: Arc<Shared>, dir: PathBuf, name: String) -> Slot {
         keep_alive: shared.keep_alive,
         shared,
         dir: dir.clone(),
-        state: ModelState::Unloaded,
-        worker: None,
-        worker_status: None,
-        plan: None,
-        machine: None,
-        recorded_peak: None,
-        loadable: None,
-        loading: None,
-        load_waiters: Vec::new(),
+        state: State::Unloaded,
         queue: VecDeque::new(),
-        current: None,
         next_load: LoadSettings::default(),
-        keep_until: None,
         last_used: Instant::now(),
         requests: 0,
         failures: VecDeque::new(),
         last_failure: None,
         consecutive: 0,
-        backoff_until: None,
         retried: false,
         note: None,
-        device: None,
         row: row_tx,
         last_published: None,
     };
@@ -285,27 +273,115 @@ struct Running {
     vision: Option<protocol::VisionPeak>,
 }
 
+/// Where the model is, each state holding what it needs: unloaded → loading → loaded
+/// (ready, or busy while a generation runs) → unloaded; a failed worker leads to a retry
+/// (loading), a backoff (failed) or quarantine.
+enum State {
+    /// No worker: never loaded, unloaded, evicted, expired, or refused.
+    Unloaded,
+    /// The load task runs; `waiters` are the `load` requests answered when it ends.
+    Loading {
+        rx: oneshot::Receiver<Loaded>,
+        waiters: Vec<Responder>,
+        /// Cancelled when the load is abandoned (unload, shutdown): the task stops its
+        /// worker and ends.
+        abandon: CancellationToken,
+    },
+    /// A worker holds the model.
+    Loaded(Box<Live>),
+    /// The last worker failed: the next load waits until `retry_at` (the backoff).
+    Failed { retry_at: Instant },
+    /// It failed too often: refused until `load --force` or `unload`.
+    Quarantined,
+}
+
+/// A loaded model: its worker and what lives as long as it.
+struct Live {
+    worker: WorkerHandle,
+    /// The worker's published status: its footprint, its death.
+    status: watch::Receiver<crate::supervise::Status>,
+    plan: Plan,
+    /// The model as read for its load: prompt lengths are checked with it.
+    loadable: Box<Loadable>,
+    /// Where the worker runs (for the calibration store).
+    machine: crate::calibration::Machine,
+    /// The device it runs on.
+    device: String,
+    /// The worker's MLX peak after its last recorded request (`None` before its first):
+    /// a worker's peak counts its whole life, so a later request that did not raise it
+    /// measured nothing of its own and is not recorded.
+    recorded_peak: Option<u64>,
+    /// When it unloads if nothing comes (`None`: pinned, or a generation runs).
+    keep_until: Option<Instant>,
+    /// The generation running on it (busy).
+    current: Option<Running>,
+}
+
+impl State {
+    /// The state as `ps` names it.
+    fn model_state(&self) -> ModelState {
+        match self {
+            State::Unloaded => ModelState::Unloaded,
+            State::Loading { .. } => ModelState::Loading,
+            State::Loaded(l) if l.current.is_some() => ModelState::Busy,
+            State::Loaded(_) => ModelState::Ready,
+            State::Failed { .. } => ModelState::Failed,
+            State::Quarantined => ModelState::Quarantined,
+        }
+    }
+
+    fn live(&self) -> Option<&Live> {
+        match self {
+            State::Loaded(l) => Some(l),
+            _ => None,
+        }
+    }
+
+    fn live_mut(&mut self) -> Option<&mut Live> {
+        match self {
+            State::Loaded(l) => Some(l),
+            _ => None,
+        }
+    }
+
+    /// What wakes the actor in this state: the load's end, the running generation's
+    /// updates, the worker's status.
+    async fn event(&mut self) -> Wake {
+        match self {
+            State::Loading { rx, .. } => match rx.await {
+                Ok(l) => Wake::Loaded(l),
+                Err(_) => Wake::Loaded(Loaded::BadModel(
+                    "the load task ended without an answer".into(),
+                )),
+            },
+            State::Loaded(live) => {
+                let Live {
+                    current, status, ..
+                } = &mut **live;
+                tokio::select! {
+                    u = async {
+                        match current.as_mut() {
+                            Some(c) => c.rx.recv().await,
+                            None => std::future::pending().await,
+                        }
+                    } => Wake::Update(u),
+                    _ = status.changed() => Wake::WorkerChanged,
+                }
+            }
+            _ => std::future::pending().await,
+        }
+    }
+}
+
+/// The model's actor: its state, and what outlives any one worker (the queue, how the
+/// next load is made, the keep-alive, the failure history).
 struct Actor {
     shared: Arc<Shared>,
     dir: PathBuf,
-    state: ModelState,
-    worker: Option<WorkerHandle>,
-    worker_status: Option<watch::Receiver<crate::supervise::Status>>,
-    plan: Option<Plan>,
-    /// Where the loaded worker runs (for the calibration store).
-    machine: Option<crate::calibration::Machine>,
-    /// The loaded worker's MLX peak after its last recorded request (`None` before its
-    /// first): a worker's peak counts its whole life, so a later request that did not
-    /// raise it measured nothing of its own and is not recorded.
-    recorded_peak: Option<u64>,
-    loadable: Option<Box<Loadable>>,
-    loading: Option<oneshot::Receiver<Loaded>>,
-    load_waiters: Vec<Responder>,
+    state: State,
     queue: VecDeque<Job>,
-    current: Option<Running>,
     next_load: LoadSettings,
     keep_alive: KeepAlive,
-    keep_until: Option<Instant>,
     last_used: Instant,
     requests: u64,
     /// When recent failures happened (for quarantine).
@@ -313,13 +389,10 @@ struct Actor {
     last_failure: Option<Failure>,
     /// Failures since the last success (for backoff).
     consecutive: u32,
-    backoff_until: Option<Instant>,
     /// A memory failure was already retried (with a smaller context, or on the CPU) since
     /// the last success: a failure streak gets one automatic retry, not one per load.
     retried: bool,
     note: Option<String>,
-    /// The device the loaded worker runs on.
-    device: Option<String>,
     row: watch::Sender<Row>,
     last_published: Option<(ModelState, Option<FailureKind>, Option<String>)>,
 }
@@ -341,35 +414,18 @@ impl Actor {
         loop {
             self.pump();
             self.publish();
-            let keep_until = self.keep_until.filter(|_| {
-                self.current.is_none() && self.queue.is_empty() && self.worker.is_some()
-            });
-            let backoff = self.backoff_until.filter(|_| {
-                !self.queue.is_empty() && self.worker.is_none() && self.loading.is_none()
-            });
+            let idle = self.queue.is_empty();
+            let keep_until = match &self.state {
+                State::Loaded(l) if l.current.is_none() && idle => l.keep_until,
+                _ => None,
+            };
+            let backoff = match &self.state {
+                State::Failed { retry_at } if !idle => Some(*retry_at),
+                _ => None,
+            };
             let wake = tokio::select! {
                 cmd = cmds.recv() => Wake::Cmd(cmd),
-                loaded = async {
-                    match self.loading.as_mut() {
-                        Some(rx) => rx.await.ok(),
-                        None => std::future::pending().await,
-                    }
-                } => match loaded {
-                    Some(l) => Wake::Loaded(l),
-                    None => Wake::Loaded(Loaded::BadModel("the load task ended without an answer".into())),
-                },
-                u = async {
-                    match self.current.as_mut() {
-                        Some(c) => c.rx.recv().await,
-                        None => std::future::pending().await,
-                    }
-                } => Wake::Update(u),
-                _ = async {
-                    match self.worker_status.as_mut() {
-                        Some(w) => { let _ = w.changed().await; }
-                        None => std::future::pending().await,
-                    }
-                } => Wake::WorkerChanged,
+                w = self.state.event() => w,
                 _ = sleep_until_opt(keep_until) => Wake::KeepAliveExpired,
                 _ = sleep_until_opt(backoff) => Wake::BackoffOver,
                 // Footprint and telemetry change all the time: refresh the row now and then.
@@ -383,28 +439,42 @@ impl Actor {
                     }
                 }
                 Wake::Loaded(l) => {
-                    self.loading = None;
-                    self.loaded(l).await;
+                    let waiters = self.take_waiters();
+                    self.loaded(l, waiters).await;
                 }
                 Wake::Update(u) => self.update(u).await,
                 Wake::WorkerChanged => self.worker_changed().await,
                 Wake::KeepAliveExpired => {
                     tracing::info!(model = %self.dir.display(), "keep-alive expired; unloading");
                     self.unload_worker().await;
-                    self.state = ModelState::Unloaded;
                 }
-                Wake::BackoffOver => self.backoff_until = None,
-                Wake::Tick => {}
+                // The next pump sees that the time has come.
+                Wake::BackoffOver | Wake::Tick => {}
+            }
+        }
+    }
+
+    /// The `load` requests waiting for the load that just ended (the state is left
+    /// unloaded for the caller to set).
+    fn take_waiters(&mut self) -> Vec<Responder> {
+        match std::mem::replace(&mut self.state, State::Unloaded) {
+            State::Loading { waiters, .. } => waiters,
+            other => {
+                self.state = other;
+                Vec::new()
             }
         }
     }
 
     fn touch(&mut self) {
         self.last_used = Instant::now();
-        self.keep_until = match self.keep_alive {
+        let until = match self.keep_alive {
             KeepAlive::Forever => None,
             KeepAlive::Millis(ms) => Some(self.last_used + Duration::from_millis(ms)),
         };
+        if let Some(live) = self.state.live_mut() {
+            live.keep_until = until;
+        }
     }
 }
 
