@@ -484,3 +484,63 @@ async fn sleep_until_opt(t: Option<Instant>) {
         None => std::future::pending().await,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use protocol::{control::ControlEvent, Event};
+
+    use super::*;
+
+    /// A client that reads nothing: events stop at the reserve, the responder lags, and
+    /// the reply still finds its slot; what is held never passes the buffer.
+    #[test]
+    fn a_full_stream_lags_and_keeps_room_for_the_reply() {
+        let (tx, mut rx) = mpsc::channel(CLIENT_BUFFER);
+        let resp = Responder::new(7, tx);
+        let token = || {
+            ControlEvent::Worker(Event::Token {
+                id: 1,
+                text: "x".into(),
+            })
+        };
+        for _ in 0..CLIENT_BUFFER * 4 {
+            resp.event(token());
+        }
+        assert!(resp.lagging());
+        resp.cancelled();
+        let mut events = 0;
+        let mut reply = None;
+        while let Ok(m) = rx.try_recv() {
+            match m {
+                FromDaemon::Event { .. } => events += 1,
+                FromDaemon::Reply { id, body } => reply = Some((id, body)),
+                _ => {}
+            }
+        }
+        assert_eq!(events, CLIENT_BUFFER - REPLY_RESERVE);
+        match reply {
+            Some((7, ControlReply::Failed(f))) => assert_eq!(f.kind, FailureKind::SlowClient),
+            other => panic!("no slow_client reply: {other:?}"),
+        }
+    }
+
+    /// A client that keeps up never lags, and a cancelled request is `Cancelled`.
+    #[test]
+    fn a_client_that_reads_never_lags() {
+        let (tx, mut rx) = mpsc::channel(CLIENT_BUFFER);
+        let resp = Responder::new(1, tx);
+        for _ in 0..CLIENT_BUFFER * 4 {
+            resp.event(ControlEvent::Note("n".into()));
+            assert!(rx.try_recv().is_ok());
+        }
+        assert!(!resp.lagging());
+        resp.cancelled();
+        assert!(matches!(
+            rx.try_recv(),
+            Ok(FromDaemon::Reply {
+                body: ControlReply::Cancelled,
+                ..
+            })
+        ));
+    }
+}
