@@ -22,13 +22,14 @@ impl Actor {
         }
     }
 
-    /// The worker's published state changed: an idle death shows here first.
-    pub(super) async fn worker_changed(&mut self) {
+    /// The worker's published state changed (or, `gone`, its publisher ended): an idle
+    /// death shows here first.
+    pub(super) async fn worker_changed(&mut self, gone: bool) {
         let Some(live) = self.state.live() else {
             return;
         };
         let status = live.status.borrow().clone();
-        if status.state != WorkerState::Failed || live.current.is_some() {
+        if (status.state != WorkerState::Failed && !gone) || live.current.is_some() {
             return;
         }
         let f = status.failure.map(|f| (*f).clone()).unwrap_or_else(|| {

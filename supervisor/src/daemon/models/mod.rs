@@ -365,7 +365,8 @@ impl State {
                             None => std::future::pending().await,
                         }
                     } => Wake::Update(u),
-                    _ = status.changed() => Wake::WorkerChanged,
+                    // A closed channel: the worker's supervision ended; a death too.
+                    r = status.changed() => Wake::WorkerChanged { gone: r.is_err() },
                 }
             }
             _ => std::future::pending().await,
@@ -401,7 +402,7 @@ enum Wake {
     Cmd(Option<ModelCmd>),
     Loaded(Loaded),
     Update(Option<Update>),
-    WorkerChanged,
+    WorkerChanged { gone: bool },
     KeepAliveExpired,
     BackoffOver,
     Tick,
@@ -443,7 +444,7 @@ impl Actor {
                     self.loaded(l, waiters).await;
                 }
                 Wake::Update(u) => self.update(u).await,
-                Wake::WorkerChanged => self.worker_changed().await,
+                Wake::WorkerChanged { gone } => self.worker_changed(gone).await,
                 Wake::KeepAliveExpired => {
                     tracing::info!(model = %self.dir.display(), "keep-alive expired; unloading");
                     self.unload_worker().await;

@@ -79,7 +79,7 @@ impl Actor {
             if let Some(live) = self.state.live_mut() {
                 live.current = None;
             }
-            self.worker_changed().await;
+            self.worker_changed(false).await;
             return;
         };
         let Some(live) = self.state.live_mut() else {
