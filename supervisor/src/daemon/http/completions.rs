@@ -151,11 +151,14 @@ pub async fn chat(
         let (prompt, raw) = prompt::chat_prompt(&req)?;
         let mut gen = request(&app, &req.sampling, prompt, &headers)?;
         if !raw.is_empty() {
-            let dir = app
-                .shared
-                .registry
-                .resolve(&req.sampling.model)
-                .map_err(ApiError::not_found)?;
+            let dir = {
+                let shared = std::sync::Arc::clone(&app.shared);
+                let name = req.sampling.model.clone();
+                tokio::task::spawn_blocking(move || shared.registry.resolve(&name))
+                    .await
+                    .map_err(|e| ApiError::not_found(format!("looking the model up failed: {e}")))?
+                    .map_err(ApiError::not_found)?
+            };
             gen.request.images = tokio::task::spawn_blocking(move || images::prepare(&dir, &raw))
                 .await
                 .map_err(|e| {
@@ -232,9 +235,18 @@ fn reply_error(reply: ControlReply) -> ApiError {
 }
 
 async fn answer(app: App, gen: GenerateModel, s: Sampling, kind: Kind) -> Response {
-    let slot = match app.shared.slot_for(&gen.model) {
-        Ok(slot) => slot,
-        Err(message) => return ApiError::not_found(message).into_response(),
+    // A name is looked up in the model folders (directory listings): off the runtime.
+    let found = {
+        let shared = std::sync::Arc::clone(&app.shared);
+        let name = gen.model.clone();
+        tokio::task::spawn_blocking(move || shared.slot_for(&name)).await
+    };
+    let slot = match found {
+        Ok(Ok(slot)) => slot,
+        Ok(Err(message)) => return ApiError::not_found(message).into_response(),
+        Err(e) => {
+            return ApiError::not_found(format!("looking the model up failed: {e}")).into_response()
+        }
     };
     let (tx, mut rx) = mpsc::channel(crate::daemon::models::CLIENT_BUFFER);
     let cancel = CancellationToken::new();
