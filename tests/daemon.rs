@@ -536,7 +536,7 @@ fn a_prompt_longer_than_the_loaded_context_is_refused_and_the_model_serves_on() 
     let out = d.cli(&gen_args("a", "hi", "600"));
     assert_eq!(out.code, Some(3), "{} {}", out.stdout, out.stderr);
     let f = &out.named("failure")[0];
-    assert_eq!(f["kind"], "insufficient_memory");
+    assert_eq!(f["kind"], "context_length_exceeded");
     assert!(f["remedy"]["min_context"].as_u64().unwrap() > 600, "{f:#}");
     assert!(
         f["message"]
@@ -599,4 +599,103 @@ fn a_hostile_folder_is_an_error_and_the_daemon_never_blocks_on_it() {
         "no worker for a model that cannot be read"
     );
     assert_eq!(d.cli(&["status"]).code, Some(0));
+}
+
+/// Issue 21: a client that stops reading its stream is dropped with an error. Its request
+/// is cancelled, not served to the end (the daemon holds at most a bounded buffer for
+/// it, and its worker does not wait on it); the model serves the next client; the error
+/// is there when the slow client reads again.
+#[test]
+fn a_client_that_stops_reading_is_dropped_with_an_error_and_others_are_served() {
+    use protocol::{
+        control::{
+            ControlEvent, ControlReply, ControlRequest, FromDaemon, GenerateModel, ToDaemon,
+        },
+        frame, handshake, ComputePolicy, Device, Event, FailureKind, GenerateRequest, Hello,
+        Prompt, Role, Sampling,
+    };
+    let d = Daemon::start(&[]);
+    let mut s = UnixStream::connect(&d.socket).unwrap();
+    let mut r = s.try_clone().unwrap();
+    let ours = Hello {
+        version: protocol::control::version::CURRENT,
+        ..Hello::ours(Role::Client, "slow")
+    };
+    handshake::handshake_sync::<ToDaemon, FromDaemon>(&mut r, &mut s, ours).unwrap();
+    let max_tokens = 4000;
+    let body = ControlRequest::Generate(GenerateModel {
+        model: "a".into(),
+        request: GenerateRequest {
+            prompt: Prompt::Text("Once upon a time".into()),
+            max_tokens,
+            sampling: Sampling::default(),
+            stop: Vec::new(),
+            fault: None,
+            images: Vec::new(),
+        },
+        context: Some(8192),
+        keep_alive: None,
+        force: false,
+        device: Device::Default,
+        compute: ComputePolicy::Auto,
+        kv_bits: None,
+    });
+    frame::write_sync(&mut s, &ToDaemon::Request { id: 1, body }).unwrap();
+    // It reads nothing from now on.
+    let log = d.wait_log("does not read its stream", Duration::from_secs(120));
+    assert!(log.contains("does not read its stream"), "{log}");
+    d.wait_state("a", "ready", Duration::from_secs(30));
+    let out = d.cli(&gen_args("a", "hi", "2"));
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(
+        d.model("a")["requests"],
+        1,
+        "the slow client's request was cancelled, not served"
+    );
+    // Reading again: what was buffered, then the error.
+    r.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut tokens = 0;
+    let reply = loop {
+        match frame::read_sync::<FromDaemon>(&mut r).unwrap() {
+            Some(FromDaemon::Event {
+                event: ControlEvent::Worker(Event::Token { .. }),
+                ..
+            }) => tokens += 1,
+            Some(FromDaemon::Reply { id: 1, body }) => break body,
+            Some(_) => {}
+            None => panic!("the connection closed before the reply"),
+        }
+    };
+    match reply {
+        ControlReply::Failed(f) => assert_eq!(f.kind, FailureKind::SlowClient, "{f:?}"),
+        other => panic!("not the slow_client failure: {other:?}"),
+    }
+    assert!(tokens < max_tokens, "{tokens} tokens: nothing was cut");
+}
+
+/// Issue 21: `unload` during a load abandons it: the load's client gets `unloaded` at
+/// once, the worker that was loading (stalled here, so it would never finish) is
+/// stopped, and the model is unloaded and loads again on the next request.
+#[test]
+fn unload_during_a_load_abandons_it_and_stops_its_worker() {
+    let d = Daemon::start(&[]);
+    let load = d
+        .cli_cmd(&["load", "a", "--json", "--inject-fault", "stall@load"])
+        .spawn();
+    d.wait_state("a", "loading", Duration::from_secs(30));
+    let un = d.cli(&["unload", "a", "--json"]);
+    assert_eq!(un.code, Some(0), "{}", un.stderr);
+    assert_eq!(un.json()["state"], "unloaded");
+    let out = wait_out(load);
+    assert_eq!(out.code, Some(4), "{} {}", out.stdout, out.stderr);
+    let f = &out.named("failure")[0];
+    assert_eq!(f["kind"], "unloaded", "{f:#}");
+    let until = Instant::now() + Duration::from_secs(60);
+    while !d.workers().is_empty() {
+        assert!(Instant::now() < until, "the loading worker was not stopped");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(d.model("a")["state"], "unloaded");
+    let again = d.cli(&gen_args("a", "hi", "2"));
+    assert_eq!(again.code, Some(0), "{}", again.stderr);
 }

@@ -153,7 +153,7 @@ fn bad_requests_name_the_field_and_the_key_is_checked() {
     assert_eq!(v["bad_temperature"][1], "temperature");
     assert_eq!(v["too_long"][0], 400, "{v:#}");
     assert_eq!(v["too_long"][1], "context_length_exceeded");
-    assert_eq!(v["too_long"][2], "insufficient_memory");
+    assert_eq!(v["too_long"][2], "context_length_exceeded");
     assert_eq!(v["bad_json"][0], 400);
     assert_eq!(v["bad_json"][1], "body");
     let (_d, base) = http(&["--api-key", "s3cret"]);
@@ -320,4 +320,187 @@ fn images_that_do_not_fit_the_loaded_model_are_507() {
     assert_eq!(v["small"], 2, "{v:#}");
     assert_eq!(v["big"][0], 507, "{v:#}");
     assert_eq!(v["big"][1], "insufficient_memory", "{v:#}");
+}
+
+/// A raw HTTP/1.0 request on its own connection: (status, head, the connection to read
+/// the rest of the body from, what was read of the body so far).
+fn post(base: &str, path: &str, body: &Value, headers: &[(&str, &str)]) -> RawResponse {
+    use std::io::{Read, Write};
+    let host = base
+        .trim_end_matches("/v1")
+        .trim_start_matches("http://")
+        .to_string();
+    let mut s = std::net::TcpStream::connect(&host).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    let body = body.to_string();
+    let mut req = format!(
+        "POST /v1{path} HTTP/1.0\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(&body);
+    s.write_all(req.as_bytes()).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let split = loop {
+        if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i;
+        }
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "the connection closed before the head: {got:?}");
+        got.extend_from_slice(&buf[..n]);
+    };
+    let head = String::from_utf8_lossy(&got[..split]).to_string();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    RawResponse {
+        status,
+        head,
+        body: got[split + 4..].to_vec(),
+        conn: s,
+    }
+}
+
+struct RawResponse {
+    status: u16,
+    head: String,
+    body: Vec<u8>,
+    conn: std::net::TcpStream,
+}
+
+impl RawResponse {
+    /// Reads until `needle` is in the body (or the end), and returns the body so far.
+    fn read_until(&mut self, needle: &str) -> String {
+        use std::io::Read;
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&self.body).contains(needle) {
+            match self.conn.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => self.body.extend_from_slice(&buf[..n]),
+            }
+        }
+        String::from_utf8_lossy(&self.body).to_string()
+    }
+
+    /// The whole body as JSON (a non-streamed answer).
+    fn json(&mut self) -> Value {
+        let text = self.read_until("\u{0}");
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+    }
+
+    fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_string())
+        })
+    }
+}
+
+/// A streamed request for a model that is busy with another request (stalled in its
+/// decode, so it stays busy) starts its stream with a token.
+fn stalled_stream(base: &str) -> RawResponse {
+    let mut r = post(
+        base,
+        "/completions",
+        &serde_json::json!({"model": "a", "prompt": "hi", "max_tokens": 8, "stream": true}),
+        &[("x-mlxsup-inject-fault", "stall@decode:2")],
+    );
+    assert_eq!(r.status, 200, "{}", r.head);
+    r.read_until("\"text\"");
+    r
+}
+
+/// Soak finding: a streamed request whose prompt and `max_tokens` pass the context is
+/// refused 400 `context_length_exceeded` before any stream — when the model had to be
+/// loaded for it, and when it waits behind a request that does not end (its prompt is
+/// checked against the loaded model at once, not when its turn comes).
+#[test]
+fn a_streamed_prompt_over_the_context_is_400_before_the_stream_loaded_or_not() {
+    let (d, base) = http(&["--allow-fault-injection"]);
+    // A million tokens asked for pass the context the model loads at (and its maximum).
+    let over =
+        serde_json::json!({"model": "a", "prompt": "hi", "max_tokens": 1_000_000, "stream": true});
+    assert!(d.ps().is_empty(), "nothing loaded yet: {:#?}", d.ps());
+    let mut r = post(&base, "/completions", &over, &[]);
+    assert_eq!(
+        r.status,
+        400,
+        "{} {:?}",
+        r.head,
+        String::from_utf8_lossy(&r.body)
+    );
+    let e = r.json();
+    assert_eq!(e["error"]["code"], "context_length_exceeded", "{e:#}");
+    assert_eq!(e["error"]["type"], "context_length_exceeded", "{e:#}");
+    assert_eq!(e["error"]["param"], "messages", "{e:#}");
+    assert_eq!(r.header("x-should-retry").as_deref(), Some("false"));
+    assert!(e["error"]["remedy"]["min_context"].as_u64().unwrap() > 1_000_000);
+    // Busy with a request that stays in flight: the refusal still comes first.
+    let busy = stalled_stream(&base);
+    let mut r = post(&base, "/completions", &over, &[]);
+    assert_eq!(
+        r.status,
+        400,
+        "{} {:?}",
+        r.head,
+        String::from_utf8_lossy(&r.body)
+    );
+    assert_eq!(r.json()["error"]["code"], "context_length_exceeded");
+    drop(busy);
+}
+
+/// Soak finding: requests cancelled because their model was unloaded fail with a kind,
+/// `unloaded`: 503 with `Retry-After` for one that waited, one SSE error event for the
+/// one that was streaming.
+#[test]
+fn requests_of_a_model_that_is_unloaded_fail_unloaded_with_retry_after() {
+    let (d, base) = http(&["--allow-fault-injection"]);
+    let mut busy = stalled_stream(&base);
+    let waiting = {
+        let base = base.clone();
+        std::thread::spawn(move || {
+            let mut r = post(
+                &base,
+                "/completions",
+                &serde_json::json!({"model": "a", "prompt": "hi", "max_tokens": 2}),
+                &[],
+            );
+            let retry = r.header("retry-after");
+            (r.status, retry, r.json())
+        })
+    };
+    let until = std::time::Instant::now() + Duration::from_secs(60);
+    while d.model("a")["queued"] != 1 {
+        assert!(
+            std::time::Instant::now() < until,
+            "never queued: {:#?}",
+            d.ps()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(d.cli(&["unload", "a"]).code, Some(0));
+    let (status, retry, e) = waiting.join().unwrap();
+    assert_eq!(status, 503, "{e:#}");
+    assert_eq!(retry.as_deref(), Some("1"));
+    assert_eq!(e["error"]["type"], "unloaded", "{e:#}");
+    assert_eq!(e["error"]["kind"], "unloaded", "{e:#}");
+    let stream = busy.read_until("[DONE]");
+    assert!(stream.contains("\"kind\":\"unloaded\""), "{stream}");
+    // Sent again, it loads the model again.
+    let mut again = post(
+        &base,
+        "/completions",
+        &serde_json::json!({"model": "a", "prompt": "hi", "max_tokens": 2}),
+        &[],
+    );
+    let status = again.status;
+    assert_eq!(status, 200, "{:#}", again.json());
 }

@@ -35,6 +35,8 @@ fn assert_failure(run: &Run, kind: &str, phase: &str) -> serde_json::Value {
     });
     assert_eq!(f["kind"], kind, "{f:#}");
     assert_eq!(f["phase"], phase, "{f:#}");
+    // A text-only run: no stage narrower than the phase (`vision_tower` is for images).
+    assert!(f["stage"].is_null(), "{f:#}");
     assert!(f["advice"].as_str().is_some_and(|a| !a.is_empty()), "{f:#}");
     assert_eq!(
         run.code,
@@ -467,7 +469,7 @@ fn a_prompt_longer_than_the_context_is_refused_before_a_worker_runs() {
     let r = run(&["--context", "16", "--max-tokens", "8", "--prompt", &long]);
     assert_eq!(r.code, Some(3), "{} {}", r.stdout, r.stderr);
     let (_, f) = r.failure().unwrap();
-    assert_eq!(f["kind"], "insufficient_memory");
+    assert_eq!(f["kind"], "context_length_exceeded");
     let needed = f["remedy"]["min_context"].as_u64().unwrap();
     assert!(needed > 16 + 8, "{f:#}");
     let advice = f["advice"].as_str().unwrap();

@@ -401,6 +401,8 @@ fn a_tower_over_the_budget_is_refused_before_it_runs() {
         .unwrap_or_else(|| panic!("no failure: {}", r.stderr));
     assert_eq!(f["kind"], "memory_budget_exceeded", "{f}");
     assert_eq!(f["phase"], "prefill", "{f}");
+    // The tower is named by a field of the failure, and the advice follows it.
+    assert_eq!(f["stage"], "vision_tower", "{f}");
     let advice = f["advice"].as_str().unwrap_or("");
     assert!(advice.contains("fewer or smaller images"), "{advice}");
     assert!(r.named("vision").is_empty(), "the tower ran: {}", r.stdout);

@@ -42,11 +42,24 @@ pub enum FailureKind {
     Quarantined,
     /// The daemon is shutting down.
     ShuttingDown,
+    /// Since control 1.5 / worker 1.6: the prompt and the tokens asked for pass the
+    /// context the model was planned for (or its maximum): the request is the client's to
+    /// fix (HTTP 400, OpenAI's `context_length_exceeded`). Older peers:
+    /// `insufficient_memory` with `remedy.min_context`.
+    ContextLengthExceeded,
+    /// Since control 1.5 / worker 1.6: the model was unloaded while the request waited or
+    /// ran; sending it again loads the model again (HTTP 503 with `Retry-After`). Older
+    /// peers: `busy` (try again later).
+    Unloaded,
+    /// Since control 1.5 / worker 1.6: the daemon: the client did not read its stream as
+    /// fast as it was produced (its buffer filled): the request was cancelled so that
+    /// nothing waits on that client and nothing grows for it. Older peers: `busy`.
+    SlowClient,
 }
 
 impl FailureKind {
     /// Every kind, in wire order.
-    pub const ALL: [FailureKind; 14] = [
+    pub const ALL: [FailureKind; 17] = [
         FailureKind::InsufficientMemory,
         FailureKind::MetalOutOfMemory,
         FailureKind::AllocationFailed,
@@ -61,33 +74,30 @@ impl FailureKind {
         FailureKind::Busy,
         FailureKind::Quarantined,
         FailureKind::ShuttingDown,
+        FailureKind::ContextLengthExceeded,
+        FailureKind::Unloaded,
+        FailureKind::SlowClient,
     ];
 
-    /// The control minor that introduced the kind (all of these: 1.0).
+    /// The control minor that introduced the kind: 0 for the kinds of 1.0, 5 for
+    /// `context_length_exceeded`, `unloaded` and `slow_client` (control 1.5 / worker 1.6).
     pub fn since(self) -> u16 {
         match self {
-            FailureKind::InsufficientMemory
-            | FailureKind::MetalOutOfMemory
-            | FailureKind::AllocationFailed
-            | FailureKind::MemoryBudgetExceeded
-            | FailureKind::MemoryCeilingExceeded
-            | FailureKind::KilledByOs
-            | FailureKind::Crashed
-            | FailureKind::Unresponsive
-            | FailureKind::Exited
-            | FailureKind::LoadFailed
-            | FailureKind::ProtocolError
-            | FailureKind::Busy
-            | FailureKind::Quarantined
-            | FailureKind::ShuttingDown => 0,
+            FailureKind::ContextLengthExceeded
+            | FailureKind::Unloaded
+            | FailureKind::SlowClient => 5,
+            _ => 0,
         }
     }
 
-    /// The older kind that says the most of this one, for a peer that does not know it
-    /// (`since() > its minor`); a kind of 1.0 is its own. E.g. a future
-    /// `context_length_exceeded` (since 1.5) would be sent as `insufficient_memory`.
+    /// The older kind that says the most of this one, sent to a peer too old to know it
+    /// (`since()` above its minor); a kind of 1.0 is its own.
     pub fn downgrade(self) -> FailureKind {
-        self
+        match self {
+            FailureKind::ContextLengthExceeded => FailureKind::InsufficientMemory,
+            FailureKind::Unloaded | FailureKind::SlowClient => FailureKind::Busy,
+            other => other,
+        }
     }
 
     /// The kind as a peer at control minor `minor` can read it.
@@ -97,6 +107,15 @@ impl FailureKind {
             k = k.downgrade();
         }
         k
+    }
+
+    /// A refusal before anything ran (`mlxsup` exit 3): the estimate does not fit, or the
+    /// request does not fit the context.
+    pub fn is_refusal(self) -> bool {
+        matches!(
+            self,
+            FailureKind::InsufficientMemory | FailureKind::ContextLengthExceeded
+        )
     }
 
     /// The snake_case name used in JSON and on the command line.
@@ -116,6 +135,9 @@ impl FailureKind {
             FailureKind::Busy => "busy",
             FailureKind::Quarantined => "quarantined",
             FailureKind::ShuttingDown => "shutting_down",
+            FailureKind::ContextLengthExceeded => "context_length_exceeded",
+            FailureKind::Unloaded => "unloaded",
+            FailureKind::SlowClient => "slow_client",
         }
     }
 }
@@ -157,6 +179,58 @@ impl std::fmt::Display for Phase {
     }
 }
 
+/// Which part of a request's work was running, within its phase, when that says more
+/// than the phase does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    /// The vision tower of a request with images: it runs at the start of the prefill,
+    /// before the first text chunk, and its cost shrinks with fewer or smaller images,
+    /// not with a shorter context.
+    VisionTower,
+}
+
+impl Stage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::VisionTower => "vision_tower",
+        }
+    }
+}
+
+impl std::fmt::Display for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What MLX, the C++ runtime and Rust write when an allocation is refused, lower case:
+/// the one list that recognises an allocation failure, in a worker's error message and
+/// in its stderr alike ([`is_allocation_failure`]).
+pub const ALLOCATION_FAILURE_PATTERNS: [&str; 8] = [
+    // MLX's Metal allocator: `[metal::malloc] Attempting to allocate N bytes which is
+    // greater than the maximum allowed buffer size …`, `… Unable to allocate N bytes`.
+    "[metal::malloc]",
+    "attempting to allocate",
+    // MLX's CPU allocator (`[malloc] Unable to allocate N bytes.`) and older MLX's
+    // `[malloc_or_wait] Unable to allocate`.
+    "unable to allocate",
+    "failed to allocate",
+    "allowed buffer size",
+    "out of memory",
+    "std::bad_alloc",
+    // Rust's own handler, before it aborts: `memory allocation of N bytes failed`.
+    "memory allocation of ",
+];
+
+/// Whether `text` (an error message, a stderr tail) says an allocation was refused.
+pub fn is_allocation_failure(text: &str) -> bool {
+    let lower = text.to_lowercase();
+    ALLOCATION_FAILURE_PATTERNS
+        .iter()
+        .any(|p| lower.contains(p))
+}
+
 /// A worker failure with its evidence and a line of advice for a person.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Failure {
@@ -188,6 +262,14 @@ pub struct Failure {
     pub advice: String,
     /// The advice as data, for programs: what to change to make it fit or work.
     pub remedy: Remedy,
+    /// Since control 1.5: the part of the request that was running (`vision_tower`), when
+    /// the phase alone does not say.
+    #[serde(
+        default,
+        skip_serializing_if = "crate::wire::c1_5::skip",
+        deserialize_with = "crate::wire::c1_5::de"
+    )]
+    pub stage: Option<Stage>,
 }
 
 fn kind_for_peer<S: serde::Serializer>(k: &FailureKind, s: S) -> Result<S::Ok, S::Error> {
@@ -251,7 +333,68 @@ impl Remedy {
 
 #[cfg(test)]
 mod tests {
-    use super::FailureKind;
+    use super::{is_allocation_failure, FailureKind};
+
+    /// Every kind an older peer may not know downgrades to one it knows (a kind of
+    /// control 1.0), and every older kind stays itself.
+    #[test]
+    fn new_kinds_downgrade_to_kinds_of_1_0() {
+        for k in FailureKind::ALL {
+            let d = k.downgrade();
+            assert_eq!(d.since(), 0, "{k} downgrades to {d}");
+            assert_eq!(d.downgrade(), d);
+        }
+        let new: Vec<_> = FailureKind::ALL
+            .into_iter()
+            .filter(|k| k.since() > 0)
+            .collect();
+        assert_eq!(
+            new,
+            [
+                FailureKind::ContextLengthExceeded,
+                FailureKind::Unloaded,
+                FailureKind::SlowClient
+            ],
+            "the new kinds are the last ones"
+        );
+        assert_eq!(
+            FailureKind::ContextLengthExceeded.downgrade(),
+            FailureKind::InsufficientMemory
+        );
+        // Postcard encodes a variant by its position: the new ones come after the old.
+        let at = |k: FailureKind| postcard::to_allocvec(&k).map(|v| v[0]);
+        assert_eq!(at(FailureKind::ShuttingDown), Ok(13));
+        assert_eq!(at(FailureKind::ContextLengthExceeded), Ok(14));
+        assert_eq!(at(FailureKind::Unloaded), Ok(15));
+        assert_eq!(at(FailureKind::SlowClient), Ok(16));
+    }
+
+    /// What MLX, libc++ and Rust write on a refused allocation is recognised, in any
+    /// case; an error that merely mentions allocation (a bug), or glibc's heap
+    /// corruption abort, is not.
+    #[test]
+    fn allocation_failures_are_recognised_by_one_list() {
+        for yes in [
+            "[metal::malloc] Attempting to allocate 9 bytes which is greater than the maximum allowed buffer size of 8 bytes.",
+            "[malloc] Unable to allocate 4294967296 bytes.",
+            "[malloc_or_wait] Unable to allocate 12 bytes.",
+            "[metal::malloc] Unable to allocate 1 bytes",
+            "prefill: failed to allocate the KV cache",
+            "CUDA error: out of memory",
+            "terminate called after throwing an instance of 'std::bad_alloc'",
+            "memory allocation of 1099511627776 bytes failed",
+        ] {
+            assert!(is_allocation_failure(yes), "{yes}");
+        }
+        for no in [
+            "kv cache not allocated",
+            "malloc(): corrupted top size",
+            "unsupported model_type `mamba`",
+            "",
+        ] {
+            assert!(!is_allocation_failure(no), "{no}");
+        }
+    }
 
     /// `ALL` lists every kind exactly once. The match has no wildcard (possible only
     /// inside this crate, the enum being `non_exhaustive`): a new kind does not compile
@@ -274,9 +417,12 @@ mod tests {
                 FailureKind::Busy => 11,
                 FailureKind::Quarantined => 12,
                 FailureKind::ShuttingDown => 13,
+                FailureKind::ContextLengthExceeded => 14,
+                FailureKind::Unloaded => 15,
+                FailureKind::SlowClient => 16,
             }
         }
-        const N: usize = 14;
+        const N: usize = 17;
         assert_eq!(FailureKind::ALL.len(), N);
         let mut seen = [false; N];
         for k in FailureKind::ALL {

@@ -242,3 +242,66 @@ fn record_this_builds_minor() {
         c,
     );
 }
+
+/// The kinds and the failure field of control 1.5 reach an older client as the older kind
+/// that says the most of them, without the field; a 1.5 client reads them as they are.
+#[test]
+fn new_failure_kinds_and_stage_reach_older_clients_as_they_can_read_them() {
+    use protocol::{
+        control::ControlReply,
+        failure::{Failure, FailureKind, Phase, Remedy, Stage},
+    };
+    for (kind, older) in [
+        (
+            FailureKind::ContextLengthExceeded,
+            FailureKind::InsufficientMemory,
+        ),
+        (FailureKind::Unloaded, FailureKind::Busy),
+        (FailureKind::SlowClient, FailureKind::Busy),
+    ] {
+        let failure = Failure {
+            kind,
+            phase: Phase::Prefill,
+            model: Some("/models/x".into()),
+            exit_code: None,
+            signal: None,
+            core_dumped: false,
+            signal_sent_by_supervisor: false,
+            peak_bytes: None,
+            last_telemetry: Vec::new(),
+            estimate_bytes: Some(1 << 30),
+            budget_bytes: Some(2 << 30),
+            message: Some("m".into()),
+            stderr_tail: String::new(),
+            duration_ms: 5,
+            advice: "a".into(),
+            remedy: Remedy::default(),
+            stage: Some(Stage::VisionTower),
+        };
+        let msg = FromDaemon::Reply {
+            id: 7,
+            body: ControlReply::Failed(Box::new(failure.clone())),
+        };
+        for minor in 0..=5u16 {
+            let wire = Wire::control(minor);
+            let body = frame::encode_at(&msg, wire)
+                .unwrap()
+                .expect("a reply is always sent");
+            let back: FromDaemon = frame::decode_at(&body, wire).unwrap();
+            let FromDaemon::Reply {
+                body: ControlReply::Failed(got),
+                ..
+            } = back
+            else {
+                panic!("control 1.{minor}: not a failed reply: {back:?}")
+            };
+            if minor < 5 {
+                assert_eq!(got.kind, older, "control 1.{minor}: {kind}");
+                assert_eq!(got.stage, None, "control 1.{minor}: the stage is not sent");
+                assert_eq!(got.message, failure.message, "control 1.{minor}");
+            } else {
+                assert_eq!(*got, failure, "control 1.5");
+            }
+        }
+    }
+}

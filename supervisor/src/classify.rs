@@ -6,7 +6,7 @@
 
 use estimate::Bytes;
 use nix::sys::signal::Signal;
-use protocol::{FailureKind, Phase, WorkerError, WorkerErrorKind};
+use protocol::{FailureKind, Phase, Stage, WorkerError, WorkerErrorKind};
 
 use crate::supervise::reap::ExitInfo;
 
@@ -41,16 +41,6 @@ const METAL_OOM: [&str; 2] = [
     "Insufficient Memory",
     "kIOGPUCommandBufferCallbackErrorOutOfMemory",
 ];
-/// What MLX writes when an allocation is refused.
-const ALLOC_FAILED: [&str; 5] = [
-    "[metal::malloc]",
-    "Attempting to allocate",
-    "[malloc] Unable to allocate",
-    "std::bad_alloc",
-    // Rust's own handler, before it aborts.
-    "memory allocation of ",
-];
-
 pub fn classify(ev: &Evidence<'_>) -> FailureKind {
     match ev.killed_for {
         Some(KillReason::Ceiling) => return FailureKind::MemoryCeilingExceeded,
@@ -62,6 +52,7 @@ pub fn classify(ev: &Evidence<'_>) -> FailureKind {
         Some(KillReason::Stop) | None => {}
     }
     let has = |pats: &[&str]| pats.iter().any(|p| ev.stderr.contains(p));
+    let alloc_failed = || protocol::failure::is_allocation_failure(ev.stderr);
     let Some(exit) = ev.exit else {
         return match ev.worker_error.map(|e| e.kind) {
             Some(WorkerErrorKind::MemoryBudgetExceeded) => FailureKind::MemoryBudgetExceeded,
@@ -74,7 +65,7 @@ pub fn classify(ev: &Evidence<'_>) -> FailureKind {
         if has(&METAL_OOM) {
             return FailureKind::MetalOutOfMemory;
         }
-        if has(&ALLOC_FAILED) {
+        if alloc_failed() {
             return FailureKind::AllocationFailed;
         }
         return match sig {
@@ -83,7 +74,7 @@ pub fn classify(ev: &Evidence<'_>) -> FailureKind {
             _ => FailureKind::Crashed,
         };
     }
-    if has(&ALLOC_FAILED) {
+    if alloc_failed() {
         return FailureKind::AllocationFailed;
     }
     match ev.worker_error.map(|e| e.kind) {
@@ -119,6 +110,8 @@ pub fn near_limit(vm: u64, footprint: u64, rlimit_as: Option<u64>, ceiling: Opti
 #[derive(Clone, Debug, Default)]
 pub struct AdviceFacts {
     pub phase: Option<Phase>,
+    /// The part of the request that was running, when the phase alone does not say.
+    pub stage: Option<Stage>,
     pub estimate_bytes: Option<u64>,
     pub budget_bytes: Option<u64>,
     pub context: Option<u64>,
@@ -163,9 +156,7 @@ pub fn advice(kind: FailureKind, f: &AdviceFacts) -> String {
             "MLX could not allocate memory{phase} (peak {}): {need}; {smaller} or {lighter}",
             b(f.peak_bytes)
         ),
-        FailureKind::MemoryBudgetExceeded
-            if f.message.as_deref().is_some_and(|m| m.contains("vision tower")) =>
-        {
+        FailureKind::MemoryBudgetExceeded if f.stage == Some(Stage::VisionTower) => {
             format!(
                 "the vision tower would pass the worker's budget of {}: fewer or smaller images (inspect --images N --image-size WxH says what fits), or a larger --budget",
                 b(f.budget_bytes)
@@ -201,6 +192,7 @@ pub fn advice(kind: FailureKind, f: &AdviceFacts) -> String {
             "the model could not be loaded: {}",
             f.message.as_deref().unwrap_or("see the stderr tail")
         ),
+        FailureKind::Unloaded => "the model was unloaded while the request waited for it or ran: send the request again (the model is loaded again for it)".into(),
         FailureKind::ProtocolError => format!(
             "the worker sent something that is not the mlxsup protocol ({}); is mlxsup-worker from the same build as mlxsup?",
             f.message.as_deref().unwrap_or("malformed data")
@@ -334,6 +326,7 @@ mod tests {
         let f = AdviceFacts {
             budget_bytes: Some(1 << 30),
             context: Some(4096),
+            stage: Some(Stage::VisionTower),
             message: Some(
                 "the vision tower on 4 image(s): the prefill step 0 would need 3000000000 bytes on top of 900000000 active; the worker's budget is 1073741824 bytes".into(),
             ),
@@ -346,8 +339,12 @@ mod tests {
         );
         let text = AdviceFacts {
             message: Some("the prefill step 0 would need 1 bytes".into()),
-            ..f
+            stage: None,
+            ..f.clone()
         };
         assert!(advice(FailureKind::MemoryBudgetExceeded, &text).contains("--context 2048"));
+        // The stage decides, not the words of the message.
+        let worded = AdviceFacts { stage: None, ..f };
+        assert!(advice(FailureKind::MemoryBudgetExceeded, &worded).contains("--context 2048"));
     }
 }

@@ -2,7 +2,7 @@
 //! resized to the model's processor size by the `vision` crate, here in the supervisor,
 //! so that a hostile file never reaches the worker; what the worker gets is the resized
 //! 8-bit RGB ([`protocol::ImageInput`]). `generate --image` reads them the same way, for the
-//! daemon.
+//! daemon, and so does the daemon's HTTP front.
 
 use std::path::{Path, PathBuf};
 
@@ -77,55 +77,4 @@ pub fn read(dir: &Path, files: &[PathBuf], message: u32) -> Result<Images, Image
         tokens,
         largest,
     })
-}
-
-/// `generate --image`: the model's folder (the path given, or the one the daemon's `ls`
-/// names), its images read and resized as `run --image` does, the prompt made a chat
-/// message. Errors are reported here (exit 2 for an image, 5 for the model).
-pub(crate) async fn for_generate(
-    args: &crate::client::GenerateArgs,
-    prompt: protocol::Prompt,
-) -> Result<(protocol::Prompt, Vec<protocol::ImageInput>), crate::exit::Exit> {
-    if args.images.is_empty() {
-        return Ok((prompt, Vec::new()));
-    }
-    let name = &args.model.model;
-    let dir = if std::path::Path::new(name).is_dir() {
-        std::path::PathBuf::from(name)
-    } else {
-        match crate::client::ask(&args.client, protocol::control::ControlRequest::Ls).await? {
-            protocol::control::ControlReply::Ls(models) => {
-                match models.into_iter().find(|e| &e.name == name) {
-                    Some(e) => std::path::PathBuf::from(e.model),
-                    None => {
-                        eprintln!("mlxsup: {name}: no such model (mlxsup ls lists them)");
-                        return Err(crate::exit::Exit::BadModel);
-                    }
-                }
-            }
-            other => {
-                eprintln!("mlxsup: unexpected reply from the daemon: {other:?}");
-                return Err(crate::exit::Exit::Internal);
-            }
-        }
-    };
-    let images = match crate::images::read(&dir, &args.images, 0) {
-        Ok(i) => i.inputs,
-        Err(crate::images::ImagesError::Model(m)) => {
-            eprintln!("{m}");
-            return Err(crate::exit::Exit::BadModel);
-        }
-        Err(crate::images::ImagesError::Image(m)) => {
-            eprintln!("{m}");
-            return Err(crate::exit::Exit::Usage);
-        }
-    };
-    let prompt = match prompt {
-        protocol::Prompt::Text(t) => protocol::Prompt::Chat(vec![protocol::ChatMessage {
-            role: "user".into(),
-            content: t,
-        }]),
-        p => p,
-    };
-    Ok((prompt, images))
 }

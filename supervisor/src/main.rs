@@ -3,7 +3,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use mlxsup::{
-    calibrate, client, daemon, demo, exit::Exit, import, info, inspect, make_model, run, service,
+    cli::{calibrate, client, demo, import, info, inspect, make_model, run, service},
+    daemon,
+    exit::Exit,
 };
 
 #[derive(Parser)]

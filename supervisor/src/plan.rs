@@ -250,7 +250,8 @@ pub fn largest_context(model: &Model, est: &Estimate, req: &PlanRequest) -> Opti
 }
 
 /// Checks that the prompt and the tokens asked for fit the context the model was planned
-/// for; the refusal, with what would fit, when they do not. (The estimate at a larger
+/// for; the refusal (`context_length_exceeded`, with `remedy.min_context`), with what
+/// would fit, when they do not. (The estimate at a larger
 /// context is re-checked: the advice names a context only if it fits the budget.)
 pub fn check_length(
     model: &Model,
@@ -297,7 +298,7 @@ pub fn check_length(
         }
     };
     let mut f = report::plain(
-        FailureKind::InsufficientMemory,
+        FailureKind::ContextLengthExceeded,
         Some(model.dir.display().to_string()),
         advice,
         Remedy {
@@ -338,4 +339,26 @@ fn cache_limit(budget: u64, estimate: u64) -> u64 {
     budget
         .saturating_sub(estimate)
         .clamp(64 << 20, (budget / 4).max(64 << 20))
+}
+
+/// The estimate at the context a generation used (prompt + generated tokens), at the
+/// compute dtype it ran in, with the plan's calibration.
+pub fn used_estimate(
+    model: &estimate::Model,
+    request: &PlanRequest,
+    done: &protocol::DoneInfo,
+    compute_f32: bool,
+) -> Estimate {
+    let used = u64::from(done.prompt_tokens) + u64::from(done.generated_tokens);
+    let est = estimate_for(model, request, Some(used.max(1)), compute_f32);
+    // The prompt's image tokens are counted by the estimate on top of the context.
+    match est.vision.as_ref().map_or(0, |v| v.image_tokens) {
+        0 => est,
+        images => estimate_for(
+            model,
+            request,
+            Some(used.saturating_sub(images).max(1)),
+            compute_f32,
+        ),
+    }
 }

@@ -28,9 +28,7 @@ pub async fn admit(
 ) -> Result<Plan, protocol::Failure> {
     let mut evicted = Vec::new();
     let mut refused: Vec<std::path::PathBuf> = Vec::new();
-    let store = crate::calibration::Store::default_store();
-    let backend = crate::calibration::planned_backend(wanted.device);
-    let (calibration, _) = crate::calibration::calibration(store.as_ref(), model, backend);
+    let calibration = calibration_of(model, wanted.device).await;
     loop {
         let others = shared.rows_except(dir);
         let held: u64 = others.iter().map(|(_, r)| r.held_bytes).sum();
@@ -115,6 +113,19 @@ pub async fn admit(
         f.budget_bytes = Some(free);
         return Err(f);
     }
+}
+
+/// The calibration store's coefficients for `model` on `device`'s backend, read off the
+/// runtime (a file read and parse); the built-in ones if the read task fails.
+async fn calibration_of(model: &Model, device: protocol::Device) -> estimate::Calibration {
+    let model = model.clone();
+    tokio::task::spawn_blocking(move || {
+        let store = crate::calibration::Store::default_store();
+        let backend = crate::calibration::planned_backend(device);
+        crate::calibration::calibration(store.as_ref(), &model, backend).0
+    })
+    .await
+    .unwrap_or_default()
 }
 
 /// A request with images is planned with them, at the loaded model's context (the

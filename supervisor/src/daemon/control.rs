@@ -70,7 +70,7 @@ pub async fn serve_connection(shared: Arc<Shared>, stream: UnixStream) {
         version = %conn.wire().map_or(peer.version, |w| w.version()),
         "client connected"
     );
-    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<FromDaemon>();
+    let (out_tx, mut out_rx) = mpsc::channel::<FromDaemon>(super::models::CLIENT_BUFFER);
     let mut requests: HashMap<RequestId, CancellationToken> = HashMap::new();
     let stopping = shared.closed.clone();
     loop {
@@ -80,7 +80,7 @@ pub async fn serve_connection(shared: Arc<Shared>, stream: UnixStream) {
                     let cancel = CancellationToken::new();
                     requests.retain(|_, c| !c.is_cancelled());
                     requests.insert(id, cancel.clone());
-                    dispatch(&shared, body, Responder { id, out: out_tx.clone() }, cancel);
+                    dispatch(&shared, body, Responder::new(id, out_tx.clone()), cancel);
                 }
                 Ok(Some(ToDaemon::Cancel { id })) => {
                     if let Some(c) = requests.remove(&id) {
@@ -157,6 +157,7 @@ fn dispatch(
                     req,
                     resp: resp.clone(),
                     cancel,
+                    checked: None,
                 };
                 send(&slot.cmds, ModelCmd::Generate(job), &resp);
             }
@@ -176,11 +177,11 @@ fn dispatch(
                         _ = cancel.cancelled() => break,
                         _ = stopping.cancelled() => break,
                     }
-                    if resp.out.is_closed() {
+                    if resp.out.is_closed() || resp.lagging() {
                         break;
                     }
                 }
-                resp.reply(ControlReply::Cancelled);
+                resp.cancelled();
             });
         }
         ControlRequest::Shutdown => {

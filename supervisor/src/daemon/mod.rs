@@ -13,6 +13,7 @@ pub mod control;
 pub mod http;
 pub mod models;
 pub mod policy;
+pub mod ps_json;
 pub mod registry;
 
 use std::{
@@ -346,7 +347,7 @@ async fn serve(args: ServeArgs) -> Exit {
         shutdown: CancellationToken::new(),
         closed: CancellationToken::new(),
     });
-    let _signals = crate::run::cancel_on_signal(shared.shutdown.clone());
+    let _signals = crate::rt::cancel_on_signal(shared.shutdown.clone());
     if let Some(addr) = args.http {
         let http = match tokio::net::TcpListener::bind(addr).await {
             Ok(l) => l,

@@ -14,13 +14,12 @@ use std::collections::HashMap;
 
 use convert::{convert, unpermute_rows};
 use std::fs::File;
-use std::io::IsTerminal;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use estimate::gguf::{self, Arrays, GgufHeader, GgufTensor, Target};
-use estimate::{Bytes, Dtype};
+use estimate::Dtype;
 use safetensors::tensor::{Dtype as StDtype, TensorView};
 use serde_json::{json, Value};
 
@@ -28,25 +27,6 @@ use crate::exit::Exit;
 
 /// Largest safetensors shard written.
 const SHARD_BYTES: u64 = 2 << 30;
-
-#[derive(clap::Args, Clone, Debug)]
-pub struct ImportArgs {
-    /// The GGUF file (or a folder holding one).
-    pub gguf: PathBuf,
-    /// The MLX model folder to write (must not exist, or be empty).
-    pub dir: PathBuf,
-    /// Dtype of dense tensors and of quantization scales [default: bf16 when nothing is
-    /// carried quantized; else f16 (GGUF scales are f16: exact) on Metal and CUDA, and
-    /// f32 (also exact) on MLX's CPU backend, whose f16 quantized kernels are ~40× slower].
-    #[arg(long, value_parser = ["bf16", "f16", "f32"])]
-    pub dtype: Option<String>,
-    /// Dequantize every tensor to --dtype (a dense model) instead of carrying blocks.
-    #[arg(long)]
-    pub dense: bool,
-    /// One JSON object on stdout.
-    #[arg(long)]
-    pub json: bool,
-}
 
 /// What an import did.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -80,49 +60,6 @@ pub type Failure = (Exit, String);
 
 fn bad(path: &Path, reason: impl std::fmt::Display) -> Failure {
     (Exit::BadModel, format!("{}: {reason}", path.display()))
-}
-
-pub fn main(args: ImportArgs) -> Exit {
-    let progress = !args.json && std::io::stderr().is_terminal();
-    match import(
-        &args.gguf,
-        &args.dir,
-        args.dtype.as_deref(),
-        !args.dense,
-        progress,
-    ) {
-        Ok(r) => {
-            if args.json {
-                println!("{}", serde_json::to_string(&r).unwrap_or_default());
-            } else {
-                println!(
-                    "imported {} → {} ({} {}, {} of weights from {} in the file): {} tensors carried as MLX quantized weights ({} exact), {} as {}; {:.1} s",
-                    r.source,
-                    r.dir,
-                    r.architecture,
-                    r.dtype,
-                    Bytes(r.weight_bytes),
-                    Bytes(r.gguf_weight_bytes),
-                    r.carried_exact + r.carried_rounded,
-                    r.carried_exact,
-                    r.dense,
-                    r.dtype,
-                    r.seconds
-                );
-                if r.rounded_scales > 0 {
-                    println!(
-                        "{} scales/biases rounded to {} (largest relative error {:.2e})",
-                        r.rounded_scales, r.dtype, r.max_scale_rel_error
-                    );
-                }
-            }
-            Exit::Ok
-        }
-        Err((exit, msg)) => {
-            eprintln!("mlxsup: import: {msg}");
-            exit
-        }
-    }
 }
 
 /// One output tensor: name, dtype, shape, bytes.
@@ -309,7 +246,7 @@ pub fn import(
     if let Some(b) = bar {
         b.finish_and_clear();
     }
-    crate::make_model::move_into_place(tmp, dir)?;
+    crate::model_dir::move_into_place(tmp, dir)?;
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
 }

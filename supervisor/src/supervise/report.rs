@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use estimate::{Bytes, Estimate};
-use protocol::{Failure, FailureKind, Phase, Remedy, Telemetry, WorkerError};
+use protocol::{Failure, FailureKind, Phase, Remedy, Stage, Telemetry, WorkerError};
 
 use crate::classify::{self, AdviceFacts, Evidence, KillReason};
 
@@ -31,6 +31,8 @@ pub struct ReportContext {
 #[derive(Debug)]
 pub struct Facts {
     pub phase: Phase,
+    /// The part of the request that was running, when the phase alone does not say.
+    pub stage: Option<Stage>,
     /// How the process ended; `None` while it is alive.
     pub exit: Option<ExitInfo>,
     /// The supervisor's own fatal kill, if it made one.
@@ -53,6 +55,7 @@ impl Facts {
     pub fn new(phase: Phase, started: Instant) -> Facts {
         Facts {
             phase,
+            stage: None,
             exit: None,
             killed_for: None,
             signal_ours: false,
@@ -81,6 +84,7 @@ pub fn build(opts: &SpawnOptions, ctx: &ReportContext, f: Facts) -> Failure {
         .or_else(|| f.worker_error.as_ref().map(|e| e.message.clone()));
     let facts = AdviceFacts {
         phase: Some(f.phase),
+        stage: f.stage,
         estimate_bytes: ctx.estimate_bytes,
         budget_bytes: ctx.budget_bytes,
         context: ctx.context,
@@ -114,6 +118,7 @@ pub fn build(opts: &SpawnOptions, ctx: &ReportContext, f: Facts) -> Failure {
         duration_ms: f.started.elapsed().as_millis() as u64,
         advice: classify::advice(kind, &facts),
         remedy,
+        stage: f.stage,
     }
 }
 
@@ -179,5 +184,6 @@ pub fn plain(kind: FailureKind, model: Option<String>, advice: String, remedy: R
         duration_ms: 0,
         advice,
         remedy,
+        stage: None,
     }
 }

@@ -21,12 +21,7 @@ pub fn bad_request(message: impl Into<String>) -> WorkerError {
 /// An MLX error; allocation failures get their own kind so the supervisor can tell.
 pub fn mlx(context: &str, err: impl std::fmt::Display) -> WorkerError {
     let text = err.to_string();
-    let lower = text.to_lowercase();
-    let kind = if lower.contains("malloc")
-        || lower.contains("allocat")
-        || lower.contains("out of memory")
-        || lower.contains("buffer size")
-    {
+    let kind = if protocol::failure::is_allocation_failure(&text) {
         WorkerErrorKind::AllocationFailed
     } else {
         WorkerErrorKind::Internal

@@ -51,16 +51,7 @@ pub(super) fn mlx_error(e: WorkerError) -> WorkerError {
             };
         }
     }
-    let m = e.message.to_ascii_lowercase();
-    let alloc = [
-        "[metal::malloc]",
-        "attempting to allocate",
-        "failed to allocate",
-        "out of memory",
-        "buffer size",
-    ]
-    .iter()
-    .any(|p| m.contains(p));
+    let alloc = protocol::failure::is_allocation_failure(&e.message);
     if alloc && e.kind == WorkerErrorKind::Internal {
         WorkerError {
             kind: WorkerErrorKind::AllocationFailed,

@@ -22,7 +22,7 @@ use protocol::{
     control::{ControlEvent, ControlReply, FromDaemon, GenerateModel},
     Device, Event, FinishReason, GenerateRequest, Prompt,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::{
@@ -38,9 +38,10 @@ use crate::daemon::models::{Job, ModelCmd, Responder};
 
 /// `: keep-alive` comments while a long prompt is processed.
 pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(10);
-/// How long a streamed request waits for its first token before the response starts:
-/// a failure before then (refused, busy, a worker that dies at load) gets its HTTP
-/// status; after, it is one SSE error event.
+/// How long a streamed request waits for its first token, once its prompt is known to
+/// fit the loaded model, before the response starts: a failure before then (refused,
+/// busy, a worker that dies at load) gets its HTTP status; after, it is one SSE error
+/// event.
 const FIRST_TOKEN_WAIT: Duration = Duration::from_secs(1);
 /// Tokens generated when the request does not say.
 const DEFAULT_MAX_TOKENS: u32 = 512;
@@ -108,7 +109,7 @@ fn request(
             v.to_str()
                 .map_err(|_| ApiError::bad_request(FAULT_HEADER, "not text"))
                 .and_then(|t| {
-                    crate::run::parse_fault(t).map_err(|e| ApiError::bad_request(FAULT_HEADER, e))
+                    crate::fault::parse_fault(t).map_err(|e| ApiError::bad_request(FAULT_HEADER, e))
                 })?,
         ),
         _ => None,
@@ -150,11 +151,14 @@ pub async fn chat(
         let (prompt, raw) = prompt::chat_prompt(&req)?;
         let mut gen = request(&app, &req.sampling, prompt, &headers)?;
         if !raw.is_empty() {
-            let dir = app
-                .shared
-                .registry
-                .resolve(&req.sampling.model)
-                .map_err(ApiError::not_found)?;
+            let dir = {
+                let shared = std::sync::Arc::clone(&app.shared);
+                let name = req.sampling.model.clone();
+                tokio::task::spawn_blocking(move || shared.registry.resolve(&name))
+                    .await
+                    .map_err(|e| ApiError::not_found(format!("looking the model up failed: {e}")))?
+                    .map_err(ApiError::not_found)?
+            };
             gen.request.images = tokio::task::spawn_blocking(move || images::prepare(&dir, &raw))
                 .await
                 .map_err(|e| {
@@ -194,7 +198,7 @@ enum Next {
     Reply(ControlReply),
 }
 
-async fn next(rx: &mut mpsc::UnboundedReceiver<FromDaemon>) -> Option<Next> {
+async fn next(rx: &mut mpsc::Receiver<FromDaemon>) -> Option<Next> {
     while let Some(msg) = rx.recv().await {
         match msg {
             FromDaemon::Event {
@@ -231,18 +235,30 @@ fn reply_error(reply: ControlReply) -> ApiError {
 }
 
 async fn answer(app: App, gen: GenerateModel, s: Sampling, kind: Kind) -> Response {
-    let slot = match app.shared.slot_for(&gen.model) {
-        Ok(slot) => slot,
-        Err(message) => return ApiError::not_found(message).into_response(),
+    // A name is looked up in the model folders (directory listings): off the runtime.
+    let found = {
+        let shared = std::sync::Arc::clone(&app.shared);
+        let name = gen.model.clone();
+        tokio::task::spawn_blocking(move || shared.slot_for(&name)).await
     };
-    let (tx, mut rx) = mpsc::unbounded_channel();
+    let slot = match found {
+        Ok(Ok(slot)) => slot,
+        Ok(Err(message)) => return ApiError::not_found(message).into_response(),
+        Err(e) => {
+            return ApiError::not_found(format!("looking the model up failed: {e}")).into_response()
+        }
+    };
+    let (tx, mut rx) = mpsc::channel(crate::daemon::models::CLIENT_BUFFER);
     let cancel = CancellationToken::new();
     // Dropped when the client goes away (axum drops this future, or the stream).
     let guard = cancel.clone().drop_guard();
+    // A stream starts once the prompt is known to fit the loaded model's context.
+    let (checked_tx, checked) = oneshot::channel();
     let job = Job {
         req: gen,
-        resp: Responder { id: 0, out: tx },
+        resp: Responder::new(0, tx),
         cancel,
+        checked: s.stream.then_some(checked_tx),
     };
     if slot.cmds.send(ModelCmd::Generate(job)).is_err() {
         return ApiError::bad_request("model", "the daemon is shutting down").into_response();
@@ -305,8 +321,19 @@ async fn answer(app: App, gen: GenerateModel, s: Sampling, kind: Kind) -> Respon
             }
         }
     }
-    // Streamed: an early failure still gets its status.
-    let first = match tokio::time::timeout(FIRST_TOKEN_WAIT, next(&mut rx)).await {
+    // Streamed: an early failure still gets its status. A refusal (a prompt over the
+    // context, checked once the model is loaded, however long that takes) comes before
+    // the check's word; then the first token is waited for briefly.
+    let early = tokio::select! {
+        biased;
+        _ = checked => None,
+        n = next(&mut rx) => Some(n),
+    };
+    let first = match early {
+        Some(n) => Ok(n),
+        None => tokio::time::timeout(FIRST_TOKEN_WAIT, next(&mut rx)).await,
+    };
+    let first = match first {
         Ok(Some(Next::Reply(ControlReply::Done(d)))) => Some(Next::Reply(ControlReply::Done(d))),
         Ok(Some(Next::Reply(other))) => return reply_error(other).into_response(),
         Ok(None) => return reply_error(ControlReply::Cancelled).into_response(),
@@ -400,7 +427,7 @@ impl Chunks {
 async fn stream(
     chunks: Chunks,
     first: Option<Next>,
-    mut rx: mpsc::UnboundedReceiver<FromDaemon>,
+    mut rx: mpsc::Receiver<FromDaemon>,
     out: mpsc::Sender<SseEvent>,
     include_usage: bool,
 ) {

@@ -57,13 +57,9 @@ impl ApiError {
     /// A daemon failure: its kind decides the status (a prompt longer than the context
     /// is the client's to fix: 400, OpenAI's `context_length_exceeded`).
     pub fn failure(f: Box<Failure>) -> ApiError {
-        let context = f.kind == FailureKind::InsufficientMemory && f.remedy.min_context.is_some();
+        let context = f.kind == FailureKind::ContextLengthExceeded;
         ApiError {
-            status: if context {
-                StatusCode::BAD_REQUEST
-            } else {
-                status_of(f.kind)
-            },
+            status: status_of(f.kind),
             param: context.then(|| "messages".to_string()),
             message: match &f.message {
                 Some(m) if !f.advice.starts_with(m.as_str()) => {
@@ -76,16 +72,13 @@ impl ApiError {
         }
     }
 
-    /// The `error` object: OpenAI's fields and our evidence.
+    /// The `error` object: OpenAI's fields and our evidence (`code` is the kind too:
+    /// `context_length_exceeded` is OpenAI's code for a prompt over the context).
     pub fn body(&self) -> Value {
-        let code = match &self.failure {
-            Some(f) if f.remedy.min_context.is_some() => "context_length_exceeded",
-            _ => self.kind.as_str(),
-        };
         let mut e = json!({
             "message": self.message,
             "type": self.kind,
-            "code": code,
+            "code": self.kind,
             "param": self.param,
         });
         if let (Some(f), Value::Object(m)) = (&self.failure, &mut e) {
@@ -98,6 +91,7 @@ impl ApiError {
             m.insert("estimate_bytes".into(), json!(f.estimate_bytes));
             m.insert("budget_bytes".into(), json!(f.budget_bytes));
             m.insert("stderr_tail".into(), json!(f.stderr_tail));
+            m.insert("stage".into(), json!(f.stage));
         }
         json!({ "error": e })
     }
@@ -108,9 +102,13 @@ pub fn status_of(kind: FailureKind) -> StatusCode {
     match kind {
         // mlx-knife's status for a deterministic memory refusal.
         FailureKind::InsufficientMemory => StatusCode::INSUFFICIENT_STORAGE,
-        FailureKind::Busy | FailureKind::Quarantined | FailureKind::ShuttingDown => {
-            StatusCode::SERVICE_UNAVAILABLE
-        }
+        // The client's to fix: a shorter prompt or fewer tokens asked for.
+        FailureKind::ContextLengthExceeded => StatusCode::BAD_REQUEST,
+        FailureKind::Busy
+        | FailureKind::Quarantined
+        | FailureKind::ShuttingDown
+        | FailureKind::Unloaded
+        | FailureKind::SlowClient => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -122,13 +120,16 @@ impl IntoResponse for ApiError {
         let kind = self.failure.as_ref().map(|f| f.kind);
         match kind {
             // Deterministic: asking again gives the same answer.
-            Some(FailureKind::InsufficientMemory) | Some(FailureKind::Quarantined) => {
+            Some(FailureKind::InsufficientMemory)
+            | Some(FailureKind::ContextLengthExceeded)
+            | Some(FailureKind::Quarantined) => {
                 h.insert(
                     HeaderName::from_static("x-should-retry"),
                     HeaderValue::from_static("false"),
                 );
             }
-            Some(FailureKind::Busy) => {
+            // Sending it again loads the model again.
+            Some(FailureKind::Busy) | Some(FailureKind::Unloaded) => {
                 h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             Some(FailureKind::ShuttingDown) => {

@@ -131,7 +131,7 @@ async fn ps(State(app): State<App>) -> Response {
         .shared
         .ps()
         .iter()
-        .map(crate::client::status_json)
+        .map(crate::daemon::ps_json::status_json)
         .collect();
     Json(json!({ "models": rows })).into_response()
 }

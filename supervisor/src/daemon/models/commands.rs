@@ -1,11 +1,8 @@
 //! The actor's commands: generate (queue it), load, unload, evict and shutdown.
 
-use protocol::{
-    control::{ControlReply, ModelState},
-    FailureKind,
-};
+use protocol::{control::ControlReply, Failure, FailureKind};
 
-use super::{Actor, LoadSettings, ModelCmd};
+use super::{Actor, LoadSettings, ModelCmd, State};
 use crate::supervise::report;
 
 impl Actor {
@@ -27,7 +24,7 @@ impl Actor {
                     );
                     job.resp.reply(ControlReply::Failed(Box::new(f)));
                 } else {
-                    if self.worker.is_none() && self.loading.is_none() {
+                    if !matches!(self.state, State::Loaded(_) | State::Loading { .. }) {
                         self.next_load = LoadSettings {
                             context: job.req.context,
                             force: job.req.force,
@@ -55,35 +52,44 @@ impl Actor {
                 }
                 if let Some(f) = self.quarantine_failure() {
                     resp.reply(ControlReply::Failed(Box::new(f)));
-                } else if self.worker.is_some() && self.loading.is_none() {
-                    resp.reply(ControlReply::Loaded(Box::new(self.status())));
                 } else {
-                    if self.loading.is_none() {
-                        self.next_load = LoadSettings {
-                            context: req.context,
-                            force: req.force,
-                            fault: req.fault,
-                            device: req.device,
-                            compute: req.compute,
-                            kv_bits: req.kv_bits,
-                        };
-                        self.backoff_until = None;
-                        self.start_load(Some(resp.clone()));
+                    match &mut self.state {
+                        State::Loaded(_) => {
+                            resp.reply(ControlReply::Loaded(Box::new(self.status())));
+                        }
+                        State::Loading { waiters, .. } => waiters.push(resp),
+                        // Unloaded, or failed (an explicit load does not wait out the
+                        // backoff).
+                        _ => {
+                            self.next_load = LoadSettings {
+                                context: req.context,
+                                force: req.force,
+                                fault: req.fault,
+                                device: req.device,
+                                compute: req.compute,
+                                kv_bits: req.kv_bits,
+                            };
+                            self.start_load(Some(resp.clone()), vec![resp]);
+                        }
                     }
-                    self.load_waiters.push(resp);
                 }
             }
             ModelCmd::Unload { resp } => {
-                if let Some(c) = self.current.take() {
-                    c.cancel.cancel();
-                    c.resp.reply(ControlReply::Cancelled);
-                }
-                for job in self.queue.drain(..) {
-                    job.resp.reply(ControlReply::Cancelled);
-                }
+                // What it was serving or loading for fails `unloaded`: those clients did
+                // not cancel, and sending again loads the model again. A load in flight
+                // is abandoned (its worker stops when its answer is dropped).
+                let f = Failure {
+                    message: Some("the model was unloaded (mlxsup unload)".into()),
+                    ..report::plain(
+                        FailureKind::Unloaded,
+                        Some(self.dir.display().to_string()),
+                        crate::classify::advice(FailureKind::Unloaded, &Default::default()),
+                        Default::default(),
+                    )
+                };
+                self.end_all(&f);
                 self.unload_worker().await;
                 self.clear_failures();
-                self.state = ModelState::Unloaded;
                 resp.reply(ControlReply::Unloaded(Box::new(self.status())));
             }
             ModelCmd::Evict { done } => {
@@ -91,7 +97,6 @@ impl Actor {
                 if ok {
                     tracing::info!(model = %self.dir.display(), "evicted to make room");
                     self.unload_worker().await;
-                    self.state = ModelState::Unloaded;
                 }
                 // The row shows it gone before admission counts again.
                 self.publish();
@@ -104,23 +109,35 @@ impl Actor {
                     "the daemon is shutting down; start it again (mlxsup serve) and retry".into(),
                     Default::default(),
                 );
-                if let Some(c) = self.current.take() {
-                    c.cancel.cancel();
-                    c.resp.reply(ControlReply::Failed(Box::new(f.clone())));
-                }
-                for job in self.queue.drain(..) {
-                    job.resp.reply(ControlReply::Failed(Box::new(f.clone())));
-                }
-                for w in self.load_waiters.drain(..) {
-                    w.reply(ControlReply::Failed(Box::new(f.clone())));
-                }
+                self.end_all(&f);
                 self.unload_worker().await;
-                self.state = ModelState::Unloaded;
                 self.publish();
                 let _ = done.send(());
                 return true;
             }
         }
         false
+    }
+
+    /// Fails with `f` the generation running, the queued ones and the load's waiters
+    /// (the running one is cancelled on its worker).
+    fn end_all(&mut self, f: &Failure) {
+        match &mut self.state {
+            State::Loaded(live) => {
+                if let Some(c) = live.current.take() {
+                    c.cancel.cancel();
+                    c.resp.reply(ControlReply::Failed(Box::new(f.clone())));
+                }
+            }
+            State::Loading { waiters, .. } => {
+                for w in waiters.drain(..) {
+                    w.reply(ControlReply::Failed(Box::new(f.clone())));
+                }
+            }
+            _ => {}
+        }
+        for job in self.queue.drain(..) {
+            job.resp.reply(ControlReply::Failed(Box::new(f.clone())));
+        }
     }
 }

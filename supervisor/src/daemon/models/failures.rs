@@ -4,17 +4,17 @@
 use std::time::Instant;
 
 use protocol::{
-    control::{ControlEvent, ControlReply, ModelState},
+    control::{ControlEvent, ControlReply},
     Device, Failure, FailureKind, Phase,
 };
 
-use super::{super::policy, Actor, Job};
+use super::{super::policy, Actor, Job, Responder, State};
 use crate::supervise::{report, WorkerState};
 
 impl Actor {
-    /// Replies `f` to every load waiter and queued request.
-    pub(super) fn fail_waiting(&mut self, f: &Failure) {
-        for w in self.load_waiters.drain(..) {
+    /// Replies `f` to the load's waiters and every queued request.
+    pub(super) fn fail_waiting(&mut self, f: &Failure, waiters: Vec<Responder>) {
+        for w in waiters {
             w.reply(ControlReply::Failed(Box::new(f.clone())));
         }
         for job in self.queue.drain(..) {
@@ -22,12 +22,14 @@ impl Actor {
         }
     }
 
-    /// The worker's published state changed: an idle death shows here first.
-    pub(super) async fn worker_changed(&mut self) {
-        let Some(status) = self.worker_status.as_ref().map(|w| w.borrow().clone()) else {
+    /// The worker's published state changed (or, `gone`, its publisher ended): an idle
+    /// death shows here first.
+    pub(super) async fn worker_changed(&mut self, gone: bool) {
+        let Some(live) = self.state.live() else {
             return;
         };
-        if status.state != WorkerState::Failed || self.current.is_some() {
+        let status = live.status.borrow().clone();
+        if (status.state != WorkerState::Failed && !gone) || live.current.is_some() {
             return;
         }
         let f = status.failure.map(|f| (*f).clone()).unwrap_or_else(|| {
@@ -38,16 +40,16 @@ impl Actor {
                 Default::default(),
             )
         });
-        self.died(f, None).await;
+        self.died(f, None, Vec::new()).await;
     }
 
-    /// The worker is gone with `f`: retry a memory failure once with a smaller context,
-    /// else fail what waits, back off, and quarantine after too many.
-    pub(super) async fn died(&mut self, f: Failure, job: Option<Job>) {
+    /// The worker is gone with `f` (or its load failed, `waiters` waiting for it): retry a
+    /// memory failure once with a smaller context, else fail what waits, back off, and
+    /// quarantine after too many.
+    pub(super) async fn died(&mut self, f: Failure, job: Option<Job>, waiters: Vec<Responder>) {
         tracing::warn!(model = %self.dir.display(), kind = %f.kind, phase = %f.phase, "worker failed");
-        self.worker = None;
-        self.worker_status = None;
-        self.plan = None;
+        // Its handle goes with the state (the worker is gone already).
+        self.state = State::Unloaded;
         let now = Instant::now();
         self.failures.push_back(now);
         while self
@@ -85,43 +87,40 @@ impl Actor {
                 job.resp.event(ControlEvent::Note(note.clone()));
                 self.queue.push_front(job);
             }
-            for w in &self.load_waiters {
+            for w in &waiters {
                 w.event(ControlEvent::Note(note.clone()));
             }
             let first = self.queue.front().map(|j| j.resp.clone());
-            self.start_load(first);
+            self.start_load(first, waiters);
             return;
         }
         if let Some(job) = job {
             job.resp.reply(ControlReply::Failed(Box::new(f.clone())));
         }
-        self.fail_waiting(&f);
+        self.fail_waiting(&f, waiters);
         if self.failures.len() >= policy::QUARANTINE_AFTER {
             tracing::warn!(model = %self.dir.display(), failures = self.failures.len(), "quarantined");
-            self.state = ModelState::Quarantined;
+            self.state = State::Quarantined;
         } else {
-            self.state = ModelState::Failed;
-            self.backoff_until = Some(now + policy::backoff(self.consecutive));
+            self.state = State::Failed {
+                retry_at: now + policy::backoff(self.consecutive),
+            };
         }
     }
 
+    /// Forgets the failure history; a quarantined or backing-off model is unloaded.
     pub(super) fn clear_failures(&mut self) {
         self.retried = false;
         self.failures.clear();
         self.consecutive = 0;
-        self.backoff_until = None;
-        if self.state == ModelState::Quarantined {
-            self.state = if self.worker.is_some() {
-                ModelState::Ready
-            } else {
-                ModelState::Unloaded
-            };
+        if matches!(self.state, State::Quarantined | State::Failed { .. }) {
+            self.state = State::Unloaded;
         }
     }
 
     /// The refusal of a quarantined model.
     pub(super) fn quarantine_failure(&self) -> Option<Failure> {
-        if self.state != ModelState::Quarantined {
+        if !matches!(self.state, State::Quarantined) {
             return None;
         }
         let last = self.last_failure.clone()?;

@@ -4,31 +4,40 @@
 use std::{path::PathBuf, sync::Arc};
 
 use protocol::{
-    control::{ControlEvent, ControlReply, ModelState},
+    control::{ControlEvent, ControlReply},
     FailureKind, Reply, Request,
 };
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use super::{super::admission, Actor, LoadSettings, Loadable, Loaded, Responder, Shared};
+use super::{
+    super::admission, Actor, Live, LoadSettings, Loadable, Loaded, Responder, Shared, State,
+};
 use crate::supervise::{report, End, SpawnError, WorkerHandle};
 
 impl Actor {
-    pub(super) fn start_load(&mut self, events: Option<Responder>) {
+    /// Starts the load task: `events` gets its events (the first queued request's or the
+    /// `load` request's), `waiters` its answer.
+    pub(super) fn start_load(&mut self, events: Option<Responder>, waiters: Vec<Responder>) {
         let (tx, rx) = oneshot::channel();
         let settings = self.next_load.clone();
         // An injected fault is for one attempt, as a real transient failure would be.
         self.next_load.fault = None;
         let shared = Arc::clone(&self.shared);
         let dir = self.dir.clone();
-        self.state = ModelState::Loading;
-        self.loading = Some(rx);
+        let abandon = CancellationToken::new();
+        self.state = State::Loading {
+            rx,
+            waiters,
+            abandon: abandon.clone(),
+        };
         tokio::spawn(async move {
-            let _ = tx.send(load(shared, dir, settings, events).await);
+            let _ = tx.send(load(shared, dir, settings, events, abandon).await);
         });
     }
 
-    pub(super) async fn loaded(&mut self, l: Loaded) {
+    /// The load task ended: loaded, refused, failed, or the model unreadable.
+    pub(super) async fn loaded(&mut self, l: Loaded, waiters: Vec<Responder>) {
         match l {
             Loaded::Ok {
                 worker,
@@ -36,7 +45,6 @@ impl Actor {
                 info,
                 text,
             } => {
-                self.loadable = Some(text);
                 tracing::info!(
                     model = %self.dir.display(),
                     pid = worker.pid(),
@@ -47,26 +55,30 @@ impl Actor {
                 if let Some(j) = self.queue.front() {
                     j.resp.event(ControlEvent::Loaded((*info).clone()));
                 }
-                self.device = Some(info.device.clone());
-                self.machine = Some(crate::calibration::machine_of(&info));
-                self.recorded_peak = None;
-                self.worker_status = Some(worker.status());
-                self.worker = Some(worker);
-                self.plan = Some(*plan);
-                self.state = ModelState::Ready;
+                self.state = State::Loaded(Box::new(Live {
+                    status: worker.status(),
+                    worker,
+                    plan: *plan,
+                    loadable: text,
+                    machine: crate::calibration::machine_of(&info),
+                    device: info.device.clone(),
+                    recorded_peak: None,
+                    keep_until: None,
+                    current: None,
+                }));
                 self.touch();
                 let status = self.status();
-                for w in self.load_waiters.drain(..) {
+                for w in waiters {
                     w.reply(ControlReply::Loaded(Box::new(status.clone())));
                 }
             }
             Loaded::Refused(f) => {
-                self.state = ModelState::Unloaded;
-                self.fail_waiting(&f);
+                self.state = State::Unloaded;
+                self.fail_waiting(&f, waiters);
             }
             Loaded::BadModel(m) => {
-                self.state = ModelState::Unloaded;
-                for w in self.load_waiters.drain(..) {
+                self.state = State::Unloaded;
+                for w in waiters {
                     w.reply(ControlReply::BadRequest { message: m.clone() });
                 }
                 for job in self.queue.drain(..) {
@@ -74,17 +86,19 @@ impl Actor {
                         .reply(ControlReply::BadRequest { message: m.clone() });
                 }
             }
-            Loaded::Failed(f) => self.died(*f, None).await,
+            Loaded::Failed(f) => self.died(*f, None, waiters).await,
         }
     }
 
+    /// Stops the worker, if one is loaded (with no generation left on it), or abandons
+    /// the load in flight (its task stops the worker it started); unloaded.
     pub(super) async fn unload_worker(&mut self) {
-        self.worker_status = None;
-        self.plan = None;
-        self.loadable = None;
-        self.keep_until = None;
-        if let Some(w) = self.worker.take() {
-            w.shutdown().await;
+        match std::mem::replace(&mut self.state, State::Unloaded) {
+            State::Loaded(live) => {
+                live.worker.shutdown().await;
+            }
+            State::Loading { abandon, .. } => abandon.cancel(),
+            _ => {}
         }
     }
 }
@@ -95,15 +109,26 @@ async fn load(
     dir: PathBuf,
     settings: LoadSettings,
     events: Option<Responder>,
+    abandon: CancellationToken,
 ) -> Loaded {
-    let model = match crate::plan::open_runnable(&dir) {
-        Ok(m) => m,
-        Err(e) => return Loaded::BadModel(e),
+    // The model's files are read off the runtime (shard headers, the tokenizer and its
+    // template, parsed): a large or slow folder never holds up the daemon's other work.
+    let read = {
+        let dir = dir.clone();
+        tokio::task::spawn_blocking(move || {
+            let model = crate::plan::open_runnable(&dir)?;
+            // What a worker would load and can be checked without MLX, before one is
+            // spawned.
+            let text =
+                text::check_loadable(&model).map_err(|e| format!("cannot read model: {e}"))?;
+            Ok::<_, String>((model, text))
+        })
+        .await
     };
-    // What a worker would load and can be checked without MLX, before one is spawned.
-    let text = match text::check_loadable(&model) {
-        Ok(t) => t,
-        Err(e) => return Loaded::BadModel(format!("cannot read model: {e}")),
+    let (model, text) = match read {
+        Ok(Ok(read)) => read,
+        Ok(Err(e)) => return Loaded::BadModel(e),
+        Err(e) => return Loaded::BadModel(format!("reading the model failed: {e}")),
     };
     // One admission at a time, held through the load: what it admits is then counted.
     let _admitting = shared.admission.lock().await;
@@ -130,6 +155,9 @@ async fn load(
     if let (Some(r), Some(note)) = (&events, &plan.compute_note) {
         r.event(ControlEvent::Note(note.clone()));
     }
+    if abandon.is_cancelled() {
+        return Loaded::BadModel("the load was abandoned".into());
+    }
     tracing::info!(model = %dir.display(), estimate = plan.estimate.total_bytes, "spawning a worker");
     let worker = match WorkerHandle::spawn(plan.spawn.clone(), plan.report.clone()).await {
         Ok(w) => w,
@@ -146,15 +174,11 @@ async fn load(
         }
     };
     let end = worker
-        .call(
-            Request::Load(plan.load.clone()),
-            CancellationToken::new(),
-            |ev| {
-                if let Some(r) = &events {
-                    r.event(ControlEvent::Worker(ev.clone()));
-                }
-            },
-        )
+        .call(Request::Load(plan.load.clone()), abandon.clone(), |ev| {
+            if let Some(r) = &events {
+                r.event(ControlEvent::Worker(ev.clone()));
+            }
+        })
         .await;
     match end {
         End::Reply(Reply::Loaded(info)) => Loaded::Ok {

@@ -3,34 +3,36 @@
 
 use std::time::{Instant, SystemTime};
 
-use protocol::control::{KeepAlive, ModelState, ModelStatus};
+use protocol::control::{KeepAlive, ModelStatus};
 
-use super::{Actor, Row};
+use super::{Actor, Row, State};
 
 impl Actor {
+    /// Loaded, free, nothing queued, not pinned: admission may evict it.
     pub(super) fn evictable(&self) -> bool {
-        self.worker.is_some()
-            && self.state == ModelState::Ready
-            && self.current.is_none()
+        matches!(&self.state, State::Loaded(l) if l.current.is_none())
             && self.queue.is_empty()
-            && self.loading.is_none()
             && self.keep_alive != KeepAlive::Forever
     }
 
     pub(super) fn status(&self) -> ModelStatus {
-        let w = self.worker_status.as_ref().map(|w| w.borrow().clone());
-        let plan = self.plan.as_ref();
-        let keep_alive_until_ms = self.keep_until.filter(|_| self.current.is_none()).map(|t| {
-            let left = t.saturating_duration_since(Instant::now());
-            (SystemTime::now() + left)
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64)
-        });
+        let live = self.state.live();
+        let w = live.map(|l| l.status.borrow().clone());
+        let plan = live.map(|l| &l.plan);
+        let keep_alive_until_ms = live
+            .filter(|l| l.current.is_none())
+            .and_then(|l| l.keep_until)
+            .map(|t| {
+                let left = t.saturating_duration_since(Instant::now());
+                (SystemTime::now() + left)
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64)
+            });
         ModelStatus {
             model: self.dir.display().to_string(),
             name: self.row.borrow().status.name.clone(),
-            state: self.state,
-            pid: self.worker.as_ref().map(|w| w.pid() as u32),
+            state: self.state.model_state(),
+            pid: live.map(|l| l.worker.pid() as u32),
             footprint_bytes: w.as_ref().map_or(0, |w| w.footprint_bytes),
             peak_bytes: w
                 .as_ref()
@@ -43,14 +45,14 @@ impl Actor {
             queued: self.queue.len() as u32,
             last_failure: self.last_failure.clone(),
             note: self.note.clone(),
-            device: self.device.clone().filter(|_| self.worker.is_some()),
+            device: live.map(|l| l.device.clone()),
         }
     }
 
     /// Publishes the row; a state change also goes to subscribers.
     pub(super) fn publish(&mut self) {
         let status = self.status();
-        let held_bytes = if self.worker.is_some() || self.loading.is_some() {
+        let held_bytes = if matches!(self.state, State::Loaded(_) | State::Loading { .. }) {
             status.footprint_bytes.max(status.estimate_bytes)
         } else {
             0

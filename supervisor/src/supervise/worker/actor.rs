@@ -10,8 +10,8 @@ use std::{
 use nix::{sys::signal::Signal, unistd::Pid};
 use protocol::{
     client::{Connection, LocalStream},
-    Event, Failure, FromWorker, Phase, ProtocolError, Reply, RequestId, Telemetry, ToWorker,
-    WorkerError, WorkerErrorKind,
+    Event, Failure, FromWorker, Phase, ProtocolError, Reply, Request, RequestId, Stage, Telemetry,
+    ToWorker, WorkerError, WorkerErrorKind,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
@@ -35,6 +35,9 @@ pub(super) struct InFlight {
     pub(super) updates: mpsc::UnboundedSender<Update>,
     cancel_sent_at: Option<Instant>,
     stall: Stall,
+    /// A request with images whose vision tower has not reported yet (`Event::Vision`
+    /// comes when it is done): a failure in the prefill until then is the tower's.
+    tower_pending: bool,
 }
 
 /// The actor's state: one worker.
@@ -223,12 +226,14 @@ impl Actor {
         self.next_id += 1;
         self.request_phase = Phase::Idle;
         self.last_error = None;
+        let tower_pending = matches!(&job.body, Request::Generate(g) if !g.images.is_empty());
         self.current = Some(InFlight {
             id,
             cancel: job.cancel,
             updates: job.updates,
             cancel_sent_at: None,
             stall: Stall::new(self.pid.as_raw()),
+            tower_pending,
         });
         self.publish(|s| s.state = WorkerState::Busy);
         if let Err(e) = self
@@ -249,8 +254,12 @@ impl Actor {
         self.note(&event);
         let mut stalled = None;
         if let Some(c) = self.current.as_mut() {
-            if let Event::Telemetry(t) = &event {
-                stalled = c.stall.check(t.progress, self.opts.stall_timeout);
+            match &event {
+                Event::Telemetry(t) => {
+                    stalled = c.stall.check(t.progress, self.opts.stall_timeout);
+                }
+                Event::Vision(_) => c.tower_pending = false,
+                _ => {}
             }
             let _ = c.updates.send(Update::Event(event));
         }
@@ -295,6 +304,8 @@ impl Actor {
 
     /// The worker answered the request in flight.
     fn finish(&mut self, body: Reply) {
+        // Before the request is taken: its stage is read from it.
+        let stage = self.stage(self.request_phase);
         let Some(c) = self.current.take() else {
             return;
         };
@@ -303,7 +314,7 @@ impl Actor {
             Reply::Error(e) if e.kind == WorkerErrorKind::Cancelled => End::Cancelled,
             Reply::Error(e) => {
                 self.last_error = Some(e.clone());
-                let failure = Box::new(self.live_failure(&e));
+                let failure = Box::new(self.live_failure(&e, stage));
                 End::Error { error: e, failure }
             }
             other => End::Reply(other),
@@ -312,9 +323,20 @@ impl Actor {
         self.publish(|s| s.state = WorkerState::Idle);
     }
 
+    /// The part of the request in flight that was running in `phase`, when the phase
+    /// alone does not say: the vision tower, in the prefill of a request with images
+    /// until the tower reported.
+    pub(super) fn stage(&self, phase: Phase) -> Option<Stage> {
+        self.current
+            .as_ref()
+            .filter(|c| c.tower_pending && phase == Phase::Prefill)
+            .map(|_| Stage::VisionTower)
+    }
+
     /// A live worker's structured error as a failure (load failed, the soft guard).
-    fn live_failure(&self, e: &WorkerError) -> Failure {
+    fn live_failure(&self, e: &WorkerError, stage: Option<Stage>) -> Failure {
         let mut f = Facts::new(self.request_phase, self.started);
+        f.stage = stage;
         f.worker_error = Some(e.clone());
         f.telemetry = self.telemetry.iter().cloned().collect();
         f.peak_bytes = self.telemetry.iter().map(|t| t.peak_bytes).max();

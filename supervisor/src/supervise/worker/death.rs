@@ -161,6 +161,7 @@ impl Actor {
                 .collect();
         }
         let mut f = Facts::new(self.phase, self.started);
+        f.stage = self.stage(self.phase);
         f.killed_for = if signal_ours || exit.is_none() {
             killed_for
         } else {

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use super::run_quiet;
 
 /// The unit template, as shipped in the repo.
-const TEMPLATE: &str = include_str!("../../../systemd/mlxsup.service");
+const TEMPLATE: &str = include_str!("../../../../systemd/mlxsup.service");
 pub const UNIT: &str = "mlxsup.service";
 
 /// `$XDG_CONFIG_HOME/systemd/user/mlxsup.service` (default `~/.config`).

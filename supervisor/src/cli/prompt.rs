@@ -17,10 +17,10 @@ pub struct PromptArgs {
     #[arg(long, default_value_t = 128)]
     pub max_tokens: u32,
     /// Sampling temperature (finite, >= 0); 0 is greedy.
-    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true, value_parser = crate::args::parse_temperature)]
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true, value_parser = crate::cli::args::parse_temperature)]
     pub temp: f32,
     /// Nucleus sampling threshold, in (0, 1].
-    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true, value_parser = crate::args::parse_top_p)]
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true, value_parser = crate::cli::args::parse_top_p)]
     pub top_p: f32,
     /// Random seed for sampling.
     #[arg(long)]

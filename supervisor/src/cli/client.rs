@@ -6,16 +6,13 @@ use std::{path::PathBuf, time::Duration};
 
 use estimate::Bytes;
 use protocol::{
-    control::{
-        ControlEvent, ControlReply, ControlRequest, GenerateModel, KeepAlive, LoadModel,
-        ModelStatus,
-    },
+    control::{ControlEvent, ControlReply, ControlRequest, GenerateModel, KeepAlive, LoadModel},
     daemon_client::{ClientError, DaemonClient},
-    ComputePolicy, Device, Failure, FailureKind, Fault,
+    ComputePolicy, Device, Failure, Fault,
 };
 use serde_json::{json, Value};
 
-use crate::{daemon, exit::Exit, output::Output, prompt::PromptArgs, run};
+use crate::{cli::output::Output, cli::prompt::PromptArgs, cli::run, daemon, exit::Exit};
 
 /// Where the daemon is, and the output form.
 #[derive(clap::Args, Clone, Debug)]
@@ -43,7 +40,7 @@ pub struct ModelArgs {
     #[arg(long)]
     pub force: bool,
     /// Tests: make the worker fail on purpose (KIND@PHASE; load's KIND@load).
-    #[arg(long, hide = true, value_parser = run::parse_fault)]
+    #[arg(long, hide = true, value_parser = crate::fault::parse_fault)]
     pub inject_fault: Option<Fault>,
     /// The MLX device to load on: gpu, cpu or default.
     #[arg(long, default_value = "default", value_parser = Device::parse)]
@@ -52,7 +49,7 @@ pub struct ModelArgs {
     #[arg(long, default_value = "auto", value_parser = ComputePolicy::parse)]
     pub compute: ComputePolicy,
     /// Quantize the KV cache to 4 or 8 bits (group size 64), when it loads.
-    #[arg(long, value_parser = crate::inspect::parse_kv_bits)]
+    #[arg(long, value_parser = crate::cli::inspect::parse_kv_bits)]
     pub kv_bits: Option<u8>,
 }
 
@@ -121,19 +118,6 @@ fn print_json(v: &Value) {
     println!("{v}");
 }
 
-/// A model's row as JSON: `keep_alive_until` in RFC 3339 beside the raw fields.
-pub fn status_json(s: &ModelStatus) -> Value {
-    let mut v = serde_json::to_value(s).unwrap_or(Value::Null);
-    let until = s.keep_alive_until_ms.map(|ms| {
-        humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(ms))
-            .to_string()
-    });
-    if let Value::Object(m) = &mut v {
-        m.insert("keep_alive_until".into(), json!(until));
-    }
-    v
-}
-
 pub fn status(args: ClientArgs) -> Exit {
     block_on(async move {
         match ask(&args, ControlRequest::Status).await {
@@ -165,7 +149,10 @@ pub fn ps(args: ClientArgs) -> Exit {
         match ask(&args, ControlRequest::Ps).await {
             Ok(ControlReply::Ps(models)) => {
                 if args.json {
-                    let rows: Vec<Value> = models.iter().map(status_json).collect();
+                    let rows: Vec<Value> = models
+                        .iter()
+                        .map(crate::daemon::ps_json::status_json)
+                        .collect();
                     print_json(&json!({ "models": rows }));
                 } else {
                     println!(
@@ -267,7 +254,7 @@ pub fn load(args: LoadArgs) -> Exit {
         match reply {
             Ok(ControlReply::Loaded(s)) => {
                 if json {
-                    print_json(&status_json(&s));
+                    print_json(&crate::daemon::ps_json::status_json(&s));
                 } else {
                     println!(
                         "loaded {} (pid {}) at context {}: estimate {}{}",
@@ -304,7 +291,7 @@ pub fn unload(args: UnloadArgs) -> Exit {
         {
             Ok(ControlReply::Unloaded(s)) => {
                 if json {
-                    print_json(&status_json(&s));
+                    print_json(&crate::daemon::ps_json::status_json(&s));
                 } else {
                     println!("unloaded {}", s.name);
                 }
@@ -353,7 +340,7 @@ pub fn generate(args: GenerateArgs) -> Exit {
             }
         };
         let m = &args.model;
-        let (prompt, images) = match crate::images::for_generate(&args, prompt).await {
+        let (prompt, images) = match images_for_generate(&args, prompt).await {
             Ok(p) => p,
             Err(e) => return e,
         };
@@ -381,7 +368,7 @@ pub fn generate(args: GenerateArgs) -> Exit {
             }
         };
         let interrupt = tokio_util::sync::CancellationToken::new();
-        let listener = run::cancel_on_signal(interrupt.clone());
+        let listener = crate::rt::cancel_on_signal(interrupt.clone());
         let mut cancel_sent = false;
         let exit = loop {
             let next = tokio::select! {
@@ -404,7 +391,7 @@ pub fn generate(args: GenerateArgs) -> Exit {
                                 &d.done,
                                 d.estimate_bytes,
                                 (d.estimate_used_bytes > 0).then_some(
-                                    crate::output::UsedEstimate {
+                                    crate::cli::output::UsedEstimate {
                                         context_used: d.context_used,
                                         estimate_used_bytes: d.estimate_used_bytes,
                                     },
@@ -444,7 +431,7 @@ fn on_event(out: &mut Output, ev: &ControlEvent) {
 
 fn failure_exit(out: &mut Output, f: &Failure) -> Exit {
     out.failure(f);
-    if f.kind == FailureKind::InsufficientMemory {
+    if f.kind.is_refusal() {
         Exit::Refused
     } else {
         Exit::WorkerFailed
@@ -467,4 +454,55 @@ fn reply_exit(reply: ControlReply, json: bool) -> Exit {
 fn unexpected(reply: ControlReply) -> Exit {
     eprintln!("mlxsup: unexpected reply from the daemon: {reply:?}");
     Exit::Internal
+}
+
+/// `generate --image`: the model's folder (the path given, or the one the daemon's `ls`
+/// names), its images read and resized as `run --image` does, the prompt made a chat
+/// message. Errors are reported here (exit 2 for an image, 5 for the model).
+async fn images_for_generate(
+    args: &GenerateArgs,
+    prompt: protocol::Prompt,
+) -> Result<(protocol::Prompt, Vec<protocol::ImageInput>), crate::exit::Exit> {
+    if args.images.is_empty() {
+        return Ok((prompt, Vec::new()));
+    }
+    let name = &args.model.model;
+    let dir = if std::path::Path::new(name).is_dir() {
+        std::path::PathBuf::from(name)
+    } else {
+        match ask(&args.client, protocol::control::ControlRequest::Ls).await? {
+            protocol::control::ControlReply::Ls(models) => {
+                match models.into_iter().find(|e| &e.name == name) {
+                    Some(e) => std::path::PathBuf::from(e.model),
+                    None => {
+                        eprintln!("mlxsup: {name}: no such model (mlxsup ls lists them)");
+                        return Err(crate::exit::Exit::BadModel);
+                    }
+                }
+            }
+            other => {
+                eprintln!("mlxsup: unexpected reply from the daemon: {other:?}");
+                return Err(crate::exit::Exit::Internal);
+            }
+        }
+    };
+    let images = match crate::images::read(&dir, &args.images, 0) {
+        Ok(i) => i.inputs,
+        Err(crate::images::ImagesError::Model(m)) => {
+            eprintln!("{m}");
+            return Err(crate::exit::Exit::BadModel);
+        }
+        Err(crate::images::ImagesError::Image(m)) => {
+            eprintln!("{m}");
+            return Err(crate::exit::Exit::Usage);
+        }
+    };
+    let prompt = match prompt {
+        protocol::Prompt::Text(t) => protocol::Prompt::Chat(vec![protocol::ChatMessage {
+            role: "user".into(),
+            content: t,
+        }]),
+        p => p,
+    };
+    Ok((prompt, images))
 }

@@ -12,12 +12,12 @@ use protocol::{Fault, FaultAction, FaultPoint};
 use serde_json::json;
 
 use crate::{
+    cli::make_model::{self, MakeModelArgs},
+    cli::output::Output,
+    cli::prompt::PromptArgs,
+    cli::real_checkpoint,
+    cli::run::{self, Outcome, RunArgs},
     exit::Exit,
-    make_model::{self, MakeModelArgs},
-    output::Output,
-    prompt::PromptArgs,
-    real_checkpoint,
-    run::{self, Outcome, RunArgs},
 };
 
 #[derive(clap::Args, Debug)]
@@ -222,7 +222,10 @@ async fn demo(args: DemoArgs) -> Exit {
             }
             println!("the imported MLX folder, as it will run:");
         }
-        println!("{}", crate::inspect::table(&est, &model, &budget, false));
+        println!(
+            "{}",
+            crate::cli::inspect::table(&est, &model, &budget, false)
+        );
         if real.is_some() {
             println!(
                 "\n== 3. Ask it a question in a sandboxed worker, with live memory telemetry =="

@@ -190,7 +190,7 @@ pub async fn measure(
             Bytes(vision.predicted_bytes),
             pct(vision.predicted_bytes, vision.activation_bytes)
         );
-        let used = crate::run::used_estimate(model, &req, &done, compute_f32);
+        let used = crate::plan::used_estimate(model, &req, &done, compute_f32);
         let machine = calibration::machine_of(&info);
         let mut record = Record::new(machine.clone(), model, &used, done.peak_bytes, "calibrate");
         record.vision = VisionRecord::of(model, &vision);

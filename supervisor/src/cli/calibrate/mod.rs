@@ -41,12 +41,12 @@ pub struct CalibrateArgs {
     pub device: Device,
     /// Quantize the KV cache to 4 or 8 bits (as `run`). Such runs are measured and
     /// recorded, but the refit leaves them out (it models the model-dtype cache).
-    #[arg(long, value_parser = crate::inspect::parse_kv_bits)]
+    #[arg(long, value_parser = crate::cli::inspect::parse_kv_bits)]
     pub kv_bits: Option<u8>,
     /// One JSON object on stdout instead of the table.
     /// A vision-language model: also run its vision tower on one generated image of each
     /// size (`WxH`, comma-separated), so the vision term is refit too.
-    #[arg(long = "image-sizes", value_delimiter = ',', value_parser = crate::inspect::parse_image_size)]
+    #[arg(long = "image-sizes", value_delimiter = ',', value_parser = crate::cli::inspect::parse_image_size)]
     pub image_sizes: Vec<(u32, u32)>,
     #[arg(long)]
     pub json: bool,
@@ -168,7 +168,7 @@ async fn run(args: CalibrateArgs) -> Exit {
                 return Exit::WorkerFailed;
             }
         };
-        let used = crate::run::used_estimate(&model, &req, &done, compute_f32);
+        let used = crate::plan::used_estimate(&model, &req, &done, compute_f32);
         eprintln!(
             "mlxsup: calibrate: context {context}: MLX peak {} vs predicted {} ({:+.1}%)",
             Bytes(done.peak_bytes),

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 /// The plist template, as shipped in the repo.
-const TEMPLATE: &str = include_str!("../../../launchd/com.mlxsup.daemon.plist");
+const TEMPLATE: &str = include_str!("../../../../launchd/com.mlxsup.daemon.plist");
 pub const LABEL: &str = "com.mlxsup.daemon";
 
 fn home() -> Result<PathBuf, String> {

@@ -12,10 +12,10 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     budget::budget,
     calibration,
+    cli::output::Output,
+    cli::prompt::PromptArgs,
     exit::Exit,
-    output::Output,
     plan::{self, Plan, PlanRequest},
-    prompt::PromptArgs,
     supervise::{self, report, End, SpawnError, WorkerHandle},
 };
 
@@ -57,10 +57,10 @@ pub struct RunArgs {
     pub compute: ComputePolicy,
     /// Quantize the KV cache to 4 or 8 bits (group size 64, as mlx-lm's --kv-bits;
     /// sliding-window layers stay unquantized).
-    #[arg(long, value_parser = crate::inspect::parse_kv_bits)]
+    #[arg(long, value_parser = crate::cli::inspect::parse_kv_bits)]
     pub kv_bits: Option<u8>,
     /// Tests: make the worker fail on purpose (KIND@PHASE, see docs/CONTRACT.md).
-    #[arg(long, hide = true, value_parser = parse_fault)]
+    #[arg(long, hide = true, value_parser = crate::fault::parse_fault)]
     pub inject_fault: Option<Fault>,
     /// Tests: milliseconds without a message before the worker is unresponsive.
     #[arg(long, hide = true, default_value_t = 10_000)]
@@ -107,10 +107,6 @@ impl RunArgs {
             other => (None, other),
         }
     }
-}
-
-pub fn parse_fault(s: &str) -> Result<Fault, String> {
-    Fault::parse(s, |size| size.parse::<Bytes>().ok().map(|b| b.0))
 }
 
 /// How a run ended.
@@ -312,7 +308,7 @@ pub async fn execute(args: &RunArgs, out: &mut Output) -> Outcome {
     }
 
     let interrupt = CancellationToken::new();
-    let listener = cancel_on_signal(interrupt.clone());
+    let listener = crate::rt::cancel_on_signal(interrupt.clone());
     let mut gen = args.prompt.request(prompt, args.faults().1);
     gen.images = images.map(|i| i.inputs).unwrap_or_default();
     let outcome = drive(out, &model, &request, plan, gen, &interrupt).await;
@@ -322,32 +318,6 @@ pub async fn execute(args: &RunArgs, out: &mut Output) -> Outcome {
         return Outcome::Interrupted;
     }
     outcome
-}
-
-/// Cancels `token` on Ctrl-C (SIGINT) or SIGTERM. The handlers are installed before
-/// this returns, so a signal that comes at once is caught too (a task installing them on
-/// its first poll would leave a window in which SIGTERM still kills the process).
-pub fn cancel_on_signal(token: CancellationToken) -> tokio::task::JoinHandle<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut int = signal(SignalKind::interrupt()).ok();
-    let mut term = signal(SignalKind::terminate()).ok();
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = recv(&mut int) => {}
-            _ = recv(&mut term) => {}
-        }
-        token.cancel();
-    })
-}
-
-/// The next delivery of `s`; never, without a handler.
-async fn recv(s: &mut Option<tokio::signal::unix::Signal>) {
-    match s {
-        Some(s) => {
-            s.recv().await;
-        }
-        None => std::future::pending().await,
-    }
 }
 
 async fn drive(
@@ -390,11 +360,11 @@ async fn drive(
         .await;
     match end {
         End::Reply(Reply::Done(done)) => {
-            let used = used_estimate(model, request, &done, compute_f32);
+            let used = plan::used_estimate(model, request, &done, compute_f32);
             out.done(
                 &done,
                 estimate_bytes,
-                Some(crate::output::UsedEstimate {
+                Some(crate::cli::output::UsedEstimate {
                     context_used: used.kv_cache.context,
                     estimate_used_bytes: used.total_bytes,
                 }),
@@ -420,28 +390,6 @@ async fn drive(
             Outcome::Done
         }
         other => finish(out, worker, other, interrupt).await,
-    }
-}
-
-/// The estimate at the context a generation used (prompt + generated tokens), at the
-/// compute dtype it ran in, with the plan's calibration.
-pub fn used_estimate(
-    model: &estimate::Model,
-    request: &PlanRequest,
-    done: &protocol::DoneInfo,
-    compute_f32: bool,
-) -> Estimate {
-    let used = u64::from(done.prompt_tokens) + u64::from(done.generated_tokens);
-    let est = plan::estimate_for(model, request, Some(used.max(1)), compute_f32);
-    // The prompt's image tokens are counted by the estimate on top of the context.
-    match est.vision.as_ref().map_or(0, |v| v.image_tokens) {
-        0 => est,
-        images => plan::estimate_for(
-            model,
-            request,
-            Some(used.saturating_sub(images).max(1)),
-            compute_f32,
-        ),
     }
 }
 
