@@ -621,7 +621,13 @@ fn a_client_that_stops_reading_is_dropped_with_an_error_and_others_are_served() 
         version: protocol::control::version::CURRENT,
         ..Hello::ours(Role::Client, "slow")
     };
-    handshake::handshake_sync::<ToDaemon, FromDaemon>(&mut r, &mut s, ours).unwrap();
+    let theirs =
+        handshake::handshake_sync::<ToDaemon, FromDaemon>(&mut r, &mut s, ours.clone()).unwrap();
+    let wire = protocol::wire::Wire::negotiate(
+        ours.version,
+        theirs.version,
+        protocol::wire::Proto::Control,
+    );
     let max_tokens = 4000;
     let body = ControlRequest::Generate(GenerateModel {
         model: "a".into(),
@@ -640,7 +646,7 @@ fn a_client_that_stops_reading_is_dropped_with_an_error_and_others_are_served() 
         compute: ComputePolicy::Auto,
         kv_bits: None,
     });
-    frame::write_sync(&mut s, &ToDaemon::Request { id: 1, body }).unwrap();
+    frame::write_sync_at(&mut s, &ToDaemon::Request { id: 1, body }, wire).unwrap();
     // It reads nothing from now on.
     let log = d.wait_log("does not read its stream", Duration::from_secs(120));
     assert!(log.contains("does not read its stream"), "{log}");
@@ -656,7 +662,7 @@ fn a_client_that_stops_reading_is_dropped_with_an_error_and_others_are_served() 
     r.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let mut tokens = 0;
     let reply = loop {
-        match frame::read_sync::<FromDaemon>(&mut r).unwrap() {
+        match frame::read_sync_at::<FromDaemon>(&mut r, wire).unwrap() {
             Some(FromDaemon::Event {
                 event: ControlEvent::Worker(Event::Token { .. }),
                 ..
