@@ -26,7 +26,8 @@ pub mod gguf;
 pub mod index;
 pub mod json_size;
 pub mod kv_cache;
-pub mod limits;
+/// The plausible ranges of config numbers (the `model` crate's, shared with the worker).
+pub use ::model::limits;
 pub mod model;
 pub mod quantization;
 pub mod request;
