@@ -61,7 +61,7 @@ impl Moe {
     pub fn is_sparse(&self, i: u64) -> bool {
         self.block_enabled
             && i >= self.first_dense
-            && (i + 1) % self.every == 0
+            && (i + 1).is_multiple_of(self.every)
             && !self.mlp_only.contains(&i)
     }
 }

@@ -122,7 +122,9 @@ fn kinds(cfg: &ConfigView, family: Family, layers: u64) -> Vec<LayerKind> {
                 .u64(&["sliding_window_pattern"])
                 .unwrap_or(GEMMA3_DEFAULT_PATTERN)
                 .max(1);
-            return (0..layers).map(|i| slide((i + 1) % p != 0)).collect();
+            return (0..layers)
+                .map(|i| slide(!(i + 1).is_multiple_of(p)))
+                .collect();
         }
         // `layer_types` decides; without it a Llama attends in full and a Mistral
         // slides on every layer when it has a window.
@@ -167,7 +169,7 @@ fn kinds(cfg: &ConfigView, family: Family, layers: u64) -> Vec<LayerKind> {
         let interval = cfg.u64(&["full_attention_interval"]).unwrap_or(4).max(1);
         return (0..layers)
             .map(|i| {
-                if (i + 1) % interval == 0 {
+                if (i + 1).is_multiple_of(interval) {
                     LayerKind::Full
                 } else {
                     LayerKind::Linear
@@ -185,7 +187,7 @@ fn kinds(cfg: &ConfigView, family: Family, layers: u64) -> Vec<LayerKind> {
         .or((family == Family::Gemma3n).then_some(GEMMA3_DEFAULT_PATTERN));
     (0..layers)
         .map(|i| match pattern {
-            Some(p) if p > 0 && (i + 1) % p == 0 => LayerKind::Full,
+            Some(p) if p > 0 && (i + 1).is_multiple_of(p) => LayerKind::Full,
             _ => slide(true),
         })
         .collect()

@@ -274,4 +274,6 @@ impl Engine {
 #[cfg(test)]
 mod memory_tests;
 #[cfg(test)]
+mod plan_tests;
+#[cfg(test)]
 mod tests;
