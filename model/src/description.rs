@@ -16,6 +16,10 @@ pub enum DescribeError {
     /// A field is missing or contradictory (the message names it).
     #[error("{0}")]
     Config(String),
+    /// Read for the worker, whose families do not include this one
+    /// ([`crate::unsupported`]'s message).
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 /// Multi-head latent attention (DeepSeek V2/V3).
@@ -161,6 +165,19 @@ impl Description {
             moe,
             max_position_embeddings,
         })
+    }
+
+    /// [`Description::new`] for the worker: a `model_type` it does not run is refused
+    /// first, by name with the list it runs, whatever else the config lacks.
+    pub fn new_runnable(
+        root: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Description, DescribeError> {
+        crate::limits::check_config(&root)?;
+        let view = ConfigView::new(root);
+        if let Some(why) = crate::family::unsupported(view.model_type()) {
+            return Err(DescribeError::Unsupported(why));
+        }
+        Description::new(view.into_root())
     }
 
     /// The config itself, for what only one reader needs (the estimator's tensor

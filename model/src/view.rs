@@ -22,6 +22,11 @@ impl ConfigView {
         ConfigView { root, text }
     }
 
+    /// The top-level object, back.
+    pub fn into_root(self) -> Map<String, Value> {
+        self.root
+    }
+
     /// The whole top-level object.
     pub fn root_map(&self) -> &Map<String, Value> {
         &self.root

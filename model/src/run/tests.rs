@@ -414,3 +414,24 @@ fn vision_language_configs_read_their_tower_and_rope() {
     let e = from_value(&v, "c").unwrap_err();
     assert!(e.message.contains("mrope_section"), "{}", e.message);
 }
+
+/// Read for the worker, a family it does not run is the error before a missing field
+/// (read for the estimator, the missing field is).
+#[test]
+fn an_unsupported_family_is_named_before_what_the_config_lacks() {
+    let v = json!({"model_type": "gpt2", "hidden_size": 8});
+    let root = v.as_object().unwrap().clone();
+    match Description::new_runnable(root.clone()) {
+        Err(crate::DescribeError::Unsupported(m)) => {
+            assert!(m.contains("\"gpt2\"") && m.contains("qwen3"), "{m}");
+        }
+        other => panic!("{other:?}"),
+    }
+    match Description::new(root) {
+        Err(crate::DescribeError::Config(m)) => assert!(m.contains("num_hidden_layers"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    // A family it runs describes as for the estimator.
+    let d = Description::new_runnable(base("qwen3").as_object().unwrap().clone()).unwrap();
+    assert_eq!(d.family, crate::Family::Qwen3);
+}

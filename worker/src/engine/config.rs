@@ -18,8 +18,8 @@ pub use ::model::{RopeKind, SUPPORTED};
 /// Reads `config.json` (described by the `model` crate) and, if present,
 /// `generation_config.json` from `dir`.
 pub fn load(dir: &Path) -> Result<ModelConfig, WorkerError> {
-    let (config, _) =
-        estimate::config::Config::read(dir).map_err(|e| load_failed(e.to_string()))?;
+    let config =
+        estimate::config::Config::read_runnable(dir).map_err(|e| load_failed(e.to_string()))?;
     let mut cfg = config
         .description()
         .run_config(&config.path().display().to_string())
