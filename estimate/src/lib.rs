@@ -29,7 +29,8 @@ pub mod kv_cache;
 /// The plausible ranges of config numbers (the `model` crate's, shared with the worker).
 pub use ::model::limits;
 pub mod model;
-pub mod quantization;
+/// How a checkpoint stores its weights (the `model` crate's description of it).
+pub use ::model::quantization;
 pub mod request;
 pub mod safetensors_header;
 pub mod verdict;

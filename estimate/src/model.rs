@@ -252,7 +252,7 @@ impl Model {
         mut warnings: Vec<String>,
         mut bytes_read: u64,
     ) -> Result<Model, EstimateError> {
-        let quantization = Quantization::from_config(&config);
+        let quantization = config.description().quantization.clone();
         let names: Option<BTreeSet<String>> = if !shards.is_empty() {
             Some(
                 shards

@@ -90,6 +90,9 @@ pub struct Description {
     pub moe: Option<Moe>,
     /// `max_position_embeddings` (or an alias), when given.
     pub max_position_embeddings: Option<u64>,
+    /// How the checkpoint stores its weights (the `quantization` /
+    /// `quantization_config` objects, with per-layer overrides).
+    pub quantization: crate::quantization::Quantization,
 }
 
 impl Description {
@@ -154,7 +157,9 @@ impl Description {
             "seq_length",
             "n_positions",
         ]);
+        let quantization = crate::quantization::Quantization::from_config(&view);
         Ok(Description {
+            quantization,
             view,
             model_type,
             text_model_type,

@@ -14,7 +14,10 @@
 //! - for the families the worker runs, [`RunConfig`] ([`Description::run_config`]):
 //!   norms, biases, q/k norms, softcaps, tied embeddings, RoPE and its scaling
 //!   ([`RopeKind`]), the experts' routing, the Qwen2-VL / Qwen2.5-VL vision tower and
-//!   the quantization with its per-layer overrides.
+//!   the quantization with its per-layer overrides;
+//! - the checkpoint's [`Quantization`] (MLX affine with per-layer overrides, MXFP4,
+//!   bitsandbytes, compressed-tensors, FP8) and the bytes a layer takes under it, for
+//!   the estimator ([`Description::quantization`]).
 //!
 //! Where the estimator and the worker used to read a config differently, the rule is
 //! what mlx-lm 0.32.2 (the worker's token-for-token reference) does:
@@ -36,6 +39,7 @@ pub mod dims;
 pub mod family;
 pub mod layers;
 pub mod limits;
+pub mod quantization;
 pub mod rope;
 pub mod run;
 pub mod view;
@@ -45,6 +49,7 @@ pub use dims::TextDims;
 pub use family::{unsupported, Family, SUPPORTED};
 pub use layers::{LayerKind, LayerPlan};
 pub use limits::Implausible;
+pub use quantization::Quantization;
 pub use rope::RopeKind;
 pub use run::{ConfigError, RunConfig};
 pub use view::ConfigView;
