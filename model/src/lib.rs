@@ -34,6 +34,13 @@
 //!   Qwen 2/3, Qwen3-MoE and Qwen2(.5)-VL attend in full on every layer, whatever their
 //!   `sliding_window` / `layer_types` say. The families the worker does not run keep the
 //!   estimator's rules: `layer_types`, then the family's pattern or indexes.
+//!
+//! What moved with these rules (no checkpoint of the 55-config corpus is affected): the
+//! estimator plans a Gemma 3 without `sliding_window` with 512-token windows (it planned
+//! full attention), Phi-3/Mixtral with a `head_dim` other than the derived one at the
+//! derived one, and a Llama with a window but no `layer_types`, or a Qwen 2/3 with a window
+//! turned on, in full (it planned windows); the worker no longer slides a Qwen 2/3 by its
+//! `layer_types`, nor a Mistral whose `use_sliding_window` is false.
 pub mod description;
 pub mod dims;
 pub mod family;
