@@ -192,3 +192,55 @@ fn kinds(cfg: &ConfigView, family: Family, layers: u64) -> Vec<LayerKind> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // Test scaffolding: a failure here is a test failure.
+    use proptest::prelude::*;
+    use serde_json::{json, Value};
+
+    use crate::Description;
+
+    proptest! {
+        /// Any layer count, window, pattern and `layer_types` (of any length and
+        /// content), for every kind of family: one plan entry per layer, a sliding layer
+        /// only with a positive window (the family's), and the families mlx-lm runs in
+        /// full never slide.
+        #[test]
+        fn the_plan_has_one_entry_per_layer_and_windows_only_when_set(
+            mt in proptest::sample::select(vec!["llama", "mistral", "qwen2", "qwen3", "gemma2",
+                "gemma3_text", "phi3", "mixtral", "gpt_oss", "gemma4_text", "lfm2", "qwen3_next",
+                "olmo3", "something_new"]),
+            layers in 1u64..48,
+            window in proptest::option::of(0u64..5000),
+            use_window in proptest::option::of(any::<bool>()),
+            pattern in proptest::option::of(0u64..8),
+            types in proptest::option::of(proptest::collection::vec(
+                proptest::sample::select(vec!["full_attention", "sliding_attention",
+                    "linear_attention", "conv", "other"]), 0..48)),
+        ) {
+            let mut c = json!({"model_type": mt, "hidden_size": 64, "num_hidden_layers": layers,
+                "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 100,
+                "intermediate_size": 128});
+            if let Some(w) = window { c["sliding_window"] = w.into(); }
+            if let Some(u) = use_window { c["use_sliding_window"] = u.into(); }
+            if let Some(p) = pattern { c["sliding_window_pattern"] = p.into(); }
+            if let Some(t) = &types { c["layer_types"] = Value::from(t.clone()); }
+            let d = Description::new(c.as_object().unwrap().clone()).unwrap();
+            prop_assert_eq!(d.layers.len() as u64, layers);
+            let expected = super::window_of(d.view(), d.family);
+            for l in &d.layers {
+                if let Some(w) = l.window() {
+                    prop_assert!(w > 0);
+                    prop_assert_eq!(Some(w), expected);
+                }
+                if l.window().is_some() || d.family != crate::Family::Gemma4 {
+                    prop_assert_eq!((l.kv_heads, l.head_dim), (d.dims.kv_heads, d.dims.head_dim));
+                }
+            }
+            if ["qwen2", "qwen3", "gemma2", "phi3", "mixtral"].contains(&mt) {
+                prop_assert!(d.layers.iter().all(|l| l.window().is_none()));
+            }
+        }
+    }
+}

@@ -1,6 +1,6 @@
 //! Rotary position embeddings and their scalings, as mlx-lm 0.32.2's `rope_utils.py`
 //! computes them: `nn.RoPE` (default, linear), Llama 3, dynamic NTK, YaRN and
-//! Su/LongRoPE, read from a config's `rope_scaling`.
+//! Su/LongRoPE, of the kind the `model` crate's description read from `rope_scaling`.
 
 use mlx_rs::{error::Exception, fast, ops, Array};
 use protocol::WorkerError;
