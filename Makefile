@@ -6,7 +6,7 @@ export MLX_BACKEND ?= cpu
 # Every crate that does not link MLX: `make test` lints them for macOS too, so the
 # macOS-only code (Metal limits, launchd, phys_footprint) always compiles.
 MACOS_TARGET := aarch64-apple-darwin
-NO_MLX_CRATES := -p mlxsup-protocol -p mlxsup-estimate -p mlxsup-vision -p mlxsup-text -p mlxsup -p mlxsup-tests
+NO_MLX_CRATES := -p mlxsup-protocol -p mlxsup-model -p mlxsup-estimate -p mlxsup-vision -p mlxsup-text -p mlxsup -p mlxsup-tests
 
 .PHONY: setup build demo test lint bench soak clean
 

@@ -504,3 +504,66 @@ fn requests_of_a_model_that_is_unloaded_fail_unloaded_with_retry_after() {
     let status = again.status;
     assert_eq!(status, 200, "{:#}", again.json());
 }
+
+/// A folder whose `model_type` the worker does not run: a copy of the tiny model named
+/// `mamba` (the estimator still plans it as a generic decoder).
+fn unsupported_family() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(mlxsup_tests::tiny_model()).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), dir.path().join(e.file_name())).unwrap();
+    }
+    let cfg = std::fs::read_to_string(dir.path().join("config.json")).unwrap();
+    std::fs::write(
+        dir.path().join("config.json"),
+        cfg.replace("\"qwen3\"", "\"mamba\""),
+    )
+    .unwrap();
+    dir
+}
+
+/// Issue 21: a family the worker cannot run is refused by the daemon before a worker is
+/// spawned — HTTP 400 naming it and the supported list, `load` exit 5 — where it used to
+/// fail in the worker (`load_failed`, HTTP 500 / exit 4).
+#[test]
+fn an_unsupported_family_is_refused_before_a_worker_runs() {
+    use std::io::{Read, Write};
+    let (d, base) = http(&[]);
+    let model = unsupported_family();
+    let path = model.path().to_str().unwrap();
+    let host = base
+        .trim_end_matches("/v1")
+        .trim_start_matches("http://")
+        .to_string();
+    let body = serde_json::json!({"model": path, "max_tokens": 2,
+        "messages": [{"role": "user", "content": "hi"}]})
+    .to_string();
+    let mut s = std::net::TcpStream::connect(&host).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        s,
+        "POST /v1/chat/completions HTTP/1.0\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap();
+    assert!(head.contains(" 400 "), "{resp}");
+    let v: Value = serde_json::from_str(body).unwrap();
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(message.contains("\"mamba\""), "{v:#}");
+    assert!(message.contains("supported: llama, mistral"), "{v:#}");
+
+    let out = d.cli(&["load", path, "--json"]);
+    assert_eq!(out.code, Some(5), "{} {}", out.stdout, out.stderr);
+    assert!(
+        format!("{}{}", out.stdout, out.stderr).contains("mamba"),
+        "{} {}",
+        out.stdout,
+        out.stderr
+    );
+    for m in d.ps() {
+        assert!(m["pid"].is_null(), "a worker was spawned: {m:#}");
+    }
+}

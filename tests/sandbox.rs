@@ -378,8 +378,11 @@ fn bad_models_exit_5_naming_the_file() {
     assert_eq!(r.code, Some(2), "{}", r.stderr);
 }
 
+/// Issue 21: a family the worker cannot run is refused by the preflight, before any
+/// worker runs (exit 5, naming it and the supported list); it used to pass the
+/// preflight and fail in the worker (`load_failed`, exit 4).
 #[test]
-fn an_unsupported_architecture_is_load_failed() {
+fn an_unsupported_architecture_is_refused_before_a_worker_runs() {
     let src = tiny_model();
     let dir = tempfile::tempdir().unwrap();
     for e in std::fs::read_dir(src).unwrap() {
@@ -398,8 +401,22 @@ fn an_unsupported_architecture_is_load_failed() {
         "--context",
         "256",
     ]);
-    let f = assert_failure(&r, "load_failed", "load");
-    assert!(f["advice"].as_str().unwrap().contains("mamba"), "{f:#}");
+    assert_eq!(r.code, Some(5), "{} {}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("\"mamba\""), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("supported: llama, mistral"),
+        "{}",
+        r.stderr
+    );
+    // No worker ran: nothing was admitted, loaded or failed.
+    assert!(
+        r.events
+            .iter()
+            .all(|(_, e)| !["estimate", "loaded", "failure"]
+                .contains(&e["event"].as_str().unwrap_or(""))),
+        "{}",
+        r.stdout
+    );
 }
 
 #[test]

@@ -1,26 +1,41 @@
-//! `Config`: typed access to a model's `config.json`, looking into the language model's
-//! sub-config (`text_config`, `language_config`, `llm_config`) first for VLMs.
+//! `Config`: a model's `config.json`, parsed once into the one [`Description`] the
+//! worker builds from too, with typed access to its other fields (through
+//! [`ConfigView`], which looks into a VLM's text sub-config first).
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
 
+use ::model::{DescribeError, Description};
 use serde_json::{Map, Value};
 
 use crate::dtype::Dtype;
 use crate::error::EstimateError;
 
-/// A parsed `config.json`.
+pub use ::model::view::{as_u64, map_u64, ConfigView};
+
+/// A parsed and described `config.json`.
 #[derive(Clone, Debug)]
 pub struct Config {
     path: PathBuf,
-    root: Map<String, Value>,
-    text: Option<Map<String, Value>>,
+    description: Description,
 }
 
-/// Names under which VLM configs keep the language model's settings.
-const TEXT_KEYS: [&str; 3] = ["text_config", "language_config", "llm_config"];
-
 impl Config {
-    /// Parses `config.json` text; `path` is used in errors.
+    /// Parses `config.json` text and describes it; `path` is used in errors.
     pub fn parse(path: &Path, text: &[u8]) -> Result<Config, EstimateError> {
+        Config::parse_with(path, text, Description::new)
+    }
+
+    /// [`Config::parse`] for the worker: a family it does not run is the error, before
+    /// anything else the config lacks ([`Description::new_runnable`]).
+    pub fn parse_runnable(path: &Path, text: &[u8]) -> Result<Config, EstimateError> {
+        Config::parse_with(path, text, Description::new_runnable)
+    }
+
+    fn parse_with(
+        path: &Path,
+        text: &[u8],
+        describe: fn(Map<String, Value>) -> Result<Description, DescribeError>,
+    ) -> Result<Config, EstimateError> {
         // Counted first: a tree of millions of tiny values would take ~20× the text.
         crate::json_size::check_values(path, text, crate::json_size::MAX_CONFIG_VALUES)?;
         let value: Value = serde_json::from_slice(text).map_err(|e| EstimateError::Json {
@@ -33,19 +48,35 @@ impl Config {
                 reason: "top level is not an object".to_string(),
             });
         };
-        crate::limits::check_config(&root).map_err(|source| EstimateError::Implausible {
-            path: path.to_path_buf(),
-            source,
+        let description = describe(root).map_err(|e| match e {
+            DescribeError::Implausible(source) => EstimateError::Implausible {
+                path: path.to_path_buf(),
+                source,
+            },
+            DescribeError::Config(reason) | DescribeError::Unsupported(reason) => {
+                EstimateError::Config {
+                    path: path.to_path_buf(),
+                    reason,
+                }
+            }
         })?;
-        let text = TEXT_KEYS
-            .iter()
-            .find_map(|k| root.get(*k).and_then(Value::as_object))
-            .cloned();
         Ok(Config {
             path: path.to_path_buf(),
-            root,
-            text,
+            description,
         })
+    }
+
+    /// Reads and describes `dir/config.json` through the capped reader; also the bytes
+    /// read.
+    pub fn read(dir: &Path) -> Result<(Config, u64), EstimateError> {
+        let (path, text) = read_text(dir)?;
+        Ok((Config::parse(&path, &text)?, text.len() as u64))
+    }
+
+    /// [`Config::read`] for the worker ([`Config::parse_runnable`]).
+    pub fn read_runnable(dir: &Path) -> Result<Config, EstimateError> {
+        let (path, text) = read_text(dir)?;
+        Config::parse_runnable(&path, &text)
     }
 
     /// The file this config came from.
@@ -53,66 +84,9 @@ impl Config {
         &self.path
     }
 
-    /// A value, from the text sub-config first, then the top level.
-    pub fn get(&self, key: &str) -> Option<&Value> {
-        self.text
-            .as_ref()
-            .and_then(|t| t.get(key))
-            .filter(|v| !v.is_null())
-            .or_else(|| self.root.get(key).filter(|v| !v.is_null()))
-    }
-
-    /// A top-level value only.
-    pub fn root(&self, key: &str) -> Option<&Value> {
-        self.root.get(key).filter(|v| !v.is_null())
-    }
-
-    /// The first of `keys` that is a non-negative integer.
-    pub fn u64(&self, keys: &[&str]) -> Option<u64> {
-        keys.iter().find_map(|k| self.get(k).and_then(as_u64))
-    }
-
-    /// Like [`Config::u64`] but an error naming the fields when none is there.
-    pub fn require(&self, keys: &[&str]) -> Result<u64, EstimateError> {
-        self.u64(keys)
-            .ok_or_else(|| self.error(format!("missing or non-integer `{}`", keys.join("` / `"))))
-    }
-
-    /// The first of `keys` that is a number.
-    pub fn f64(&self, keys: &[&str]) -> Option<f64> {
-        keys.iter()
-            .find_map(|k| self.get(k).and_then(Value::as_f64))
-    }
-
-    /// A boolean field.
-    pub fn bool(&self, key: &str) -> Option<bool> {
-        self.get(key).and_then(Value::as_bool)
-    }
-
-    /// A string field.
-    pub fn str(&self, key: &str) -> Option<&str> {
-        self.get(key).and_then(Value::as_str)
-    }
-
-    /// The top-level `model_type` (`"llama"`, `"qwen2_5_vl"`), or `"unknown"`.
-    pub fn model_type(&self) -> &str {
-        self.root("model_type")
-            .and_then(Value::as_str)
-            .unwrap_or("unknown")
-    }
-
-    /// The language model's `model_type` (same as [`Config::model_type`] for text models).
-    pub fn text_model_type(&self) -> &str {
-        self.text
-            .as_ref()
-            .and_then(|t| t.get("model_type"))
-            .and_then(Value::as_str)
-            .unwrap_or_else(|| self.model_type())
-    }
-
-    /// The vision tower's config, when the model has one.
-    pub fn vision(&self) -> Option<&Map<String, Value>> {
-        self.root("vision_config").and_then(Value::as_object)
+    /// The model's description: family, dimensions, layer plan, MLA, experts.
+    pub fn description(&self) -> &Description {
+        &self.description
     }
 
     /// The weights' dtype the config names (`torch_dtype` or `dtype`).
@@ -121,19 +95,6 @@ impl Config {
             .iter()
             .find_map(|k| self.get(k).and_then(Value::as_str))
             .and_then(Dtype::from_torch_name)
-    }
-
-    /// `layer_types` as strings, when present.
-    pub fn layer_types(&self) -> Option<Vec<String>> {
-        let list = self.get("layer_types")?.as_array()?;
-        list.iter()
-            .map(|v| v.as_str().map(str::to_string))
-            .collect()
-    }
-
-    /// A list of integers (`full_attn_idxs`).
-    pub fn u64_list(&self, key: &str) -> Option<Vec<u64>> {
-        self.get(key)?.as_array()?.iter().map(as_u64).collect()
     }
 
     /// An error about this config file.
@@ -145,16 +106,20 @@ impl Config {
     }
 }
 
-/// A JSON number as a non-negative integer (accepting `4096.0`).
-pub fn as_u64(v: &Value) -> Option<u64> {
-    v.as_u64().or_else(|| {
-        v.as_f64()
-            .filter(|f| *f >= 0.0 && f.fract() == 0.0 && *f < 1e18)
-            .map(|f| f as u64)
-    })
+impl Deref for Config {
+    type Target = ConfigView;
+
+    fn deref(&self) -> &ConfigView {
+        self.description.view()
+    }
 }
 
-/// A field of a sub-object (the vision config), as an integer.
-pub fn map_u64(map: &Map<String, Value>, keys: &[&str]) -> Option<u64> {
-    keys.iter().find_map(|k| map.get(*k).and_then(as_u64))
+/// `dir/config.json`'s path and text, through the capped reader.
+fn read_text(dir: &Path) -> Result<(PathBuf, Vec<u8>), EstimateError> {
+    let path = dir.join("config.json");
+    if !crate::fsread::present(&path) {
+        return Err(EstimateError::MissingConfig { path });
+    }
+    let text = crate::fsread::read_capped(&path, crate::fsread::MAX_CONFIG_BYTES, "config.json")?;
+    Ok((path, text))
 }

@@ -5,29 +5,11 @@ use crate::config::{map_u64, Config};
 use crate::model::VisionDims;
 use crate::weights::TextDims;
 
-pub(crate) fn activation_dims(cfg: &Config, t: &TextDims) -> ActivationDims {
-    let experts = cfg
-        .u64(&["num_local_experts", "num_experts", "n_routed_experts"])
-        .filter(|&e| e > 1);
-    let intermediate = match experts {
-        Some(_) => {
-            let top_k = cfg
-                .u64(&[
-                    "num_experts_per_tok",
-                    "top_k_experts",
-                    "moe_top_k",
-                    "experts_per_token",
-                ])
-                .unwrap_or(2);
-            let moe = cfg
-                .u64(&["moe_intermediate_size", "expert_intermediate_size"])
-                .unwrap_or(t.intermediate);
-            let shared = cfg
-                .u64(&["shared_expert_intermediate_size"])
-                .or_else(|| cfg.u64(&["n_shared_experts"]).map(|n| n * moe))
-                .unwrap_or(0);
-            top_k * moe + shared
-        }
+/// The activation model's dimensions of a description: a token of an MoE layer runs
+/// `top_k` experts' MLPs and the shared one.
+pub fn activation_dims(cfg: &Config, t: &TextDims) -> ActivationDims {
+    let intermediate = match &cfg.description().moe {
+        Some(m) => m.top_k * m.intermediate + m.shared_intermediate,
         None => t
             .intermediate
             .max(if t.intermediate == 0 { 4 * t.hidden } else { 0 }),

@@ -5,7 +5,7 @@
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::weights::{layer_mixers, sliding_window, Mixer, TextDims};
+use crate::weights::{LayerKind, TextDims};
 
 /// Group size of MLX's quantized KV cache (mlx-lm `QuantizedKVCache`).
 pub const KV_GROUP_SIZE: u64 = 64;
@@ -69,43 +69,33 @@ pub fn layer_bytes(layer: &LayerKv, context: u64, dtype_bytes: u64, kv_bits: Opt
     }
 }
 
-/// The cache layout of a model: one entry per decoder layer.
+/// The cache layout of a model: one entry per decoder layer, from the description's
+/// layer plan (the plan the worker builds its caches from).
 pub fn layer_layout(cfg: &Config, t: &TextDims, dtype_bytes: u64) -> Vec<LayerKv> {
-    let mt = cfg.text_model_type();
-    let window = sliding_window(cfg).unwrap_or(u64::MAX);
-    let mla = cfg
-        .u64(&["kv_lora_rank"])
-        .filter(|_| cfg.bool("use_mla") != Some(false));
-    layer_mixers(cfg, t.layers)
-        .into_iter()
-        .map(|mixer| {
-            let (kv_heads, head_dim) = if mixer == Mixer::Full && mt.starts_with("gemma4") {
-                (
-                    cfg.u64(&["num_global_key_value_heads"])
-                        .unwrap_or(t.kv_heads),
-                    cfg.u64(&["global_head_dim"]).unwrap_or(t.head_dim),
-                )
-            } else {
-                (t.kv_heads, t.head_dim)
-            };
-            match (mixer, mla) {
-                (Mixer::Linear, _) => LayerKv::State {
+    let mla = cfg.description().mla;
+    cfg.description()
+        .layers
+        .iter()
+        .map(|layer| {
+            let (kv_heads, head_dim) = (layer.kv_heads, layer.head_dim);
+            match (layer.kind, mla) {
+                (LayerKind::Linear, _) => LayerKv::State {
                     bytes: gated_delta_state(cfg, dtype_bytes),
                 },
-                (Mixer::Conv, _) => LayerKv::State {
+                (LayerKind::Conv, _) => LayerKv::State {
                     bytes: cfg.u64(&["conv_L_cache"]).unwrap_or(3).saturating_sub(1)
                         * t.hidden
                         * dtype_bytes,
                 },
-                (_, Some(rank)) => LayerKv::Mla {
-                    latent: rank + cfg.u64(&["qk_rope_head_dim"]).unwrap_or(64),
+                (_, Some(m)) => LayerKv::Mla {
+                    latent: m.kv_lora_rank + m.rope_head_dim,
                 },
-                (Mixer::Sliding, None) => LayerKv::Sliding {
+                (LayerKind::Sliding { window }, None) => LayerKv::Sliding {
                     kv_heads,
                     head_dim,
                     window,
                 },
-                (Mixer::Full, None) => LayerKv::Full { kv_heads, head_dim },
+                (LayerKind::Full, None) => LayerKv::Full { kv_heads, head_dim },
             }
         })
         .collect()

@@ -26,9 +26,11 @@ pub mod gguf;
 pub mod index;
 pub mod json_size;
 pub mod kv_cache;
-pub mod limits;
+/// The plausible ranges of config numbers (the `model` crate's, shared with the worker).
+pub use ::model::limits;
 pub mod model;
-pub mod quantization;
+/// How a checkpoint stores its weights (the `model` crate's description of it).
+pub use ::model::quantization;
 pub mod request;
 pub mod safetensors_header;
 pub mod verdict;

@@ -12,15 +12,17 @@ use crate::config::Config;
 use crate::dims::{activation_dims, vision_dims};
 use crate::dtype::Dtype;
 use crate::error::EstimateError;
-use crate::fsread::{MAX_CONFIG_BYTES, MAX_INDEX_BYTES};
+use crate::fsread::MAX_INDEX_BYTES;
 use crate::index::{ShardIndex, INDEX_FILE};
 use crate::kv_cache::{layer_layout, LayerKv};
 use crate::quantization::Quantization;
 use crate::safetensors_header::{read_shard, ShardHeader};
 use crate::weights::{analytic_weights, AnalyticWeights, Names, TextDims, WeightParts};
 
+pub use ::model::Description;
+
 /// Largest `config.json` or index accepted (they are kilobytes; this stops a runaway file).
-/// Kept for callers; the caps used are [`MAX_CONFIG_BYTES`] and [`MAX_INDEX_BYTES`].
+/// Kept for callers; the caps used are [`crate::fsread::MAX_CONFIG_BYTES`] and [`MAX_INDEX_BYTES`].
 pub const MAX_JSON_BYTES: u64 = MAX_INDEX_BYTES;
 
 /// Sources disagreeing by more than this fraction produce a warning.
@@ -181,20 +183,7 @@ impl Model {
                 reason: "it is a file".to_string(),
             });
         }
-        let mut bytes_read = 0;
-        let config_path = dir.join("config.json");
-        if !crate::fsread::present(&config_path) {
-            return Err(EstimateError::MissingConfig { path: config_path });
-        }
-        let config = Config::parse(
-            &config_path,
-            &read_json_file(
-                &config_path,
-                MAX_CONFIG_BYTES,
-                "config.json",
-                &mut bytes_read,
-            )?,
-        )?;
+        let (config, mut bytes_read) = Config::read(dir)?;
 
         let index_path = dir.join(INDEX_FILE);
         let index = if crate::fsread::present(&index_path) {
@@ -263,7 +252,7 @@ impl Model {
         mut warnings: Vec<String>,
         mut bytes_read: u64,
     ) -> Result<Model, EstimateError> {
-        let quantization = Quantization::from_config(&config);
+        let quantization = config.description().quantization.clone();
         let names: Option<BTreeSet<String>> = if !shards.is_empty() {
             Some(
                 shards
@@ -277,14 +266,8 @@ impl Model {
                 .filter(|i| !i.weight_map.is_empty())
                 .map(|i| i.weight_map.keys().cloned().collect())
         };
-        let dims = TextDims::read(&config);
-        let analytic = match &dims {
-            Ok(_) => analytic_weights(&config, &quantization, Names(names.as_ref())),
-            Err(e) => Err(EstimateError::Config {
-                path: config.path().to_path_buf(),
-                reason: e.to_string(),
-            }),
-        };
+        let dims = config.description().dims.clone();
+        let analytic = analytic_weights(&config, &quantization, Names(names.as_ref()));
         let header_bytes =
             (!shards.is_empty()).then(|| shards.iter().map(|s| s.tensor_bytes).sum::<u64>());
         let index_total_size = index.as_ref().and_then(|i| i.total_size);
@@ -308,7 +291,6 @@ impl Model {
             }
             Err(e) => return Err(e),
         };
-        let dims = dims?;
         if let Some(a) = &analytic {
             warnings.extend(a.notes.iter().cloned());
         }
@@ -370,12 +352,7 @@ impl Model {
         } else {
             analytic.as_ref().map_or(0, |a| a.parts.vision)
         };
-        let max_position_embeddings = config.u64(&[
-            "max_position_embeddings",
-            "max_sequence_length",
-            "seq_length",
-            "n_positions",
-        ]);
+        let max_position_embeddings = config.description().max_position_embeddings;
         Ok(Model {
             dir: dir.to_path_buf(),
             architecture: config.model_type().to_string(),

@@ -93,7 +93,8 @@ pub fn open(model: &Path) -> Result<Model, String> {
 }
 
 /// Reads a model to run it: a GGUF file is estimated by `inspect`, but a worker runs MLX
-/// folders, so it is pointed at `mlxsup import`.
+/// folders, so it is pointed at `mlxsup import`; a family the worker does not run is
+/// refused by name with the list it runs, before any worker is spawned.
 pub fn open_runnable(model: &Path) -> Result<Model, String> {
     let m = open(model)?;
     if m.weights.source == estimate::WeightSource::GgufHeader {
@@ -101,6 +102,12 @@ pub fn open_runnable(model: &Path) -> Result<Model, String> {
             "{} is a GGUF checkpoint: workers run MLX folders; convert it once with `mlxsup import {} DIR`, then run DIR",
             model.display(),
             model.display()
+        ));
+    }
+    if let Some(why) = m.config.description().unsupported() {
+        return Err(format!(
+            "cannot run model: {}: {why}",
+            m.config.path().display()
         ));
     }
     Ok(m)

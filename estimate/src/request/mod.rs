@@ -177,5 +177,6 @@ pub fn estimate(model: &Model, req: &Request) -> Estimate {
         activation_elem_bytes: activation_elem_bytes(model, req),
         floor_bytes: t.floor,
         warnings,
+        worker_runs: model.config.description().worker_runs(),
     }
 }

@@ -114,4 +114,7 @@ pub struct Estimate {
     pub floor_bytes: u64,
     /// Disagreements between sources and assumptions made.
     pub warnings: Vec<String>,
+    /// Whether the worker runs this model's family (its `model_type`): when false the
+    /// estimate still plans it, but `run`, `load` and `generate` refuse it (exit 5).
+    pub worker_runs: bool,
 }

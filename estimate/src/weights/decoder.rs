@@ -2,7 +2,7 @@
 //! MLA, MoE and more), with Gated DeltaNet layers and MTP heads.
 
 use super::counter::{Counter, Part};
-use super::{layer_mixers, layer_names, Mixer, Names, TextDims};
+use super::{layer_names, LayerKind, Names, TextDims};
 use crate::config::Config;
 use crate::error::EstimateError;
 
@@ -38,7 +38,7 @@ pub(super) fn decoder(
     let mt = cfg.text_model_type().to_string();
     let h = t.hidden;
     let prefix = layers_prefix(names, "model.layers");
-    let mixers = layer_mixers(cfg, t.layers);
+    let desc = cfg.description();
     let per_layer = names.per_layer();
 
     // Embeddings (Gemma 3n/4 may add per-layer input embeddings).
@@ -74,32 +74,20 @@ pub(super) fn decoder(
         .bool("attn_output_gate")
         .unwrap_or(family_in(&mt, &["qwen3_next", "qwen3_5"]));
     let k_eq_v = cfg.bool("attention_k_eq_v").unwrap_or(false);
-    let mla = cfg
-        .u64(&["kv_lora_rank"])
-        .filter(|_| cfg.bool("use_mla") != Some(false));
+    let mla = desc.mla;
 
     // MoE shape.
-    let experts = cfg
-        .u64(&["num_local_experts", "num_experts", "n_routed_experts"])
-        .filter(|&e| e > 1 && cfg.bool("enable_moe_block") != Some(false));
-    let moe_inter = cfg
-        .u64(&["moe_intermediate_size", "expert_intermediate_size"])
-        .unwrap_or(t.intermediate);
-    let first_dense = cfg.u64(&["first_k_dense_replace"]).unwrap_or(0);
-    let moe_freq = cfg
-        .u64(&["moe_layer_freq", "decoder_sparse_step"])
-        .unwrap_or(1)
-        .max(1);
-    let mlp_only: Vec<u64> = cfg.u64_list("mlp_only_layers").unwrap_or_default();
-    let shared_inter = cfg
-        .u64(&["shared_expert_intermediate_size"])
-        .or_else(|| cfg.u64(&["n_shared_experts"]).map(|n| n * moe_inter))
-        .unwrap_or(0);
+    let moe = desc.moe.as_ref().filter(|m| m.block_enabled);
+    let experts = moe.map(|m| m.experts);
+    let moe_inter = moe.map_or(t.intermediate, |m| m.intermediate);
+    let first_dense = moe.map_or(0, |m| m.first_dense);
+    let shared_inter = moe.map_or(0, |m| m.shared_intermediate);
     let gemma4_moe = mt.starts_with("gemma4") && experts.is_some();
 
     for i in 0..t.layers {
         let p = format!("{prefix}.{i}");
-        let mixer = mixers.get(i as usize).copied().unwrap_or(Mixer::Full);
+        let layer = desc.layers.get(i as usize).copied();
+        let mixer = layer.map_or(LayerKind::Full, |l| l.kind);
         // Norms: count them from the names of this layer when known.
         let norms = layer_names(&per_layer, i, |s| {
             (s.contains("norm") || s.starts_with("ln"))
@@ -130,14 +118,17 @@ pub(super) fn decoder(
 
         // Mixer.
         match (mixer, mla) {
-            (Mixer::Linear, _) => gated_delta_net(cfg, h, &p, c),
-            (Mixer::Conv, _) => {}
-            (_, Some(kv_lora)) => {
-                let nope = cfg.u64(&["qk_nope_head_dim"]).unwrap_or(128);
-                let rope = cfg.u64(&["qk_rope_head_dim"]).unwrap_or(64);
-                let v_dim = cfg.u64(&["v_head_dim"]).unwrap_or(128);
+            (LayerKind::Linear, _) => gated_delta_net(cfg, h, &p, c),
+            (LayerKind::Conv, _) => {}
+            (_, Some(m)) => {
+                let (kv_lora, nope, rope, v_dim) = (
+                    m.kv_lora_rank,
+                    m.nope_head_dim,
+                    m.rope_head_dim,
+                    m.v_head_dim,
+                );
                 let a = format!("{p}.self_attn");
-                match cfg.u64(&["q_lora_rank"]) {
+                match m.q_lora_rank {
                     Some(q_lora) => {
                         c.linear(Part::Layers, &format!("{a}.q_a_proj"), q_lora, h, false);
                         c.dense(Part::Layers, q_lora);
@@ -182,16 +173,8 @@ pub(super) fn decoder(
             }
             (_, None) => {
                 let a = format!("{p}.self_attn");
-                let global = mixer == Mixer::Full && mt.starts_with("gemma4");
-                let (hd, kv) = if global {
-                    (
-                        cfg.u64(&["global_head_dim"]).unwrap_or(t.head_dim),
-                        cfg.u64(&["num_global_key_value_heads"])
-                            .unwrap_or(t.kv_heads),
-                    )
-                } else {
-                    (t.head_dim, t.kv_heads)
-                };
+                let global = mixer == LayerKind::Full && mt.starts_with("gemma4");
+                let (hd, kv) = layer.map_or((t.head_dim, t.kv_heads), |l| (l.head_dim, l.kv_heads));
                 let q_out = t.heads * hd * if gated_q { 2 } else { 1 };
                 c.linear(Part::Layers, &format!("{a}.q_proj"), q_out, h, qkv_bias);
                 c.linear(Part::Layers, &format!("{a}.k_proj"), kv * hd, h, qkv_bias);
@@ -222,10 +205,7 @@ pub(super) fn decoder(
         }
 
         // Feed-forward.
-        let is_moe = experts.is_some()
-            && i >= first_dense
-            && (i + 1) % moe_freq == 0
-            && !mlp_only.contains(&i);
+        let is_moe = moe.is_some_and(|m| m.is_sparse(i));
         if mt == "lfm2" {
             continue;
         }
@@ -335,7 +315,7 @@ pub(super) fn decoder(
                             shared_inter,
                             false,
                         );
-                        if cfg.u64(&["shared_expert_intermediate_size"]).is_some() {
+                        if moe.is_some_and(|m| m.shared_gate) {
                             c.linear(
                                 Part::Layers,
                                 &format!("{m}.shared_expert_gate"),

@@ -2,7 +2,7 @@
 //! Qwen (1) and LFM2.
 
 use super::counter::{Counter, Part};
-use super::{layer_mixers, Mixer, Names, TextDims};
+use super::{LayerKind, Names, TextDims};
 use crate::config::Config;
 use crate::error::EstimateError;
 
@@ -94,14 +94,13 @@ pub(super) fn lfm2(cfg: &Config, t: &TextDims, c: &mut Counter<'_>) -> Result<()
         ff = ff.div_ceil(multiple) * multiple;
     }
     let kernel = cfg.u64(&["conv_L_cache"]).unwrap_or(3);
-    let mixers = layer_mixers(cfg, t.layers);
     c.parts.embedding += c
         .quant
         .embedding_bytes("model.embed_tokens", t.vocab, h, c.dt);
-    for (i, mixer) in mixers.iter().enumerate() {
+    for (i, kind) in cfg.description().kinds().enumerate() {
         let p = format!("model.layers.{i}");
         c.dense(Part::Layers, 2 * h);
-        if *mixer == Mixer::Conv {
+        if kind == LayerKind::Conv {
             c.linear(
                 Part::Layers,
                 &format!("{p}.conv.in_proj"),

@@ -19,13 +19,12 @@ use crate::quantization::Quantization;
 mod counter;
 mod decoder;
 mod families;
-mod text_dims;
 mod vision_tower;
 
+pub use ::model::{LayerKind, TextDims};
 use counter::Counter;
 use decoder::decoder;
 use families::{falcon, lfm2, qwen1};
-pub use text_dims::{layer_mixers, sliding_window, Mixer, TextDims};
 use vision_tower::vision_tower;
 
 /// Analytic weight bytes, per component.
@@ -136,7 +135,7 @@ pub fn analytic_weights(
             "quantization method `{m}` is not modelled; weights counted at {dtype}"
         ));
     }
-    let text = TextDims::read(cfg)?;
+    let text = cfg.description().dims.clone();
     match cfg.text_model_type() {
         "falcon" | "RefinedWeb" | "RefinedWebModel" => falcon(cfg, &text, &mut c, names),
         "qwen" => qwen1(cfg, &text, &mut c),

@@ -332,6 +332,13 @@ pub fn table(est: &Estimate, model: &Model, budget: &Budget, color: bool) -> Str
     s.push_str(&format!("  {:<13} {verdict}{pct}\n", "verdict"));
     s.push_str(&format!("  {:<13} {}\n", "calibration", est.calibration));
     s.push_str(&format!("  {:<13} {}", "advice", est.advice));
+    if !est.worker_runs {
+        s.push_str(&format!(
+            "\n  note: the worker cannot run model_type `{}` (estimated only); it runs: {}",
+            est.architecture,
+            ::model::SUPPORTED.join(", ")
+        ));
+    }
     for w in &est.warnings {
         s.push_str(&format!("\n  warning: {w}"));
     }

@@ -116,7 +116,7 @@ impl Engine {
         opts: &LoadOptions,
         hooks: &mut dyn Hooks,
     ) -> Result<Engine, WorkerError> {
-        let cfg = ModelConfig::load(dir)?;
+        let cfg = config::load(dir)?;
         if let Some(bits) = opts.kv_bits {
             kv_quant::check(bits, &cfg)?;
         }
@@ -273,5 +273,7 @@ impl Engine {
 
 #[cfg(test)]
 mod memory_tests;
+#[cfg(test)]
+mod plan_tests;
 #[cfg(test)]
 mod tests;

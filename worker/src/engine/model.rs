@@ -195,17 +195,13 @@ impl Model {
         })
     }
 
-    /// Fresh caches: rotating for sliding-window layers.
+    /// Fresh caches: rotating for sliding-window layers ([`cache_windows`]).
     pub fn make_cache(&self) -> Vec<LayerCache> {
-        let window = self.cfg.sliding_window.unwrap_or(0) as i32;
-        self.layers
-            .iter()
-            .map(|l| {
-                if l.sliding && window > 0 {
-                    LayerCache::Rotating(RotatingKvCache::new(window))
-                } else {
-                    LayerCache::Full(KvCache::default())
-                }
+        cache_windows(&self.cfg)
+            .into_iter()
+            .map(|w| match w {
+                Some(window) => LayerCache::Rotating(RotatingKvCache::new(window)),
+                None => LayerCache::Full(KvCache::default()),
             })
             .collect()
     }
@@ -349,4 +345,22 @@ impl Model {
             name.to_string()
         }
     }
+}
+
+/// Per layer, the ring buffer's size of a sliding-window layer, or `None` for a growing
+/// cache: the description's layer plan (the one the estimator's KV layout reads) as
+/// [`Model::make_cache`] builds it.
+pub fn cache_windows(cfg: &ModelConfig) -> Vec<Option<i32>> {
+    let window = cfg
+        .sliding_window
+        .and_then(|w| i32::try_from(w).ok())
+        .filter(|w| *w > 0);
+    (0..cfg.num_layers)
+        .map(
+            |n| match (cfg.sliding_layers.get(n).copied().unwrap_or(false), window) {
+                (true, Some(w)) => Some(w),
+                _ => None,
+            },
+        )
+        .collect()
 }

@@ -212,14 +212,14 @@ mod tests {
     /// same bits as the whole one.
     #[test]
     fn large_projections_are_split_and_compute_the_same_bits() {
-        use super::super::config::ModelConfig;
+        use super::super::config;
         use super::super::layers::Linear;
         use super::super::weights::WeightStore;
         let _mlx = mlx_lock();
         for quant_bits in [None, Some(4)] {
             let tmp = tempfile::tempdir().unwrap();
             crate::make_model::make_model(&spec(tmp.path(), "llama", quant_bits)).unwrap();
-            let cfg = ModelConfig::load(tmp.path()).unwrap();
+            let cfg = config::load(tmp.path()).unwrap();
             let load = |lanes: Lanes, name: &str, inp: i32, out: i32| {
                 let mut store = WeightStore::open(tmp.path(), false, None, &mut |_, _| {})
                     .unwrap()

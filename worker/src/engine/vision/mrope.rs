@@ -95,12 +95,7 @@ impl Tables {
     }
 }
 
-/// The token ids that place images in a prompt.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct VisionTokens {
-    pub image: u32,
-    pub vision_start: u32,
-}
+pub use ::model::run::VisionTokens;
 
 /// The prompt's positions, as mlx-vlm's `get_rope_index` for one unpadded row: one
 /// `[t, h, w]` per token, and the offset `delta` (≤ 0) decoding adds to the cache's

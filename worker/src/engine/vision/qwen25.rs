@@ -13,7 +13,7 @@ use mlx_rs::{error::Exception, fast, ops, ops::indexing::IndexOp, Array, Dtype};
 
 type R<T> = Result<T, Exception>;
 
-pub use super::tower_config::TowerConfig;
+pub use ::model::run::TowerConfig;
 
 struct Linear {
     w: Array,

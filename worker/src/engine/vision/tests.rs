@@ -111,9 +111,7 @@ fn compare(arch: &str, dtype: &str, images: &[(u32, u32)]) -> f32 {
         .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
         .collect();
 
-    let config: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
-    let tcfg = TowerConfig::from_config(&config).unwrap();
+    let tcfg: TowerConfig = crate::engine::config::load(&dir).unwrap().vl.unwrap().tower;
     let mut weights = Array::load_safetensors(dir.join("model.safetensors")).unwrap();
     let tower = VisionTower::load(tcfg, &mut weights).unwrap();
     let cols = 3 * 2 * 14 * 14;

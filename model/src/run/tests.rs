@@ -1,9 +1,22 @@
-//! Tests of config.json parsing: families, quantization overrides, and hostile values
-//! (the shared range check, no truncation, random bytes).
+//! Tests of the worker's reading of a config through the description: families,
+//! quantization overrides, and hostile values (the shared range check, no truncation,
+//! random bytes).
 #![allow(clippy::unwrap_used)] // Test scaffolding: a failure here is a test failure.
 
 use super::*;
+use crate::family::SUPPORTED;
 use serde_json::json;
+
+/// Describes `v` and reads the worker's config from it.
+fn from_value(v: &Value, source: &str) -> Result<RunConfig, ConfigError> {
+    let root = v
+        .as_object()
+        .cloned()
+        .ok_or_else(|| load_failed(format!("{source}: top level is not an object")))?;
+    Description::new(root)
+        .map_err(|e| load_failed(format!("{source}: {e}")))?
+        .run_config(source)
+}
 
 fn base(model_type: &str) -> Value {
     json!({"model_type": model_type, "hidden_size": 64, "num_hidden_layers": 2,
@@ -13,8 +26,7 @@ fn base(model_type: &str) -> Value {
 
 #[test]
 fn unsupported_model_type_names_it_and_the_supported_ones() {
-    let e = ModelConfig::from_value(&base("gpt2"), "config.json").unwrap_err();
-    assert_eq!(e.kind, protocol::WorkerErrorKind::LoadFailed);
+    let e = from_value(&base("gpt2"), "config.json").unwrap_err();
     assert!(e.message.contains("\"gpt2\""), "{}", e.message);
     for s in SUPPORTED {
         assert!(e.message.contains(s), "{}", e.message);
@@ -23,34 +35,34 @@ fn unsupported_model_type_names_it_and_the_supported_ones() {
 
 #[test]
 fn family_switches() {
-    let q2 = ModelConfig::from_value(&base("qwen2"), "c").unwrap();
+    let q2 = from_value(&base("qwen2"), "c").unwrap();
     assert!(q2.attention_bias);
     assert_eq!(q2.eos_token_ids, vec![5, 6]);
     assert_eq!(q2.head_dim, 16);
     let mut m = base("mistral");
     m["sliding_window"] = json!(32);
     assert_eq!(
-        ModelConfig::from_value(&m, "c").unwrap().sliding_layers,
+        from_value(&m, "c").unwrap().sliding_layers,
         vec![true, true]
     );
     m["layer_types"] = json!(["full_attention", "sliding_attention"]);
     assert_eq!(
-        ModelConfig::from_value(&m, "c").unwrap().sliding_layers,
+        from_value(&m, "c").unwrap().sliding_layers,
         vec![false, true]
     );
     let mut l = base("llama");
     l["rope_scaling"] = json!({"rope_type": "llama3", "factor": 8.0});
     assert!(matches!(
-        ModelConfig::from_value(&l, "c").unwrap().rope,
+        from_value(&l, "c").unwrap().rope,
         RopeKind::Llama3 { .. }
     ));
     l["rope_scaling"] = json!({"rope_type": "yarn", "factor": 8.0});
     assert!(matches!(
-        ModelConfig::from_value(&l, "c").unwrap().rope,
+        from_value(&l, "c").unwrap().rope,
         RopeKind::Yarn { .. }
     ));
     l["rope_scaling"] = json!({"rope_type": "ntk-by-parts", "factor": 8.0});
-    let e = ModelConfig::from_value(&l, "c").unwrap_err();
+    let e = from_value(&l, "c").unwrap_err();
     assert!(
         e.message.contains("ntk-by-parts") && e.message.contains("yarn"),
         "{}",
@@ -63,7 +75,7 @@ fn the_new_families_read_their_switches() {
     let mut g2 = base("gemma2");
     g2["head_dim"] = json!(32);
     g2["sliding_window"] = json!(16);
-    let c = ModelConfig::from_value(&g2, "c").unwrap();
+    let c = from_value(&g2, "c").unwrap();
     assert_eq!((c.attn_softcap, c.final_softcap), (Some(50.0), Some(30.0)));
     assert_eq!(c.attn_scale, (1.0 / 144f64.sqrt()) as f32);
     assert_eq!(c.tie_word_embeddings, Some(true));
@@ -73,16 +85,13 @@ fn the_new_families_read_their_switches() {
         "mlx-lm: full attention"
     );
     g2["final_logit_softcapping"] = Value::Null;
-    assert_eq!(
-        ModelConfig::from_value(&g2, "c").unwrap().final_softcap,
-        None
-    );
+    assert_eq!(from_value(&g2, "c").unwrap().final_softcap, None);
 
     let mut g3 = base("gemma3_text");
     g3["num_hidden_layers"] = json!(7);
     g3["sliding_window_pattern"] = json!(3);
     g3["rope_scaling"] = json!({"rope_type": "linear", "factor": 8.0});
-    let c = ModelConfig::from_value(&g3, "c").unwrap();
+    let c = from_value(&g3, "c").unwrap();
     assert_eq!(
         c.sliding_layers,
         vec![true, true, false, true, true, false, true]
@@ -97,7 +106,7 @@ fn the_new_families_read_their_switches() {
     p["partial_rotary_factor"] = json!(0.5);
     p["rope_scaling"] = json!({"type": "longrope", "long_factor": [1.0, 2.0, 3.0, 4.0],
         "short_factor": [1.0, 1.0, 1.0, 1.0]});
-    let c = ModelConfig::from_value(&p, "c").unwrap();
+    let c = from_value(&p, "c").unwrap();
     assert_eq!((c.head_dim, c.rope_dims), (16, 8));
     match c.rope {
         RopeKind::Su {
@@ -115,7 +124,7 @@ fn the_new_families_read_their_switches() {
         other => panic!("{other:?}"),
     }
     p["rope_scaling"]["long_factor"] = json!([1.0, 2.0]);
-    let e = ModelConfig::from_value(&p, "c").unwrap_err();
+    let e = from_value(&p, "c").unwrap_err();
     assert!(
         e.message.contains("long_factor has 2 entries"),
         "{}",
@@ -124,12 +133,12 @@ fn the_new_families_read_their_switches() {
 
     let mut m = base("mixtral");
     m["num_local_experts"] = json!(8);
-    let c = ModelConfig::from_value(&m, "c").unwrap();
+    let c = from_value(&m, "c").unwrap();
     let moe = c.moe.unwrap();
     assert_eq!((moe.experts, moe.top_k, moe.intermediate), (8, 2, 128));
-    assert_eq!(moe.routing, super::super::moe::Routing::TopKSoftmax);
+    assert_eq!(moe.routing, Routing::TopKSoftmax);
     m["num_experts_per_tok"] = json!(9);
-    assert!(ModelConfig::from_value(&m, "c").is_err());
+    assert!(from_value(&m, "c").is_err());
 
     let mut q = base("qwen3_moe");
     q["num_hidden_layers"] = json!(4);
@@ -140,14 +149,11 @@ fn the_new_families_read_their_switches() {
         .unwrap()
         .clone(),
     );
-    let moe = ModelConfig::from_value(&q, "c").unwrap().moe.unwrap();
+    let moe = from_value(&q, "c").unwrap().moe.unwrap();
     assert_eq!(moe.layers, vec![false, true, false, false]);
-    assert_eq!(
-        moe.routing,
-        super::super::moe::Routing::SoftmaxTopK { norm: true }
-    );
+    assert_eq!(moe.routing, Routing::SoftmaxTopK { norm: true });
     q.as_object_mut().unwrap().remove("num_experts");
-    let e = ModelConfig::from_value(&q, "c").unwrap_err();
+    let e = from_value(&q, "c").unwrap_err();
     assert!(e.message.contains("experts"), "{}", e.message);
 }
 
@@ -160,9 +166,9 @@ fn a_multimodal_gemma3_is_read_as_its_text_model() {
     let v = json!({"model_type": "gemma3", "text_config": text, "eos_token_id": [1, 106],
         "quantization": {"group_size": 64, "bits": 4,
             "language_model.model.layers.0.mlp.down_proj": {"group_size": 32, "bits": 8}}});
-    let c = ModelConfig::from_value(&v, "c").unwrap();
+    let c = from_value(&v, "c").unwrap();
     assert_eq!(c.model_type, "gemma3");
-    assert_eq!(c.family, Family::Gemma3Text);
+    assert_eq!(c.family, Decoder::Gemma3Text);
     assert_eq!(c.weight_prefix.as_deref(), Some("language_model."));
     assert_eq!((c.vocab_size, c.num_kv_heads), (262_208, 4));
     assert_eq!(c.eos_token_ids, vec![1, 106]);
@@ -173,13 +179,17 @@ fn a_multimodal_gemma3_is_read_as_its_text_model() {
             bits: 8
         })
     );
-    let e = ModelConfig::from_value(&json!({"model_type": "gemma3"}), "c").unwrap_err();
+    let e = from_value(&json!({"model_type": "gemma3"}), "c").unwrap_err();
+    assert!(e.message.contains("hidden_size"), "{}", e.message);
+    let mut flat = base("gemma3");
+    flat.as_object_mut().unwrap().remove("vocab_size");
+    let e = from_value(&flat, "c").unwrap_err();
     assert!(e.message.contains("text_config"), "{}", e.message);
 }
 
 #[test]
 fn a_known_unsupported_family_names_what_is_missing() {
-    let e = ModelConfig::from_value(&base("deepseek_v3"), "config.json").unwrap_err();
+    let e = from_value(&base("deepseek_v3"), "config.json").unwrap_err();
     assert!(
         e.message.contains("multi-head latent attention"),
         "{}",
@@ -197,8 +207,7 @@ fn a_known_unsupported_family_names_what_is_missing() {
 /// checkpoints) whose family the engine runs parses; the others are refused by name.
 #[test]
 fn the_fixture_corpus_configs_parse() {
-    let root =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../estimate/tests/fixtures/models");
+    let root = crate::tests_support::corpus_dir();
     let mut parsed = Vec::new();
     for entry in std::fs::read_dir(&root).unwrap() {
         let path = entry.unwrap().path().join("config.json");
@@ -207,7 +216,7 @@ fn the_fixture_corpus_configs_parse() {
         }
         let v: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         let mt = v["model_type"].as_str().unwrap_or("").to_string();
-        match ModelConfig::from_value(&v, &path.display().to_string()) {
+        match from_value(&v, &path.display().to_string()) {
             Ok(c) => {
                 assert_eq!(c.sliding_layers.len(), c.num_layers);
                 parsed.push(mt);
@@ -250,7 +259,7 @@ fn per_layer_quantization_overrides() {
     c["quantization"] = json!({"group_size": 64, "bits": 4, "mode": "affine",
         "model.layers.0.mlp.down_proj": {"group_size": 32, "bits": 8},
         "lm_head": false});
-    let cfg = ModelConfig::from_value(&c, "c").unwrap();
+    let cfg = from_value(&c, "c").unwrap();
     assert_eq!(
         cfg.quant_for("model.layers.1.mlp.down_proj"),
         Some(QuantParams {
@@ -267,7 +276,7 @@ fn per_layer_quantization_overrides() {
     );
     assert_eq!(cfg.quant_for("lm_head"), None);
     c["quantization"]["mode"] = json!("mxfp4");
-    assert!(ModelConfig::from_value(&c, "c").is_err());
+    assert!(from_value(&c, "c").is_err());
 }
 
 #[test]
@@ -282,7 +291,7 @@ fn wide_values_are_refused_not_truncated() {
     ] {
         let mut c = base("llama");
         c[field] = v.clone();
-        let e = ModelConfig::from_value(&c, "config.json").unwrap_err();
+        let e = from_value(&c, "config.json").unwrap_err();
         assert!(
             e.message.contains(&format!("`{field}` =")),
             "{field}={v}: {}",
@@ -292,9 +301,9 @@ fn wide_values_are_refused_not_truncated() {
     }
     let mut c = base("llama");
     c["quantization"] = json!({"bits": 4, "group_size": 0});
-    assert!(ModelConfig::from_value(&c, "c").is_err());
+    assert!(from_value(&c, "c").is_err());
     c["quantization"] = json!({"bits": 4, "group_size": -1});
-    let e = ModelConfig::from_value(&c, "c").unwrap_err();
+    let e = from_value(&c, "c").unwrap_err();
     assert!(e.message.contains("per-channel"), "{}", e.message);
 }
 
@@ -343,28 +352,25 @@ proptest! {
         if let Some((bits, group)) = quant {
             c["quantization"] = json!({"bits": bits, "group_size": group});
         }
-        if let Ok(cfg) = ModelConfig::from_value(&c, "c") {
-            prop_assert_eq!(Some(i64::from(cfg.hidden_size)), c["hidden_size"].as_i64());
-            prop_assert_eq!(Some(cfg.num_layers as u64), c["num_hidden_layers"].as_u64());
-            prop_assert_eq!(Some(i64::from(cfg.vocab_size)), c["vocab_size"].as_i64());
+        if let Ok(cfg) = from_value(&c, "c") {
+            let exact = |f: &str| crate::view::as_u64(&c[f]);
+            prop_assert_eq!(Some(cfg.hidden_size as u64), exact("hidden_size"));
+            prop_assert_eq!(Some(cfg.num_layers as u64), exact("num_hidden_layers"));
+            prop_assert_eq!(Some(cfg.vocab_size as u64), exact("vocab_size"));
             prop_assert_eq!(cfg.sliding_layers.len(), cfg.num_layers);
             prop_assert!(cfg.num_layers <= 1024);
         }
     }
 
-    /// Random bytes as config.json and generation_config.json: an error, never a panic.
+    /// Random bytes as config.json: when they parse as an object, a description or
+    /// an error, never a panic.
     #[test]
-    fn random_bytes_never_panic(
-        config in proptest::collection::vec(any::<u8>(), 0..300),
-        generation in proptest::collection::vec(any::<u8>(), 0..300),
-        valid_config in any::<bool>(),
-    ) {
-        let d = tempfile::tempdir().unwrap();
-        let c = if valid_config { base("llama").to_string().into_bytes() } else { config };
-        std::fs::write(d.path().join("config.json"), c).unwrap();
-        std::fs::write(d.path().join("generation_config.json"), generation).unwrap();
-        let r = ModelConfig::load(d.path());
-        prop_assert!(r.is_err() || valid_config);
+    fn random_bytes_never_panic(config in proptest::collection::vec(any::<u8>(), 0..300)) {
+        if let Ok(Value::Object(root)) = serde_json::from_slice::<Value>(&config) {
+            if let Ok(d) = Description::new(root) {
+                let _ = d.run_config("c");
+            }
+        }
     }
 }
 
@@ -372,16 +378,15 @@ proptest! {
 /// `language_model.`, the multimodal RoPE's sections, the vision tokens and the towers.
 #[test]
 fn vision_language_configs_read_their_tower_and_rope() {
-    let root =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../estimate/tests/fixtures/models");
+    let root = crate::tests_support::corpus_dir();
     let read = |name: &str| {
         let path = root.join(name).join("config.json");
         let v: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-        ModelConfig::from_value(&v, name).unwrap()
+        from_value(&v, name).unwrap()
     };
     let c = read("Qwen__Qwen2.5-VL-7B-Instruct");
     assert_eq!(c.model_type, "qwen2_5_vl");
-    assert_eq!(c.family, Family::Qwen2);
+    assert_eq!(c.family, Decoder::Qwen2);
     assert_eq!(c.weight_prefix.as_deref(), Some("language_model."));
     let vl = c.vl.unwrap();
     assert_eq!(vl.mrope_section, [16, 24, 24]);
@@ -406,6 +411,27 @@ fn vision_language_configs_read_their_tower_and_rope() {
     )
     .unwrap();
     v["rope_scaling"]["mrope_section"] = serde_json::json!([16, 24, 20]);
-    let e = ModelConfig::from_value(&v, "c").unwrap_err();
+    let e = from_value(&v, "c").unwrap_err();
     assert!(e.message.contains("mrope_section"), "{}", e.message);
+}
+
+/// Read for the worker, a family it does not run is the error before a missing field
+/// (read for the estimator, the missing field is).
+#[test]
+fn an_unsupported_family_is_named_before_what_the_config_lacks() {
+    let v = json!({"model_type": "gpt2", "hidden_size": 8});
+    let root = v.as_object().unwrap().clone();
+    match Description::new_runnable(root.clone()) {
+        Err(crate::DescribeError::Unsupported(m)) => {
+            assert!(m.contains("\"gpt2\"") && m.contains("qwen3"), "{m}");
+        }
+        other => panic!("{other:?}"),
+    }
+    match Description::new(root) {
+        Err(crate::DescribeError::Config(m)) => assert!(m.contains("num_hidden_layers"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    // A family it runs describes as for the estimator.
+    let d = Description::new_runnable(base("qwen3").as_object().unwrap().clone()).unwrap();
+    assert_eq!(d.family, crate::Family::Qwen3);
 }

@@ -3,7 +3,7 @@
 //! the bytes one linear layer takes under it.
 use serde_json::Value;
 
-use crate::config::{as_u64, Config};
+use crate::view::{as_u64, ConfigView as Config};
 
 /// The storage scheme of a checkpoint's weights.
 #[derive(Clone, Debug, PartialEq)]

@@ -1,4 +1,4 @@
-//! The vision tower's settings from `config.json`'s `vision_config`: Qwen2.5-VL's
+//! The Qwen2-VL / Qwen2.5-VL vision tower's settings from `config.json`'s `vision_config`: Qwen2.5-VL's
 //! (`hidden_size`, `intermediate_size`, `out_hidden_size`, windows) or Qwen2-VL's
 //! (`embed_dim`, `mlp_ratio`, the merger's output `hidden_size`, no windows).
 
