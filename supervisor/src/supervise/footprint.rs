@@ -82,22 +82,30 @@ mod tests {
         assert_eq!(super::footprint(i32::MAX), None);
     }
 
+    /// Spinning shows in the CPU time it reads. The spin runs until the CPU time (not the
+    /// wall clock) has grown, so a loaded machine that gives this thread a small share of
+    /// a core only makes it take longer; a reader that never sees the time grow fails at
+    /// the wall-clock cap.
     #[cfg(target_os = "linux")]
     #[test]
     fn own_cpu_time_and_virtual_size() {
         let me = std::process::id() as i32;
-        let before = super::cpu_time(me).unwrap_or_default();
+        let before = super::cpu_time(me).expect("the own process's CPU time");
+        let want = before + std::time::Duration::from_millis(100);
+        let cap = std::time::Instant::now() + std::time::Duration::from_secs(60);
         let mut x = 0u64;
-        let start = std::time::Instant::now();
-        while start.elapsed() < std::time::Duration::from_millis(200) {
-            x = x.wrapping_mul(31).wrapping_add(7);
+        let mut after = before;
+        while after < want {
+            assert!(
+                std::time::Instant::now() < cap,
+                "the CPU time did not grow by 100 ms in 60 s of spinning: {before:?} → {after:?}"
+            );
+            for _ in 0..100_000 {
+                x = x.wrapping_mul(31).wrapping_add(7);
+            }
+            std::hint::black_box(x);
+            after = super::cpu_time(me).expect("the own process's CPU time");
         }
-        std::hint::black_box(x);
-        let after = super::cpu_time(me).unwrap_or_default();
-        assert!(
-            after >= before + std::time::Duration::from_millis(100),
-            "{before:?} → {after:?}"
-        );
         assert!(super::virtual_bytes(me).unwrap_or(0) >= super::footprint(me).unwrap_or(0));
     }
 }
