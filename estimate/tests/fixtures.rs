@@ -190,3 +190,14 @@ fn lfs_pointer_shards_are_named() {
         "{msg}"
     );
 }
+
+/// The first Qwen's `intermediate_size` is its two MLP halves together (`qwen.py`'s
+/// w1, w2 are each half): the activation estimate plans the half, the width each
+/// matrix produces (issue 24).
+#[test]
+fn the_first_qwens_mlp_is_half_its_intermediate_size() {
+    let model = Model::open(&fixtures_dir().join("Qwen__Qwen-72B")).unwrap();
+    assert_eq!(model.activation.intermediate, 49_152 / 2);
+    let mimo = Model::open(&fixtures_dir().join("XiaomiMiMo__MiMo-7B")).unwrap();
+    assert_eq!(mimo.activation.intermediate, 11_008);
+}
