@@ -419,10 +419,10 @@ impl Description {
                 Decoder::Gemma | Decoder::Gemma2 => Some(true),
                 Decoder::Gemma3Text => None,
                 // qwen.py always has an lm_head; mimo.py does unless tied; granitemoe.py
-                // ties unless told not to.
+                // and smollm3.py (llama's arguments) tie unless told not to.
                 Decoder::Qwen => Some(false),
                 Decoder::Mimo => Some(flag("tie_word_embeddings")),
-                Decoder::GraniteMoe => Some(
+                Decoder::GraniteMoe | Decoder::SmolLm3 => Some(
                     v.get("tie_word_embeddings")
                         .and_then(Value::as_bool)
                         .unwrap_or(true),

@@ -454,6 +454,8 @@ fn issue24_families_read_as_mlx_lm_reads_them() {
     assert_eq!(s.rope_layers, want);
     assert_eq!(s.rope_theta, 5_000_000.0);
     assert!(!s.attention_bias && !s.o_proj_bias && !s.mlp_bias);
+    // No tie_word_embeddings: tied, as mlx-lm's llama arguments default it.
+    assert_eq!(s.tie_word_embeddings, Some(true));
     // MiMo-7B: q/k/v biases, no o_proj bias, its MTP layers never read.
     let m = from_value(&corpus_config("XiaomiMiMo__MiMo-7B"), "c").unwrap();
     assert_eq!(m.family, Decoder::Mimo);
