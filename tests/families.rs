@@ -43,7 +43,7 @@ fn make(dir: &std::path::Path, arch: &str, extra: &[&str]) {
 #[test]
 fn every_new_family_is_made_and_runs() {
     let tmp = tempfile::tempdir().unwrap();
-    let cases: [(&str, &[&str]); 7] = [
+    let cases: [(&str, &[&str]); 11] = [
         ("gemma", &[]),
         ("gemma3", &["--sliding-window", "8", "--quant-bits", "4"]),
         ("gemma2", &["--sliding-window", "8"]),
@@ -60,6 +60,11 @@ fn every_new_family_is_made_and_runs() {
             "qwen3_moe",
             &["--experts", "4", "--stacked-experts", "--quant-bits", "4"],
         ),
+        // Issue 24.
+        ("smollm3", &[]),
+        ("mimo", &["--quant-bits", "4"]),
+        ("qwen", &[]),
+        ("granitemoe", &["--experts", "4"]),
     ];
     for (arch, extra) in cases {
         let dir = tmp.path().join(arch);
@@ -117,6 +122,46 @@ fn every_new_family_is_made_and_runs() {
                 assert!(names
                     .iter()
                     .any(|n| n == "model.layers.1.block_sparse_moe.experts.2.w2.weight"));
+            }
+            "smollm3" => {
+                // Every 4th layer without RoPE, and the first (so that a 2-layer folder
+                // has one).
+                assert_eq!(c["no_rope_layers"], serde_json::json!([0, 1]));
+                assert!(names.contains(&"model.layers.1.self_attn.q_proj.weight".to_string()));
+            }
+            "mimo" => {
+                assert_eq!(c["attention_bias"], true);
+                assert!(names.contains(&"model.layers.0.self_attn.k_proj.bias".to_string()));
+                assert!(names.contains(&"model.layers.0.self_attn.k_proj.scales".to_string()));
+                assert!(names.contains(&"lm_head.weight".to_string()));
+            }
+            "qwen" => {
+                assert!(c.get("num_key_value_heads").is_none(), "{c}");
+                assert_eq!(c["intermediate_size"], 512);
+                for n in [
+                    "transformer.wte.weight",
+                    "transformer.h.1.attn.c_attn.bias",
+                    "transformer.h.1.mlp.w2.weight",
+                    "transformer.ln_f.weight",
+                    "lm_head.weight",
+                ] {
+                    assert!(names.contains(&n.to_string()), "{n}: {names:?}");
+                }
+                assert!(!names.iter().any(|n| n.starts_with("model.")), "{names:?}");
+            }
+            "granitemoe" => {
+                assert_eq!(c["num_local_experts"], 4);
+                for key in [
+                    "embedding_multiplier",
+                    "attention_multiplier",
+                    "residual_multiplier",
+                    "logits_scaling",
+                ] {
+                    assert!(c[key].as_f64().is_some_and(|m| m != 1.0), "{key}: {c}");
+                }
+                assert!(names
+                    .iter()
+                    .any(|n| n == "model.layers.0.block_sparse_moe.input_linear.weight"));
             }
             _ => {
                 assert_eq!(c["num_experts"], 4);
@@ -224,6 +269,18 @@ fn family_flags_a_family_cannot_honour_are_refused() {
             "qwen3",
             &["--rope-scaling", "ntk:2"][..],
             "the type must be",
+        ),
+        // Issue 24: mlx-lm's qwen builds a plain RoPE; it quantizes Granite's experts
+        // only stacked.
+        (
+            "qwen",
+            &["--rope-scaling", "linear:2"][..],
+            "ignores rope_scaling",
+        ),
+        (
+            "granitemoe",
+            &["--quant-bits", "4"][..],
+            "needs --stacked-experts",
         ),
     ] {
         let dir = tmp.path().join(arch);

@@ -10,6 +10,8 @@ use crate::weights::TextDims;
 pub fn activation_dims(cfg: &Config, t: &TextDims) -> ActivationDims {
     let intermediate = match &cfg.description().moe {
         Some(m) => m.top_k * m.intermediate + m.shared_intermediate,
+        // The first Qwen's `intermediate_size` is w1 and w2 together: each is half.
+        None if cfg.description().family == model::Family::Qwen => t.intermediate / 2,
         None => t
             .intermediate
             .max(if t.intermediate == 0 { 4 * t.hidden } else { 0 }),

@@ -190,3 +190,16 @@ fn lfs_pointer_shards_are_named() {
         "{msg}"
     );
 }
+
+/// The first Qwen's `intermediate_size` is its two MLP halves together (`qwen.py`'s
+/// w1, w2 are each half): the activation estimate plans the half, the width each
+/// matrix produces (issue 24).
+#[test]
+fn the_first_qwens_mlp_is_half_its_intermediate_size() {
+    let width = |name: &str| match Model::open(&fixtures_dir().join(name)) {
+        Ok(m) => m.activation.intermediate,
+        Err(e) => panic!("{name}: {e}"),
+    };
+    assert_eq!(width("Qwen__Qwen-72B"), 49_152 / 2);
+    assert_eq!(width("XiaomiMiMo__MiMo-7B"), 11_008);
+}

@@ -76,6 +76,12 @@ impl TextDims {
                 ])
             })
             .unwrap_or(if gemma3 { 4 } else { heads });
+        // mlx-lm's `qwen.py` has no KV heads of its own: every head is a KV head.
+        let kv_heads = if family == Family::Qwen {
+            heads
+        } else {
+            kv_heads
+        };
         if kv_heads == 0 || kv_heads > heads {
             return Err(format!(
                 "num_key_value_heads {kv_heads} is not between 1 and num_attention_heads {heads}"
@@ -83,8 +89,11 @@ impl TextDims {
         }
         let configured = cfg.u64(&["head_dim", "kv_channels"]).filter(|&d| d > 0);
         let head_dim = match family {
-            // mlx-lm 0.32.2 derives it for these, whatever head_dim says.
-            Family::Phi3 | Family::Mixtral => hidden / heads,
+            // mlx-lm 0.32.2 derives it for these, whatever head_dim (Qwen: kv_channels)
+            // says.
+            Family::Phi3 | Family::Mixtral | Family::Mimo | Family::Qwen | Family::GraniteMoe => {
+                hidden / heads
+            }
             Family::Gemma3 | Family::Gemma3Text => configured.unwrap_or(256),
             _ => configured.unwrap_or(hidden / heads),
         };

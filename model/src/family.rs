@@ -112,6 +112,10 @@ pub const SUPPORTED: &[&str] = &[
     "qwen3_moe",
     "qwen2_5_vl",
     "qwen2_vl",
+    "smollm3",
+    "mimo",
+    "qwen",
+    "granitemoe",
 ];
 
 /// `model_type`s people run that the worker does not, and what it lacks for each.
@@ -132,10 +136,7 @@ const MISSING: &[(&str, &str)] = &[
     ("deepseek_v2", "multi-head latent attention"),
     ("deepseek_v3", "multi-head latent attention"),
     ("gpt_oss", "attention sinks and the OpenAI SwiGLU variant"),
-    (
-        "granitemoe",
-        "Granite's embedding, residual and logit multipliers",
-    ),
+    ("granitemoeshared", "Granite MoE's shared expert"),
     ("lfm2", "LFM2's short convolution layers"),
     ("falcon", "Falcon's parallel attention block"),
 ];

@@ -114,7 +114,10 @@ fn kinds(cfg: &ConfigView, family: Family, layers: u64) -> Vec<LayerKind> {
         | Family::Qwen3
         | Family::Qwen3Moe
         | Family::Qwen2Vl
-        | Family::Qwen25Vl => return vec![LayerKind::Full; n],
+        | Family::Qwen25Vl
+        | Family::Mimo
+        | Family::Qwen
+        | Family::GraniteMoe => return vec![LayerKind::Full; n],
         // Every `sliding_window_pattern`-th layer is global, the others slide;
         // `layer_types` is not read.
         Family::Gemma3 | Family::Gemma3Text => {
@@ -126,9 +129,9 @@ fn kinds(cfg: &ConfigView, family: Family, layers: u64) -> Vec<LayerKind> {
                 .map(|i| slide(!(i + 1).is_multiple_of(p)))
                 .collect();
         }
-        // `layer_types` decides; without it a Llama attends in full and a Mistral
-        // slides on every layer when it has a window.
-        Family::Llama | Family::Mistral => {
+        // `layer_types` decides; without it a Llama (or SmolLM3, a Llama) attends in
+        // full and a Mistral slides on every layer when it has a window.
+        Family::Llama | Family::SmolLm3 | Family::Mistral => {
             return match cfg.layer_types() {
                 Some(types) if types.len() == n => types
                     .iter()

@@ -22,16 +22,18 @@
 //! Where the estimator and the worker used to read a config differently, the rule is
 //! what mlx-lm 0.32.2 (the worker's token-for-token reference) does:
 //!
-//! - **head size**: Phi-3 and Mixtral derive it (`hidden_size / num_attention_heads`,
-//!   `phi3.py`, `mixtral.py`) whatever `head_dim` says; Gemma 3 defaults it to 256;
+//! - **head size**: Phi-3, Mixtral, MiMo, Granite MoE and the first Qwen derive it
+//!   (`hidden_size / num_attention_heads`, `phi3.py`, `mixtral.py`, `mimo.py`,
+//!   `granitemoe.py`, `qwen.py`) whatever `head_dim` (`kv_channels`) says; Gemma 3 defaults it to 256;
 //!   every other family takes `head_dim` when positive, else derives it.
 //! - **Gemma 3's window**: 512 when the config names none (`gemma3_text.py`); its
 //!   layers slide by `sliding_window_pattern` (default 6: every 6th layer is global),
 //!   and `layer_types` is not read.
-//! - **which layers slide**: Llama and Mistral by `layer_types` (`llama.py`); without
+//! - **which layers slide**: Llama (and SmolLM3) and Mistral by `layer_types` (`llama.py`); without
 //!   it a Mistral with a window slides on every layer (Hugging Face's meaning, which the
 //!   worker has always kept) and a Llama attends in full. Gemma 1/2, Phi-3, Mixtral,
-//!   Qwen 2/3, Qwen3-MoE and Qwen2(.5)-VL attend in full on every layer, whatever their
+//!   Qwen 1/2/3, Qwen3-MoE, Qwen2(.5)-VL, MiMo and Granite MoE attend in full on every
+//!   layer, whatever their
 //!   `sliding_window` / `layer_types` say. The families the worker does not run keep the
 //!   estimator's rules: `layer_types`, then the family's pattern or indexes.
 //!

@@ -77,20 +77,20 @@ const EXPECTED: &[(&str, &str, bool, &str)] = &[
         true,
         "F×32",
     ),
-    ("HuggingFaceTB__SmolLM3-3B", "SmolLm3", false, "F×36"),
+    ("HuggingFaceTB__SmolLM3-3B", "SmolLm3", true, "F×36"),
     (
         "LiquidAI__LFM2-1.2B",
         "Lfm2",
         false,
         "C×2 F C×2 F C×2 F C F C F C F C",
     ),
-    ("Qwen__Qwen-72B", "Qwen", false, "F×80"),
+    ("Qwen__Qwen-72B", "Qwen", true, "F×80"),
     ("Qwen__Qwen2.5-Coder-32B-Instruct", "Qwen2", true, "F×64"),
     ("Qwen__Qwen2.5-Math-72B-Instruct", "Qwen2", true, "F×80"),
     ("Qwen__Qwen2.5-VL-7B-Instruct", "Qwen25Vl", true, "F×28"),
     ("SakuraLLM__Sakura-14B-Qwen2.5-v1.0", "Qwen2", true, "F×48"),
     ("XS-Wu__Qwen2.5-3B-finetune", "Qwen2", true, "F×36"),
-    ("XiaomiMiMo__MiMo-7B", "Mimo", false, "F×36"),
+    ("XiaomiMiMo__MiMo-7B", "Mimo", true, "F×36"),
     (
         "YouriLalain__1PARAMMYL-8B-ModelStock",
         "Llama",
@@ -165,7 +165,7 @@ const EXPECTED: &[(&str, &str, bool, &str)] = &[
     (
         "ibm-granite__granite-3.1-1b-a400m-instruct",
         "GraniteMoe",
-        false,
+        true,
         "F×24",
     ),
     (
@@ -286,8 +286,8 @@ fn every_checkpoint_describes_as_expected() {
 }
 
 /// The worker builds a config from every checkpoint whose family it runs — exactly the
-/// `model_type`s it ran before the description existed — and refuses the others by
-/// name with the list it runs.
+/// `model_type`s it ran before the description existed, and issue 24's — and refuses the
+/// others by name with the list it runs.
 #[test]
 fn the_worker_runs_exactly_its_families() {
     const BEFORE: &[&str] = &[
@@ -304,6 +304,11 @@ fn the_worker_runs_exactly_its_families() {
         "qwen3_moe",
         "qwen2_5_vl",
         "qwen2_vl",
+        // Issue 24.
+        "smollm3",
+        "mimo",
+        "qwen",
+        "granitemoe",
     ];
     assert_eq!(model::SUPPORTED, BEFORE);
     let mut ran = 0;

@@ -385,3 +385,71 @@ fn a_native_bf16_moe_on_the_cpu_is_a_clear_load_failed() {
         assert!(err.message.contains(needle), "{needle}: {}", err.message);
     }
 }
+
+/// Issue 24's dense families, each in bf16 and 4-bit against mlx-lm 0.32.2 loading the
+/// same `make_model` folder (so its weight names and layout are mlx-lm's too): SmolLM3
+/// (its first layer attends without RoPE, per `no_rope_layers`), MiMo (Qwen2-shaped,
+/// q/k/v biases) and the first Qwen (`transformer.*` names, fused `c_attn` with its
+/// bias, `swiglu(w2, w1)`, RoPE base 10000 whatever the config says).
+#[test]
+fn smollm3_mimo_and_qwen_match_mlx_lm() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let mut cases = Vec::new();
+    for (k, arch) in ["smollm3", "mimo", "qwen"].into_iter().enumerate() {
+        for (j, q) in [None, Some(4)].into_iter().enumerate() {
+            let tag = if q.is_some() { "q4" } else { "bf16" };
+            let name = format!("{arch}-{tag}");
+            let seed = 500 + 10 * k as u64 + j as u64;
+            cases.push(Case {
+                dir: make(t, &name, |d| {
+                    let mut s = spec(d, arch, q, seed, ModelOptions::default());
+                    if arch == "qwen" {
+                        s.kv_heads = s.heads;
+                    }
+                    s
+                }),
+                name,
+                f32: false,
+            });
+        }
+    }
+    compare_with_mlx_lm(&cases);
+}
+
+/// Granite MoE (its embedding, attention, residual and logit multipliers; top-k logits
+/// softmaxed in float32): in f32 compute against mlx-lm's f32 conversion, for Hugging
+/// Face's `input_linear`/`output_linear` layout and a stacked 4-bit folder (router,
+/// o_proj at 8 bits, as mlx-lm's quant_predicate), and the 4-bit folder natively
+/// against mlx-lm with the global_scale shim.
+#[test]
+fn granitemoe_matches_mlx_lm_in_f32_and_4_bit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let hf = make(t, "granitemoe-hf-bf16", |d| {
+        spec(d, "granitemoe", None, 600, moe(4, 2, false))
+    });
+    let q4 = make(t, "granitemoe-stacked-q4", |d| {
+        spec(d, "granitemoe", Some(4), 603, moe(8, 2, true))
+    });
+    compare_with_mlx_lm(&[
+        Case {
+            name: "granitemoe-hf-bf16 in f32".into(),
+            dir: hf,
+            f32: true,
+        },
+        Case {
+            name: "granitemoe-stacked-q4 in f32".into(),
+            dir: q4.clone(),
+            f32: true,
+        },
+    ]);
+    compare_with(
+        &[Case {
+            name: "granitemoe-stacked-q4".into(),
+            dir: q4,
+            f32: false,
+        }],
+        "mlx_lm_moe_reference.py",
+    );
+}

@@ -10,11 +10,13 @@ use crate::description::Description;
 use crate::family::{unsupported, Family};
 use crate::rope::{self, RopeKind};
 
+mod extras;
 mod family;
 pub mod moe;
 pub mod tower;
 pub mod vision;
 
+pub use extras::{qwen_weight_name, Multipliers};
 pub use moe::{MoeConfig, Routing};
 pub use tower::TowerConfig;
 pub use vision::{VisionTokens, VlConfig};
@@ -46,6 +48,14 @@ pub enum Decoder {
     Phi3,
     Mixtral,
     Qwen3Moe,
+    /// SmolLM3: a Llama whose `no_rope_layers` attend without RoPE.
+    SmolLm3,
+    /// MiMo: Qwen2-shaped (its multi-token-prediction layers are not read).
+    Mimo,
+    /// The first Qwen (`qwen`): fused `c_attn`, its own tensor names.
+    Qwen,
+    /// Granite MoE: embedding, attention, residual and logit multipliers; routed experts.
+    GraniteMoe,
 }
 
 impl Decoder {
@@ -93,8 +103,16 @@ pub struct RunConfig {
     pub attn_softcap: Option<f32>,
     /// Gemma 2: `tanh` soft-capping of the logits.
     pub final_softcap: Option<f32>,
-    /// Routed experts (Mixtral, Qwen3-MoE).
+    /// Routed experts (Mixtral, Qwen3-MoE, Granite MoE).
     pub moe: Option<MoeConfig>,
+    /// Per layer: whether its attention rotates queries and keys (SmolLM3's NoPE
+    /// layers do not).
+    pub rope_layers: Vec<bool>,
+    /// Granite MoE's embedding, residual and logit multipliers.
+    pub multipliers: Option<Multipliers>,
+    /// Tensors under these prefixes are never read (MiMo's multi-token-prediction
+    /// layers, which mlx-lm drops).
+    pub skip_weights: Vec<String>,
     /// The weights' name prefix of the text model (`language_model.` for a multimodal
     /// Gemma 3, whose other tensors — the vision tower — are not loaded).
     pub weight_prefix: Option<String>,
@@ -103,8 +121,13 @@ pub struct RunConfig {
     pub vl: Option<VlConfig>,
     /// `None`: decide from the presence of `lm_head.weight`.
     pub tie_word_embeddings: Option<bool>,
+    /// Biases on the q/k/v projections (or the fused one).
     pub attention_bias: bool,
+    /// A bias on the attention's output projection.
+    pub o_proj_bias: bool,
     pub mlp_bias: bool,
+    /// A bias on `lm_head` (Qwen with `no_bias: false`).
+    pub lm_head_bias: bool,
     /// The window of the sliding layers (the description's plan).
     pub sliding_window: Option<usize>,
     /// Per layer: does it use the sliding window? (the description's plan)
@@ -184,6 +207,10 @@ impl Description {
                     Family::Phi3 => Decoder::Phi3,
                     Family::Mixtral => Decoder::Mixtral,
                     Family::Qwen3Moe => Decoder::Qwen3Moe,
+                    Family::SmolLm3 => Decoder::SmolLm3,
+                    Family::Mimo => Decoder::Mimo,
+                    Family::Qwen => Decoder::Qwen,
+                    Family::GraniteMoe => Decoder::GraniteMoe,
                     _ => {
                         return Err(load_failed(format!(
                             "{source}: model_type {:?} has no decoder",
@@ -226,9 +253,13 @@ impl Description {
             Decoder::Qwen2 | Decoder::Gemma3Text | Decoder::Mixtral => 1_000_000.0,
             _ => 10_000.0,
         };
-        let rope_theta = num(v, "rope_theta")
-            .or_else(|| rope_params.and_then(|p| num(p, "rope_theta")))
-            .unwrap_or(default_theta) as f32;
+        let rope_theta = match family {
+            // qwen.py builds `nn.RoPE(head_dim)`: base 10000, whatever the config says.
+            Decoder::Qwen => 10_000.0,
+            _ => num(v, "rope_theta")
+                .or_else(|| rope_params.and_then(|p| num(p, "rope_theta")))
+                .unwrap_or(default_theta) as f32,
+        };
         let scaling = v
             .get("rope_scaling")
             .filter(|s| s.is_object())
@@ -253,13 +284,17 @@ impl Description {
         }
         let rope = match family {
             // mlx-lm 0.32.2 builds a plain nn.RoPE for these, whatever rope_scaling says.
-            Decoder::Gemma | Decoder::Gemma2 | Decoder::Mixtral | Decoder::Qwen3Moe => {
-                RopeKind::Default { scale: 1.0 }
-            }
+            Decoder::Gemma
+            | Decoder::Gemma2
+            | Decoder::Mixtral
+            | Decoder::Qwen3Moe
+            | Decoder::Qwen => RopeKind::Default { scale: 1.0 },
             Decoder::Gemma3Text => {
                 rope::parse(scaling, max_pos.or(Some(32768.0)), rope_dims, source)?
             }
             Decoder::Phi3 => family::phi3_rope(v, scaling, rope_dims, source)?,
+            // mimo.py: max_position_embeddings defaults to 32768.
+            Decoder::Mimo => rope::parse(scaling, max_pos.or(Some(32768.0)), rope_dims, source)?,
             _ => rope::parse(scaling, max_pos, rope_dims, source)?,
         };
         let (sliding_window, sliding_layers) = self.sliding(v, family, source)?;
@@ -300,6 +335,7 @@ impl Description {
         let attn_scale = match family {
             Decoder::Gemma2 => 1.0 / num(v, "query_pre_attn_scalar").unwrap_or(144.0).sqrt(),
             Decoder::Gemma3Text => num(v, "query_pre_attn_scalar").unwrap_or(256.0).powf(-0.5),
+            Decoder::GraniteMoe => extras::required(v, "attention_multiplier", source)?,
             _ => f64::from(head_dim).powf(-0.5),
         } as f32;
         // Gemma 2's caps default to 50 and 30 (mlx-lm's defaults); `null` turns one off.
@@ -315,21 +351,52 @@ impl Description {
             _ => (None, None),
         };
         let moe = MoeConfig::parse(v, family, num_layers, source)?;
+        let rope_layers = extras::rope_layers(v, family, num_layers, source)?;
+        let multipliers = match family {
+            Decoder::GraniteMoe => Some(Multipliers::read(v, source)?),
+            _ => None,
+        };
+        let intermediate = small(source, "intermediate_size", d.intermediate)?;
+        let intermediate_size = match family {
+            // qwen.py: w1 and w2 are each `intermediate_size // 2` wide.
+            Decoder::Qwen => extras::qwen_checks(v, hidden_size, num_heads, intermediate, source)?,
+            _ => intermediate,
+        };
+        let no_bias = v.get("no_bias").and_then(Value::as_bool).unwrap_or(true);
+        let attention_bias = match family {
+            Decoder::Qwen2 | Decoder::Mimo | Decoder::Qwen => true,
+            Decoder::Llama | Decoder::Mistral | Decoder::SmolLm3 | Decoder::GraniteMoe => {
+                flag("attention_bias")
+            }
+            _ => false,
+        };
+        let quantization_raw = match family {
+            Decoder::Qwen => quantization_raw.map(extras::qwen_quant_paths),
+            _ => quantization_raw,
+        };
         Ok(RunConfig {
             model_type: self.model_type.clone(),
             family,
             hidden_size,
             num_layers,
-            intermediate_size: small(source, "intermediate_size", d.intermediate)?,
+            intermediate_size,
             num_heads,
             num_kv_heads,
             head_dim,
-            rms_norm_eps: num(v, "rms_norm_eps").unwrap_or(1e-6) as f32,
+            rms_norm_eps: match family {
+                Decoder::Qwen => num(v, "layer_norm_epsilon"),
+                _ => num(v, "rms_norm_eps"),
+            }
+            .unwrap_or(1e-6) as f32,
             vocab_size: small(source, "vocab_size", d.vocab)?,
             rope_theta,
             rope_traditional: !matches!(
                 family,
-                Decoder::Qwen3 | Decoder::Qwen3Moe | Decoder::Gemma3Text
+                Decoder::Qwen3
+                    | Decoder::Qwen3Moe
+                    | Decoder::Gemma3Text
+                    | Decoder::Qwen
+                    | Decoder::GraniteMoe
             ) && flag("rope_traditional"),
             rope,
             rope_dims,
@@ -339,20 +406,41 @@ impl Description {
             attn_softcap,
             final_softcap,
             moe,
+            rope_layers,
+            multipliers,
+            skip_weights: match family {
+                Decoder::Mimo => vec!["model.mtp_layers.".into()],
+                _ => Vec::new(),
+            },
             weight_prefix: None,
             vl: None,
             tie_word_embeddings: match family {
                 // mlx-lm: Gemma 2 always ties; Gemma 3 ties when lm_head.weight is absent.
                 Decoder::Gemma | Decoder::Gemma2 => Some(true),
                 Decoder::Gemma3Text => None,
+                // qwen.py always has an lm_head; mimo.py does unless tied; granitemoe.py
+                // and smollm3.py (llama's arguments) tie unless told not to.
+                Decoder::Qwen => Some(false),
+                Decoder::Mimo => Some(flag("tie_word_embeddings")),
+                Decoder::GraniteMoe | Decoder::SmolLm3 => Some(
+                    v.get("tie_word_embeddings")
+                        .and_then(Value::as_bool)
+                        .unwrap_or(true),
+                ),
                 _ => v.get("tie_word_embeddings").and_then(Value::as_bool),
             },
-            attention_bias: match family {
-                Decoder::Qwen2 => true,
-                Decoder::Llama | Decoder::Mistral => flag("attention_bias"),
+            attention_bias,
+            o_proj_bias: match family {
+                Decoder::Qwen => !no_bias,
+                Decoder::Qwen2 | Decoder::Mimo => false,
+                _ => attention_bias,
+            },
+            mlp_bias: match family {
+                Decoder::Llama | Decoder::Mistral | Decoder::SmolLm3 => flag("mlp_bias"),
+                Decoder::Qwen => !no_bias,
                 _ => false,
             },
-            mlp_bias: matches!(family, Decoder::Llama | Decoder::Mistral) && flag("mlp_bias"),
+            lm_head_bias: family == Decoder::Qwen && !no_bias,
             sliding_window,
             sliding_layers,
             eos_token_ids: token_ids(v.get("eos_token_id")),
@@ -369,7 +457,7 @@ impl Description {
         family: Decoder,
         source: &str,
     ) -> Result<(Option<usize>, Vec<bool>), ConfigError> {
-        if matches!(family, Decoder::Llama | Decoder::Mistral) {
+        if matches!(family, Decoder::Llama | Decoder::Mistral | Decoder::SmolLm3) {
             if let Some(types) = v.get("layer_types").and_then(Value::as_array) {
                 if types.len() != self.layers.len() {
                     return Err(load_failed(format!(

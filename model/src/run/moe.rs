@@ -1,4 +1,5 @@
-//! The routed experts of the MoE families the worker runs (Mixtral, Qwen3-MoE), as
+//! The routed experts of the MoE families the worker runs (Mixtral, Qwen3-MoE, Granite
+//! MoE), as
 //! mlx-lm 0.32.2 reads them.
 use serde_json::Value;
 
@@ -11,6 +12,9 @@ pub enum Routing {
     TopKSoftmax,
     /// Qwen3-MoE: a softmax over all experts, then the top k (renormalised if `norm`).
     SoftmaxTopK { norm: bool },
+    /// Granite MoE: the top-k logits, a softmax over those k in float32, the experts'
+    /// outputs mixed in float32 and cast back.
+    TopKSoftmaxF32,
 }
 
 /// The expert configuration of a MoE model.
@@ -30,7 +34,7 @@ fn int(v: &Value, key: &str) -> Option<i64> {
 }
 
 impl MoeConfig {
-    /// The experts of a Mixtral or Qwen3-MoE config; `None` for the dense families.
+    /// The experts of a Mixtral, Qwen3-MoE or Granite MoE config; `None` for the dense families.
     pub fn parse(
         v: &Value,
         family: Decoder,
@@ -69,6 +73,13 @@ impl MoeConfig {
                     which,
                 )
             }
+            Decoder::GraniteMoe => (
+                int(v, "num_local_experts").unwrap_or(0),
+                int(v, "num_experts_per_tok").unwrap_or(0),
+                int(v, "intermediate_size").unwrap_or(0),
+                Routing::TopKSoftmaxF32,
+                vec![true; layers],
+            ),
             _ => return Ok(None),
         };
         let fit = |key: &str, n: i64| {

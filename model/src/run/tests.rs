@@ -435,3 +435,125 @@ fn an_unsupported_family_is_named_before_what_the_config_lacks() {
     let d = Description::new_runnable(base("qwen3").as_object().unwrap().clone()).unwrap();
     assert_eq!(d.family, crate::Family::Qwen3);
 }
+
+/// A corpus checkpoint's config.json.
+fn corpus_config(name: &str) -> Value {
+    let path = crate::tests_support::corpus_dir()
+        .join(name)
+        .join("config.json");
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// Issue 24's families, read from their published configs as mlx-lm 0.32.2 reads them.
+#[test]
+fn issue24_families_read_as_mlx_lm_reads_them() {
+    // SmolLM3-3B: every 4th layer attends without RoPE, per `no_rope_layers`.
+    let s = from_value(&corpus_config("HuggingFaceTB__SmolLM3-3B"), "c").unwrap();
+    assert_eq!(s.family, Decoder::SmolLm3);
+    let want: Vec<bool> = (0..36).map(|i| (i + 1) % 4 != 0).collect();
+    assert_eq!(s.rope_layers, want);
+    assert_eq!(s.rope_theta, 5_000_000.0);
+    assert!(!s.attention_bias && !s.o_proj_bias && !s.mlp_bias);
+    // No tie_word_embeddings: tied, as mlx-lm's llama arguments default it.
+    assert_eq!(s.tie_word_embeddings, Some(true));
+    // MiMo-7B: q/k/v biases, no o_proj bias, its MTP layers never read.
+    let m = from_value(&corpus_config("XiaomiMiMo__MiMo-7B"), "c").unwrap();
+    assert_eq!(m.family, Decoder::Mimo);
+    assert!(m.attention_bias && !m.o_proj_bias);
+    assert_eq!(m.skip_weights, vec!["model.mtp_layers.".to_string()]);
+    assert_eq!(m.tie_word_embeddings, Some(false));
+    assert_eq!((m.rope_theta, m.rms_norm_eps), (640_000.0, 1e-5));
+    assert!(m.rope_layers.iter().all(|r| *r));
+    // Qwen-72B: every head a KV head, w1/w2 half of intermediate_size, RoPE base 10000
+    // (qwen.py's nn.RoPE) although the config says 1e6, layer_norm_epsilon.
+    let q = from_value(&corpus_config("Qwen__Qwen-72B"), "c").unwrap();
+    assert_eq!(q.family, Decoder::Qwen);
+    assert_eq!((q.num_heads, q.num_kv_heads, q.head_dim), (64, 64, 128));
+    assert_eq!(q.intermediate_size, 24_576);
+    assert_eq!(q.rope_theta, 10_000.0);
+    assert_eq!(q.rope, RopeKind::Default { scale: 1.0 });
+    assert!(q.attention_bias && !q.o_proj_bias && !q.mlp_bias && !q.lm_head_bias);
+    assert_eq!(q.tie_word_embeddings, Some(false));
+    // granite-3.1-1b-a400m: its multipliers, the attention's as the scale, 32 experts.
+    let g = from_value(
+        &corpus_config("ibm-granite__granite-3.1-1b-a400m-instruct"),
+        "c",
+    )
+    .unwrap();
+    assert_eq!(g.family, Decoder::GraniteMoe);
+    assert_eq!(
+        g.multipliers,
+        Some(Multipliers {
+            embedding: 12.0,
+            residual: 0.22,
+            logits_scaling: 6.0
+        })
+    );
+    assert_eq!(g.attn_scale, 0.015625);
+    let moe = g.moe.unwrap();
+    assert_eq!((moe.experts, moe.top_k, moe.intermediate), (32, 8, 512));
+    assert_eq!(moe.routing, Routing::TopKSoftmaxF32);
+    assert_eq!(g.tie_word_embeddings, Some(true));
+}
+
+#[test]
+fn issue24_families_refuse_what_mlx_lm_cannot_run() {
+    // SmolLM3 without no_rope_layers: every `no_rope_layer_interval`-th layer (4).
+    let mut v = base("smollm3");
+    v["num_hidden_layers"] = 8.into();
+    let s = from_value(&v, "c").unwrap();
+    assert_eq!(
+        s.rope_layers,
+        vec![true, true, true, false, true, true, true, false]
+    );
+    v["no_rope_layer_interval"] = 2.into();
+    assert_eq!(
+        from_value(&v, "c").unwrap().rope_layers,
+        vec![true, false, true, false, true, false, true, false]
+    );
+    for (bad, needle) in [
+        (json!([1, 0, 1]), "3 entries for 8 layers"),
+        (json!("all"), "not a list"),
+        (json!([1, 0, 1, 1, 1, 1, 1, "x"]), "not 0 or 1"),
+    ] {
+        v["no_rope_layers"] = bad;
+        let e = from_value(&v, "config.json").unwrap_err().message;
+        assert!(e.contains("no_rope_layers") && e.contains(needle), "{e}");
+    }
+    // Granite MoE without a multiplier mlx-lm requires, or dividing by zero.
+    let mut g = base("granitemoe");
+    for (k, x) in [
+        ("num_local_experts", json!(4)),
+        ("num_experts_per_tok", json!(2)),
+        ("embedding_multiplier", json!(12.0)),
+        ("attention_multiplier", json!(0.5)),
+        ("residual_multiplier", json!(0.2)),
+        ("logits_scaling", json!(6.0)),
+    ] {
+        g[k] = x;
+    }
+    if let Err(e) = from_value(&g, "c") {
+        panic!("{}", e.message);
+    }
+    for k in [
+        "embedding_multiplier",
+        "attention_multiplier",
+        "residual_multiplier",
+        "logits_scaling",
+    ] {
+        let mut h = g.clone();
+        h.as_object_mut().unwrap().remove(k);
+        let e = from_value(&h, "config.json").unwrap_err().message;
+        assert!(e.contains(k) && e.contains("missing"), "{e}");
+    }
+    g["logits_scaling"] = 0.0.into();
+    let e = from_value(&g, "config.json").unwrap_err().message;
+    assert!(e.contains("logits_scaling"), "{e}");
+    // The first Qwen: kv_channels × heads must be the hidden size.
+    let mut q = base("qwen");
+    q["kv_channels"] = 8.into();
+    let e = from_value(&q, "config.json").unwrap_err().message;
+    assert!(e.contains("kv_channels 8"), "{e}");
+    q["kv_channels"] = 16.into();
+    assert_eq!(from_value(&q, "c").unwrap().intermediate_size, 64);
+}

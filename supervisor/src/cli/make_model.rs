@@ -15,7 +15,7 @@ use crate::{
 pub struct MakeModelArgs {
     /// Folder to write (must not exist, or be empty).
     pub dir: PathBuf,
-    #[arg(long, value_parser = ["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "gemma3", "phi3", "mixtral", "qwen3_moe", "qwen2_5_vl", "qwen2_vl"])]
+    #[arg(long, value_parser = ["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "gemma3", "phi3", "mixtral", "qwen3_moe", "qwen2_5_vl", "qwen2_vl", "smollm3", "mimo", "qwen", "granitemoe"])]
     pub arch: String,
     #[arg(long, default_value_t = 256)]
     pub hidden: u32,
@@ -23,6 +23,7 @@ pub struct MakeModelArgs {
     pub layers: u32,
     #[arg(long, default_value_t = 4)]
     pub heads: u32,
+    /// Key/value heads (qwen: not read, every head of the first Qwen is one).
     #[arg(long, default_value_t = 2)]
     pub kv_heads: u32,
     #[arg(long, default_value_t = 512)]
@@ -47,10 +48,10 @@ pub struct MakeModelArgs {
 /// The family options of `make-model` (issue 13).
 #[derive(clap::Args, Clone, Debug, Default)]
 pub struct FamilyArgs {
-    /// Routed experts per layer (mixtral, qwen3_moe; default 4).
+    /// Routed experts per layer (mixtral, qwen3_moe, granitemoe; default 4).
     #[arg(long)]
     pub experts: Option<u32>,
-    /// Experts per token (mixtral, qwen3_moe; default 2).
+    /// Experts per token (mixtral, qwen3_moe, granitemoe; default 2).
     #[arg(long)]
     pub experts_per_token: Option<u32>,
     /// Write the experts stacked (mlx-community's `switch_mlp`), not per expert.

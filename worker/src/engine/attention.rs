@@ -24,6 +24,8 @@ type R<T> = Result<T, Exception>;
 pub enum Rotary<'a> {
     Rope(&'a Rope),
     Tables(&'a Tables),
+    /// No rotation (SmolLM3's NoPE layers).
+    None,
 }
 
 impl Rotary<'_> {
@@ -31,6 +33,7 @@ impl Rotary<'_> {
         match self {
             Rotary::Rope(r) => r.forward(x, offset),
             Rotary::Tables(t) => t.apply(x),
+            Rotary::None => Ok(x.clone()),
         }
     }
 }
@@ -89,7 +92,7 @@ impl Attention {
         let (d, hd) = (cfg.hidden_size, cfg.head_dim);
         let (qd, kvd) = (cfg.num_heads * hd, cfg.num_kv_heads * hd);
         let bias = cfg.attention_bias;
-        let o_bias = bias && cfg.family != Family::Qwen2;
+        let o_bias = cfg.o_proj_bias;
         let fused = format!("{p}.qkv_proj");
         let qkv = if store.has(&format!("{fused}.weight")) {
             Qkv::Fused {

@@ -113,7 +113,7 @@ impl Ffn {
             .filter(|m| m.layers.get(layer) == Some(&true))
         {
             let at = match cfg.family {
-                Family::Mixtral => format!("{p}.block_sparse_moe"),
+                Family::Mixtral | Family::GraniteMoe => format!("{p}.block_sparse_moe"),
                 _ => format!("{p}.mlp"),
             };
             return Ok(Ffn::Moe(MoeBlock::load(store, &at, cfg, moe)?));

@@ -129,16 +129,20 @@ impl Engine {
         };
         let prefix = cfg.weight_prefix.clone();
         let keep = cfg.vl.as_ref().map(|_| "vision_tower.");
-        let rename = cfg
-            .vl
-            .as_ref()
-            .map(|_| vision::mlx_name as fn(&str) -> Option<String>);
+        let rename = match (&cfg.vl, cfg.family) {
+            (Some(_), _) => Some(vision::mlx_name as fn(&str) -> Option<String>),
+            (None, config::Family::Qwen) => {
+                Some(::model::run::qwen_weight_name as fn(&str) -> Option<String>)
+            }
+            (None, _) => None,
+        };
         let mut store = weights::WeightStore::open_keeping(
             dir,
             opts.f32,
             prefix.as_deref(),
             keep,
             rename,
+            &cfg.skip_weights,
             &mut |done, total| hooks.progress(done, total),
         )?
         .with_lanes(lanes);

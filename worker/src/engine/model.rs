@@ -1,6 +1,7 @@
-//! The one decoder for every family (Llama, Mistral, Qwen2/3, Gemma 2/3, Phi-3, Mixtral,
-//! Qwen3-MoE), with per-family switches (norm placement, scaled embeddings, sliding-window
-//! layers, soft-capped logits), computed as mlx-lm computes it.
+//! The one decoder for every family (Llama, Mistral, Qwen 1/2/3, Gemma 2/3, Phi-3, Mixtral,
+//! Qwen3-MoE, SmolLM3, MiMo, Granite MoE), with per-family switches (norm placement,
+//! scaled embeddings, sliding-window layers, layers without RoPE, residual and logit
+//! multipliers, soft-capped logits), computed as mlx-lm computes it.
 
 use mlx_rs::{error::Exception, ops, Array};
 use protocol::WorkerError;
@@ -26,6 +27,11 @@ struct Block {
     pre_feedforward_layernorm: Option<RmsNorm>,
     post_feedforward_layernorm: Option<RmsNorm>,
     sliding: bool,
+    /// Whether the attention rotates queries and keys (SmolLM3's NoPE layers do not).
+    rope: bool,
+    /// Granite MoE: the attention's and the MLP's outputs are scaled by this before
+    /// each residual add.
+    residual_scale: Option<f32>,
     /// Gemma 3: float16 residuals are added in f32 and clipped.
     clip_f16: bool,
 }
@@ -67,12 +73,20 @@ impl Block {
                 self.residual(&h, &post.forward(&r)?)
             }
             _ => {
-                let h = h.add(&r)?;
+                let h = h.add(&self.scaled(r)?)?;
                 let r = self
                     .ffn
                     .forward(&self.post_attention_layernorm.forward(&h)?, act)?;
-                h.add(&r)
+                h.add(&self.scaled(r)?)
             }
+        }
+    }
+
+    /// `r × residual_multiplier` (the scalar in `r`'s dtype, as Python's weak float).
+    fn scaled(&self, r: Array) -> R<Array> {
+        match self.residual_scale {
+            Some(m) => r.multiply(Array::from_f32(m).as_dtype(r.dtype())?),
+            None => Ok(r),
         }
     }
 
@@ -135,6 +149,8 @@ impl Model {
                 pre_feedforward_layernorm: extra(store, "pre_feedforward_layernorm")?,
                 post_feedforward_layernorm: extra(store, "post_feedforward_layernorm")?,
                 sliding: cfg.sliding_layers.get(n).copied().unwrap_or(false),
+                rope: cfg.rope_layers.get(n).copied().unwrap_or(true),
+                residual_scale: cfg.multipliers.map(|m| m.residual),
                 clip_f16: cfg.family == Family::Gemma3Text,
             });
         }
@@ -157,7 +173,7 @@ impl Model {
                 &cfg,
                 d,
                 cfg.vocab_size,
-                false,
+                cfg.lm_head_bias,
             )?)
         };
         let rope = Rope::new(
@@ -220,7 +236,10 @@ impl Model {
                     .as_dtype(mlx_rs::Dtype::Bfloat16)?
                     .as_dtype(h.dtype())?,
             ),
-            _ => Ok(h),
+            _ => match self.cfg.multipliers {
+                Some(m) => h.multiply(Array::from_f32(m.embedding).as_dtype(h.dtype())?),
+                None => Ok(h),
+            },
         }
     }
 
@@ -285,6 +304,7 @@ impl Model {
             };
             let rope = match &tables {
                 Some(t) => Rotary::Tables(t),
+                None if !layer.rope => Rotary::None,
                 None => Rotary::Rope(rope),
             };
             h = layer.forward(&h, mask, cache, &rope, &self.act)?;
@@ -297,6 +317,10 @@ impl Model {
         let out = match &self.lm_head {
             Some(head) => head.forward(h)?,
             None => self.embed.as_linear(h)?,
+        };
+        let out = match self.cfg.multipliers {
+            Some(m) => out.divide(Array::from_f32(m.logits_scaling).as_dtype(out.dtype())?)?,
+            None => out,
         };
         match self.cfg.final_softcap {
             Some(cap) => {

@@ -1,4 +1,5 @@
-//! Routed experts (Mixtral, Qwen3-MoE) as mlx-lm 0.32.2's `SwitchGLU` computes them:
+//! Routed experts (Mixtral, Qwen3-MoE, Granite MoE) as mlx-lm 0.32.2's `SwitchGLU`
+//! computes them:
 //! top-k routing, MLX's `gather_mm` / `gather_qmm` over stacked expert matrices, tokens
 //! sorted by expert when there are many. Loads both layouts: Hugging Face's per-expert
 //! tensors (stacked here, as mlx-lm's `sanitize` does) and mlx-community's `switch_mlp`.
@@ -77,6 +78,28 @@ fn stack_experts(
         }
         store.insert(format!("{p}.switch_mlp.{name}.{part}"), stacked);
     }
+    Ok(())
+}
+
+/// Granite MoE's Hugging Face layout, as mlx-lm's `granitemoe.py` sanitizes it:
+/// `{p}.input_linear.weight` (experts, 2 × intermediate, hidden) split in two along its
+/// rows into the gate and up projections, `{p}.output_linear.weight` the down one
+/// (nothing to do for a folder already in mlx-community's `switch_mlp` layout).
+fn split_granite_experts(store: &mut WeightStore, p: &str) -> Result<(), WorkerError> {
+    let input = format!("{p}.input_linear.weight");
+    if !store.has(&input) {
+        return Ok(());
+    }
+    let what = format!("splitting {input}");
+    let w = store.take(&input)?;
+    let mut halves = w.split_equal(2, 1).ctx(&what)?;
+    let (Some(up), Some(gate)) = (halves.pop(), halves.pop()) else {
+        return Err(load_failed(format!("{what}: not two halves")));
+    };
+    store.insert(format!("{p}.switch_mlp.gate_proj.weight"), gate);
+    store.insert(format!("{p}.switch_mlp.up_proj.weight"), up);
+    let down = store.take(&format!("{p}.output_linear.weight"))?;
+    store.insert(format!("{p}.switch_mlp.down_proj.weight"), down);
     Ok(())
 }
 
@@ -159,11 +182,18 @@ impl MoeBlock {
         for (hf, name) in names {
             stack_experts(store, p, hf, name, e)?;
         }
+        if cfg.family == Family::GraniteMoe {
+            split_granite_experts(store, p)?;
+        }
+        let router = match cfg.family {
+            Family::GraniteMoe => format!("{p}.router.layer"),
+            _ => format!("{p}.gate"),
+        };
         let sw = |store: &mut WeightStore, name: &str, shape| {
             SwitchLinear::load(store, &format!("{p}.switch_mlp.{name}"), cfg, shape)
         };
         Ok(MoeBlock {
-            gate: Linear::load(store, &format!("{p}.gate"), cfg, d, e, false)?,
+            gate: Linear::load(store, &router, cfg, d, e, false)?,
             gate_proj: sw(store, "gate_proj", [e, i, d])?,
             up_proj: sw(store, "up_proj", [e, i, d])?,
             down_proj: sw(store, "down_proj", [e, d, i])?,
@@ -188,6 +218,15 @@ impl MoeBlock {
                 let scores = take_along_axis(&gates, &inds, -1)?;
                 (inds, ops::softmax_axis(&scores, -1, true)?)
             }
+            Routing::TopKSoftmaxF32 => {
+                let part = ops::argpartition_axis(&gates, -k, -1)?;
+                let inds = ops::split_at_indices(&part, &[self.experts - k], -1)?.swap_remove(1);
+                let scores = take_along_axis(&gates, &inds, -1)?;
+                (
+                    inds,
+                    ops::softmax_axis(&scores.as_dtype(Dtype::Float32)?, -1, false)?,
+                )
+            }
             Routing::SoftmaxTopK { norm } => {
                 let gates = ops::softmax_axis(&gates, -1, true)?;
                 let part = ops::argpartition_axis(&gates, -k, -1)?;
@@ -205,7 +244,7 @@ impl MoeBlock {
         let y_dtype = y.dtype();
         let y = y.multiply(scores.expand_dims(-1)?)?.sum_axis(-2, None)?;
         match self.routing {
-            Routing::SoftmaxTopK { .. } => y.as_dtype(y_dtype),
+            Routing::SoftmaxTopK { .. } | Routing::TopKSoftmaxF32 => y.as_dtype(y_dtype),
             Routing::TopKSoftmax => Ok(y),
         }
     }

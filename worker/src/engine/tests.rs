@@ -359,3 +359,52 @@ fn sharded_weights_load_like_a_single_file() {
     sharded.generate_with(&req, &opts, &mut b).unwrap();
     assert_eq!(a.tokens, b.tokens);
 }
+
+/// MiMo's multi-token-prediction layers are never read (mlx-lm drops them): a folder
+/// with them loads, and the store the engine opens holds none of them.
+#[test]
+fn mimo_mtp_layers_are_not_read() {
+    let _mlx = mlx_lock();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let spec = ModelSpec {
+        dir: dir.display().to_string(),
+        arch: "mimo".into(),
+        hidden: 64,
+        layers: 2,
+        heads: 2,
+        kv_heads: 1,
+        intermediate: 128,
+        vocab: 320,
+        dtype: "f32".into(),
+        quant_bits: None,
+        group_size: 64,
+        seed: 5,
+        options: Default::default(),
+    };
+    crate::make_model::make_model(&spec).unwrap();
+    let mtp = "model.mtp_layers.0.input_proj.weight";
+    let w = mlx_rs::ops::zeros::<f32>(&[64, 128]).unwrap();
+    mlx_rs::Array::save_safetensors([(mtp, &w)], None, dir.join("model-mtp.safetensors")).unwrap();
+    let cfg = super::config::load(dir).unwrap();
+    assert_eq!(cfg.skip_weights, vec!["model.mtp_layers.".to_string()]);
+    let open = |skip: &[String]| {
+        super::weights::WeightStore::open_keeping(
+            dir,
+            false,
+            None,
+            None,
+            None,
+            skip,
+            &mut |_, _| {},
+        )
+        .unwrap()
+    };
+    assert!(open(&[]).has(mtp), "the shard is read without the skip");
+    let store = open(&cfg.skip_weights);
+    assert!(!store.has(mtp));
+    assert!(store.has("model.layers.0.self_attn.q_proj.bias"));
+    drop(store);
+    let engine = Engine::load(dir, &LoadOptions::default(), &mut Record::default()).unwrap();
+    assert_eq!(engine.compute_dtype(), "float32");
+}

@@ -95,18 +95,21 @@ impl WeightStore {
         prefix: Option<&str>,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<WeightStore, WorkerError> {
-        Self::open_keeping(dir, f32, prefix, None, None, progress)
+        Self::open_keeping(dir, f32, prefix, None, None, &[], progress)
     }
 
     /// [`WeightStore::open`], keeping the tensors under `keep` too, under their own names
     /// (a vision-language model's `vision_tower.`), each name first put through `rename`
-    /// (a Hugging Face checkpoint's names made mlx-community's).
+    /// (a Hugging Face checkpoint's names made mlx-community's, the first Qwen's made the
+    /// decoder's); a tensor whose name (as stored) starts with one of `skip` is never
+    /// read (MiMo's multi-token-prediction layers).
     pub fn open_keeping(
         dir: &Path,
         f32: bool,
         prefix: Option<&str>,
         keep: Option<&str>,
         rename: Option<fn(&str) -> Option<String>>,
+        skip: &[String],
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<WeightStore, WorkerError> {
         let files = weight_files(dir)?;
@@ -130,6 +133,9 @@ impl WeightStore {
             let mut arrays: Vec<(String, Array)> = arrays.into_iter().collect();
             arrays.sort_by(|(an, a), (bn, b)| b.nbytes().cmp(&a.nbytes()).then_with(|| an.cmp(bn)));
             for (name, array) in arrays {
+                if skip.iter().any(|s| name.starts_with(s.as_str())) {
+                    continue;
+                }
                 let name = match rename.and_then(|r| r(&name)) {
                     Some(renamed) => renamed,
                     None => name,

@@ -21,6 +21,10 @@ pub(super) fn config_json(spec: &ModelSpec, endoftext: usize) -> Value {
         "phi3" => "Phi3ForCausalLM",
         "mixtral" => "MixtralForCausalLM",
         "qwen3_moe" => "Qwen3MoeForCausalLM",
+        "smollm3" => "SmolLM3ForCausalLM",
+        "mimo" => "MiMoForCausalLM",
+        "qwen" => "QWenLMHeadModel",
+        "granitemoe" => "GraniteMoeForCausalLM",
         _ => "Qwen3ForCausalLM",
     };
     let mut c = json!({
@@ -54,15 +58,25 @@ pub(super) fn config_json(spec: &ModelSpec, endoftext: usize) -> Value {
         "qwen2" => {
             json!({"rope_theta": 1000000.0, "use_sliding_window": false, "sliding_window": null})
         }
-        "gemma" | "gemma2" | "gemma3_text" | "phi3" | "mixtral" | "qwen3_moe" => {
-            family::config(spec)
-        }
+        "gemma" | "gemma2" | "gemma3_text" | "phi3" | "mixtral" | "qwen3_moe" | "smollm3"
+        | "mimo" | "qwen" | "granitemoe" => family::config(spec),
         _ => {
             json!({"rope_theta": 1000000.0, "attention_bias": false, "use_sliding_window": false, "sliding_window": null})
         }
     };
     if let (Some(c), Value::Object(e)) = (c.as_object_mut(), extra) {
         c.extend(e);
+        if spec.arch == "qwen" {
+            // The first Qwen's config names no KV heads nor head_dim (kv_channels).
+            for key in [
+                "num_key_value_heads",
+                "head_dim",
+                "rms_norm_eps",
+                "tie_word_embeddings",
+            ] {
+                c.remove(key);
+            }
+        }
         family::apply_options(spec, c);
         if let Some(bits) = spec.quant_bits {
             let mut q = json!({"group_size": spec.group_size, "bits": bits, "mode": "affine"});

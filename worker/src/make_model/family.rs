@@ -1,7 +1,8 @@
-//! `make-model`'s family parts: the config.json of Gemma 2/3, Phi-3, Mixtral and
-//! Qwen3-MoE folders, their expert tensors (per expert as Hugging Face names them, or
-//! stacked as mlx-community's `switch_mlp`), and the `--rope-scaling`, `--sliding-window`
-//! and `--max-position` options.
+//! `make-model`'s family parts: the config.json of Gemma 2/3, Phi-3, Mixtral, Qwen3-MoE,
+//! SmolLM3, MiMo, Qwen (1) and Granite MoE folders, their expert tensors (per expert as
+//! Hugging Face names them, or stacked as mlx-community's `switch_mlp`), the first
+//! Qwen's tensor names, and the `--rope-scaling`, `--sliding-window` and
+//! `--max-position` options.
 
 use protocol::ModelSpec;
 use serde_json::{json, Map, Value};
@@ -17,10 +18,54 @@ const ROPE_SCALED: &[&str] = &[
     "gemma3_text",
     "gemma3",
     "phi3",
+    "smollm3",
+    "mimo",
+    "granitemoe",
 ];
 
 fn moe(spec: &ModelSpec) -> bool {
-    matches!(spec.arch.as_str(), "mixtral" | "qwen3_moe")
+    matches!(spec.arch.as_str(), "mixtral" | "qwen3_moe" | "granitemoe")
+}
+
+/// The KV heads a folder has: the first Qwen has none of its own (every head is one).
+pub(super) fn kv_heads(spec: &ModelSpec) -> u32 {
+    if spec.arch == "qwen" {
+        spec.heads
+    } else {
+        spec.kv_heads
+    }
+}
+
+/// A tensor of the shared layout under the first Qwen's name (`transformer.h.N.attn.
+/// c_attn`, …): the inverse of the engine's `qwen_weight_name`.
+pub(super) fn qwen_name(name: &str) -> String {
+    if let Some(r) = name.strip_prefix("model.embed_tokens") {
+        return format!("transformer.wte{r}");
+    }
+    if let Some(r) = name.strip_prefix("model.norm") {
+        return format!("transformer.ln_f{r}");
+    }
+    let Some((layer, tail)) = name
+        .strip_prefix("model.layers.")
+        .and_then(|r| r.split_once('.'))
+    else {
+        return name.to_string();
+    };
+    const MAP: &[(&str, &str)] = &[
+        ("input_layernorm", "ln_1"),
+        ("post_attention_layernorm", "ln_2"),
+        ("self_attn.qkv_proj", "attn.c_attn"),
+        ("self_attn.o_proj", "attn.c_proj"),
+        ("mlp.gate_proj", "mlp.w2"),
+        ("mlp.up_proj", "mlp.w1"),
+        ("mlp.down_proj", "mlp.c_proj"),
+    ];
+    MAP.iter()
+        .find_map(|(from, to)| {
+            let after = tail.strip_prefix(from)?;
+            Some(format!("transformer.h.{layer}.{to}{after}"))
+        })
+        .unwrap_or_else(|| name.to_string())
 }
 
 /// Experts and experts per token, with the families' tiny defaults.
@@ -61,9 +106,15 @@ pub(super) fn check(spec: &ModelSpec) -> Result<(), String> {
     let o = &spec.options;
     if !moe(spec) && (o.experts != 0 || o.experts_per_token != 0 || o.stacked_experts) {
         return Err(format!(
-            "--experts, --experts-per-token and --stacked-experts are for mixtral and qwen3_moe, not {}",
+            "--experts, --experts-per-token and --stacked-experts are for mixtral and qwen3_moe (and granitemoe), not {}",
             spec.arch
         ));
+    }
+    if spec.arch == "granitemoe" && spec.quant_bits.is_some() && !o.stacked_experts {
+        return Err(
+            "--quant-bits for granitemoe needs --stacked-experts (mlx-lm quantizes its experts only in the switch_mlp layout)"
+                .into(),
+        );
     }
     if moe(spec) {
         let (e, k) = experts(spec);
@@ -101,6 +152,9 @@ pub(super) fn expert_specs(
 ) -> Vec<TensorSpec> {
     let (e, _) = experts(spec);
     let (d, i) = (spec.hidden as i32, spec.intermediate as i32);
+    if spec.arch == "granitemoe" {
+        return granite_expert_specs(spec, p, lin);
+    }
     let (at, names): (String, [(&str, &str, bool); 3]) = if spec.arch == "mixtral" {
         (
             format!("{p}.block_sparse_moe"),
@@ -141,6 +195,36 @@ pub(super) fn expert_specs(
     t
 }
 
+/// Granite MoE's router and experts: mlx-community's `switch_mlp`, or Hugging Face's
+/// `input_linear` (gate and up, stacked along the rows) and `output_linear`.
+fn granite_expert_specs(
+    spec: &ModelSpec,
+    p: &str,
+    lin: &dyn Fn(String, i32, i32) -> TensorSpec,
+) -> Vec<TensorSpec> {
+    let (e, _) = experts(spec);
+    let (d, i) = (spec.hidden as i32, spec.intermediate as i32);
+    let at = format!("{p}.block_sparse_moe");
+    let mut router = lin(format!("{at}.router.layer.weight"), e as i32, d);
+    // mlx-lm's granitemoe quant_predicate: the router at 8 bits.
+    router.bits = Some(8);
+    let stacked = |name: String, out: i32, inp: i32| {
+        let mut s = lin(name, out, inp);
+        s.shape.insert(0, e as i32);
+        s
+    };
+    let mut t = vec![router];
+    if spec.options.stacked_experts {
+        t.push(stacked(format!("{at}.switch_mlp.gate_proj.weight"), i, d));
+        t.push(stacked(format!("{at}.switch_mlp.up_proj.weight"), i, d));
+        t.push(stacked(format!("{at}.switch_mlp.down_proj.weight"), d, i));
+    } else {
+        t.push(stacked(format!("{at}.input_linear.weight"), 2 * i, d));
+        t.push(stacked(format!("{at}.output_linear.weight"), d, i));
+    }
+    t
+}
+
 /// The family part of config.json.
 pub(super) fn config(spec: &ModelSpec) -> Value {
     let hd = spec.hidden / spec.heads;
@@ -171,6 +255,32 @@ pub(super) fn config(spec: &ModelSpec) -> Value {
             "rope_theta": 1000000.0, "num_local_experts": e, "num_experts_per_tok": k,
             "sliding_window": null, "rms_norm_eps": 1e-5, "router_aux_loss_coef": 0.02
         }),
+        "smollm3" => json!({
+            "rope_theta": 5000000.0, "attention_bias": false, "mlp_bias": false,
+            "no_rope_layer_interval": 4, "no_rope_layers": smollm3_rope_layers(spec),
+            "use_sliding_window": false, "sliding_window": null, "rope_scaling": null
+        }),
+        "mimo" => json!({
+            "rope_theta": 640000.0, "attention_bias": true, "num_nextn_predict_layers": 1,
+            "use_sliding_window": false, "sliding_window": 32768, "rms_norm_eps": 1e-5
+        }),
+        // Every head is a KV head, `intermediate_size` is w1 and w2 together; the RoPE
+        // base Qwen-72B names, which mlx-lm does not read (it rotates with 10000).
+        "qwen" => json!({
+            "kv_channels": hd, "layer_norm_epsilon": 1e-6, "no_bias": true,
+            "intermediate_size": 2 * spec.intermediate, "seq_length": 8192,
+            "rope_theta": 1000000, "rotary_emb_base": 1000000, "rotary_pct": 1.0,
+            "max_position_embeddings": 8192,
+            "padded_vocab_size": spec.vocab
+        }),
+        // Granite's multipliers, none of them 1. Not granite-3.1's (12, 0.22): on random
+        // weights with tied embeddings those make each token its own successor.
+        "granitemoe" => json!({
+            "rope_theta": 1500000.0, "num_local_experts": e, "num_experts_per_tok": k,
+            "attention_multiplier": 0.25, "embedding_multiplier": 0.5,
+            "residual_multiplier": 0.8, "logits_scaling": 3.0, "attention_bias": false,
+            "max_position_embeddings": 131072, "rope_scaling": null
+        }),
         _ => json!({
             "rope_theta": 1000000.0, "num_experts": e, "num_experts_per_tok": k,
             "moe_intermediate_size": spec.intermediate, "decoder_sparse_step": 1,
@@ -178,6 +288,14 @@ pub(super) fn config(spec: &ModelSpec) -> Value {
             "use_sliding_window": false, "sliding_window": null
         }),
     }
+}
+
+/// SmolLM3's `no_rope_layers` (1 = RoPE): every 4th layer without, as its checkpoints
+/// have; the first layer too, so that a 2-layer folder has a NoPE layer.
+fn smollm3_rope_layers(spec: &ModelSpec) -> Vec<u32> {
+    (0..spec.layers)
+        .map(|i| u32::from(i != 0 && (i + 1) % 4 != 0))
+        .collect()
 }
 
 /// `--rope-scaling`, `--sliding-window` and `--max-position` applied to config.json.
@@ -224,12 +342,20 @@ pub(super) fn apply_options(spec: &ModelSpec, c: &mut Map<String, Value>) {
 /// Per-layer quantization entries of config.json (Qwen3-MoE's 8-bit router).
 pub(super) fn quant_overrides(spec: &ModelSpec) -> Map<String, Value> {
     let mut m = Map::new();
+    let eight = json!({"group_size": spec.group_size, "bits": 8});
     if spec.arch == "qwen3_moe" {
         for l in 0..spec.layers {
-            m.insert(
-                format!("model.layers.{l}.mlp.gate"),
-                json!({"group_size": spec.group_size, "bits": 8}),
-            );
+            m.insert(format!("model.layers.{l}.mlp.gate"), eight.clone());
+        }
+    }
+    if spec.arch == "granitemoe" {
+        for l in 0..spec.layers {
+            for at in ["block_sparse_moe.router.layer", "self_attn.o_proj"] {
+                m.insert(format!("model.layers.{l}.{at}"), eight.clone());
+            }
+        }
+        if !super::text_tensors::tied(spec) {
+            m.insert("lm_head".into(), eight);
         }
     }
     m

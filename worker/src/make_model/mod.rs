@@ -1,5 +1,5 @@
 //! `make-model`: deterministic random-weight model folders (Llama, Mistral, Qwen2, Qwen3,
-//! Gemma 2, Gemma 3, Phi-3, Mixtral, Qwen3-MoE) with a small real byte-level BPE
+//! Gemma 2, Gemma 3, Phi-3, Mixtral, Qwen3-MoE, SmolLM3, MiMo, Qwen, Granite MoE) with a small real byte-level BPE
 //! tokenizer and a ChatML chat template. Family options (experts, RoPE scaling, sliding
 //! window) are in `family.rs`.
 //!

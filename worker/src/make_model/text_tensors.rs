@@ -14,7 +14,7 @@ pub(super) fn tensor_specs(spec: &ModelSpec) -> Vec<TensorSpec> {
         spec.vocab as i32,
     );
     let hd = d / spec.heads as i32;
-    let (qd, kvd) = (spec.heads as i32 * hd, spec.kv_heads as i32 * hd);
+    let (qd, kvd) = (spec.heads as i32 * hd, family::kv_heads(spec) as i32 * hd);
     let q = spec.quant_bits.is_some();
     let gs = spec.group_size as i32;
     // std 1/sqrt(fan_in): every projection keeps the activations' scale, so each token's
@@ -53,7 +53,7 @@ pub(super) fn tensor_specs(spec: &ModelSpec) -> Vec<TensorSpec> {
     let norm_init = if gemma { Init::Normal(0.1) } else { Init::Ones };
     for l in 0..spec.layers {
         let p = format!("model.layers.{l}");
-        if arch == "phi3" {
+        if arch == "phi3" || arch == "qwen" {
             t.push(lin(
                 format!("{p}.self_attn.qkv_proj.weight"),
                 qd + 2 * kvd,
@@ -65,7 +65,14 @@ pub(super) fn tensor_specs(spec: &ModelSpec) -> Vec<TensorSpec> {
             t.push(lin(format!("{p}.self_attn.v_proj.weight"), kvd, d));
         }
         t.push(lin(format!("{p}.self_attn.o_proj.weight"), d, qd));
-        if arch == "qwen2" {
+        if arch == "qwen" {
+            t.push(vec_of(
+                format!("{p}.self_attn.qkv_proj.bias"),
+                qd + 2 * kvd,
+                Init::Normal(0.02),
+            ));
+        }
+        if arch == "qwen2" || arch == "mimo" {
             t.push(vec_of(
                 format!("{p}.self_attn.q_proj.bias"),
                 qd,
@@ -99,7 +106,9 @@ pub(super) fn tensor_specs(spec: &ModelSpec) -> Vec<TensorSpec> {
                 t.push(lin(format!("{p}.mlp.gate_up_proj.weight"), 2 * i, d));
                 t.push(lin(format!("{p}.mlp.down_proj.weight"), d, i));
             }
-            "mixtral" | "qwen3_moe" => t.extend(family::expert_specs(spec, &p, &lin)),
+            "mixtral" | "qwen3_moe" | "granitemoe" => {
+                t.extend(family::expert_specs(spec, &p, &lin))
+            }
             _ => {
                 t.push(lin(format!("{p}.mlp.gate_proj.weight"), i, d));
                 t.push(lin(format!("{p}.mlp.up_proj.weight"), i, d));
@@ -129,16 +138,37 @@ pub(super) fn tensor_specs(spec: &ModelSpec) -> Vec<TensorSpec> {
     if !tied(spec) {
         let mut head = lin("lm_head.weight".into(), v, d);
         head.init = Init::Normal(embed_std);
+        if arch == "granitemoe" {
+            // mlx-lm's granitemoe quant_predicate: lm_head at 8 bits.
+            head.bits = Some(8);
+        }
         t.push(head);
+    }
+    if arch == "granitemoe" {
+        for s in t
+            .iter_mut()
+            .filter(|s| s.name.ends_with("self_attn.o_proj.weight"))
+        {
+            s.bits = Some(8);
+        }
+    }
+    if arch == "qwen" {
+        for s in &mut t {
+            s.name = family::qwen_name(&s.name);
+        }
     }
     t.sort_by(|a, b| a.name.cmp(&b.name));
     t
 }
 
-/// Qwen and Gemma folders tie the output projection to the embeddings (as small Qwens
-/// and every Gemma do); Llama, Mistral, Phi-3 and Mixtral folders have their own `lm_head`.
+/// Qwen 2/3, Gemma, SmolLM3 and Granite MoE folders tie the output projection to the
+/// embeddings (as small Qwens, every Gemma, SmolLM3 and Granite MoE do); Llama, Mistral,
+/// Phi-3, Mixtral, MiMo and the first Qwen have their own `lm_head`.
 pub(super) fn tied(spec: &ModelSpec) -> bool {
-    spec.arch.starts_with("qwen") || spec.arch.starts_with("gemma")
+    let arch = spec.arch.as_str();
+    (arch.starts_with("qwen") && arch != "qwen")
+        || arch.starts_with("gemma")
+        || ["smollm3", "granitemoe"].contains(&arch)
 }
 
 pub(super) fn build_tensors(spec: &ModelSpec) -> Result<Vec<(String, Tensor)>, WorkerError> {
