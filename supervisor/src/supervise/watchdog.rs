@@ -36,6 +36,8 @@ pub struct Watch {
     pub max_footprint: u64,
     /// The last virtual size sampled.
     pub virtual_bytes: u64,
+    /// The last data segment sampled.
+    pub data_bytes: Option<u64>,
 }
 
 /// Sends `signal` to the worker's process group, recording it first.
@@ -75,6 +77,7 @@ pub async fn sample_footprint(
         w.footprints.push_back((t_ms, fp));
         w.max_footprint = w.max_footprint.max(fp);
         w.virtual_bytes = footprint::virtual_bytes(pid.as_raw()).unwrap_or(w.virtual_bytes);
+        w.data_bytes = footprint::data_bytes(pid.as_raw()).or(w.data_bytes);
         if ceiling.is_some_and(|c| fp > c) {
             w.sent.push(Sent {
                 signal: Signal::SIGKILL,

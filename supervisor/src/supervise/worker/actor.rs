@@ -21,6 +21,7 @@ use super::{
 };
 use crate::classify::KillReason;
 use crate::supervise::{
+    pressure,
     reap::ExitInfo,
     report::{self, Facts, ReportContext},
     stderr_tail,
@@ -60,6 +61,8 @@ pub(super) struct Actor {
     pub(super) stderr: stderr_tail::Tail,
     pub(super) stderr_done: Option<oneshot::Receiver<()>>,
     pub(super) watch: Arc<Mutex<Watch>>,
+    /// The worker's cgroup and its memory counters at spawn.
+    pub(super) cgroup: Option<(pressure::Cgroup, pressure::Counters)>,
     pub(super) ceiling_rx: watch::Receiver<bool>,
     pub(super) sampler: tokio::task::JoinHandle<()>,
     pub(super) status: Arc<watch::Sender<Status>>,
@@ -205,12 +208,15 @@ impl Actor {
                         .current
                         .as_ref()
                         .is_some_and(|c| c.cancel_sent_at.is_some());
-                    let reason = if cancelling {
-                        KillReason::Stop
-                    } else {
-                        KillReason::Unresponsive
-                    };
-                    return self.die(Some(reason), None).await;
+                    // Either way the supervisor's own decision: `unresponsive`, phase kept.
+                    if cancelling {
+                        let why = format!(
+                            "it did not end a cancelled request within {} ms",
+                            CANCEL_GRACE.as_millis()
+                        );
+                        return self.die(Some(KillReason::Stop), Some(why)).await;
+                    }
+                    return self.die(Some(KillReason::Unresponsive), None).await;
                 }
             }
         }
