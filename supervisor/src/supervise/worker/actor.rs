@@ -347,6 +347,15 @@ impl Actor {
         f.telemetry = self.telemetry.iter().cloned().collect();
         f.peak_bytes = self.telemetry.iter().map(|t| t.peak_bytes).max();
         f.stderr = self.stderr.text();
+        if e.kind == WorkerErrorKind::AllocationFailed {
+            // The limit its memory was at when the allocation was refused, if one.
+            let (vm, data, fp) = {
+                let w = self.watch.lock().unwrap_or_else(|p| p.into_inner());
+                let fp = w.footprints.back().map_or(0, |f| f.1);
+                (w.virtual_bytes, w.data_bytes, fp)
+            };
+            f.evidence = self.at_limit(vm, data, fp);
+        }
         report::build(&self.opts, &self.ctx, f)
     }
 

@@ -80,6 +80,28 @@ impl Actor {
         });
     }
 
+    /// The limit the worker's memory (`vm`, `data`, `footprint`, MLX's last active
+    /// memory) was at, if one.
+    pub(super) fn at_limit(
+        &self,
+        vm: u64,
+        data: Option<u64>,
+        footprint: u64,
+    ) -> Option<protocol::MemoryEvidence> {
+        let usage = pressure::Usage {
+            vm,
+            data,
+            footprint,
+            mlx_active: self.telemetry.back().map_or(0, |t| t.active_bytes),
+        };
+        pressure::Limits::new(
+            self.opts.rlimit_as,
+            self.opts.memory_ceiling,
+            self.ctx.budget_bytes,
+        )
+        .reached(&usage)
+    }
+
     /// Ends the worker if needed, gathers the evidence, and describes the failure.
     pub(super) async fn fail(
         &mut self,
@@ -137,20 +159,9 @@ impl Actor {
             let last = footprints.back().map_or(0, |f| f.1);
             (last_vm, last.max(max_rss), last_data)
         });
-        let usage = pressure::Usage {
-            vm,
-            data: data.or(last_data),
-            footprint: fp,
-            mlx_active: self.telemetry.back().map_or(0, |t| t.active_bytes),
-        };
-        let limits = pressure::Limits::new(
-            self.opts.rlimit_as,
-            self.opts.memory_ceiling,
-            self.ctx.budget_bytes,
-        );
         // The limit it was at, else the cgroup's news over its life (an OOM kill names
         // the killer; the usage at `memory.max` is a limit reached).
-        let mut evidence = limits.reached(&usage);
+        let mut evidence = self.at_limit(vm, data.or(last_data), fp);
         let mut near_limit = evidence.is_some();
         if let Some((cg, before)) = &self.cgroup {
             match cg.change(*before, cg.counters()) {
