@@ -150,7 +150,7 @@ fn a_run_under_ulimit_v_is_planned_native_or_refused_never_crashed() {
         f["message"]
             .as_str()
             .unwrap()
-            .contains("to f32: cannot allocate"),
+            .contains("to f32: failed to allocate"),
         "{f:#}"
     );
     assert!(

@@ -32,7 +32,7 @@ pub fn ensure(bytes: u64, what: &str) -> Result<(), WorkerError> {
         return Err(WorkerError {
             kind: WorkerErrorKind::AllocationFailed,
             message: format!(
-                "{what}: cannot allocate {bytes} bytes: the process cannot map {len} more bytes ({err}); an allocation was refused"
+                "{what}: failed to allocate {bytes} bytes: the process cannot map {len} more bytes ({err})"
             ),
         });
     }
@@ -56,7 +56,7 @@ mod tests {
         assert_eq!(e.kind, WorkerErrorKind::AllocationFailed);
         assert!(
             e.message
-                .starts_with("upcasting tensor x to f32: cannot allocate"),
+                .starts_with("upcasting tensor x to f32: failed to allocate"),
             "{}",
             e.message
         );
