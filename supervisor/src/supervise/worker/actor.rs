@@ -258,11 +258,12 @@ impl Actor {
     /// of a stall when the worker has stopped making progress.
     fn on_event(&mut self, event: Event) -> Option<String> {
         self.note(&event);
+        let at_limit = matches!(event, Event::Telemetry(_)) && self.at_process_limit();
         let mut stalled = None;
         if let Some(c) = self.current.as_mut() {
             match &event {
                 Event::Telemetry(t) => {
-                    stalled = c.stall.check(t.progress, self.opts.stall_timeout);
+                    stalled = c.stall.check(t.progress, self.opts.stall_timeout, at_limit);
                 }
                 Event::Vision(_) => c.tower_pending = false,
                 _ => {}
@@ -327,6 +328,16 @@ impl Actor {
         };
         let _ = c.updates.send(Update::End(end));
         self.publish(|s| s.state = WorkerState::Idle);
+    }
+
+    /// Whether the worker's last sampled address space or data segment is at its rlimit.
+    fn at_process_limit(&self) -> bool {
+        let (vm, data) = {
+            let w = self.watch.lock().unwrap_or_else(|p| p.into_inner());
+            (w.virtual_bytes, w.data_bytes)
+        };
+        self.at_limit(vm, data, 0)
+            .is_some_and(|e| e.which.starts_with("RLIMIT_"))
     }
 
     /// The part of the request in flight that was running in `phase`, when the phase
