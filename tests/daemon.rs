@@ -216,6 +216,60 @@ fn three_crashes_quarantine_a_model_until_load_force() {
     assert_eq!(d.cli(&gen_args("a", "hi", "2")).code, Some(0));
 }
 
+/// A worker that hangs (SIGSTOP) while its client goes away does not end the cancelled
+/// request; the supervisor stops it after the cancel grace. That is the supervisor's own
+/// decision: `unresponsive` in the phase it hung in, never `crashed`, and three in a row
+/// do not quarantine the model.
+#[test]
+fn a_hung_worker_whose_client_leaves_is_unresponsive_and_never_quarantined() {
+    let d = Daemon::start(&[]);
+    for i in 0..3 {
+        let mut child = d
+            .cli_cmd(&[
+                "generate",
+                "a",
+                "--json",
+                "--prompt",
+                "x",
+                "--max-tokens",
+                "32000",
+                "--context",
+                "32768",
+            ])
+            .spawn();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        loop {
+            let line = lines.next().unwrap().unwrap();
+            if line.contains("\"event\":\"token\"") {
+                break;
+            }
+        }
+        let pid = d.model("a")["pid"].as_i64().unwrap() as i32;
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(pid, libc::SIGSTOP) };
+        child.kill().unwrap();
+        child.wait().unwrap();
+        drop(lines);
+        let m = d.wait_state("a", "failed", Duration::from_secs(30));
+        let f = &m["last_failure"];
+        assert_eq!(f["kind"], "unresponsive", "hang {i}: {m:#}");
+        assert_eq!(f["phase"], "decode", "hang {i}: {m:#}");
+        assert_eq!(f["signal"], "SIGKILL", "{f:#}");
+        assert_eq!(f["signal_sent_by_supervisor"], true, "{f:#}");
+        let advice = f["advice"].as_str().unwrap();
+        assert!(
+            advice.contains("cancelled request") && !advice.contains("bug"),
+            "{advice}"
+        );
+        assert!(!d.workers().contains(&pid), "the hung worker is gone");
+    }
+    assert_eq!(d.model("a")["state"], "failed", "not quarantined");
+    let out = d.cli(&gen_args("a", "hi", "4"));
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(out.named("token").len(), 4);
+    assert_eq!(d.model("a")["state"], "ready");
+}
+
 #[test]
 fn a_memory_failure_at_load_is_retried_once_with_a_smaller_context() {
     let d = Daemon::start(&[]);

@@ -150,6 +150,44 @@ pub fn mlxsup_env(args: &[&str], env: &[(&str, &str)]) -> Run {
     for (k, v) in env {
         cmd.env(k, v);
     }
+    collect(cmd, runtime_dir)
+}
+
+/// A process limit, as `ulimit` sets it for a shell's children.
+#[derive(Clone, Copy, Debug)]
+pub enum Rlimit {
+    /// `ulimit -v`: `RLIMIT_AS`, bytes.
+    As(u64),
+    /// `ulimit -d`: `RLIMIT_DATA`, bytes.
+    Data(u64),
+}
+
+/// `mlxsup ARGS` run under `limit` (inherited by its workers, as after `ulimit -v`).
+pub fn mlxsup_limited(args: &[&str], limit: Rlimit) -> Run {
+    use std::os::unix::process::CommandExt;
+    let (mut cmd, runtime_dir) = mlxsup_command(args);
+    let (resource, bytes) = match limit {
+        Rlimit::As(b) => (libc::RLIMIT_AS, b),
+        Rlimit::Data(b) => (libc::RLIMIT_DATA, b),
+    };
+    // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let r = libc::rlimit {
+                rlim_cur: bytes as libc::rlim_t,
+                rlim_max: bytes as libc::rlim_t,
+            };
+            if libc::setrlimit(resource, &r) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    collect(cmd, runtime_dir)
+}
+
+/// Runs `cmd` to its end, collecting its JSON stdout lines with their arrival time.
+fn collect(mut cmd: Command, runtime_dir: tempfile::TempDir) -> Run {
     let mut child = cmd.spawn().unwrap();
     let mut err_pipe = child.stderr.take().unwrap();
     let err_thread = std::thread::spawn(move || {

@@ -207,7 +207,7 @@ impl std::fmt::Display for Stage {
 /// What MLX, the C++ runtime and Rust write when an allocation is refused, lower case:
 /// the one list that recognises an allocation failure, in a worker's error message and
 /// in its stderr alike ([`is_allocation_failure`]).
-pub const ALLOCATION_FAILURE_PATTERNS: [&str; 8] = [
+pub const ALLOCATION_FAILURE_PATTERNS: [&str; 11] = [
     // MLX's Metal allocator: `[metal::malloc] Attempting to allocate N bytes which is
     // greater than the maximum allowed buffer size …`, `… Unable to allocate N bytes`.
     "[metal::malloc]",
@@ -221,7 +221,31 @@ pub const ALLOCATION_FAILURE_PATTERNS: [&str; 8] = [
     "std::bad_alloc",
     // Rust's own handler, before it aborts: `memory allocation of N bytes failed`.
     "memory allocation of ",
+    // MLX's CUDA backend: `cudaMalloc(...) failed: out of memory`, `cudaMallocAsync(...)
+    // failed: out of memory`, `cudaMallocManaged failed: out of memory` (the runtime's
+    // words for cudaErrorMemoryAllocation, matched above), the error's own name, and the
+    // CUDA libraries' allocation statuses.
+    "cudaerrormemoryallocation",
+    "cublas_status_alloc_failed",
+    "cudnn_status_alloc_failed",
 ];
+
+/// What MLX writes when Metal runs out of memory for a command buffer (its completion
+/// handler throws, nothing catches it, the process aborts): `[METAL] Command buffer
+/// execution failed: Insufficient Memory (00000008:kIOGPUCommandBufferCallbackErrorOutOfMemory)`,
+/// and the errors of the buffers the GPU then ignores. Matched as written.
+pub const METAL_OUT_OF_MEMORY_PATTERNS: [&str; 3] = [
+    "Insufficient Memory",
+    "kIOGPUCommandBufferCallbackErrorOutOfMemory",
+    "kIOGPUCommandBufferCallbackErrorSubmissionsIgnored",
+];
+
+/// Whether `text` says Metal ran out of memory for a command buffer.
+pub fn is_metal_out_of_memory(text: &str) -> bool {
+    METAL_OUT_OF_MEMORY_PATTERNS
+        .iter()
+        .any(|p| text.contains(p))
+}
 
 /// Whether `text` (an error message, a stderr tail) says an allocation was refused.
 pub fn is_allocation_failure(text: &str) -> bool {
@@ -229,6 +253,14 @@ pub fn is_allocation_failure(text: &str) -> bool {
     ALLOCATION_FAILURE_PATTERNS
         .iter()
         .any(|p| lower.contains(p))
+}
+
+/// The last line of `text` that says an allocation was refused, trimmed.
+pub fn allocation_failure_line(text: &str) -> Option<&str> {
+    text.lines()
+        .rev()
+        .find(|l| is_allocation_failure(l))
+        .map(str::trim)
 }
 
 /// A worker failure with its evidence and a line of advice for a person.
@@ -270,6 +302,32 @@ pub struct Failure {
         deserialize_with = "crate::wire::c1_5::de"
     )]
     pub stage: Option<Stage>,
+    /// Since control 1.5: the memory evidence that decided a memory kind (the limit the
+    /// worker's memory was at when it died, the allocation refusal it wrote, the kernel's
+    /// OOM killer), when there was some.
+    #[serde(
+        default,
+        skip_serializing_if = "crate::wire::c1_5::skip",
+        deserialize_with = "crate::wire::c1_5::de"
+    )]
+    pub evidence: Option<MemoryEvidence>,
+}
+
+/// What showed a death to be a memory failure: which limit, its value, and the use
+/// measured against it; or the words of an allocation refusal.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemoryEvidence {
+    /// Which limit: `RLIMIT_AS`, `RLIMIT_DATA`, `cgroup memory.max`, `MLX memory limit`,
+    /// `memory ceiling`, `OOM killer`; or `allocation refused` when the words decided.
+    pub which: String,
+    /// The limit in bytes, when it is one.
+    pub limit: Option<u64>,
+    /// The use measured against it (the address space, the data segment, the cgroup's
+    /// usage, MLX's active memory, the footprint) in bytes.
+    pub used: Option<u64>,
+    /// The words that decided it: the allocation refusal in stderr or in the worker's
+    /// error, the cgroup the OOM killer acted in.
+    pub text: Option<String>,
 }
 
 fn kind_for_peer<S: serde::Serializer>(k: &FailureKind, s: S) -> Result<S::Ok, S::Error> {
@@ -386,6 +444,29 @@ mod tests {
         ] {
             assert!(is_allocation_failure(yes), "{yes}");
         }
+        // MLX's CUDA backend, each text as MLX and the CUDA libraries write it.
+        for cuda in [
+            "cudaMalloc(&data, size) failed: out of memory.",
+            "cudaMallocAsync(&data, size, stream) failed: out of memory",
+            "cudaMallocManaged failed: out of memory.",
+            "CUDA error: cudaErrorMemoryAllocation",
+            "cuBLAS error: CUBLAS_STATUS_ALLOC_FAILED",
+            "cudnn error: CUDNN_STATUS_ALLOC_FAILED",
+            "[malloc] Unable to allocate 8589934592 bytes.",
+        ] {
+            assert!(is_allocation_failure(cuda), "{cuda}");
+            assert!(!super::is_metal_out_of_memory(cuda), "{cuda}");
+        }
+        // Metal's command-buffer texts are Metal's own kind, not a refused allocation.
+        for metal in [
+            "libc++abi: terminating due to uncaught exception of type std::runtime_error: [METAL] Command buffer execution failed: Insufficient Memory (00000008:kIOGPUCommandBufferCallbackErrorOutOfMemory)",
+            "[METAL] Command buffer execution failed: Ignored (for causing prior/excessive GPU errors) (00000004:kIOGPUCommandBufferCallbackErrorSubmissionsIgnored)",
+        ] {
+            assert!(super::is_metal_out_of_memory(metal), "{metal}");
+        }
+        assert!(!super::is_metal_out_of_memory(
+            "[METAL] Command buffer execution failed: Internal Error (0000000e:Internal Error)"
+        ));
         for no in [
             "kv cache not allocated",
             "malloc(): corrupted top size",

@@ -28,7 +28,7 @@ pub mod wire;
 pub use bytes::ByteCount;
 pub use compute::{ComputeDtype, ComputePolicy};
 pub use error::ProtocolError;
-pub use failure::{Failure, FailureKind, Phase, Remedy, Stage};
+pub use failure::{Failure, FailureKind, MemoryEvidence, Phase, Remedy, Stage};
 pub use fault::{Fault, FaultAction, FaultPoint};
 pub use handshake::{Hello, Role};
 pub use message::*;

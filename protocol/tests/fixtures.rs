@@ -249,7 +249,7 @@ fn record_this_builds_minor() {
 fn new_failure_kinds_and_stage_reach_older_clients_as_they_can_read_them() {
     use protocol::{
         control::ControlReply,
-        failure::{Failure, FailureKind, Phase, Remedy, Stage},
+        failure::{Failure, FailureKind, MemoryEvidence, Phase, Remedy, Stage},
     };
     for (kind, older) in [
         (
@@ -277,6 +277,12 @@ fn new_failure_kinds_and_stage_reach_older_clients_as_they_can_read_them() {
             advice: "a".into(),
             remedy: Remedy::default(),
             stage: Some(Stage::VisionTower),
+            evidence: Some(MemoryEvidence {
+                which: "RLIMIT_AS".into(),
+                limit: Some(700 << 20),
+                used: Some(690 << 20),
+                text: None,
+            }),
         };
         let msg = FromDaemon::Reply {
             id: 7,
@@ -298,6 +304,7 @@ fn new_failure_kinds_and_stage_reach_older_clients_as_they_can_read_them() {
             if minor < 5 {
                 assert_eq!(got.kind, older, "control 1.{minor}: {kind}");
                 assert_eq!(got.stage, None, "control 1.{minor}: the stage is not sent");
+                assert_eq!(got.evidence, None, "control 1.{minor}: no evidence is sent");
                 assert_eq!(got.message, failure.message, "control 1.{minor}");
             } else {
                 assert_eq!(*got, failure, "control 1.5");

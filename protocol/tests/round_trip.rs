@@ -919,6 +919,7 @@ fn failure_round_trips_in_json_and_on_the_wire() {
         advice: "use a smaller model".into(),
         remedy: protocol::Remedy::default(),
         stage: None,
+        evidence: None,
     };
     let json = serde_json::to_value(&failure).expect("json");
     assert_eq!(json["kind"], "metal_out_of_memory");

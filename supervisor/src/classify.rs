@@ -6,7 +6,7 @@
 
 use estimate::Bytes;
 use nix::sys::signal::Signal;
-use protocol::{FailureKind, Phase, Stage, WorkerError, WorkerErrorKind};
+use protocol::{FailureKind, MemoryEvidence, Phase, Stage, WorkerError, WorkerErrorKind};
 
 use crate::supervise::reap::ExitInfo;
 
@@ -19,7 +19,7 @@ pub enum KillReason {
     Unresponsive,
     /// It sent bytes that are not the protocol.
     ProtocolError,
-    /// The user interrupted and it did not stop in time, or it did not exit on shutdown.
+    /// It was asked to stop (a cancel, a broken socket, a shutdown) and did not in time.
     Stop,
 }
 
@@ -36,40 +36,52 @@ pub struct Evidence<'a> {
     pub near_limit: bool,
 }
 
-/// What MLX writes when Metal runs out of memory for a command buffer.
-const METAL_OOM: [&str; 2] = [
-    "Insufficient Memory",
-    "kIOGPUCommandBufferCallbackErrorOutOfMemory",
-];
 pub fn classify(ev: &Evidence<'_>) -> FailureKind {
     match ev.killed_for {
         Some(KillReason::Ceiling) => return FailureKind::MemoryCeilingExceeded,
         // A worker that stopped with its memory at a limit it ran under: an allocation
         // failed and MLX never recovered (seen under RLIMIT_AS: a deadlock, no crash).
-        Some(KillReason::Unresponsive) if ev.near_limit => return FailureKind::AllocationFailed,
-        Some(KillReason::Unresponsive) => return FailureKind::Unresponsive,
+        Some(KillReason::Unresponsive | KillReason::Stop) if ev.near_limit => {
+            return FailureKind::AllocationFailed
+        }
+        // A kill the supervisor sent is one of its own kinds, never `crashed`: a worker
+        // that did not stop when asked stopped answering.
+        Some(KillReason::Unresponsive | KillReason::Stop) => return FailureKind::Unresponsive,
         Some(KillReason::ProtocolError) => return FailureKind::ProtocolError,
-        Some(KillReason::Stop) | None => {}
+        None => {}
     }
-    let has = |pats: &[&str]| pats.iter().any(|p| ev.stderr.contains(p));
+    let metal = || protocol::failure::is_metal_out_of_memory(ev.stderr);
     let alloc_failed = || protocol::failure::is_allocation_failure(ev.stderr);
     let Some(exit) = ev.exit else {
         return match ev.worker_error.map(|e| e.kind) {
             Some(WorkerErrorKind::MemoryBudgetExceeded) => FailureKind::MemoryBudgetExceeded,
+            // The worker caught what MLX threw: Metal's command-buffer error by its text.
+            Some(WorkerErrorKind::AllocationFailed)
+                if ev
+                    .worker_error
+                    .is_some_and(|e| protocol::failure::is_metal_out_of_memory(&e.message)) =>
+            {
+                FailureKind::MetalOutOfMemory
+            }
             Some(WorkerErrorKind::AllocationFailed) => FailureKind::AllocationFailed,
             Some(WorkerErrorKind::LoadFailed) => FailureKind::LoadFailed,
             _ => FailureKind::Exited,
         };
     };
     if let Some(sig) = exit.signal {
-        if has(&METAL_OOM) {
+        if metal() {
             return FailureKind::MetalOutOfMemory;
         }
         if alloc_failed() {
             return FailureKind::AllocationFailed;
         }
         return match sig {
-            Signal::SIGSEGV | Signal::SIGBUS if ev.near_limit => FailureKind::AllocationFailed,
+            // At a limit, a fault is a write through a refused allocation, and an abort
+            // is the runtime giving up on one (a thread MLX could not start under
+            // RLIMIT_AS: `terminate called without an active exception`).
+            Signal::SIGSEGV | Signal::SIGBUS | Signal::SIGABRT if ev.near_limit => {
+                FailureKind::AllocationFailed
+            }
             Signal::SIGKILL if ev.killed_for.is_none() => FailureKind::KilledByOs,
             _ => FailureKind::Crashed,
         };
@@ -84,9 +96,9 @@ pub fn classify(ev: &Evidence<'_>) -> FailureKind {
     }
 }
 
-/// The worker's last words on a fatal memory signal (its `fatal_signal` handler):
-/// virtual size and RSS in bytes at the moment of the fault.
-pub fn fatal_memory(stderr: &str) -> Option<(u64, u64)> {
+/// The worker's last words on a fatal signal (its `fatal_signal` handler): virtual size,
+/// RSS and (from this build) data segment in bytes at the moment of the fault or abort.
+pub fn fatal_memory(stderr: &str) -> Option<(u64, u64, Option<u64>)> {
     let line = stderr
         .lines()
         .rev()
@@ -96,14 +108,7 @@ pub fn fatal_memory(stderr: &str) -> Option<(u64, u64)> {
             .find_map(|w| w.strip_prefix(name))
             .and_then(|v| v.parse().ok())
     };
-    Some((field("vm=")?, field("rss=")?))
-}
-
-/// Whether memory was near a limit the worker ran under: its virtual size within 10% of
-/// `RLIMIT_AS`, or its footprint over 70% of the ceiling.
-pub fn near_limit(vm: u64, footprint: u64, rlimit_as: Option<u64>, ceiling: Option<u64>) -> bool {
-    rlimit_as.is_some_and(|l| vm.saturating_mul(10) >= l.saturating_mul(9))
-        || ceiling.is_some_and(|c| footprint.saturating_mul(10) >= c.saturating_mul(7))
+    Some((field("vm=")?, field("rss=")?, field("data=")))
 }
 
 /// Facts the advice may use.
@@ -122,6 +127,20 @@ pub struct AdviceFacts {
     pub heartbeat_timeout_ms: Option<u64>,
     /// The worker computed in f32: `--compute native` is the lighter choice.
     pub compute_f32: bool,
+    /// The memory evidence that decided the kind.
+    pub evidence: Option<MemoryEvidence>,
+}
+
+/// The evidence in words: ` at its RLIMIT_AS of 683.6 MiB (682 MiB used)`.
+fn at_limit(e: Option<&MemoryEvidence>) -> String {
+    let Some(e) = e else {
+        return String::new();
+    };
+    match (e.limit, e.used) {
+        (Some(l), Some(u)) => format!(" at its {} of {} ({} used)", e.which, Bytes(l), Bytes(u)),
+        (Some(l), None) => format!(" at its {} of {}", e.which, Bytes(l)),
+        _ => String::new(),
+    }
 }
 
 /// One line for a person: what happened and what to try.
@@ -153,7 +172,8 @@ pub fn advice(kind: FailureKind, f: &AdviceFacts) -> String {
             b(f.budget_bytes)
         ),
         FailureKind::AllocationFailed => format!(
-            "MLX could not allocate memory{phase} (peak {}): {need}; {smaller} or {lighter}",
+            "MLX could not allocate memory{phase}{} (peak {}): {need}; {smaller} or {lighter}",
+            at_limit(f.evidence.as_ref()),
             b(f.peak_bytes)
         ),
         FailureKind::MemoryBudgetExceeded if f.stage == Some(Stage::VisionTower) => {
@@ -171,18 +191,30 @@ pub fn advice(kind: FailureKind, f: &AdviceFacts) -> String {
             b(f.peak_bytes),
             b(f.ceiling_bytes)
         ),
-        FailureKind::KilledByOs => format!(
-            "the operating system killed the worker{phase} (SIGKILL not sent by mlxsup: out of memory, most likely) at a footprint of {}: {smaller} or {lighter}",
-            b(f.peak_bytes)
-        ),
+        FailureKind::KilledByOs => match f.evidence.as_ref().filter(|e| e.which == "OOM killer") {
+            Some(e) => format!(
+                "{} killed the worker{phase} for memory at a footprint of {}: {smaller} or {lighter}",
+                e.text.as_deref().unwrap_or("the kernel's OOM killer"),
+                b(f.peak_bytes)
+            ),
+            None => format!(
+                "the operating system killed the worker{phase} (SIGKILL not sent by mlxsup: out of memory, most likely) at a footprint of {}: {smaller} or {lighter}",
+                b(f.peak_bytes)
+            ),
+        },
         FailureKind::Crashed => format!(
             "the worker crashed{phase} with {}: a bug in MLX or mlxsup, not your model; the stderr tail has the details",
             f.exit.as_deref().unwrap_or("a signal")
         ),
-        FailureKind::Unresponsive => format!(
-            "the worker stopped answering{phase} for {} ms and was stopped; try again, and report it if it repeats",
-            f.heartbeat_timeout_ms.unwrap_or(0)
-        ),
+        FailureKind::Unresponsive => match f.message.as_deref() {
+            Some(why) => format!(
+                "the worker stopped answering{phase} ({why}) and mlxsup stopped it; try again, and report it if it repeats"
+            ),
+            None => format!(
+                "the worker stopped answering{phase} for {} ms and was stopped; try again, and report it if it repeats",
+                f.heartbeat_timeout_ms.unwrap_or(0)
+            ),
+        },
         FailureKind::Exited => format!(
             "the worker ended{phase} with {}{}",
             f.exit.as_deref().unwrap_or("an error"),
@@ -251,10 +283,57 @@ mod tests {
         assert_eq!(classify(&e), FailureKind::MemoryCeilingExceeded);
         e.killed_for = Some(KillReason::Unresponsive);
         assert_eq!(classify(&e), FailureKind::Unresponsive);
+        // A worker that did not end a cancelled request, SIGKILLed by the supervisor.
+        e.killed_for = Some(KillReason::Stop);
+        assert_eq!(classify(&e), FailureKind::Unresponsive);
         assert_eq!(classify(&ev(Some(&segv), "")), FailureKind::Crashed);
         let mut e = ev(Some(&segv), "");
         e.near_limit = true;
         assert_eq!(classify(&e), FailureKind::AllocationFailed);
+        // MLX's thread pool failing to start a thread under RLIMIT_AS: a memory failure
+        // at the limit, a crash away from it.
+        let terminate = "terminate called without an active exception\nmlxsup-worker: fatal SIGABRT addr=0x0 vm=340000000 rss=200000000";
+        let mut e = ev(Some(&abrt), terminate);
+        assert_eq!(classify(&e), FailureKind::Crashed);
+        e.near_limit = true;
+        assert_eq!(classify(&e), FailureKind::AllocationFailed);
+    }
+
+    /// MLX's CUDA and Metal out-of-memory texts, each as recorded on stderr before the
+    /// abort, and each as the worker's catch of what MLX threw (the worker alive).
+    #[test]
+    fn cuda_and_metal_texts_are_classified_from_stderr_and_from_the_catch() {
+        let abrt = exit(None, Some(Signal::SIGABRT));
+        let cuda = [
+            "terminate called after throwing an instance of 'std::runtime_error'\n  what():  cudaMalloc(&data, size) failed: out of memory.",
+            "terminate called after throwing an instance of 'std::runtime_error'\n  what():  cudaMallocAsync(&data, size, stream) failed: out of memory",
+            "terminate called after throwing an instance of 'std::runtime_error'\n  what():  cudaMallocManaged failed: out of memory.",
+            "terminate called after throwing an instance of 'std::runtime_error'\n  what():  [malloc] Unable to allocate 17179869184 bytes.",
+        ];
+        let metal = [
+            "libc++abi: terminating due to uncaught exception of type std::runtime_error: [METAL] Command buffer execution failed: Insufficient Memory (00000008:kIOGPUCommandBufferCallbackErrorOutOfMemory)",
+            "libc++abi: terminating due to uncaught exception of type std::runtime_error: [METAL] Command buffer execution failed: Ignored (for causing prior/excessive GPU errors) (00000004:kIOGPUCommandBufferCallbackErrorSubmissionsIgnored)",
+        ];
+        for (texts, kind) in [
+            (&cuda[..], FailureKind::AllocationFailed),
+            (&metal[..], FailureKind::MetalOutOfMemory),
+        ] {
+            for text in texts {
+                assert_eq!(classify(&ev(Some(&abrt), text)), kind, "stderr: {text}");
+                // What MLX threw: the exception's message.
+                let what = text
+                    .split_once("what():  ")
+                    .or_else(|| text.split_once("std::runtime_error: "))
+                    .map_or(*text, |(_, w)| w);
+                let caught = WorkerError {
+                    kind: WorkerErrorKind::AllocationFailed,
+                    message: format!("prefill: {what}"),
+                };
+                let mut e = ev(None, "");
+                e.worker_error = Some(&caught);
+                assert_eq!(classify(&e), kind, "caught: {}", caught.message);
+            }
+        }
     }
 
     #[test]
@@ -279,12 +358,10 @@ mod tests {
     #[test]
     fn last_words_are_read() {
         let s = "noise\nmlxsup-worker: fatal SIGSEGV addr=0x0 vm=1500000000 rss=400000000\n";
-        assert_eq!(fatal_memory(s), Some((1_500_000_000, 400_000_000)));
+        assert_eq!(fatal_memory(s), Some((1_500_000_000, 400_000_000, None)));
+        let s = "mlxsup-worker: fatal SIGABRT addr=0x0 vm=15 rss=4 data=9\n";
+        assert_eq!(fatal_memory(s), Some((15, 4, Some(9))));
         assert_eq!(fatal_memory("mlxsup-worker: fatal SIGSEGV addr=0x8"), None);
-        assert!(near_limit(1_400_000_000, 0, Some(1_500_000_000), None));
-        assert!(!near_limit(700_000_000, 0, Some(1_500_000_000), None));
-        assert!(near_limit(0, 800, None, Some(1000)));
-        assert!(!near_limit(0, 100, None, Some(1000)));
     }
 
     #[test]

@@ -1,13 +1,16 @@
-//! Last words on a fatal memory signal: before SIGSEGV/SIGBUS kill the worker, write the
-//! faulting address and the process's virtual size and RSS to stderr, so the supervisor
-//! can tell a write through a failed allocation (MLX's CPU backend under a memory limit)
-//! from any other crash. Everything in the handler is async-signal-safe.
+//! Last words on a fatal signal: before SIGSEGV/SIGBUS/SIGABRT kill the worker, write the
+//! faulting address and the process's virtual size, RSS and data segment to stderr, so
+//! the supervisor can tell a write through a failed allocation or an abort at a memory
+//! limit (MLX's CPU backend under `RLIMIT_AS`: a thread it could not start ends in
+//! `terminate called without an active exception`) from any other crash. Everything in
+//! the handler is async-signal-safe.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 static PAGE: AtomicUsize = AtomicUsize::new(4096);
 
-/// The line the supervisor looks for: `mlxsup-worker: fatal SIGSEGV addr=0x… vm=… rss=…`.
+/// The line the supervisor looks for:
+/// `mlxsup-worker: fatal SIGSEGV addr=0x… vm=… rss=… data=…`.
 pub const PREFIX: &str = "mlxsup-worker: fatal ";
 
 /// Installs the handler (once, at start-up) on an alternate stack.
@@ -28,7 +31,7 @@ pub fn install() {
             ss_size: STACK,
         };
         libc::sigaltstack(&ss, std::ptr::null_mut());
-        for sig in [libc::SIGSEGV, libc::SIGBUS] {
+        for sig in [libc::SIGSEGV, libc::SIGBUS, libc::SIGABRT] {
             let mut sa: libc::sigaction = std::mem::zeroed();
             sa.sa_sigaction = on_fatal as *const () as usize;
             sa.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK | libc::SA_RESETHAND;
@@ -79,26 +82,33 @@ extern "C" fn on_fatal(sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut 
         len: 0,
     };
     line.put(PREFIX.as_bytes());
-    line.put(if sig == libc::SIGBUS {
-        b"SIGBUS"
-    } else {
-        b"SIGSEGV"
+    line.put(match sig {
+        libc::SIGBUS => b"SIGBUS",
+        libc::SIGABRT => b"SIGABRT",
+        _ => b"SIGSEGV",
     });
     line.put(b" addr=0x");
     // SAFETY: the kernel passes a valid siginfo to an SA_SIGINFO handler.
     let addr = unsafe { fault_address(info) };
     line.num(addr as u64, 16);
-    if let Some((vm, rss)) = statm() {
+    if let Some((vm, rss, data)) = statm() {
         line.put(b" vm=");
         line.num(vm, 10);
         line.put(b" rss=");
         line.num(rss, 10);
+        line.put(b" data=");
+        line.num(data, 10);
     }
     line.put(b"\n");
-    // SAFETY: write(2) is async-signal-safe; the buffer is valid for len bytes.
-    unsafe { libc::write(2, line.buf.as_ptr().cast(), line.len) };
-    // Returning re-runs the faulting instruction under the default action (SA_RESETHAND):
-    // the process dies of the same signal, as it would have.
+    // SAFETY: write(2) and raise(3) are async-signal-safe; the buffer is valid for len
+    // bytes.
+    unsafe {
+        libc::write(2, line.buf.as_ptr().cast(), line.len);
+        // The action is the default again (SA_RESETHAND): the signal, pending until the
+        // handler returns, kills the process as it would have. (A fault would also recur
+        // on the faulting instruction; a signal sent by kill(2) or abort's would not.)
+        libc::raise(sig);
+    }
 }
 
 #[cfg(target_os = "linux")]
@@ -113,9 +123,9 @@ unsafe fn fault_address(info: *mut libc::siginfo_t) -> usize {
     unsafe { (*info).si_addr as usize }
 }
 
-/// Virtual size and RSS in bytes, read with raw syscalls.
+/// Virtual size, RSS and data segment in bytes, read with raw syscalls.
 #[cfg(target_os = "linux")]
-fn statm() -> Option<(u64, u64)> {
+fn statm() -> Option<(u64, u64, u64)> {
     let mut buf = [0u8; 128];
     // SAFETY: open/read/close are async-signal-safe; the path is NUL-terminated.
     let n = unsafe {
@@ -141,10 +151,13 @@ fn statm() -> Option<(u64, u64)> {
         Some(v)
     };
     let page = PAGE.load(Ordering::Relaxed) as u64;
-    Some((parse()? * page, parse()? * page))
+    // size resident shared text lib data dt
+    let (vm, rss) = (parse()?, parse()?);
+    let _shared_text_lib = (parse()?, parse()?, parse()?);
+    Some((vm * page, rss * page, parse()? * page))
 }
 
 #[cfg(not(target_os = "linux"))]
-fn statm() -> Option<(u64, u64)> {
+fn statm() -> Option<(u64, u64, u64)> {
     None
 }

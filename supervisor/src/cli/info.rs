@@ -29,6 +29,10 @@ struct Report {
     system: SystemInfo,
     budget_bytes: u64,
     budget_source: String,
+    /// Every limit read, with its room (the smallest is the budget).
+    budget_limits: Vec<budget::Limit>,
+    #[serde(skip)]
+    budget_describe: String,
     matmul: MatmulCheck,
 }
 
@@ -100,7 +104,9 @@ async fn run(args: InfoArgs) -> Exit {
         protocol: peer.version.to_string(),
         system,
         budget_bytes: budget.bytes.0,
+        budget_describe: budget.describe(),
         budget_source: budget.source,
+        budget_limits: budget.limits,
         matmul: MatmulCheck {
             size: args.matmul,
             sum,
@@ -143,8 +149,19 @@ async fn run(args: InfoArgs) -> Exit {
         println!(
             "budget      {} ({})",
             Bytes(report.budget_bytes),
-            report.budget_source
+            report.budget_describe
         );
+        for l in report
+            .budget_limits
+            .iter()
+            .filter(|l| l.source != report.budget_source)
+        {
+            println!(
+                "            also {}: {} room",
+                l.describe(),
+                Bytes(l.room_bytes)
+            );
+        }
         let m = &report.matmul;
         println!(
             "check       {0}×{0} f32 matmul in MLX: sum {1} (expected {2}) {3}, {4:.2} ms, {5:.1} GFLOP/s",

@@ -153,7 +153,8 @@ pub fn run(args: InspectArgs) -> Exit {
     }
 }
 
-/// The docs/CONTRACT.md object, plus `budget_source`, `compute_dtype` (`f32` or
+/// The docs/CONTRACT.md object, plus `budget_source`, `budget_limits` (every limit read,
+/// with its room: the smallest is the budget), `compute_dtype` (`f32` or
 /// `native`) and `compute_note` (why `auto` stayed native, or null).
 fn json(est: &Estimate, budget: &Budget, note: Option<&str>) -> Result<String, String> {
     let mut v = serde_json::to_value(est).map_err(|e| e.to_string())?;
@@ -161,6 +162,10 @@ fn json(est: &Estimate, budget: &Budget, note: Option<&str>) -> Result<String, S
         o.insert(
             "budget_source".into(),
             serde_json::Value::String(budget.source.clone()),
+        );
+        o.insert(
+            "budget_limits".into(),
+            serde_json::to_value(&budget.limits).map_err(|e| e.to_string())?,
         );
         let dtype = if est.weights.compute_f32 {
             "f32"
@@ -301,7 +306,7 @@ pub fn table(est: &Estimate, model: &Model, budget: &Budget, color: bool) -> Str
     row(
         "budget",
         Bytes(est.budget_bytes).to_string(),
-        budget.source.clone(),
+        budget.describe(),
     );
 
     let mut s = format!("{} ({})\n", est.model, est.architecture);

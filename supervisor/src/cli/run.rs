@@ -10,7 +10,7 @@ use protocol::{
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    budget::budget,
+    budget::budget_for,
     calibration,
     cli::output::Output,
     cli::prompt::PromptArgs,
@@ -177,7 +177,8 @@ pub fn preflight_with(
     // tokenizer config, generation config, chat template.
     let text = text::check_loadable(&model)
         .map_err(|e| (Outcome::BadModel, format!("mlxsup: cannot read model: {e}")))?;
-    let budget = budget(args.budget).map_err(|e| (Outcome::Internal, format!("mlxsup: {e}")))?;
+    let budget = budget_for(args.budget, args.rlimit_as.map(|b| b.0))
+        .map_err(|e| (Outcome::Internal, format!("mlxsup: {e}")))?;
     let (calibration, notes) = calibration::calibration(
         calibration::Store::default_store().as_ref(),
         &model,

@@ -17,6 +17,15 @@ pub fn virtual_bytes(pid: i32) -> Option<u64> {
     Some(pages * page_size())
 }
 
+/// Data segment of process `pid` in bytes (`statm`'s data: what `RLIMIT_DATA` limits,
+/// plus the stack).
+#[cfg(target_os = "linux")]
+pub fn data_bytes(pid: i32) -> Option<u64> {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let pages: u64 = statm.split_whitespace().nth(5)?.parse().ok()?;
+    Some(pages * page_size())
+}
+
 /// CPU time (user + system) process `pid` has used.
 #[cfg(target_os = "linux")]
 pub fn cpu_time(pid: i32) -> Option<std::time::Duration> {
@@ -65,6 +74,11 @@ pub fn footprint(_pid: i32) -> Option<u64> {
 /// Not measured off Linux: the stall detector then decides on progress alone.
 #[cfg(not(target_os = "linux"))]
 pub fn virtual_bytes(_pid: i32) -> Option<u64> {
+    None
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn data_bytes(_pid: i32) -> Option<u64> {
     None
 }
 

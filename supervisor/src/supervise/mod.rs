@@ -10,6 +10,7 @@
 //! one place ([`report`]); workers are forked from one long-lived thread ([`spawner`]).
 
 pub mod footprint;
+pub mod pressure;
 pub mod reap;
 pub mod report;
 pub mod runtime_dir;

@@ -5,7 +5,9 @@
 use std::time::Instant;
 
 use estimate::{Bytes, Estimate};
-use protocol::{Failure, FailureKind, Phase, Remedy, Stage, Telemetry, WorkerError};
+use protocol::{
+    Failure, FailureKind, MemoryEvidence, Phase, Remedy, Stage, Telemetry, WorkerError,
+};
 
 use crate::classify::{self, AdviceFacts, Evidence, KillReason};
 
@@ -45,6 +47,8 @@ pub struct Facts {
     pub telemetry: Vec<Telemetry>,
     /// Memory was near a limit the worker ran under.
     pub near_limit: bool,
+    /// What showed it (the limit reached, the cgroup's news, the OOM killer).
+    pub evidence: Option<MemoryEvidence>,
     pub peak_bytes: Option<u64>,
     pub message: Option<String>,
     pub started: Instant,
@@ -63,6 +67,7 @@ impl Facts {
             stderr: String::new(),
             telemetry: Vec::new(),
             near_limit: false,
+            evidence: None,
             peak_bytes: None,
             message: None,
             started,
@@ -82,6 +87,23 @@ pub fn build(opts: &SpawnOptions, ctx: &ReportContext, f: Facts) -> Failure {
     let message = f
         .message
         .or_else(|| f.worker_error.as_ref().map(|e| e.message.clone()));
+    // The evidence of a memory kind: the limit reached, else the words of the refusal.
+    let evidence = if memory_kind(kind) && kind != FailureKind::InsufficientMemory {
+        f.evidence.clone().or_else(|| {
+            let words = [message.as_deref().unwrap_or(""), f.stderr.as_str()];
+            words
+                .iter()
+                .find_map(|t| protocol::failure::allocation_failure_line(t))
+                .map(|line| MemoryEvidence {
+                    which: "allocation refused".into(),
+                    limit: None,
+                    used: None,
+                    text: Some(line.to_string()),
+                })
+        })
+    } else {
+        None
+    };
     let facts = AdviceFacts {
         phase: Some(f.phase),
         stage: f.stage,
@@ -94,6 +116,7 @@ pub fn build(opts: &SpawnOptions, ctx: &ReportContext, f: Facts) -> Failure {
         message: message.clone(),
         heartbeat_timeout_ms: Some(opts.heartbeat_timeout.as_millis() as u64),
         compute_f32: ctx.compute_f32,
+        evidence: evidence.clone(),
     };
     let exit = f.exit.as_ref();
     let remedy = if memory_kind(kind) {
@@ -119,6 +142,7 @@ pub fn build(opts: &SpawnOptions, ctx: &ReportContext, f: Facts) -> Failure {
         advice: classify::advice(kind, &facts),
         remedy,
         stage: f.stage,
+        evidence,
     }
 }
 
@@ -185,5 +209,6 @@ pub fn plain(kind: FailureKind, model: Option<String>, advice: String, remedy: R
         advice,
         remedy,
         stage: None,
+        evidence: None,
     }
 }

@@ -36,6 +36,8 @@ pub struct Watch {
     pub max_footprint: u64,
     /// The last virtual size sampled.
     pub virtual_bytes: u64,
+    /// The last data segment sampled.
+    pub data_bytes: Option<u64>,
 }
 
 /// Sends `signal` to the worker's process group, recording it first.
@@ -75,6 +77,7 @@ pub async fn sample_footprint(
         w.footprints.push_back((t_ms, fp));
         w.max_footprint = w.max_footprint.max(fp);
         w.virtual_bytes = footprint::virtual_bytes(pid.as_raw()).unwrap_or(w.virtual_bytes);
+        w.data_bytes = footprint::data_bytes(pid.as_raw()).or(w.data_bytes);
         if ceiling.is_some_and(|c| fp > c) {
             w.sent.push(Sent {
                 signal: Signal::SIGKILL,
@@ -109,8 +112,11 @@ impl Stall {
         }
     }
 
-    /// A description of the stall, once there is one.
-    pub fn check(&mut self, progress: u64, timeout: Duration) -> Option<String> {
+    /// A description of the stall, once there is one. A worker whose memory is
+    /// `at_limit` (its address space or data segment at its rlimit) is stalled however
+    /// busy it is: a thread spinning on a refused allocation (OpenBLAS retries its
+    /// buffer's mmap forever) is no computation.
+    pub fn check(&mut self, progress: u64, timeout: Duration, at_limit: bool) -> Option<String> {
         if self.progress != Some(progress) {
             self.progress = Some(progress);
             self.since = Instant::now();
@@ -126,19 +132,24 @@ impl Stall {
             _ => None,
         };
         let share = cpu.map(|c| c.as_secs_f64() / quiet.as_secs_f64().max(1e-3));
-        if share.is_some_and(|s| s >= STALL_CPU_SHARE) {
+        if !at_limit && share.is_some_and(|s| s >= STALL_CPU_SHARE) {
             // Busy in a long computation: not stalled. Look again after another window.
             self.since = Instant::now();
             self.cpu_since = footprint::cpu_time(self.pid);
             return None;
         }
         Some(format!(
-            "the worker finished no work for {:.1} s{}: stalled",
+            "the worker finished no work for {:.1} s{}{}: stalled",
             quiet.as_secs_f64(),
             share.map_or(String::new(), |s| format!(
                 " and used {:.1}% of a core",
                 s * 100.0
-            ))
+            )),
+            if at_limit {
+                " with its memory at a process limit"
+            } else {
+                ""
+            }
         ))
     }
 }

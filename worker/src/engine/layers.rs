@@ -98,6 +98,9 @@ impl QuantMatrix {
         let mut r = 0;
         while r < rows {
             let end = (r + block).min(rows);
+            // MLX does not check the allocations of the dequantize and the copies: a
+            // block's checkpoint-dtype, f32 and transposed copies.
+            super::headroom::ensure((end - r) as u64 * cols as u64 * 12, &what)?;
             let q = self.rows((r, end)).ctx(&what)?;
             let w = ops::dequantize(
                 &q.w,
@@ -113,6 +116,7 @@ impl QuantMatrix {
             parts.push(w);
             r = end;
         }
+        super::headroom::ensure(rows.max(0) as u64 * cols as u64 * 4, &what)?;
         let w = ops::concatenate(&parts, if transpose { 1 } else { 0 }).ctx(&what)?;
         w.eval().ctx(&what)?;
         Ok(w)

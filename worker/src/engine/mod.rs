@@ -15,6 +15,7 @@ mod config;
 mod error;
 mod ffn;
 mod generate;
+mod headroom;
 mod kv_quant;
 mod layers;
 mod memory;

@@ -155,6 +155,13 @@ impl WeightStore {
                     && !quant_part
                     && matches!(array.dtype(), Dtype::Float16 | Dtype::Bfloat16)
                 {
+                    // The read and the copy into f32 both allocate; the copy's is not
+                    // checked by MLX.
+                    let f32_bytes = array.size() as u64 * 4;
+                    super::headroom::ensure(
+                        array.nbytes() as u64 + f32_bytes,
+                        &format!("upcasting tensor {name} to f32"),
+                    )?;
                     array.as_dtype(Dtype::Float32).map_err(|e| {
                         load_failed(format!("cannot upcast tensor {name} to f32: {e}"))
                     })?

@@ -51,13 +51,65 @@ pub(super) fn mlx_error(e: WorkerError) -> WorkerError {
             };
         }
     }
-    let alloc = protocol::failure::is_allocation_failure(&e.message);
-    if alloc && e.kind == WorkerErrorKind::Internal {
+    // What MLX threw in words: an allocation refused (the CPU's, CUDA's, Metal's
+    // allocator) or Metal's command buffer out of memory, whether it came while loading
+    // or computing.
+    let alloc = protocol::failure::is_allocation_failure(&e.message)
+        || protocol::failure::is_metal_out_of_memory(&e.message);
+    if alloc
+        && matches!(
+            e.kind,
+            WorkerErrorKind::Internal | WorkerErrorKind::LoadFailed
+        )
+    {
         WorkerError {
             kind: WorkerErrorKind::AllocationFailed,
             ..e
         }
     } else {
         e
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn caught(kind: WorkerErrorKind, message: &str) -> WorkerErrorKind {
+        mlx_error(WorkerError {
+            kind,
+            message: message.into(),
+        })
+        .kind
+    }
+
+    /// What MLX throws when an allocation is refused, on every backend, is caught as an
+    /// allocation failure whether it came while loading or computing; other errors keep
+    /// their kind. (Run without an address-space limit: the words alone decide.)
+    #[test]
+    fn mlx_allocation_texts_are_caught_as_allocation_failures() {
+        for text in [
+            "[malloc] Unable to allocate 4294967296 bytes.",
+            "cudaMalloc(&data, size) failed: out of memory.",
+            "cudaMallocAsync(&data, size, stream) failed: out of memory",
+            "cudaMallocManaged failed: out of memory.",
+            "[metal::malloc] Attempting to allocate 9 bytes which is greater than the maximum allowed buffer size of 8 bytes.",
+            "[METAL] Command buffer execution failed: Insufficient Memory (00000008:kIOGPUCommandBufferCallbackErrorOutOfMemory)",
+        ] {
+            for kind in [WorkerErrorKind::Internal, WorkerErrorKind::LoadFailed] {
+                assert_eq!(caught(kind, text), WorkerErrorKind::AllocationFailed, "{text}");
+            }
+        }
+        assert_eq!(
+            caught(
+                WorkerErrorKind::LoadFailed,
+                "unsupported model_type `mamba`"
+            ),
+            WorkerErrorKind::LoadFailed
+        );
+        assert_eq!(
+            caught(WorkerErrorKind::Internal, "[matmul] shapes do not match"),
+            WorkerErrorKind::Internal
+        );
     }
 }

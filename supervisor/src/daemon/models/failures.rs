@@ -51,7 +51,12 @@ impl Actor {
         // Its handle goes with the state (the worker is gone already).
         self.state = State::Unloaded;
         let now = Instant::now();
-        self.failures.push_back(now);
+        // A worker the supervisor stopped for not answering (a cancel it did not end, a
+        // heartbeat that stopped) is the supervisor's decision, not the model failing:
+        // it backs off like any death but does not count toward quarantine.
+        if !stopped_by_us(&f) {
+            self.failures.push_back(now);
+        }
         while self
             .failures
             .front()
@@ -141,4 +146,9 @@ impl Actor {
             ..last
         })
     }
+}
+
+/// Whether `f` is the supervisor's own stop of a worker that did not answer.
+fn stopped_by_us(f: &Failure) -> bool {
+    f.kind == FailureKind::Unresponsive && f.signal_sent_by_supervisor
 }

@@ -21,6 +21,7 @@ use super::{
 };
 use crate::classify::KillReason;
 use crate::supervise::{
+    pressure,
     reap::ExitInfo,
     report::{self, Facts, ReportContext},
     stderr_tail,
@@ -60,6 +61,8 @@ pub(super) struct Actor {
     pub(super) stderr: stderr_tail::Tail,
     pub(super) stderr_done: Option<oneshot::Receiver<()>>,
     pub(super) watch: Arc<Mutex<Watch>>,
+    /// The worker's cgroup and its memory counters at spawn.
+    pub(super) cgroup: Option<(pressure::Cgroup, pressure::Counters)>,
     pub(super) ceiling_rx: watch::Receiver<bool>,
     pub(super) sampler: tokio::task::JoinHandle<()>,
     pub(super) status: Arc<watch::Sender<Status>>,
@@ -205,12 +208,15 @@ impl Actor {
                         .current
                         .as_ref()
                         .is_some_and(|c| c.cancel_sent_at.is_some());
-                    let reason = if cancelling {
-                        KillReason::Stop
-                    } else {
-                        KillReason::Unresponsive
-                    };
-                    return self.die(Some(reason), None).await;
+                    // Either way the supervisor's own decision: `unresponsive`, phase kept.
+                    if cancelling {
+                        let why = format!(
+                            "it did not end a cancelled request within {} ms",
+                            CANCEL_GRACE.as_millis()
+                        );
+                        return self.die(Some(KillReason::Stop), Some(why)).await;
+                    }
+                    return self.die(Some(KillReason::Unresponsive), None).await;
                 }
             }
         }
@@ -252,11 +258,12 @@ impl Actor {
     /// of a stall when the worker has stopped making progress.
     fn on_event(&mut self, event: Event) -> Option<String> {
         self.note(&event);
+        let at_limit = matches!(event, Event::Telemetry(_)) && self.at_process_limit();
         let mut stalled = None;
         if let Some(c) = self.current.as_mut() {
             match &event {
                 Event::Telemetry(t) => {
-                    stalled = c.stall.check(t.progress, self.opts.stall_timeout);
+                    stalled = c.stall.check(t.progress, self.opts.stall_timeout, at_limit);
                 }
                 Event::Vision(_) => c.tower_pending = false,
                 _ => {}
@@ -323,6 +330,16 @@ impl Actor {
         self.publish(|s| s.state = WorkerState::Idle);
     }
 
+    /// Whether the worker's last sampled address space or data segment is at its rlimit.
+    fn at_process_limit(&self) -> bool {
+        let (vm, data) = {
+            let w = self.watch.lock().unwrap_or_else(|p| p.into_inner());
+            (w.virtual_bytes, w.data_bytes)
+        };
+        self.at_limit(vm, data, 0)
+            .is_some_and(|e| e.which.starts_with("RLIMIT_"))
+    }
+
     /// The part of the request in flight that was running in `phase`, when the phase
     /// alone does not say: the vision tower, in the prefill of a request with images
     /// until the tower reported.
@@ -341,6 +358,15 @@ impl Actor {
         f.telemetry = self.telemetry.iter().cloned().collect();
         f.peak_bytes = self.telemetry.iter().map(|t| t.peak_bytes).max();
         f.stderr = self.stderr.text();
+        if e.kind == WorkerErrorKind::AllocationFailed {
+            // The limit its memory was at when the allocation was refused, if one.
+            let (vm, data, fp) = {
+                let w = self.watch.lock().unwrap_or_else(|p| p.into_inner());
+                let fp = w.footprints.back().map_or(0, |f| f.1);
+                (w.virtual_bytes, w.data_bytes, fp)
+            };
+            f.evidence = self.at_limit(vm, data, fp);
+        }
         report::build(&self.opts, &self.ctx, f)
     }
 

@@ -10,6 +10,7 @@ use protocol::{Failure, Telemetry, ToWorker};
 use super::{actor::Actor, End, Update, WorkerState, SHUTDOWN_GRACE, STDERR_GRACE, TERM_GRACE};
 use crate::classify::{self, KillReason};
 use crate::supervise::{
+    pressure,
     reap::ExitInfo,
     report::{self, Facts},
     watchdog,
@@ -79,6 +80,28 @@ impl Actor {
         });
     }
 
+    /// The limit the worker's memory (`vm`, `data`, `footprint`, MLX's last active
+    /// memory) was at, if one.
+    pub(super) fn at_limit(
+        &self,
+        vm: u64,
+        data: Option<u64>,
+        footprint: u64,
+    ) -> Option<protocol::MemoryEvidence> {
+        let usage = pressure::Usage {
+            vm,
+            data,
+            footprint,
+            mlx_active: self.telemetry.back().map_or(0, |t| t.active_bytes),
+        };
+        pressure::Limits::new(
+            self.opts.rlimit_as,
+            self.opts.memory_ceiling,
+            self.ctx.budget_bytes,
+        )
+        .reached(&usage)
+    }
+
     /// Ends the worker if needed, gathers the evidence, and describes the failure.
     pub(super) async fn fail(
         &mut self,
@@ -111,13 +134,14 @@ impl Actor {
             let _ = tokio::time::timeout(STDERR_GRACE, done).await;
         }
         let stderr = self.stderr.text();
-        let (sent_by_us, max_footprint, footprints, last_vm) = {
+        let (sent_by_us, max_footprint, footprints, last_vm, last_data) = {
             let w = self.watch.lock().unwrap_or_else(|p| p.into_inner());
             (
                 w.sent.clone(),
                 w.max_footprint,
                 w.footprints.clone(),
                 w.virtual_bytes,
+                w.data_bytes,
             )
         };
         if killed_for.is_none() {
@@ -131,12 +155,24 @@ impl Actor {
         // Memory at the moment of death: the worker's last words when it wrote them,
         // else the last sample and the kernel's peak RSS.
         let max_rss = exit.as_ref().map_or(0, |e| e.max_rss_bytes);
-        let (vm, fp) = classify::fatal_memory(&stderr).unwrap_or_else(|| {
+        let (vm, fp, data) = classify::fatal_memory(&stderr).unwrap_or_else(|| {
             let last = footprints.back().map_or(0, |f| f.1);
-            (last_vm, last.max(max_rss))
+            (last_vm, last.max(max_rss), last_data)
         });
-        let near_limit =
-            classify::near_limit(vm, fp, self.opts.rlimit_as, self.opts.memory_ceiling);
+        // The limit it was at, else the cgroup's news over its life (an OOM kill names
+        // the killer; the usage at `memory.max` is a limit reached).
+        let mut evidence = self.at_limit(vm, data.or(last_data), fp);
+        let mut near_limit = evidence.is_some();
+        if let Some((cg, before)) = &self.cgroup {
+            match cg.change(*before, cg.counters()) {
+                Some(pressure::CgroupChange::OomKill(e)) => evidence = Some(e),
+                Some(pressure::CgroupChange::AtLimit(e)) if evidence.is_none() => {
+                    near_limit = true;
+                    evidence = Some(e);
+                }
+                _ => {}
+            }
+        }
         let mlx_peak = self
             .telemetry
             .iter()
@@ -172,6 +208,7 @@ impl Actor {
         f.stderr = stderr;
         f.telemetry = telemetry;
         f.near_limit = near_limit;
+        f.evidence = evidence;
         f.peak_bytes = Some(mlx_peak.max(max_footprint).max(max_rss));
         f.message = message;
         f.exit = exit;

@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, watch};
 use super::{actor::Actor, Status, WorkerHandle, WorkerState};
 use crate::classify::KillReason;
 use crate::supervise::{
+    pressure,
     report::{self, Facts, ReportContext},
     spawn,
     watchdog::{self, Watch},
@@ -24,6 +25,12 @@ impl WorkerHandle {
     /// actor.
     pub async fn spawn(opts: SpawnOptions, ctx: ReportContext) -> Result<WorkerHandle, SpawnError> {
         let started = Instant::now();
+        // The cgroup's memory counters before the worker exists: an OOM kill or a limit
+        // hit after this is news of its life.
+        let cgroup = pressure::Cgroup::of_this_process().map(|c| {
+            let before = c.counters();
+            (c, before)
+        });
         let spawned = spawn::spawn(&opts).await.map_err(|e| match e {
             spawn::SpawnError::Setup(msg) => SpawnError::Setup(msg),
             spawn::SpawnError::Died {
@@ -103,6 +110,7 @@ impl WorkerHandle {
             stderr,
             stderr_done: Some(stderr_done),
             watch,
+            cgroup,
             ceiling_rx,
             sampler,
             status: status_tx,
