@@ -101,6 +101,7 @@ fn gen_request(
         device: Device::Default,
         compute: protocol::ComputePolicy::Auto,
         kv_bits: None,
+        prefix_cache: None,
     })
 }
 
@@ -114,6 +115,7 @@ fn load_request(model: &Path, context: Option<u64>) -> ControlRequest {
         device: Device::Default,
         compute: protocol::ComputePolicy::Auto,
         kv_bits: None,
+        prefix_cache: None,
     })
 }
 

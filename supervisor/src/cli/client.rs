@@ -57,6 +57,10 @@ pub struct ModelArgs {
 pub struct LoadArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    /// Bytes its prefix cache may hold (the KV of finished generations, reused by prompts
+    /// sharing their prefix), or `off` [default: the daemon's `--prefix-cache`].
+    #[arg(long, value_name = "BYTES|off", value_parser = crate::plan::parse_prefix_cache)]
+    pub prefix_cache: Option<u64>,
     #[command(flatten)]
     pub client: ClientArgs,
 }
@@ -237,6 +241,7 @@ pub fn load(args: LoadArgs) -> Exit {
             device: m.device,
             compute: m.compute,
             kv_bits: m.kv_bits,
+            prefix_cache: args.prefix_cache,
         });
         let mut client = match connect(&args.client).await {
             Ok(c) => c,
