@@ -55,7 +55,10 @@ fn later_turns_report_cached_tokens_and_answer_as_without_the_cache() {
     let v = openai(&base, "multiturn", &["a", PROMPT, "12", "3"]);
     let w = openai(&off_base, "multiturn", &["a", PROMPT, "12", "3"]);
     eprintln!("cached per turn: {} of {}", v["cached"], v["prompt_tokens"]);
-    assert_eq!(v["texts"], w["texts"], "greedy answers with and without the cache");
+    assert_eq!(
+        v["texts"], w["texts"],
+        "greedy answers with and without the cache"
+    );
     assert_eq!(v["completion"], w["completion"]);
     assert_eq!(v["prompt_tokens"], w["prompt_tokens"]);
     let (cached, prompt) = (ints(&v["cached"]), ints(&v["prompt_tokens"]));
@@ -97,10 +100,9 @@ fn a_bound_smaller_than_an_entry_caches_nothing() {
     assert_eq!(ps["prefix_cache_bytes"], 0);
 }
 
-#[test]
-fn a_sliding_window_model_past_its_window_answers_the_same_with_the_cache() {
-    let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("mistral-w8");
+/// A tiny mistral whose every layer slides over `window` tokens.
+fn sliding_model(dir: &std::path::Path, window: &str) -> String {
+    let model = dir.join(format!("mistral-w{window}"));
     let m = model.to_str().unwrap();
     let made = mlxsup(&[
         "make-model",
@@ -108,7 +110,7 @@ fn a_sliding_window_model_past_its_window_answers_the_same_with_the_cache() {
         "--arch",
         "mistral",
         "--sliding-window",
-        "8",
+        window,
         "--hidden",
         "64",
         "--layers",
@@ -123,13 +125,40 @@ fn a_sliding_window_model_past_its_window_answers_the_same_with_the_cache() {
         "512",
     ]);
     assert_eq!(made.code, Some(0), "{}", made.stderr);
+    m.to_string()
+}
+
+#[test]
+fn a_sliding_window_model_answers_the_same_with_the_cache_past_its_window_and_within() {
+    let dir = tempfile::tempdir().unwrap();
     let (_d, base) = http(&[]);
     let (_off, off_base) = http(&["--prefix-cache", "off"]);
-    let v = openai(&base, "multiturn", &[m, PROMPT, "12", "3"]);
-    let w = openai(&off_base, "multiturn", &[m, PROMPT, "12", "3"]);
+    // Past the window: the rings have wrapped, so an entry is reused only when the new
+    // prompt extends all of it, never rewound.
+    let m = sliding_model(dir.path(), "8");
+    let v = openai(&base, "multiturn", &[&m, PROMPT, "12", "3"]);
+    let w = openai(&off_base, "multiturn", &[&m, PROMPT, "12", "3"]);
     let prompt = ints(&v["prompt_tokens"]);
-    assert!(prompt[0] > 8, "the prompt alone is past the window: {prompt:?}");
-    eprintln!("sliding window 8: cached per turn {} of {prompt:?}", v["cached"]);
+    assert!(
+        prompt[0] > 8,
+        "the prompt alone is past the window: {prompt:?}"
+    );
+    eprintln!(
+        "sliding window 8: cached per turn {} of {prompt:?}",
+        v["cached"]
+    );
+    assert_eq!(v["texts"], w["texts"], "{v:#}\n{w:#}");
+    assert_eq!(v["completion"], w["completion"]);
+    // Within the window (a ring that has not wrapped rewinds): reused, same answers.
+    let m = sliding_model(dir.path(), "512");
+    let v = openai(&base, "multiturn", &[&m, PROMPT, "12", "3"]);
+    let w = openai(&off_base, "multiturn", &[&m, PROMPT, "12", "3"]);
+    let (cached, prompt) = (ints(&v["cached"]), ints(&v["prompt_tokens"]));
+    eprintln!("sliding window 512: cached per turn {cached:?} of {prompt:?}");
+    assert!(
+        cached[1] >= prompt[0] && cached[2] >= prompt[1],
+        "{cached:?} of {prompt:?}"
+    );
     assert_eq!(v["texts"], w["texts"], "{v:#}\n{w:#}");
     assert_eq!(v["completion"], w["completion"]);
 }
