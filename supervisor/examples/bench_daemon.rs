@@ -101,7 +101,6 @@ fn gen_request(
         device: Device::Default,
         compute: protocol::ComputePolicy::Auto,
         kv_bits: None,
-        prefix_cache: None,
     })
 }
 
