@@ -4,13 +4,15 @@
 `openai` client (streamed chat, greedy).
 
 usage: bench_concurrency.py MLXSUP MODEL_DIR [--clients 1,4,8] [--tokens 32] [--turns 5]
-                            [--native]
+                            [--native] [--serve-arg ARG]...
 
 For each number of concurrent clients: aggregate generated tokens/s (all clients' tokens
 over the wall time from the first request to the last answer) and time to first token
 p50/p99, each client with its own prompt. Then a multi-turn chat whose conversation grows
 to ~1,500 tokens: time to first token per turn (a chat client resends the whole
 conversation every turn). `--native` adds ours with the model loaded `--compute native`.
+`--serve-arg` passes an option to `mlxsup serve` (e.g. `--serve-arg=--prefix-cache=off`
+for the numbers without the prefix cache).
 Prints markdown. Loopback only; every request bounded by a timeout.
 """
 
@@ -118,6 +120,7 @@ def main():
     ap.add_argument("--tokens", type=int, default=32)
     ap.add_argument("--turns", type=int, default=5)
     ap.add_argument("--native", action="store_true")
+    ap.add_argument("--serve-arg", action="append", default=[])
     a = ap.parse_args()
     model = os.path.abspath(a.model)
     py = sys.executable
@@ -131,7 +134,7 @@ def main():
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), p, f"/v1/models")
     p = free_port()
     servers["mlxsup serve --http"] = (subprocess.Popen(
-        [a.mlxsup, "serve", "--http", f"127.0.0.1:{p}", "--keep-alive", "-1"],
+        [a.mlxsup, "serve", "--http", f"127.0.0.1:{p}", "--keep-alive", "-1", *a.serve_arg],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), p, "/health")
     try:
         clients = {}

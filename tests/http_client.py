@@ -257,5 +257,35 @@ elif scenario == "auth":
     res["right_key"] = chat(client(key), model, "x", 2).usage.completion_tokens
     out(**res)
 
+elif scenario == "multiturn":
+    # A chat resent whole every turn (turn 2 streamed with usage), then a completion
+    # and its continuation: the answers, and what usage says was cached.
+    model, prompt, n, turns = args[0], args[1], int(args[2]), int(args[3])
+    c = client()
+    messages = [{"role": "system", "content": "You are a terse assistant."},
+                {"role": "user", "content": prompt}]
+    texts, cached, prompt_tokens = [], [], []
+    for turn in range(turns):
+        kw = dict(model=model, messages=messages, max_tokens=n, temperature=0)
+        if turn == 1:
+            text, usage, _ = streamed_text(c.chat.completions.create(
+                stream=True, stream_options={"include_usage": True}, **kw))
+        else:
+            r = c.chat.completions.create(**kw)
+            text, usage = r.choices[0].message.content, r.usage.model_dump()
+        texts.append(text)
+        cached.append(usage["prompt_tokens_details"]["cached_tokens"])
+        prompt_tokens.append(usage["prompt_tokens"])
+        messages += [{"role": "assistant", "content": text},
+                     {"role": "user", "content": f"And then? (turn {turn + 2})"}]
+    first = c.completions.create(model=model, prompt=prompt, max_tokens=n, temperature=0)
+    again = c.completions.create(model=model, prompt=prompt + first.choices[0].text + " and",
+                                 max_tokens=n, temperature=0)
+    out(texts=texts, cached=cached, prompt_tokens=prompt_tokens,
+        completion=[first.choices[0].text, again.choices[0].text],
+        completion_cached=[first.usage.prompt_tokens_details.cached_tokens,
+                           again.usage.prompt_tokens_details.cached_tokens],
+        ps=[m for m in ps()])
+
 else:
     sys.exit(f"unknown scenario {scenario}")

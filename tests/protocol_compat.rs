@@ -180,6 +180,7 @@ fn supervisors_of_worker_1_0_to_1_5_load_and_generate_with_todays_worker() {
                 compute: ComputeDtype::Native,
                 kv_bits: None,
                 activation: None,
+                prefix_cache: 0,
             }),
         };
         write_frame(&mut s, &frame::encode_at(&load, wire).unwrap().unwrap());

@@ -69,6 +69,7 @@ impl Session {
             compute: protocol::ComputeDtype::Native,
             kv_bits: None,
             activation: None,
+            prefix_cache: 0,
         }));
         match reply {
             Reply::Loaded(info) => info,

@@ -202,6 +202,14 @@ pub struct LoadModel {
         deserialize_with = "crate::wire::c1_2::de"
     )]
     pub kv_bits: Option<u8>,
+    /// Since 1.5: `--prefix-cache`: the bytes the model's prefix cache may hold (`0`:
+    /// off); `None`: the daemon's default.
+    #[serde(
+        default,
+        skip_serializing_if = "crate::wire::c1_5::skip",
+        deserialize_with = "crate::wire::c1_5::de"
+    )]
+    pub prefix_cache: Option<u64>,
 }
 
 /// Generate from a model, loading it first when needed.
@@ -346,6 +354,28 @@ pub struct ModelStatus {
     pub note: Option<String>,
     /// The device its worker runs on (`cpu`, `gpu`), while loaded.
     pub device: Option<String>,
+    /// Since 1.5: bytes its prefix cache holds (after its last generation), while loaded.
+    #[serde(
+        default,
+        skip_serializing_if = "crate::wire::c1_5::skip",
+        deserialize_with = "crate::wire::c1_5::de"
+    )]
+    pub prefix_cache_bytes: u64,
+    /// Since 1.5: the prefix cache's bound in bytes (0: off), while loaded.
+    #[serde(
+        default,
+        skip_serializing_if = "crate::wire::c1_5::skip",
+        deserialize_with = "crate::wire::c1_5::de"
+    )]
+    pub prefix_cache_limit_bytes: u64,
+    /// Since 1.5: the share of its generations that reused a cached prefix (0 to 1);
+    /// `None` before the first one, or with the cache off.
+    #[serde(
+        default,
+        skip_serializing_if = "crate::wire::c1_5::skip",
+        deserialize_with = "crate::wire::c1_5::de"
+    )]
+    pub prefix_cache_hit_rate: Option<f64>,
 }
 
 /// A model the daemon can see.

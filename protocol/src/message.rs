@@ -279,6 +279,14 @@ pub struct LoadRequest {
         deserialize_with = "crate::wire::w1_3::de"
     )]
     pub activation: Option<Box<ActivationModel>>,
+    /// Since 1.6: bytes the worker's prefix cache may hold (the KV of finished
+    /// generations, reused by prompts sharing their prefix); 0: no prefix cache.
+    #[serde(
+        default,
+        skip_serializing_if = "crate::wire::w1_6::skip",
+        deserialize_with = "crate::wire::w1_6::de"
+    )]
+    pub prefix_cache: u64,
 }
 
 /// Since 1.3: the activation model's coefficients (the `estimate` crate's
@@ -494,6 +502,20 @@ pub struct DoneInfo {
     pub generation_tps: f64,
     pub peak_bytes: u64,
     pub finish: FinishReason,
+    /// Since 1.6: prompt tokens whose KV came from the prefix cache (not prefilled).
+    #[serde(
+        default,
+        skip_serializing_if = "crate::wire::w1_6::skip",
+        deserialize_with = "crate::wire::w1_6::de"
+    )]
+    pub cached_tokens: u32,
+    /// Since 1.6: bytes the worker's prefix cache holds after this generation.
+    #[serde(
+        default,
+        skip_serializing_if = "crate::wire::w1_6::skip",
+        deserialize_with = "crate::wire::w1_6::de"
+    )]
+    pub prefix_cache_bytes: u64,
 }
 
 /// A memory sample of the worker.

@@ -95,6 +95,7 @@ fn load_request() -> impl Strategy<Value = LoadRequest> {
                 },
                 kv_bits,
                 activation,
+                prefix_cache: 0,
             },
         )
 }
@@ -294,7 +295,7 @@ proptest! {
             fault: None,
             device: Device::Cpu,
             compute,
-            kv_bits,
+            kv_bits, prefix_cache: None,
         };
         let done = GenerateDone {
             done: DoneInfo {
@@ -303,7 +304,7 @@ proptest! {
                 prompt_tps: f64::INFINITY,
                 generation_tps: 3.5,
                 peak_bytes: used,
-                finish: FinishReason::Eos,
+                finish: FinishReason::Eos, cached_tokens: 0, prefix_cache_bytes: 0,
             },
             estimate_bytes: used / 3,
             note: None,

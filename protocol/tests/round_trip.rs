@@ -90,6 +90,7 @@ fn requests() -> Vec<Request> {
                     },
                 ]),
             })),
+            prefix_cache: 1 << 30,
         }),
         Request::Generate(GenerateRequest {
             prompt: Prompt::Text("Once upon a time ✨".into()),
@@ -214,6 +215,8 @@ fn replies() -> Vec<Reply> {
             generation_tps: f64::INFINITY,
             peak_bytes: 0,
             finish: FinishReason::Length,
+            cached_tokens: 3,
+            prefix_cache_bytes: 1 << 20,
         }),
         Reply::Done(DoneInfo {
             prompt_tokens: 0,
@@ -222,6 +225,8 @@ fn replies() -> Vec<Reply> {
             generation_tps: -0.0,
             peak_bytes: 1,
             finish: FinishReason::Cancelled,
+            cached_tokens: 3,
+            prefix_cache_bytes: 1 << 20,
         }),
         Reply::Unloaded,
         Reply::ModelMade {
@@ -634,6 +639,7 @@ fn arb_request() -> impl Strategy<Value = Request> {
                 compute: protocol::ComputeDtype::Native,
                 kv_bits: None,
                 activation: None,
+                prefix_cache: 1 << 30,
             },
         );
     let sampling = (f32_no_nan(), f32_no_nan(), any::<Option<u64>>()).prop_map(
@@ -754,6 +760,8 @@ fn arb_reply() -> impl Strategy<Value = Reply> {
                     generation_tps,
                     peak_bytes,
                     finish,
+                    cached_tokens: 3,
+                    prefix_cache_bytes: 1 << 20,
                 }
             },
         );

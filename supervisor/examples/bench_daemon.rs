@@ -114,6 +114,7 @@ fn load_request(model: &Path, context: Option<u64>) -> ControlRequest {
         device: Device::Default,
         compute: protocol::ComputePolicy::Auto,
         kv_bits: None,
+        prefix_cache: None,
     })
 }
 

@@ -44,6 +44,72 @@ pub struct PlanRequest {
     pub image_size: Option<(u32, u32)>,
     /// The activation coefficients and measured floor (the calibration store's).
     pub calibration: estimate::Calibration,
+    /// `--prefix-cache`: the worker's prefix cache ([`prefix_cache_bytes`]).
+    pub prefix_cache: PrefixCache,
+}
+
+/// How large a worker's prefix cache is asked to be.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PrefixCache {
+    /// No prefix cache (`run`, calibration: one request per worker).
+    #[default]
+    Off,
+    /// The daemon's default: [`AUTO_PREFIX_SHARE`] of the headroom, at most
+    /// [`AUTO_PREFIX_MAX`].
+    Auto,
+    /// `--prefix-cache BYTES` (within the headroom).
+    Bytes(u64),
+}
+
+impl PrefixCache {
+    /// The control protocol's `prefix_cache` (`None`: `default`, 0: off).
+    pub fn from_wire(v: Option<u64>, default: PrefixCache) -> PrefixCache {
+        match v {
+            None => default,
+            Some(0) => PrefixCache::Off,
+            Some(n) => PrefixCache::Bytes(n),
+        }
+    }
+}
+
+/// The default prefix cache takes this share of the headroom (the budget left after the
+/// estimate): the estimate already holds one request's KV at the full context, so the
+/// cache only competes with the estimate's margin and with the daemon's other models;
+/// a quarter leaves them three.
+pub const AUTO_PREFIX_SHARE: u64 = 4;
+
+/// ... and at most 2 GiB: about 40 two-thousand-token chats of a small model, or one
+/// 8,000-token context of an 8B one, without holding memory the machine may need.
+pub const AUTO_PREFIX_MAX: u64 = 2 << 30;
+
+/// The bytes a worker's prefix cache may hold: within the budget left after the estimate
+/// (the cache's bytes are planned before they are allocated; the worker's soft guard
+/// empties the cache before it refuses a step). A quantized KV cache is not cached.
+pub fn prefix_cache_bytes(
+    setting: PrefixCache,
+    budget: u64,
+    estimate: u64,
+    kv_bits: Option<u8>,
+) -> u64 {
+    let headroom = budget.saturating_sub(estimate);
+    if kv_bits.is_some() {
+        return 0;
+    }
+    match setting {
+        PrefixCache::Off => 0,
+        PrefixCache::Auto => (headroom / AUTO_PREFIX_SHARE).min(AUTO_PREFIX_MAX),
+        PrefixCache::Bytes(n) => n.min(headroom),
+    }
+}
+
+/// Parses `--prefix-cache`: a byte count (`512M`, `2G`, `1000000`) or `off`.
+pub fn parse_prefix_cache(s: &str) -> Result<u64, String> {
+    if s.trim().eq_ignore_ascii_case("off") {
+        return Ok(0);
+    }
+    s.parse::<Bytes>().map(|b| b.0).map_err(|e| {
+        format!("`{s}` is not a prefix-cache size (a byte count like 512M, or off): {e}")
+    })
 }
 
 impl PlanRequest {
@@ -65,6 +131,7 @@ impl PlanRequest {
             images: 0,
             image_size: None,
             calibration: estimate::Calibration::default(),
+            prefix_cache: PrefixCache::Off,
         }
     }
 }
@@ -222,6 +289,7 @@ pub fn plan(model: &Model, req: &PlanRequest) -> Plan {
         compute,
         kv_bits: req.kv_bits,
         activation: Some(Box::new(wire_activation(&est.activation_model))),
+        prefix_cache: prefix_cache_bytes(req.prefix_cache, budget, est.total_bytes, req.kv_bits),
     };
     Plan {
         estimate: est,

@@ -58,6 +58,7 @@ fn load_then_sampling(
         compute: protocol::ComputeDtype::Native,
         kv_bits: None,
         activation: None,
+        prefix_cache: 0,
     });
     let reply = match call(1, load) {
         Reply::Loaded(_) => {

@@ -111,6 +111,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             f32: args.f32,
             matmul_lanes: 0,
             kv_bits: None,
+            prefix_cache: 0,
         },
         &mut Quiet,
     )?;

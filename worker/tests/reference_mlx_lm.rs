@@ -103,6 +103,7 @@ fn greedy_tokens_match_mlx_lm() {
                 f32: false,
                 matmul_lanes: 0,
                 kv_bits: None,
+                prefix_cache: 0,
             },
             &mut Collect(vec![]),
         )
@@ -189,6 +190,7 @@ fn greedy(dir: &Path, f32: bool) -> (Vec<u32>, Vec<u32>, Vec<f32>, String) {
             f32,
             matmul_lanes: 0,
             kv_bits: None,
+            prefix_cache: 0,
         },
         &mut Collect(vec![]),
     )
@@ -289,6 +291,7 @@ fn quantized_kv_cache_matches_mlx_lm() {
                 f32,
                 matmul_lanes: 0,
                 kv_bits: Some(bits),
+                prefix_cache: 0,
             },
             &mut Collect(vec![]),
         )

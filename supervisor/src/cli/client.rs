@@ -57,6 +57,10 @@ pub struct ModelArgs {
 pub struct LoadArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    /// Bytes its prefix cache may hold (the KV of finished generations, reused by prompts
+    /// sharing their prefix), or `off` [default: the daemon's `--prefix-cache`].
+    #[arg(long, value_name = "BYTES|off", value_parser = crate::plan::parse_prefix_cache)]
+    pub prefix_cache: Option<u64>,
     #[command(flatten)]
     pub client: ClientArgs,
 }
@@ -156,7 +160,7 @@ pub fn ps(args: ClientArgs) -> Exit {
                     print_json(&json!({ "models": rows }));
                 } else {
                     println!(
-                        "{:<28} {:<12} {:>7} {:>10} {:>10} {:>10} {:>7} {:>5} {:>4}  LAST FAILURE",
+                        "{:<28} {:<12} {:>7} {:>10} {:>10} {:>10} {:>7} {:>5} {:>4} {:>16}  LAST FAILURE",
                         "NAME",
                         "STATE",
                         "PID",
@@ -165,11 +169,12 @@ pub fn ps(args: ClientArgs) -> Exit {
                         "ESTIMATE",
                         "CONTEXT",
                         "REQS",
-                        "QUE"
+                        "QUE",
+                        "PREFIX CACHE"
                     );
                     for m in &models {
                         println!(
-                            "{:<28} {:<12} {:>7} {:>10} {:>10} {:>10} {:>7} {:>5} {:>4}  {}",
+                            "{:<28} {:<12} {:>7} {:>10} {:>10} {:>10} {:>7} {:>5} {:>4} {:>16}  {}",
                             m.name,
                             json!(m.state).as_str().unwrap_or(""),
                             m.pid.map_or("-".into(), |p| p.to_string()),
@@ -179,6 +184,7 @@ pub fn ps(args: ClientArgs) -> Exit {
                             m.context,
                             m.requests,
                             m.queued,
+                            prefix_cache_cell(m),
                             m.last_failure
                                 .as_ref()
                                 .map_or("-".into(), |f| format!("{} ({})", f.kind, f.phase))
@@ -191,6 +197,17 @@ pub fn ps(args: ClientArgs) -> Exit {
             Err(e) => e,
         }
     })
+}
+
+/// `ps`'s prefix-cache cell: its bytes and hit rate (`-` when off or not loaded).
+fn prefix_cache_cell(m: &protocol::control::ModelStatus) -> String {
+    if m.prefix_cache_limit_bytes == 0 {
+        return "-".into();
+    }
+    let rate = m
+        .prefix_cache_hit_rate
+        .map_or("-".into(), |r| format!("{:.0}%", r * 100.0));
+    format!("{} {rate}", Bytes(m.prefix_cache_bytes))
 }
 
 pub fn ls(args: ClientArgs) -> Exit {
@@ -237,6 +254,7 @@ pub fn load(args: LoadArgs) -> Exit {
             device: m.device,
             compute: m.compute,
             kv_bits: m.kv_bits,
+            prefix_cache: args.prefix_cache,
         });
         let mut client = match connect(&args.client).await {
             Ok(c) => c,

@@ -73,6 +73,11 @@ pub struct ServeArgs {
     /// Requests a model may have waiting before new ones are refused `busy`.
     #[arg(long, default_value_t = DEFAULT_QUEUE as u64, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub queue: u64,
+    /// Bytes each model's prefix cache may hold (the KV of finished generations, reused
+    /// by prompts that share their prefix), or `off` [default: a quarter of the budget
+    /// left after the model's estimate, at most 2 GiB].
+    #[arg(long, value_name = "BYTES|off", value_parser = crate::plan::parse_prefix_cache)]
+    pub prefix_cache: Option<u64>,
 }
 
 /// Parses a keep-alive: `-1`, `0`, or a duration like `30s`, `5m`, `1h`.
@@ -106,6 +111,8 @@ pub struct Shared {
     pub queue_limit: usize,
     /// The device policy: a memory failure on the GPU is retried on the CPU.
     pub fallback_cpu: bool,
+    /// `--prefix-cache`: what a load that does not say gets.
+    pub prefix_cache: crate::plan::PrefixCache,
     pub registry: Registry,
     pub socket: PathBuf,
     pub started: Instant,
@@ -338,6 +345,10 @@ async fn serve(args: ServeArgs) -> Exit {
         keep_alive: args.keep_alive,
         queue_limit: args.queue as usize,
         fallback_cpu: args.fallback_cpu,
+        prefix_cache: crate::plan::PrefixCache::from_wire(
+            args.prefix_cache,
+            crate::plan::PrefixCache::Auto,
+        ),
         registry: Registry::new(models, Registry::default_hf_cache()),
         socket: socket.clone(),
         started: Instant::now(),

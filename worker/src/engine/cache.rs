@@ -120,6 +120,59 @@ impl LayerCache {
         self.state().iter().map(|a| a.nbytes()).sum()
     }
 
+    /// A copy sharing the buffers (MLX copies a shared buffer on its next write, so the
+    /// copy and the original never see each other's later tokens); `None` for a
+    /// quantized cache, which the prefix cache does not keep.
+    pub fn share(&self) -> Option<LayerCache> {
+        match self {
+            LayerCache::Full(c) => Some(LayerCache::Full(KvCache {
+                keys: c.keys.clone(),
+                values: c.values.clone(),
+                offset: c.offset,
+            })),
+            LayerCache::Rotating(c) => Some(LayerCache::Rotating(RotatingKvCache {
+                keys: c.keys.clone(),
+                values: c.values.clone(),
+                offset: c.offset,
+                max_size: c.max_size,
+                idx: c.idx,
+            })),
+            LayerCache::Quantized(_) => None,
+        }
+    }
+
+    /// Whether the cache can be rewound to its first `len` positions: a full cache
+    /// always (the positions past `len` are overwritten by the next tokens); a rotating
+    /// cache only while it has not wrapped (mlx-lm's `is_trimmable`), or when nothing is
+    /// to be dropped; a quantized one never (the prefix cache does not keep it).
+    pub fn can_rewind(&self, len: i32) -> bool {
+        match self {
+            LayerCache::Full(c) => len <= c.offset,
+            LayerCache::Rotating(c) => len == c.offset || (len < c.offset && c.offset < c.max_size),
+            LayerCache::Quantized(_) => false,
+        }
+    }
+
+    /// Rewinds to the first `len` positions; false (and unchanged) when
+    /// [`LayerCache::can_rewind`] says it cannot.
+    pub fn rewind(&mut self, len: i32) -> bool {
+        if !self.can_rewind(len) {
+            return false;
+        }
+        match self {
+            LayerCache::Full(c) => c.offset = len,
+            LayerCache::Rotating(c) => {
+                if len < c.offset {
+                    // Not wrapped: position p is slot p.
+                    c.idx = len;
+                    c.offset = len;
+                }
+            }
+            LayerCache::Quantized(_) => return false,
+        }
+        true
+    }
+
     /// Positions allocated (≥ offset for the growing cache).
     pub fn capacity(&self) -> i32 {
         match self {

@@ -2,6 +2,9 @@
 //! token is prefilled in chunks (only the cache is evaluated between chunks); the last
 //! prompt token gives the first generated token; greedy decoding queues step n+1 on the
 //! device before reading token n, so the host never waits on an idle device.
+//!
+//! With a prefix cache ([`super::prefix_cache`]) the prompt starts from the KV of its
+//! longest cached prefix, and the finished generation's KV is kept for the next prompt.
 
 use std::time::Instant;
 
@@ -18,6 +21,7 @@ use super::error::{bad_request, MlxResultExt};
 use super::kv_quant;
 use super::memory::step_bytes;
 use super::model::Model;
+use super::prefix_cache::{Inserted, PrefixCache};
 use super::sample::Sampler;
 use super::stop::{StopMatcher, StopStep};
 use super::tokenizer::{StreamDecoder, Tokenizer};
@@ -87,6 +91,42 @@ pub(super) fn elem_bytes(dtype: Dtype) -> u64 {
     }
 }
 
+/// `hooks.before_step`, but under memory pressure the prefix cache goes first: a step the
+/// soft guard refuses is asked again after the cache is emptied.
+fn check_step(
+    prefix: &mut PrefixCache,
+    hooks: &mut dyn Hooks,
+    phase: Phase,
+    step: u32,
+    bytes: u64,
+) -> Result<(), WorkerError> {
+    match hooks.before_step(phase, step, bytes) {
+        Err(e)
+            if e.kind == protocol::WorkerErrorKind::MemoryBudgetExceeded && !prefix.is_empty() =>
+        {
+            let freed = prefix.clear();
+            let _ = mlx_rs::memory::clear_cache();
+            eprintln!(
+                "mlxsup-worker: prefix cache emptied under memory pressure ({freed} bytes) before the {phase} step {step}"
+            );
+            hooks.before_step(phase, step, bytes)
+        }
+        r => r,
+    }
+}
+
+/// Whether this request's KV may come from, and go to, the prefix cache; the reason
+/// when not (for the worker's log).
+fn cacheable(prepared: &Prepared, kv_bits: Option<i32>) -> Result<(), &'static str> {
+    if prepared.embeds.is_some() || prepared.positions.is_some() || prepared.delta != 0 {
+        Err("a request with images is not cached")
+    } else if kv_bits.is_some() {
+        Err("a quantized KV cache (--kv-bits) is not cached")
+    } else {
+        Ok(())
+    }
+}
+
 /// Streams text through the stop matcher and the hooks.
 struct Output<'a> {
     tok: &'a Tokenizer,
@@ -128,7 +168,23 @@ pub(super) fn run(
     }
     let started = Instant::now();
     let max = req.max_tokens;
-    let done = |generated: u32, prompt_secs: f64, gen_secs: f64, finish| DoneInfo {
+    let chunk = engine.opts.prefill_chunk;
+    let kv_bits = engine.opts.kv_bits.map(i32::from);
+    let prefix = &mut engine.prefix;
+    let use_prefix = prefix.limit() > 0 && max > 0;
+    let reuse = if use_prefix {
+        match cacheable(prepared, kv_bits) {
+            Ok(()) => prefix.lookup(prompt),
+            Err(why) => {
+                eprintln!("mlxsup-worker: prefix cache: {why}");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let cached = reuse.as_ref().map_or(0, |(len, _)| *len);
+    let done = |generated: u32, prompt_secs: f64, gen_secs: f64, finish, cache_bytes| DoneInfo {
         prompt_tokens: prompt.len() as u32,
         generated_tokens: generated,
         prompt_tps: if prompt_secs > 0.0 {
@@ -143,26 +199,31 @@ pub(super) fn run(
         },
         peak_bytes: crate::peak::peak(),
         finish,
+        cached_tokens: cached as u32,
+        prefix_cache_bytes: cache_bytes,
     };
     if max == 0 {
-        return Ok(done(0, 0.0, 0.0, FinishReason::Length));
+        return Ok(done(0, 0.0, 0.0, FinishReason::Length, prefix.bytes()));
     }
     let elem = elem_bytes(model.dtype());
     let act = &engine.activation;
-    let mut caches = model.make_cache();
-    let chunk = engine.opts.prefill_chunk;
-    let kv_bits = engine.opts.kv_bits.map(i32::from);
+    let mut caches = match reuse {
+        Some((_, kv)) => kv,
+        None => model.make_cache(),
+    };
 
     hooks.phase(Phase::Prefill);
     let n = prompt.len();
-    let mut pos = 0;
+    let mut pos = cached;
     let mut chunk_idx = 0u32;
     loop {
         let take = (n - pos - 1).min(chunk);
         if take == 0 && chunk_idx > 0 {
             break;
         }
-        hooks.before_step(
+        check_step(
+            prefix,
+            hooks,
             Phase::Prefill,
             chunk_idx,
             step_bytes(act, cfg, &caches, elem, take.max(1) as i32),
@@ -200,17 +261,31 @@ pub(super) fn run(
     };
     let mut first_logprobs = None;
 
-    hooks.before_step(Phase::Decode, 1, step_bytes(act, cfg, &caches, elem, 1))?;
+    check_step(
+        prefix,
+        hooks,
+        Phase::Decode,
+        1,
+        step_bytes(act, cfg, &caches, elem, 1),
+    )?;
     let last = Array::from_slice(&[prompt[n - 1] as i32], &[1, 1]);
     let mut cur = forward(model, &mut caches, &last, greedy, kv_bits, delta).ctx("decode")?;
     let mut generated = 0u32;
+    // Every token fed to the model so far (the prompt, then each generated one read).
+    let mut fed: Vec<u32> = if use_prefix {
+        prompt.to_vec()
+    } else {
+        Vec::new()
+    };
     let (mut prompt_secs, mut gen_start) = (0.0, Instant::now());
     let finish = loop {
         let want_more = generated + 1 < max;
         let mut next = None;
         let mut refused = None;
         if want_more && greedy {
-            match hooks.before_step(
+            match check_step(
+                prefix,
+                hooks,
                 Phase::Decode,
                 generated + 2,
                 step_bytes(act, cfg, &caches, elem, 1),
@@ -241,6 +316,9 @@ pub(super) fn run(
                 )
             }
         };
+        if use_prefix {
+            fed.push(id);
+        }
         if generated == 0 {
             prompt_secs = started.elapsed().as_secs_f64();
             gen_start = Instant::now();
@@ -290,7 +368,9 @@ pub(super) fn run(
         cur = match next {
             Some(step) => step,
             None => {
-                hooks.before_step(
+                check_step(
+                    prefix,
+                    hooks,
                     Phase::Decode,
                     generated + 1,
                     step_bytes(act, cfg, &caches, elem, 1),
@@ -301,7 +381,34 @@ pub(super) fn run(
         };
     };
     let gen_secs = gen_start.elapsed().as_secs_f64();
-    drop(caches);
+    if use_prefix && cacheable(prepared, kv_bits).is_ok() {
+        keep(prefix, fed, caches).ctx("prefix cache")?;
+    } else {
+        drop(caches);
+    }
+    let cache_bytes = prefix.bytes();
     engine.first_logprobs = first_logprobs;
-    Ok(done(generated, prompt_secs, gen_secs, finish))
+    Ok(done(generated, prompt_secs, gen_secs, finish, cache_bytes))
+}
+
+/// Keeps a finished generation's KV in the prefix cache: the ids are those the caches
+/// hold (a pipelined step may have fed one token more than was generated).
+fn keep(
+    prefix: &mut PrefixCache,
+    mut fed: Vec<u32>,
+    caches: Vec<LayerCache>,
+) -> Result<(), Exception> {
+    let held = caches.first().map_or(0, LayerCache::offset).max(0) as usize;
+    if held > fed.len() || caches.iter().any(|c| c.offset() as usize != held) {
+        // Cannot say which tokens the KV holds: do not keep it.
+        return Ok(());
+    }
+    fed.truncate(held);
+    eval(caches.iter().flat_map(|c| c.state()))?;
+    if let Inserted::TooLarge { bytes, limit } = prefix.insert(fed, caches) {
+        eprintln!(
+            "mlxsup-worker: prefix cache: an entry of {bytes} bytes is larger than the cache's {limit}: not kept"
+        );
+    }
+    Ok(())
 }

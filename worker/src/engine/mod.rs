@@ -22,6 +22,7 @@ mod memory;
 mod model;
 mod moe;
 mod parallel;
+pub mod prefix_cache;
 mod rope;
 pub(crate) mod sample;
 mod stop;
@@ -53,6 +54,8 @@ pub struct LoadOptions {
     pub matmul_lanes: usize,
     /// `--kv-bits`: quantize the full-attention KV caches to 4 or 8 bits (group 64).
     pub kv_bits: Option<u8>,
+    /// `--prefix-cache`: bytes the prefix cache may hold ([`prefix_cache`]; 0: off).
+    pub prefix_cache: u64,
 }
 
 impl Default for LoadOptions {
@@ -64,6 +67,7 @@ impl Default for LoadOptions {
             f32: false,
             matmul_lanes: 0,
             kv_bits: None,
+            prefix_cache: 0,
         }
     }
 }
@@ -108,6 +112,8 @@ pub struct Engine {
     vision: Option<vision::run::Vision>,
     /// The activation coefficients the soft guard predicts with (the preflight's).
     activation: estimate::ActivationModel,
+    /// The KV of finished generations, for the next prompts that share their prefix.
+    prefix: prefix_cache::PrefixCache,
 }
 
 impl Engine {
@@ -166,7 +172,16 @@ impl Engine {
         let weight_bytes =
             model.weight_bytes() + vision.as_ref().map_or(0, vision::run::Vision::weight_bytes);
         let _ = mlx_rs::memory::clear_cache();
+        let prefix_limit = if opts.kv_bits.is_some() && opts.prefix_cache > 0 {
+            eprintln!(
+                "mlxsup-worker: prefix cache off: a quantized KV cache (--kv-bits) is not cached"
+            );
+            0
+        } else {
+            opts.prefix_cache
+        };
         Ok(Engine {
+            prefix: prefix_cache::PrefixCache::new(prefix_limit),
             model,
             tokenizer,
             prompts,
@@ -189,6 +204,16 @@ impl Engine {
     /// The activation coefficients the soft guard predicts with.
     pub fn activation_model(&self) -> &estimate::ActivationModel {
         &self.activation
+    }
+
+    /// The prefix cache (its bytes, bound and hit counters).
+    pub fn prefix_cache(&self) -> &prefix_cache::PrefixCache {
+        &self.prefix
+    }
+
+    /// The prefix cache, to empty it under memory pressure or in tests.
+    pub fn prefix_cache_mut(&mut self) -> &mut prefix_cache::PrefixCache {
+        &mut self.prefix
     }
 
     /// The config's `model_type`.
@@ -280,5 +305,7 @@ impl Engine {
 mod memory_tests;
 #[cfg(test)]
 mod plan_tests;
+#[cfg(test)]
+mod prefix_tests;
 #[cfg(test)]
 mod tests;

@@ -158,6 +158,7 @@ mod tests {
                 f32: false,
                 matmul_lanes: lanes,
                 kv_bits: None,
+                prefix_cache: 0,
             },
             &mut Tokens::default(),
         )

@@ -67,6 +67,7 @@ fn tiny(dir: &Path) -> Engine {
             f32: false,
             matmul_lanes: 0,
             kv_bits: None,
+            prefix_cache: 0,
         },
         &mut Record::default(),
     )
@@ -241,6 +242,7 @@ fn load_errors_are_structured() {
             f32: false,
             matmul_lanes: 0,
             kv_bits: None,
+            prefix_cache: 0,
         },
         &mut Record::default(),
     )
@@ -263,6 +265,7 @@ fn load_errors_are_structured() {
             f32: false,
             matmul_lanes: 0,
             kv_bits: None,
+            prefix_cache: 0,
         },
         &mut Record::default(),
     )
@@ -351,6 +354,7 @@ fn sharded_weights_load_like_a_single_file() {
             f32: false,
             matmul_lanes: 0,
             kv_bits: None,
+            prefix_cache: 0,
         },
         &mut Record::default(),
     )

@@ -41,6 +41,7 @@ impl Worker {
                 f32: req.compute == protocol::ComputeDtype::F32,
                 matmul_lanes: 0,
                 kv_bits: req.kv_bits,
+                prefix_cache: req.prefix_cache,
             };
             let mut hooks = StepHooks {
                 link: &self.link,

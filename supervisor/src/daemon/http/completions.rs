@@ -281,7 +281,7 @@ async fn answer(app: App, gen: GenerateModel, s: Sampling, kind: Kind) -> Respon
                 Some(Next::Token(t)) => text.push_str(&t),
                 Some(Next::Reply(ControlReply::Done(d))) => {
                     drop(guard);
-                    let usage = Usage::new(d.done.prompt_tokens, d.done.generated_tokens);
+                    let usage = Usage::of(&d.done);
                     let finish = finish_reason(d.done.finish);
                     return match kind {
                         Kind::Chat => Json(ChatCompletion {
@@ -460,7 +460,7 @@ async fn stream(
                     return;
                 }
                 if include_usage {
-                    let usage = Usage::new(d.done.prompt_tokens, d.done.generated_tokens);
+                    let usage = Usage::of(&d.done);
                     let _ = out.send(chunks.event(None, false, None, Some(usage))).await;
                 }
                 let _ = out.send(SseEvent::default().data("[DONE]")).await;

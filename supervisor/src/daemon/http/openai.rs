@@ -98,14 +98,27 @@ pub struct Usage {
     pub prompt_tokens: u32,
     pub completion_tokens: u32,
     pub total_tokens: u32,
+    /// OpenAI's `prompt_tokens_details.cached_tokens`: prompt tokens whose KV came from
+    /// the prefix cache.
+    pub prompt_tokens_details: PromptTokensDetails,
+}
+
+/// The breakdown of `usage.prompt_tokens`.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct PromptTokensDetails {
+    pub cached_tokens: u32,
 }
 
 impl Usage {
-    pub fn new(prompt: u32, completion: u32) -> Usage {
+    /// The usage of a finished generation.
+    pub fn of(done: &protocol::DoneInfo) -> Usage {
         Usage {
-            prompt_tokens: prompt,
-            completion_tokens: completion,
-            total_tokens: prompt + completion,
+            prompt_tokens: done.prompt_tokens,
+            completion_tokens: done.generated_tokens,
+            total_tokens: done.prompt_tokens + done.generated_tokens,
+            prompt_tokens_details: PromptTokensDetails {
+                cached_tokens: done.cached_tokens,
+            },
         }
     }
 }

@@ -32,6 +32,7 @@ impl Actor {
                             device: job.req.device,
                             compute: job.req.compute,
                             kv_bits: job.req.kv_bits,
+                            prefix_cache: None,
                         };
                     }
                     if let Some(k) = job.req.keep_alive {
@@ -68,6 +69,7 @@ impl Actor {
                                 device: req.device,
                                 compute: req.compute,
                                 kv_bits: req.kv_bits,
+                                prefix_cache: req.prefix_cache,
                             };
                             self.start_load(Some(resp.clone()), vec![resp]);
                         }

@@ -65,6 +65,7 @@ impl Actor {
                     recorded_peak: None,
                     keep_until: None,
                     current: None,
+                    prefix: Default::default(),
                 }));
                 self.touch();
                 let status = self.status();
@@ -137,6 +138,10 @@ async fn load(
         device: settings.device,
         compute: settings.compute,
         kv_bits: settings.kv_bits,
+        prefix_cache: crate::plan::PrefixCache::from_wire(
+            settings.prefix_cache,
+            shared.prefix_cache,
+        ),
         ..crate::plan::PlanRequest::new(0)
     };
     let plan = match admission::admit(&shared, &dir, &model, &wanted, settings.force).await {

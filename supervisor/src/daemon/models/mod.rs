@@ -196,6 +196,9 @@ pub fn start(shared: Arc<Shared>, dir: PathBuf, name: String) -> Slot {
         last_failure: None,
         note: None,
         device: None,
+        prefix_cache_bytes: 0,
+        prefix_cache_limit_bytes: 0,
+        prefix_cache_hit_rate: None,
     };
     let row = Row {
         status,
@@ -239,6 +242,8 @@ struct LoadSettings {
     device: Device,
     compute: protocol::ComputePolicy,
     kv_bits: Option<u8>,
+    /// `load --prefix-cache` (`None`: the daemon's default).
+    prefix_cache: Option<u64>,
 }
 
 /// The model as read for its load: a prompt's length is counted and checked with it.
@@ -315,6 +320,29 @@ struct Live {
     keep_until: Option<Instant>,
     /// The generation running on it (busy).
     current: Option<Running>,
+    /// Its prefix cache as its generations report it.
+    prefix: PrefixUse,
+}
+
+/// A loaded model's prefix cache, from its generations' done events: bytes held, and
+/// how many generations reused a cached prefix.
+#[derive(Clone, Copy, Debug, Default)]
+struct PrefixUse {
+    bytes: u64,
+    generations: u64,
+    hits: u64,
+}
+
+impl PrefixUse {
+    fn record(&mut self, done: &protocol::DoneInfo) {
+        self.bytes = done.prefix_cache_bytes;
+        self.generations += 1;
+        self.hits += u64::from(done.cached_tokens > 0);
+    }
+
+    fn hit_rate(&self) -> Option<f64> {
+        (self.generations > 0).then(|| self.hits as f64 / self.generations as f64)
+    }
 }
 
 impl State {

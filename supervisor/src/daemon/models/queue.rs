@@ -105,6 +105,7 @@ impl Actor {
                 match end {
                     End::Reply(Reply::Done(done)) => {
                         self.requests += 1;
+                        live.prefix.record(&done);
                         self.consecutive = 0;
                         self.retried = false;
                         let estimate_bytes = live.plan.estimate.total_bytes;

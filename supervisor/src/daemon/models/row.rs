@@ -46,6 +46,11 @@ impl Actor {
             last_failure: self.last_failure.clone(),
             note: self.note.clone(),
             device: live.map(|l| l.device.clone()),
+            prefix_cache_bytes: live.map_or(0, |l| l.prefix.bytes),
+            prefix_cache_limit_bytes: plan.map_or(0, |p| p.load.prefix_cache),
+            prefix_cache_hit_rate: live
+                .filter(|l| l.plan.load.prefix_cache > 0)
+                .and_then(|l| l.prefix.hit_rate()),
         }
     }
 
@@ -53,7 +58,10 @@ impl Actor {
     pub(super) fn publish(&mut self) {
         let status = self.status();
         let held_bytes = if matches!(self.state, State::Loaded(_) | State::Loading { .. }) {
-            status.footprint_bytes.max(status.estimate_bytes)
+            // The prefix cache may grow to its bound beside the estimate.
+            status
+                .footprint_bytes
+                .max(status.estimate_bytes + status.prefix_cache_limit_bytes)
         } else {
             0
         };
