@@ -347,3 +347,35 @@ pub fn solo(model: &str, prompt: &str, tokens: &str) -> String {
     assert_eq!(o.code, Some(0), "{}", o.stderr);
     o.text()
 }
+
+/// Runs a scenario of tests/http_client.py (the real `openai` client) against `base`; its
+/// JSON observations.
+pub fn openai(base: &str, scenario: &str, args: &[&str]) -> serde_json::Value {
+    let py = crate::repo().join(".venv/bin/python");
+    let out = std::process::Command::new(&py)
+        .arg(crate::repo().join("tests/http_client.py"))
+        .arg(base)
+        .arg(scenario)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e} (make setup installs it)", py.display()));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{scenario}: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.lines().last().unwrap_or(""))
+        .unwrap_or_else(|e| panic!("{scenario}: not JSON ({e}): {stdout}"))
+}
+
+/// A daemon serving HTTP on a free loopback port too, and its `/v1` base URL.
+pub fn http(extra: &[&str]) -> (Daemon, String) {
+    let mut args = vec!["--http", "127.0.0.1:0"];
+    args.extend_from_slice(extra);
+    let d = Daemon::start(&args);
+    let base = d
+        .http_base()
+        .unwrap_or_else(|| panic!("the daemon names no HTTP address"));
+    (d, base)
+}

@@ -3,40 +3,10 @@
 //! requests, against a real `mlxsup serve --http` with real workers and real MLX.
 #![allow(clippy::unwrap_used)]
 
-use std::{process::Command, time::Duration};
+use std::time::Duration;
 
-use mlxsup_tests::{
-    daemon::{gen_args, Daemon},
-    repo,
-};
+use mlxsup_tests::daemon::{gen_args, http, openai, Daemon};
 use serde_json::Value;
-
-/// Runs a scenario of tests/http_client.py against `base`; its JSON observations.
-fn openai(base: &str, scenario: &str, args: &[&str]) -> Value {
-    let py = repo().join(".venv/bin/python");
-    let out = Command::new(&py)
-        .arg(repo().join("tests/http_client.py"))
-        .arg(base)
-        .arg(scenario)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{}: {e} (make setup installs it)", py.display()));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{scenario}: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap()
-}
-
-fn http(extra: &[&str]) -> (Daemon, String) {
-    let mut args = vec!["--http", "127.0.0.1:0"];
-    args.extend_from_slice(extra);
-    let d = Daemon::start(&args);
-    let base = d.http_base().expect("the daemon names its HTTP address");
-    (d, base)
-}
 
 /// What `mlxsup generate` prints for the same request: (text, prompt tokens, generated).
 fn generate(d: &Daemon, model: &str, prompt: &str, tokens: &str, chat: bool) -> (String, u64, u64) {
