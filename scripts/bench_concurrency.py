@@ -18,40 +18,20 @@ Prints markdown. Loopback only; every request bounded by a timeout.
 
 import argparse
 import os
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 
 from openai import OpenAI
+from loopback import free_port, wait_http
 
 SYSTEM = ("You are a helpful assistant who answers questions about lighthouses, the sea, "
           "ships, weather and the history of navigation in plain words. ") * 6
 TOPICS = ["storms", "fog horns", "lenses", "keepers", "tides", "maps", "stars", "engines",
           "sails", "compasses", "harbors", "reefs", "whales", "radio", "ice", "currents"]
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_http(url, proc, limit=180):
-    t0 = time.time()
-    while time.time() - t0 < limit:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{url}: the server exited with {proc.returncode}")
-        try:
-            urllib.request.urlopen(url, timeout=1)
-            return
-        except Exception:
-            time.sleep(0.2)
-    raise RuntimeError(f"{url} did not come up")
 
 
 def stream(client, model, messages, n, timeout=900):
@@ -131,7 +111,7 @@ def main():
     p = free_port()
     servers["mlx_lm.server"] = (subprocess.Popen(
         [py, "-m", "mlx_lm", "server", "--model", model, "--port", str(p), "--log-level", "ERROR"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), p, f"/v1/models")
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), p, "/v1/models")
     p = free_port()
     servers["mlxsup serve --http"] = (subprocess.Popen(
         [a.mlxsup, "serve", "--http", f"127.0.0.1:{p}", "--keep-alive", "-1", *a.serve_arg],
@@ -139,7 +119,7 @@ def main():
     try:
         clients = {}
         for name, (proc, port, health) in servers.items():
-            wait_http(f"http://127.0.0.1:{port}{health}", proc)
+            wait_http(f"http://127.0.0.1:{port}{health}", proc, limit=180)
             clients[name] = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0)
         if a.native:
             subprocess.run([a.mlxsup, "load", model, "--compute", "native"], env=env, check=True,

@@ -7,43 +7,22 @@ usage: bench_http.py MLXSUP MODEL_DIR [ROUNDS]
 Prints markdown.
 """
 
-import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 
 from openai import OpenAI
 import openai
+from loopback import free_port, wait_http
 
 mlxsup, model_dir = sys.argv[1], os.path.abspath(sys.argv[2])
 rounds = int(sys.argv[3]) if len(sys.argv) > 3 else 5
 py = sys.executable
 PROMPT = "Write a long story about a lighthouse keeper and the sea. " * 4
 GEN = 64
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_http(url, proc, limit=120):
-    t0 = time.time()
-    while time.time() - t0 < limit:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{url}: the server exited with {proc.returncode}")
-        try:
-            urllib.request.urlopen(url, timeout=1)
-            return
-        except Exception:
-            time.sleep(0.1)
-    raise RuntimeError(f"{url} did not come up")
 
 
 def stream_once(client, model, prompt=PROMPT, n=GEN, timeout=600, **extra):

@@ -22,13 +22,13 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections import Counter, defaultdict
+from loopback import free_port
 
 # The failure kinds and the HTTP status each one is answered with (docs/CONTRACT.md, HTTP).
 # A worker's death before streaming began is a 500 with its kind.
@@ -49,12 +49,6 @@ REQUEST_ERRORS = {"invalid_request_error": {400}, "model_not_found": {404}}
 
 CONTEXT = 256  # the soak model's max_position_embeddings
 LONG_PROMPT = "word " * (CONTEXT * 2)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Soak:
