@@ -52,7 +52,7 @@ pub struct Estimate {
 
 impl PartialEq for Estimate {
     fn eq(&self, other: &Estimate) -> bool {
-        self.typed() == other.typed() && self.report.get() == other.report.get()
+        self.typed(()) == other.typed(()) && self.report.get() == other.report.get()
     }
 }
 
@@ -114,7 +114,8 @@ impl Estimate {
         })
     }
 
-    fn typed(&self) -> Typed<()> {
+    /// The typed figures, with `report` as the report part.
+    fn typed<R>(&self, report: R) -> Typed<R> {
         Typed {
             model: self.model.clone(),
             architecture: self.architecture.clone(),
@@ -124,7 +125,7 @@ impl Estimate {
             weights_bytes: self.weights_bytes,
             verdict: self.verdict,
             compute_f32: self.compute_f32,
-            report: (),
+            report,
         }
     }
 }
@@ -134,18 +135,7 @@ impl Serialize for Estimate {
         if wire::current().control < wire::CONTROL_JSON_SINCE {
             return s.serialize_str(self.report.get());
         }
-        Typed {
-            model: self.model.clone(),
-            architecture: self.architecture.clone(),
-            context: self.context,
-            total_bytes: self.total_bytes,
-            budget_bytes: self.budget_bytes,
-            weights_bytes: self.weights_bytes,
-            verdict: self.verdict,
-            compute_f32: self.compute_f32,
-            report: &self.report,
-        }
-        .serialize(s)
+        self.typed(&self.report).serialize(s)
     }
 }
 
